@@ -1,0 +1,1 @@
+//! Sluice control plane: store, REST API, config stream server.

@@ -1,0 +1,1 @@
+//! Sluice data plane: listeners, proxy, route table, config stream client.

@@ -1,0 +1,369 @@
+//! The resources operators register (DESIGN.md §3), exactly as the REST API reads and writes them.
+//!
+//! A resource's name is not part of its body: it comes from the URL (`PUT /v1/clusters/{name}`), so
+//! each type here is the *spec* of one named resource. Unknown JSON fields are refused
+//! (`deny_unknown_fields`) so that a typo never silently drops a setting.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+fn default_group() -> String {
+    "default".to_string()
+}
+
+// ------------------------------------------------------------------------------------ cluster
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    #[default]
+    RoundRobin,
+    LeastRequest,
+    Random,
+    RingHash,
+    Maglev,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    #[serde(default)]
+    pub lb_policy: LbPolicy,
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    /// `IP:port`; checked by validation, kept as text so errors can quote it.
+    pub address: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+impl Endpoint {
+    /// The parsed address. Only call on validated endpoints; an invalid one yields `None`.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        self.address.parse().ok()
+    }
+}
+
+/// `{"http": {"path": "/healthz"}}` or `{"tcp": {}}`, plus timing and thresholds.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpHealthCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpHealthCheck>,
+    #[serde(default = "HealthCheck::default_interval_ms")]
+    pub interval_ms: u64,
+    #[serde(default = "HealthCheck::default_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "HealthCheck::default_healthy_threshold")]
+    pub healthy_threshold: u32,
+    #[serde(default = "HealthCheck::default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+}
+
+impl HealthCheck {
+    pub fn default_interval_ms() -> u64 {
+        5_000
+    }
+    pub fn default_timeout_ms() -> u64 {
+        1_000
+    }
+    pub fn default_healthy_threshold() -> u32 {
+        2
+    }
+    pub fn default_unhealthy_threshold() -> u32 {
+        3
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpHealthCheck {
+    pub path: String,
+    /// Expected status; `None` accepts any 2xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_status: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpHealthCheck {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierDetection {
+    #[serde(default = "OutlierDetection::default_consecutive_failures")]
+    pub consecutive_failures: u32,
+    #[serde(default = "OutlierDetection::default_ejection_ms")]
+    pub ejection_ms: u64,
+}
+
+impl OutlierDetection {
+    pub fn default_consecutive_failures() -> u32 {
+        5
+    }
+    pub fn default_ejection_ms() -> u64 {
+        30_000
+    }
+}
+
+// ------------------------------------------------------------------------------------ listener
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    Http,
+    Https,
+    Tcp,
+    Udp,
+    Tls,
+}
+
+impl Protocol {
+    /// HTTP-aware listeners, the ones routes attach to.
+    pub fn is_l7(self) -> bool {
+        matches!(self, Protocol::Http | Protocol::Https)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// `IP:port`; checked by validation.
+    pub address: String,
+    pub protocol: Protocol,
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// The cluster of a tcp/udp listener (and the default of a tls passthrough listener).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// Certificate names of an https listener; the first is the default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<String>,
+    /// tls passthrough: SNI host name (exact or `*.` wildcard) -> cluster.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sni: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<HashOn>,
+}
+
+impl Listener {
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        self.address.parse().ok()
+    }
+}
+
+/// The key a hashing policy (ring_hash, maglev) or stickiness hashes on: exactly one is set.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashOn {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub source_ip: bool,
+}
+
+// ------------------------------------------------------------------------------------ route
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub listener: String,
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default, rename = "match")]
+    pub matcher: RouteMatch,
+    pub backends: Vec<WeightedCluster>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<Sticky>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<HashOn>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Retries>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    /// Exact (`myshop.com`) or wildcard (`*.myshop.com`) host names; empty matches any host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathMatch>,
+    /// Upper-case method names; empty matches any method.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<ValueMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query: Vec<ValueMatch>,
+}
+
+/// Exactly one of `prefix`, `exact`, `regex`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+}
+
+/// The one kind of path match a validated [`PathMatch`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind<'a> {
+    Prefix(&'a str),
+    Exact(&'a str),
+    Regex(&'a str),
+}
+
+impl PathMatch {
+    /// `None` unless exactly one kind is set (validation guarantees it).
+    pub fn kind(&self) -> Option<PathKind<'_>> {
+        match (&self.prefix, &self.exact, &self.regex) {
+            (Some(p), None, None) => Some(PathKind::Prefix(p)),
+            (None, Some(e), None) => Some(PathKind::Exact(e)),
+            (None, None, Some(r)) => Some(PathKind::Regex(r)),
+            _ => None,
+        }
+    }
+}
+
+/// A header or query parameter condition: `name` plus exactly one of `exact`, `regex`, `present`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValueMatch {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<bool>,
+}
+
+/// The one kind of condition a validated [`ValueMatch`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind<'a> {
+    Exact(&'a str),
+    Regex(&'a str),
+    /// `present: true` requires the name, `present: false` requires its absence.
+    Present(bool),
+}
+
+impl ValueMatch {
+    pub fn kind(&self) -> Option<ValueKind<'_>> {
+        match (&self.exact, &self.regex, self.present) {
+            (Some(e), None, None) => Some(ValueKind::Exact(e)),
+            (None, Some(r), None) => Some(ValueKind::Regex(r)),
+            (None, None, Some(p)) => Some(ValueKind::Present(p)),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedCluster {
+    pub cluster: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sticky {
+    #[serde(default = "Sticky::default_cookie")]
+    pub cookie: String,
+    #[serde(default = "Sticky::default_ttl_s")]
+    pub ttl_s: u64,
+}
+
+impl Sticky {
+    pub fn default_cookie() -> String {
+        "sluice_sticky".to_string()
+    }
+    pub fn default_ttl_s() -> u64 {
+        3_600
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryOn {
+    ConnectFailure,
+    Reset,
+    #[serde(rename = "5xx")]
+    Status5xx,
+}
+
+impl RetryOn {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryOn::ConnectFailure => "connect_failure",
+            RetryOn::Reset => "reset",
+            RetryOn::Status5xx => "5xx",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "connect_failure" => Some(RetryOn::ConnectFailure),
+            "reset" => Some(RetryOn::Reset),
+            "5xx" => Some(RetryOn::Status5xx),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retries {
+    pub attempts: u32,
+    #[serde(default = "Retries::default_on")]
+    pub on: Vec<RetryOn>,
+}
+
+impl Retries {
+    pub fn default_on() -> Vec<RetryOn> {
+        vec![RetryOn::ConnectFailure]
+    }
+}
+
+// ------------------------------------------------------------------------------------ certificate
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    pub cert_pem: String,
+    /// Never returned by reads nor logged.
+    pub key_pem: String,
+}

@@ -1,0 +1,507 @@
+//! Validation of single resources. Every error names the field at fault in the JSON path syntax the
+//! REST API reports (`endpoints[0].address`, `match.path.regex`).
+//!
+//! Checks that span resources (references, address conflicts) live in [`crate::config`].
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+
+use crate::model::*;
+
+/// Why a resource or a whole config was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The input is well-formed JSON but not a valid resource (REST: 422).
+    Invalid,
+    /// Valid on its own but clashes with what is stored (REST: 409).
+    Conflict,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ValidationError {
+    pub kind: ErrorKind,
+    /// JSON path of the field at fault, when one is.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.field {
+            Some(field) => write!(f, "{field}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl ValidationError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { kind: ErrorKind::Invalid, field: Some(field.into()).filter(|f| !f.is_empty()), message: message.into() }
+    }
+
+    pub fn conflict(field: Option<String>, message: impl Into<String>) -> Self {
+        Self { kind: ErrorKind::Conflict, field, message: message.into() }
+    }
+
+    /// Puts `prefix` in front of the field path (`endpoints[0]` + `address`).
+    pub fn within(mut self, prefix: &str) -> Self {
+        self.field = Some(match self.field.take() {
+            Some(f) if f.starts_with('[') => format!("{prefix}{f}"),
+            Some(f) => format!("{prefix}.{f}"),
+            None => prefix.to_string(),
+        });
+        self
+    }
+}
+
+pub type Result<T, E = ValidationError> = std::result::Result<T, E>;
+
+/// Why a JSON body could not become a resource spec.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    /// Not JSON at all, or nested beyond the parser's limit (REST: 400).
+    #[error("malformed JSON: {0}")]
+    Malformed(String),
+    /// JSON of the wrong shape: unknown field, wrong type, missing field (REST: 422).
+    #[error(transparent)]
+    Invalid(ValidationError),
+}
+
+/// Parses a JSON body into `T`, telling malformed JSON (400) from a wrong shape (422, with the path).
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ParseError> {
+    // A syntax pass first, so "not JSON" is never reported as a shape problem.
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| ParseError::Malformed(e.to_string()))?;
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { String::new() } else { path };
+        ParseError::Invalid(ValidationError::invalid(field, e.into_inner().to_string()))
+    })
+}
+
+// ------------------------------------------------------------------------------------ primitives
+
+pub const MAX_WEIGHT: u32 = 1_000_000;
+pub const MAX_TIMEOUT_MS: u64 = 24 * 3_600 * 1_000;
+pub const MAX_RETRIES: u32 = 10;
+/// Compiled-size bound for one regex, so a hostile pattern cannot eat the proxy's memory.
+pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
+pub const MAX_LIST: usize = 10_000;
+
+/// Resource and group names: `^[a-z0-9][a-z0-9-]{0,62}$`.
+pub fn is_valid_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+pub fn name(field: &str, s: &str) -> Result<()> {
+    if is_valid_name(s) {
+        Ok(())
+    } else {
+        Err(ValidationError::invalid(field, format!("{s:?} is not a valid name (^[a-z0-9][a-z0-9-]{{0,62}}$)")))
+    }
+}
+
+pub fn socket_addr(field: &str, s: &str) -> Result<()> {
+    match s.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.port() == 0 => Err(ValidationError::invalid(field, format!("{s:?}: port 0 is not allowed"))),
+        Ok(_) => Ok(()),
+        Err(_) => Err(ValidationError::invalid(field, format!("{s:?} is not an IP:port address"))),
+    }
+}
+
+pub fn regex(field: &str, pattern: &str) -> Result<()> {
+    regex::RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map(|_| ())
+        .map_err(|e| ValidationError::invalid(field, format!("bad regex: {e}")))
+}
+
+fn timeout(field: &str, ms: u64) -> Result<()> {
+    if ms == 0 || ms > MAX_TIMEOUT_MS {
+        return Err(ValidationError::invalid(field, format!("must be between 1 and {MAX_TIMEOUT_MS} ms")));
+    }
+    Ok(())
+}
+
+fn weights(field: &str, ws: impl Iterator<Item = u32> + Clone) -> Result<()> {
+    for (i, w) in ws.clone().enumerate() {
+        if w > MAX_WEIGHT {
+            return Err(ValidationError::invalid(
+                format!("{field}[{i}].weight"),
+                format!("must be at most {MAX_WEIGHT}"),
+            ));
+        }
+    }
+    let mut ws = ws.peekable();
+    if ws.peek().is_some() && ws.all(|w| w == 0) {
+        return Err(ValidationError::invalid(field, "weights must not all be zero"));
+    }
+    Ok(())
+}
+
+fn list_len(field: &str, len: usize) -> Result<()> {
+    if len > MAX_LIST {
+        return Err(ValidationError::invalid(field, format!("at most {MAX_LIST} entries")));
+    }
+    Ok(())
+}
+
+/// An HTTP token (RFC 9110 `tchar`), as header, cookie and method names must be.
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
+}
+
+/// A host name of a route or SNI map: lower-case DNS labels, optionally `*.` in front.
+pub fn host_pattern(field: &str, host: &str) -> Result<()> {
+    let bare = host.strip_prefix("*.").unwrap_or(host);
+    let ok = !bare.is_empty()
+        && bare.len() <= 253
+        && bare.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::invalid(field, format!("{host:?} is not a lower-case host name (or *.name)")))
+    }
+}
+
+// ------------------------------------------------------------------------------------ resources
+
+impl Cluster {
+    pub fn validate(&self) -> Result<()> {
+        list_len("endpoints", self.endpoints.len())?;
+        let mut seen = HashSet::new();
+        for (i, e) in self.endpoints.iter().enumerate() {
+            let f = format!("endpoints[{i}].address");
+            socket_addr(&f, &e.address)?;
+            if !seen.insert(e.socket_addr()) {
+                return Err(ValidationError::invalid(f, format!("{} is listed twice", e.address)));
+            }
+        }
+        weights("endpoints", self.endpoints.iter().map(|e| e.weight))?;
+        if let Some(hc) = &self.health_check {
+            hc.validate().map_err(|e| e.within("health_check"))?;
+        }
+        if let Some(od) = &self.outlier_detection {
+            if od.consecutive_failures == 0 {
+                return Err(ValidationError::invalid("outlier_detection.consecutive_failures", "must be at least 1"));
+            }
+            timeout("outlier_detection.ejection_ms", od.ejection_ms)?;
+        }
+        Ok(())
+    }
+}
+
+impl HealthCheck {
+    pub fn validate(&self) -> Result<()> {
+        match (&self.http, &self.tcp) {
+            (Some(h), None) => {
+                if !h.path.starts_with('/') || h.path.bytes().any(|c| c.is_ascii_control() || c == b' ') {
+                    return Err(ValidationError::invalid(
+                        "http.path",
+                        "must start with / and hold no spaces or control bytes",
+                    ));
+                }
+                if let Some(s) = h.expected_status {
+                    if !(100..=599).contains(&s) {
+                        return Err(ValidationError::invalid(
+                            "http.expected_status",
+                            "must be an HTTP status (100-599)",
+                        ));
+                    }
+                }
+            }
+            (None, Some(_)) => {}
+            _ => return Err(ValidationError::invalid("", "set exactly one of http, tcp")),
+        }
+        timeout("interval_ms", self.interval_ms)?;
+        timeout("timeout_ms", self.timeout_ms)?;
+        if self.healthy_threshold == 0 {
+            return Err(ValidationError::invalid("healthy_threshold", "must be at least 1"));
+        }
+        if self.unhealthy_threshold == 0 {
+            return Err(ValidationError::invalid("unhealthy_threshold", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+impl HashOn {
+    pub fn validate(&self) -> Result<()> {
+        let set = usize::from(self.header.is_some()) + usize::from(self.cookie.is_some()) + usize::from(self.source_ip);
+        if set != 1 {
+            return Err(ValidationError::invalid("", "set exactly one of header, cookie, source_ip"));
+        }
+        if let Some(h) = &self.header {
+            if !is_token(h) {
+                return Err(ValidationError::invalid("header", format!("{h:?} is not a header name")));
+            }
+        }
+        if let Some(c) = &self.cookie {
+            if !is_token(c) {
+                return Err(ValidationError::invalid("cookie", format!("{c:?} is not a cookie name")));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Listener {
+    pub fn validate(&self) -> Result<()> {
+        socket_addr("address", &self.address)?;
+        name("group", &self.group)?;
+        if let Some(c) = &self.cluster {
+            name("cluster", c)?;
+        }
+        for (i, c) in self.certificates.iter().enumerate() {
+            name(&format!("certificates[{i}]"), c)?;
+        }
+        for (host, cluster) in &self.sni {
+            host_pattern(&format!("sni.{host}"), host)?;
+            name(&format!("sni.{host}"), cluster)?;
+        }
+        if let Some(ms) = self.idle_timeout_ms {
+            timeout("idle_timeout_ms", ms)?;
+        }
+        if let Some(h) = &self.hash_on {
+            h.validate().map_err(|e| e.within("hash_on"))?;
+        }
+        let only = |field: &str, set: bool, protocols: &str| {
+            if set {
+                Err(ValidationError::invalid(field, format!("only {protocols} listeners take this field")))
+            } else {
+                Ok(())
+            }
+        };
+        match self.protocol {
+            Protocol::Http => {
+                only("cluster", self.cluster.is_some(), "tcp, udp and tls")?;
+                only("certificates", !self.certificates.is_empty(), "https")?;
+                only("sni", !self.sni.is_empty(), "tls")?;
+            }
+            Protocol::Https => {
+                only("cluster", self.cluster.is_some(), "tcp, udp and tls")?;
+                only("sni", !self.sni.is_empty(), "tls")?;
+                if self.certificates.is_empty() {
+                    return Err(ValidationError::invalid(
+                        "certificates",
+                        "an https listener needs at least one certificate",
+                    ));
+                }
+            }
+            Protocol::Tcp | Protocol::Udp => {
+                only("certificates", !self.certificates.is_empty(), "https")?;
+                only("sni", !self.sni.is_empty(), "tls")?;
+                if self.cluster.is_none() {
+                    return Err(ValidationError::invalid("cluster", "a tcp or udp listener needs a cluster"));
+                }
+            }
+            Protocol::Tls => {
+                only("certificates", !self.certificates.is_empty(), "https")?;
+                if self.cluster.is_none() && self.sni.is_empty() {
+                    return Err(ValidationError::invalid(
+                        "sni",
+                        "a tls listener needs an sni map or a default cluster",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Route {
+    pub fn validate(&self) -> Result<()> {
+        name("listener", &self.listener)?;
+        self.matcher.validate().map_err(|e| e.within("match"))?;
+        if self.backends.is_empty() {
+            return Err(ValidationError::invalid("backends", "a route needs at least one backend"));
+        }
+        list_len("backends", self.backends.len())?;
+        let mut seen = HashSet::new();
+        for (i, b) in self.backends.iter().enumerate() {
+            let f = format!("backends[{i}].cluster");
+            name(&f, &b.cluster)?;
+            if !seen.insert(b.cluster.as_str()) {
+                return Err(ValidationError::invalid(f, format!("{} is listed twice", b.cluster)));
+            }
+        }
+        weights("backends", self.backends.iter().map(|b| b.weight))?;
+        if let Some(ms) = self.timeout_ms {
+            timeout("timeout_ms", ms)?;
+        }
+        if let Some(s) = &self.sticky {
+            if !is_token(&s.cookie) {
+                return Err(ValidationError::invalid("sticky.cookie", format!("{:?} is not a cookie name", s.cookie)));
+            }
+            if s.ttl_s == 0 {
+                return Err(ValidationError::invalid("sticky.ttl_s", "must be at least 1"));
+            }
+        }
+        if let Some(h) = &self.hash_on {
+            h.validate().map_err(|e| e.within("hash_on"))?;
+        }
+        if let Some(r) = &self.retries {
+            if r.attempts > MAX_RETRIES {
+                return Err(ValidationError::invalid("retries.attempts", format!("must be at most {MAX_RETRIES}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RouteMatch {
+    pub fn validate(&self) -> Result<()> {
+        list_len("hosts", self.hosts.len())?;
+        for (i, h) in self.hosts.iter().enumerate() {
+            host_pattern(&format!("hosts[{i}]"), h)?;
+        }
+        if let Some(p) = &self.path {
+            match p.kind() {
+                Some(PathKind::Prefix(s)) | Some(PathKind::Exact(s)) => {
+                    let f = if p.prefix.is_some() { "path.prefix" } else { "path.exact" };
+                    if !s.starts_with('/') {
+                        return Err(ValidationError::invalid(f, "must start with /"));
+                    }
+                    if s.bytes().any(|c| c.is_ascii_control() || c == b' ' || c == b'?' || c == b'#') {
+                        return Err(ValidationError::invalid(f, "must not hold spaces, control bytes, ? or #"));
+                    }
+                }
+                Some(PathKind::Regex(r)) => regex("path.regex", r)?,
+                None => return Err(ValidationError::invalid("path", "set exactly one of prefix, exact, regex")),
+            }
+        }
+        for (i, m) in self.methods.iter().enumerate() {
+            if !is_token(m) || m.bytes().any(|c| c.is_ascii_lowercase()) {
+                return Err(ValidationError::invalid(
+                    format!("methods[{i}]"),
+                    format!("{m:?} is not an upper-case method"),
+                ));
+            }
+        }
+        for (list, field) in [(&self.headers, "headers"), (&self.query, "query")] {
+            list_len(field, list.len())?;
+            for (i, m) in list.iter().enumerate() {
+                m.validate(field == "headers").map_err(|e| e.within(&format!("{field}[{i}]")))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ValueMatch {
+    fn validate(&self, is_header: bool) -> Result<()> {
+        if self.name.is_empty() || (is_header && !is_token(&self.name)) {
+            return Err(ValidationError::invalid("name", format!("{:?} is not a valid name", self.name)));
+        }
+        match self.kind() {
+            Some(ValueKind::Regex(r)) => regex("regex", r),
+            Some(ValueKind::Exact(v)) if is_header && v.bytes().any(|c| c.is_ascii_control() && c != b'\t') => {
+                Err(ValidationError::invalid("exact", "must not hold control bytes"))
+            }
+            Some(_) => Ok(()),
+            None => Err(ValidationError::invalid("", "set exactly one of exact, regex, present")),
+        }
+    }
+}
+
+impl Certificate {
+    /// Shape only: PEM text is present. Parsing and key matching come with TLS termination.
+    pub fn validate(&self) -> Result<()> {
+        if !self.cert_pem.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(ValidationError::invalid("cert_pem", "no PEM certificate found"));
+        }
+        if !self.key_pem.contains("-----BEGIN") || !self.key_pem.contains("PRIVATE KEY-----") {
+            return Err(ValidationError::invalid("key_pem", "no PEM private key found"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(is_valid_name("api-blue"));
+        assert!(is_valid_name("0"));
+        assert!(!is_valid_name("-api"));
+        assert!(!is_valid_name("Api"));
+        assert!(!is_valid_name(""));
+        assert!(!is_valid_name(&"a".repeat(64)));
+        assert!(is_valid_name(&"a".repeat(63)));
+    }
+
+    #[test]
+    fn parse_tells_malformed_from_invalid() {
+        assert!(matches!(parse_json::<Cluster>(b"{"), Err(ParseError::Malformed(_))));
+        let err = match parse_json::<Cluster>(br#"{"endpoints":[{"address":"127.0.0.1:1","wieght":1}]}"#) {
+            Err(ParseError::Invalid(e)) => e,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(err.field.as_deref(), Some("endpoints[0].wieght"));
+        let err = match parse_json::<Cluster>(br#"{"endpoints":[{"address":"127.0.0.1:1","weight":-1}]}"#) {
+            Err(ParseError::Invalid(e)) => e,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(err.field.as_deref(), Some("endpoints[0].weight"));
+    }
+
+    #[test]
+    fn deep_nesting_is_malformed_not_a_crash() {
+        let deep = "[".repeat(100_000);
+        assert!(matches!(parse_json::<Cluster>(deep.as_bytes()), Err(ParseError::Malformed(_))));
+    }
+
+    #[test]
+    fn cluster_errors_name_the_field() {
+        let c: Cluster = parse_json(br#"{"endpoints":[{"address":"127.0.0.1:1"},{"address":"nope"}]}"#).unwrap();
+        assert_eq!(c.validate().unwrap_err().field.as_deref(), Some("endpoints[1].address"));
+        let c: Cluster = parse_json(br#"{"endpoints":[{"address":"127.0.0.1:1","weight":0}]}"#).unwrap();
+        assert_eq!(c.validate().unwrap_err().field.as_deref(), Some("endpoints"));
+        let c: Cluster = parse_json(br#"{"endpoints":[]}"#).unwrap();
+        assert!(c.validate().is_ok(), "a cluster may have no endpoints");
+    }
+
+    #[test]
+    fn route_errors_name_the_field() {
+        let r: Route =
+            parse_json(br#"{"listener":"web","match":{"path":{"regex":"("}},"backends":[{"cluster":"a"}]}"#).unwrap();
+        assert_eq!(r.validate().unwrap_err().field.as_deref(), Some("match.path.regex"));
+        let r: Route = parse_json(
+            br#"{"listener":"web","match":{"headers":[{"name":"x","exact":"1","present":true}]},"backends":[{"cluster":"a"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.validate().unwrap_err().field.as_deref(), Some("match.headers[0]"));
+        let r: Route =
+            parse_json(br#"{"listener":"web","backends":[{"cluster":"a","weight":0},{"cluster":"b","weight":0}]}"#)
+                .unwrap();
+        assert_eq!(r.validate().unwrap_err().field.as_deref(), Some("backends"));
+        let r: Route =
+            parse_json(br#"{"listener":"web","match":{"hosts":["*.Shop.com"]},"backends":[{"cluster":"a"}]}"#).unwrap();
+        assert_eq!(r.validate().unwrap_err().field.as_deref(), Some("match.hosts[0]"));
+    }
+
+    #[test]
+    fn listener_protocol_rules() {
+        let l: Listener = parse_json(br#"{"address":"127.0.0.1:9","protocol":"tcp"}"#).unwrap();
+        assert_eq!(l.validate().unwrap_err().field.as_deref(), Some("cluster"));
+        let l: Listener = parse_json(br#"{"address":"127.0.0.1:9","protocol":"http"}"#).unwrap();
+        assert_eq!(l.group, "default");
+        assert!(l.validate().is_ok());
+        let l: Listener = parse_json(br#"{"address":"localhost:9","protocol":"http"}"#).unwrap();
+        assert_eq!(l.validate().unwrap_err().field.as_deref(), Some("address"));
+    }
+}

@@ -1,0 +1,1 @@
+//! Shared helpers for the end-to-end tests: start the real binary, free ports, eventually-asserts.
