@@ -1,1 +1,8 @@
-//! Sluice control plane: store, REST API, config stream server.
+//! Sluice control plane: the store (sqlx over SQLite or Postgres), the REST API (axum) and the
+//! config stream server (tonic) that every data-plane node subscribes to.
+
+pub mod api;
+pub mod nodes;
+pub mod server;
+pub mod store;
+pub mod stream;

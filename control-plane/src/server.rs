@@ -1,0 +1,1 @@
+//! ControlPlane::start wiring (owner B).

@@ -1,0 +1,1 @@
+//! Persistent store: see PLAN (owner A).

@@ -1,0 +1,1 @@
+//! Config stream server (owner B).

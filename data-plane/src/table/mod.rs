@@ -1,0 +1,1 @@
+//! Route table: compile + lookup (owner D).
