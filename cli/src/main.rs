@@ -1,3 +1,89 @@
-fn main() {
-    println!("sluice");
+//! `sluice`: the one binary users install — control plane, proxy, dev mode and the client commands.
+//!
+//! Exit codes: 0 success, 1 error (the API's error code, message and field are printed), 2 usage,
+//! 3 `weights --wait` saw a node reject the revision (NACK), 4 `weights --wait` timed out.
+
+mod apply;
+mod args;
+mod client;
+mod demo;
+mod resources;
+mod servers;
+mod status;
+mod table;
+mod weights;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command};
+use crate::client::Client;
+
+/// Outcomes with their own exit codes.
+#[derive(Debug)]
+pub enum Failure {
+    Nack(String),
+    Timeout(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Nack(m) | Failure::Timeout(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for Failure {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let server = matches!(cli.command, Command::Dev(_) | Command::ControlPlane(_) | Command::Proxy(_));
+    init_tracing(server);
+    let runtime = if server {
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    };
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            match e.downcast_ref::<Failure>() {
+                Some(Failure::Nack(_)) => ExitCode::from(3),
+                Some(Failure::Timeout(_)) => ExitCode::from(4),
+                None => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Dev(a) => servers::dev(a).await,
+        Command::ControlPlane(a) => servers::control_plane(a).await,
+        Command::Proxy(a) => servers::proxy(a).await,
+        Command::Apply(a) => apply::run(&Client::from_env()?, &a.file).await,
+        Command::Get(a) => resources::get(&Client::from_env()?, &a).await,
+        Command::Delete(a) => resources::delete(&Client::from_env()?, &a).await,
+        Command::Weights(a) => weights::run(&Client::from_env()?, &a).await,
+        Command::Status => status::run(&Client::from_env()?).await,
+    }
+}
+
+/// RUST_LOG decides; the default is `info` for the servers and `warn` for the client commands.
+fn init_tracing(server: bool) {
+    let default = if server { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

@@ -6,3 +6,5 @@ pub mod nodes;
 pub mod server;
 pub mod store;
 pub mod stream;
+
+pub use server::{ControlPlane, ControlPlaneError, ControlPlaneOptions};

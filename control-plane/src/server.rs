@@ -1,1 +1,161 @@
-//! ControlPlane::start wiring (owner B).
+//! A whole control plane in one value: the store, the REST API and the config stream server, each
+//! bound on its own address (port 0 picks a free one), stopped together by [`ControlPlane::shutdown`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+
+use crate::api::{self, ApiState};
+use crate::store::{Store, StoreError};
+use crate::stream::{ConfigStreamService, StreamOptions};
+
+/// How long shutdown waits for node streams and open HTTP connections before cutting them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What [`ControlPlane::start`] needs. Build it with struct update syntax over
+/// `ControlPlaneOptions::default()` so later additions (gRPC mTLS, issue 5) do not break callers.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneOptions {
+    /// `sqlite://PATH` (created if missing) or `postgres://…`.
+    pub database_url: String,
+    pub api_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    /// Bearer token with every right on the REST API. Must not be empty.
+    pub admin_token: String,
+    /// Sent in every snapshot; generated (`cp-…`) when `None`.
+    pub control_plane_id: Option<String>,
+}
+
+impl Default for ControlPlaneOptions {
+    fn default() -> Self {
+        Self {
+            database_url: "sqlite://sluice.db".to_string(),
+            api_addr: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 7071)),
+            admin_token: String::new(),
+            control_plane_id: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    #[error("the admin token must not be empty")]
+    EmptyAdminToken,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot bind the {what} address {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running control plane.
+pub struct ControlPlane {
+    store: Store,
+    api_addr: SocketAddr,
+    grpc_addr: SocketAddr,
+    stream: ConfigStreamService,
+    stop: watch::Sender<bool>,
+    api_task: JoinHandle<()>,
+    grpc_task: JoinHandle<()>,
+}
+
+impl ControlPlane {
+    /// Opens the store, binds both listeners and starts serving. Returns once both accept.
+    pub async fn start(opts: ControlPlaneOptions) -> Result<ControlPlane, ControlPlaneError> {
+        if opts.admin_token.is_empty() {
+            return Err(ControlPlaneError::EmptyAdminToken);
+        }
+        let api_listener = bind("REST API", opts.api_addr).await?;
+        let grpc_listener = bind("gRPC", opts.grpc_addr).await?;
+        let api_addr = local_addr("REST API", opts.api_addr, &api_listener)?;
+        let grpc_addr = local_addr("gRPC", opts.grpc_addr, &grpc_listener)?;
+        let store = Store::open(&opts.database_url).await?;
+
+        let control_plane_id =
+            opts.control_plane_id.unwrap_or_else(|| format!("cp-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]));
+        let stream = ConfigStreamService::new(store.clone(), StreamOptions::new(control_plane_id.clone()));
+        let (stop, stopped) = watch::channel(false);
+
+        let app = api::app(ApiState { store: store.clone(), admin_token: Arc::from(opts.admin_token) });
+        let api_task = tokio::spawn({
+            let stopped = stopped.clone();
+            async move {
+                if let Err(e) = axum::serve(api_listener, app).with_graceful_shutdown(wait_for(stopped)).await {
+                    tracing::error!(error = %e, "REST API server failed");
+                }
+            }
+        });
+        let grpc_task = tokio::spawn({
+            let service = stream.clone().into_server();
+            async move {
+                let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+                let served = tonic::transport::Server::builder()
+                    // Finds nodes that vanished without closing their connection.
+                    .http2_keepalive_interval(Some(Duration::from_secs(10)))
+                    .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(incoming, wait_for(stopped))
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "gRPC server failed");
+                }
+            }
+        });
+        tracing::info!(%api_addr, %grpc_addr, %control_plane_id, "control plane started");
+        Ok(ControlPlane { store, api_addr, grpc_addr, stream, stop, api_task, grpc_task })
+    }
+
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn control_plane_id(&self) -> &str {
+        self.stream.control_plane_id()
+    }
+
+    /// Ends the node streams (recording each node as disconnected), stops both servers and closes
+    /// the store. Bounded: connections still open after a grace period are cut.
+    pub async fn shutdown(self) {
+        self.stream.shutdown(SHUTDOWN_GRACE).await;
+        self.stop.send_replace(true);
+        for (name, mut task) in [("REST API", self.api_task), ("gRPC", self.grpc_task)] {
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await.is_err() {
+                tracing::warn!(server = name, "server did not stop in time; aborting it");
+                task.abort();
+            }
+        }
+        self.store.close().await;
+        tracing::info!("control plane stopped");
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ControlPlaneError> {
+    TcpListener::bind(addr).await.map_err(|source| ControlPlaneError::Bind { what, addr, source })
+}
+
+fn local_addr(what: &'static str, addr: SocketAddr, l: &TcpListener) -> Result<SocketAddr, ControlPlaneError> {
+    l.local_addr().map_err(|source| ControlPlaneError::Bind { what, addr, source })
+}
+
+async fn wait_for(mut stopped: watch::Receiver<bool>) {
+    // An error means the sender is gone: the control plane was dropped, so stop as well.
+    let _ = stopped.wait_for(|s| *s).await;
+}

@@ -1,4 +1,23 @@
 //! Sluice data plane: listeners, the L4 and L7 proxy, the route table (compiled off the hot path,
 //! swapped in with one `ArcSwap::store`) and the config stream client.
+//!
+//! [`Node`] is the whole runtime; `sluice proxy` and `sluice dev` start one. Life of a request:
+//! `listeners` accepts, `http::guard` checks each request head on the raw bytes, hyper parses it,
+//! `http::proxy` loads the installed table once, routes, picks an endpoint and forwards through
+//! the pooled client of `http::upstream`. Life of a config: `stream_client` receives a snapshot,
+//! `install` validates, compiles, binds new listeners, swaps, persists (`cache`) and acknowledges.
 
+mod admin;
+mod cache;
+mod http;
+mod install;
+mod listeners;
+mod metrics;
+mod node;
+mod state;
+mod stream_client;
 pub mod table;
+mod tcp;
+
+pub use cache::{CacheError, SnapshotCache};
+pub use node::{Node, NodeError, NodeOptions};

@@ -153,7 +153,7 @@ impl Config {
         }
         for (n, c) in &self.certificates {
             crate::validate::name("name", n)
-                .and_then(|_| c.validate())
+                .and_then(|_| c.validate_material())
                 .map_err(|e| e.within(&format!("certificates.{n}")))?;
         }
         for (n, l) in &self.listeners {

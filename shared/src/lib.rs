@@ -4,7 +4,10 @@
 //! Both the control plane and the data plane depend on this crate and on nothing of each other.
 //! It does no I/O.
 
+pub mod certs;
+pub mod clock;
 pub mod config;
+pub mod convert;
 pub mod model;
 pub mod proto;
 pub mod validate;

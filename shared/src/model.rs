@@ -360,10 +360,20 @@ impl Retries {
 
 // ------------------------------------------------------------------------------------ certificate
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Certificate {
     pub cert_pem: String,
-    /// Never returned by reads nor logged.
+    /// Never returned by reads nor logged (see the Debug impl).
     pub key_pem: String,
+}
+
+/// Redacts the key, so a certificate in a log line or panic message never shows it.
+impl std::fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificate")
+            .field("cert_pem", &format_args!("<{} bytes>", self.cert_pem.len()))
+            .field("key_pem", &format_args!("<redacted>"))
+            .finish()
+    }
 }

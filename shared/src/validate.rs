@@ -417,15 +417,27 @@ impl ValueMatch {
 }
 
 impl Certificate {
-    /// Shape only: PEM text is present. Parsing and key matching come with TLS termination.
+    /// The one check a certificate passes before it is stored: a parseable PEM chain, one parseable
+    /// private key (PKCS#8, PKCS#1 RSA or SEC1 EC) matching the first certificate, and every
+    /// certificate of the chain valid now (neither expired nor not yet valid).
     pub fn validate(&self) -> Result<()> {
-        if !self.cert_pem.contains("-----BEGIN CERTIFICATE-----") {
-            return Err(ValidationError::invalid("cert_pem", "no PEM certificate found"));
-        }
-        if !self.key_pem.contains("-----BEGIN") || !self.key_pem.contains("PRIVATE KEY-----") {
-            return Err(ValidationError::invalid("key_pem", "no PEM private key found"));
-        }
-        Ok(())
+        self.validate_at(crate::clock::unix_now_ms() / 1000).map(drop)
+    }
+
+    /// [`Certificate::validate`] at `now` (Unix seconds), returning what the leaf says.
+    pub fn validate_at(&self, now: i64) -> Result<crate::certs::CertificateInfo> {
+        crate::certs::check(self, now)
+    }
+
+    /// Parsing and key matching without the clock: what a node checks on each snapshot, so that a
+    /// certificate expiring while stored never makes nodes refuse later revisions.
+    pub fn validate_material(&self) -> Result<()> {
+        crate::certs::check_material(self).map(drop)
+    }
+
+    /// Names and validity of the leaf, for views. Does not check the key.
+    pub fn info(&self) -> Result<crate::certs::CertificateInfo> {
+        crate::certs::inspect(&self.cert_pem)
     }
 }
 

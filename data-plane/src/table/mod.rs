@@ -1,1 +1,177 @@
-//! Route table: compile + lookup (owner D).
+//! Route table: compile + lookup + load balancing (owner D). Pure: no I/O, no tasks.
+//!
+//! # API (what the proxy runtime uses)
+//!
+//! ```text
+//! compile(cfg: &Config, previous: Option<&Table>) -> Result<Table, CompileError>
+//!     Off the hot path, once per revision. Reuses from `previous` the `Arc<EndpointState>` of
+//!     every (cluster name, address) still present, and the `Arc<RouteStats>` of every route name.
+//! Table::with_revision(self, Revision) -> Table;  Table::revision(&self) -> Revision
+//! Table::listener(&self, name) -> Option<&ListenerTable>;  Table::listeners() -> iter (name, &ListenerTable)
+//! Table::cluster(&self, name) -> Option<&Arc<ClusterLb>>;  Table::clusters() -> iter (name, &Arc<ClusterLb>)
+//! ListenerTable::{name, address, protocol, idle_timeout, routes}
+//! ListenerTable::find(&self, &RequestView) -> Option<&RouteEntry>      no allocation (see below)
+//! ListenerTable::cluster(&self) -> Option<&Arc<ClusterLb>>              tcp/udp (and tls default) cluster
+//! RouteEntry::pick_cluster(&self) -> &Arc<ClusterLb>                    weighted, per request
+//! RouteEntry::{name, priority, backends, timeout, retries, sticky, hash_on, stats}
+//! ClusterLb::pick(&self) -> Option<EndpointGuard>                       None: no healthy endpoint (503)
+//! ClusterLb::pick_excluding(&self, &[SocketAddr]) -> Option<EndpointGuard>   for retries
+//! EndpointGuard: Deref<Target = EndpointState>; counts one active request until dropped
+//! EndpointState::{address, is_healthy, set_healthy, active}
+//! RouteStats::{record_request, record_response(status), requests, responses(class)}
+//! normalize_host(&str) -> Cow<str>                                      Host header -> RequestView::host
+//! ```
+//!
+//! # Route choice (DESIGN §3)
+//!
+//! Highest `priority` wins. Among equal priorities, in this order: host tier (exact host >
+//! `*.suffix` wildcard, longer suffix first > no hosts), path tier (exact > longer prefix >
+//! shorter prefix > regex > no path), more conditions (a method list counts one, each header and
+//! query condition one), then the name that sorts first.
+//!
+//! Matching rules: `RequestView::host` must already be lower-case without port or trailing dot
+//! ([`normalize_host`]); `*.myshop.com` matches `a.myshop.com` and `a.b.myshop.com`, not
+//! `myshop.com`. Prefix and exact paths compare the raw path bytes (`/api/` matches `/api/x`, not
+//! `/api`); regexes (path, header, query) search unanchored, use `^…$` to anchor. Header names are
+//! case-insensitive, a repeated header or query parameter matches if any value does, and
+//! `present: false` means absent. Query names and values are percent-decoded, `+` read as space.
+//!
+//! # Balancing
+//!
+//! `pick_cluster`: weighted random with a thread-local wyrand (no lock, no shared cache line).
+//! `ClusterLb::pick` by policy, over healthy endpoints with non-zero weight: `round_robin` is
+//! lock-free interleaved weighted round robin on one atomic counter (each endpoint gets exactly
+//! its weight per cycle); `least_request` scans exactly up to 8 endpoints and uses power of two
+//! choices beyond; `random` is weighted random. `ring_hash` and `maglev` fall back to round robin
+//! until hashing lands. When the policy's tries keep hitting unhealthy endpoints, a scan finds any
+//! healthy one.
+
+mod compile;
+mod index;
+mod lb;
+mod matcher;
+mod request;
+mod route;
+
+#[cfg(test)]
+mod tests_lb;
+#[cfg(test)]
+mod tests_precedence;
+#[cfg(test)]
+mod tests_reference;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_shared::model::Protocol;
+use sluice_shared::Revision;
+
+pub use compile::compile;
+pub use lb::{ClusterLb, EndpointGuard, EndpointState, LbEndpoint};
+pub use request::{normalize_host, RequestView};
+pub use route::{RetryPolicy, RouteEntry, RouteStats, WeightedBackend};
+
+use index::RouteIndex;
+
+/// Why a config could not be compiled: the config path of the field at fault and what is wrong.
+/// Its display text is what a node sends in a NACK.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct CompileError {
+    pub field: String,
+    pub message: String,
+}
+
+impl CompileError {
+    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> CompileError {
+        CompileError { field: field.into(), message: message.into() }
+    }
+}
+
+/// One compiled revision: every listener with its route index, every cluster with its balancer.
+/// Immutable; share it as `Arc<Table>` (one `ArcSwap::store` per revision).
+#[derive(Debug, Default)]
+pub struct Table {
+    revision: Revision,
+    listeners: BTreeMap<String, ListenerTable>,
+    clusters: HashMap<String, Arc<ClusterLb>>,
+}
+
+impl Table {
+    /// Stamps the config revision this table was compiled from (`compile` leaves it 0).
+    pub fn with_revision(mut self, revision: Revision) -> Table {
+        self.revision = revision;
+        self
+    }
+
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    pub fn listener(&self, name: &str) -> Option<&ListenerTable> {
+        self.listeners.get(name)
+    }
+
+    /// In name order.
+    pub fn listeners(&self) -> impl Iterator<Item = (&str, &ListenerTable)> {
+        self.listeners.iter().map(|(n, l)| (n.as_str(), l))
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<&Arc<ClusterLb>> {
+        self.clusters.get(name)
+    }
+
+    /// In no particular order.
+    pub fn clusters(&self) -> impl Iterator<Item = (&str, &Arc<ClusterLb>)> {
+        self.clusters.iter().map(|(n, c)| (n.as_str(), c))
+    }
+}
+
+/// One listener of a table: where it listens, and its routes (http/https) or cluster (tcp/udp/tls).
+#[derive(Debug)]
+pub struct ListenerTable {
+    name: Arc<str>,
+    address: SocketAddr,
+    protocol: Protocol,
+    cluster: Option<Arc<ClusterLb>>,
+    idle_timeout: Option<Duration>,
+    /// Sorted by name; the index refers to routes by position.
+    routes: Vec<RouteEntry>,
+    index: RouteIndex,
+}
+
+impl ListenerTable {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// The cluster of a tcp/udp listener (the default cluster of a tls passthrough listener).
+    pub fn cluster(&self) -> Option<&Arc<ClusterLb>> {
+        self.cluster.as_ref()
+    }
+
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        self.idle_timeout
+    }
+
+    /// The routes attached to this listener, by name.
+    pub fn routes(&self) -> &[RouteEntry] {
+        &self.routes
+    }
+
+    /// The route for a request by the rules in the module docs; `None`: no route matches (404).
+    /// Allocates nothing unless a query regex meets a percent-encoded value.
+    pub fn find(&self, req: &RequestView<'_>) -> Option<&RouteEntry> {
+        self.index.find(&self.routes, req).map(|i| &self.routes[i as usize])
+    }
+}

@@ -1,0 +1,232 @@
+//! The command line (DESIGN.md §2), parsed with clap's derive API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Sluice: a load balancer with a control plane and a fleet of data-plane proxies.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Control plane on SQLite plus one in-process proxy node, for trying Sluice on one machine.
+    ///
+    /// The admin token comes from SLUICE_ADMIN_TOKEN; when unset, the token stored in
+    /// <data-dir>/admin-token is reused, or a new one is generated, printed and written there.
+    /// Client commands run from the same directory find that file when SLUICE_TOKEN is unset.
+    Dev(DevArgs),
+    /// Run a control plane: REST API and the config stream for proxy nodes.
+    ///
+    /// Requires the admin token in SLUICE_ADMIN_TOKEN and refuses to start without it.
+    ControlPlane(ControlPlaneArgs),
+    /// Run a data-plane proxy node that takes its config from the control plane(s).
+    Proxy(ProxyArgs),
+    /// Create or replace resources from a YAML or JSON file (`-` reads stdin).
+    ///
+    /// The file holds either the config shape `{clusters: {NAME: SPEC}, listeners: {...}, routes:
+    /// {...}, certificates: {...}}` or a list (or YAML documents) of `{kind, name, spec}`.
+    /// Resources are applied in dependency order: certificates, clusters, listeners, routes.
+    Apply(ApplyArgs),
+    /// Show resources: a table of all of a kind, or one resource.
+    Get(GetArgs),
+    /// Delete one resource.
+    Delete(DeleteArgs),
+    /// Shift the weights of a route's backends in one revision.
+    ///
+    /// With --wait, returns once every connected node has acknowledged the new revision; exits 3 when a
+    /// node rejected it (NACK) and 4 on timeout.
+    Weights(WeightsArgs),
+    /// Fleet status: the current revision and every node with its acknowledged revision and last NACK.
+    Status,
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Also start built-in demo backends and register the example config (host myshop.com).
+    #[arg(long)]
+    pub demo: bool,
+    /// Where the SQLite database, the admin token and the node's snapshot cache live.
+    #[arg(long, default_value = "./.sluice")]
+    pub data_dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub api_addr: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:7071")]
+    pub grpc_addr: SocketAddr,
+    /// The in-process node's admin endpoint (/healthz, /readyz, /metrics).
+    #[arg(long, default_value = "127.0.0.1:7072")]
+    pub admin_addr: SocketAddr,
+    /// Address of the demo's HTTP listener.
+    #[arg(long, default_value = "127.0.0.1:8080", requires = "demo")]
+    pub demo_http_addr: SocketAddr,
+    /// Address of the demo's TCP echo listener.
+    #[arg(long, default_value = "127.0.0.1:15432", requires = "demo")]
+    pub demo_tcp_addr: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct ControlPlaneArgs {
+    /// `sqlite://PATH` (created if missing) or `postgres://...`.
+    #[arg(long, env = "SLUICE_DATABASE_URL", default_value = "sqlite://./.sluice/sluice.db")]
+    pub database_url: String,
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub api_addr: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:7071")]
+    pub grpc_addr: SocketAddr,
+    /// Server certificate (PEM) for mTLS on the config stream.
+    #[arg(long, requires_all = ["grpc_tls_key", "grpc_client_ca"])]
+    pub grpc_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --grpc-tls-cert.
+    #[arg(long, requires = "grpc_tls_cert")]
+    pub grpc_tls_key: Option<PathBuf>,
+    /// CA (PEM) that node client certificates must chain to.
+    #[arg(long, requires = "grpc_tls_cert")]
+    pub grpc_client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Control plane config-stream URL, e.g. http://127.0.0.1:7071; repeat to fail over between replicas.
+    #[arg(long = "control-plane", required = true, value_name = "URL")]
+    pub control_planes: Vec<String>,
+    /// This node's id (default: the host name).
+    #[arg(long)]
+    pub node_id: Option<String>,
+    /// The group whose listeners this node serves.
+    #[arg(long, default_value = "default")]
+    pub group: String,
+    /// Admin endpoint: /healthz, /readyz, /metrics.
+    #[arg(long, default_value = "127.0.0.1:7072")]
+    pub admin_addr: SocketAddr,
+    /// Directory for the last good snapshot, used at boot when no control plane answers.
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// CA (PEM) to verify the control plane with (mTLS).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS to the control plane.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// YAML or JSON file; `-` for stdin.
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// clusters, listeners, routes or certificates (singular works too).
+    pub kind: String,
+    pub name: Option<String>,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    pub kind: String,
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct WeightsArgs {
+    pub route: String,
+    /// New weights as CLUSTER=WEIGHT; clusters not named keep their weight.
+    #[arg(required = true, value_name = "CLUSTER=WEIGHT", value_parser = parse_weight)]
+    pub weights: Vec<(String, u32)>,
+    /// Wait until every connected node has acknowledged the new revision.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits (e.g. 60s, 2m, 500ms).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+fn parse_weight(s: &str) -> Result<(String, u32), String> {
+    let (cluster, weight) = s.split_once('=').ok_or_else(|| format!("{s:?} is not CLUSTER=WEIGHT"))?;
+    let weight =
+        weight.trim().parse::<u32>().map_err(|_| format!("{weight:?} is not a non-negative integer weight"))?;
+    if cluster.is_empty() {
+        return Err(format!("{s:?} names no cluster"));
+    }
+    Ok((cluster.to_string(), weight))
+}
+
+/// `90s`, `2m`, `500ms`, `1h`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 60s, 2m or 500ms"))?;
+    let d = match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn weights() {
+        assert_eq!(parse_weight("api-blue=90"), Ok(("api-blue".to_string(), 90)));
+        assert!(parse_weight("api-blue").is_err());
+        assert!(parse_weight("=3").is_err());
+        assert!(parse_weight("a=-1").is_err());
+    }
+
+    #[test]
+    fn weights_command_parses() {
+        let cli = Cli::try_parse_from(["sluice", "weights", "api", "blue=0", "green=100", "--wait", "--timeout", "5s"])
+            .unwrap();
+        match cli.command {
+            Command::Weights(w) => {
+                assert_eq!(w.route, "api");
+                assert_eq!(w.weights.len(), 2);
+                assert!(w.wait);
+                assert_eq!(w.timeout, Duration::from_secs(5));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

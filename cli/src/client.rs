@@ -1,0 +1,148 @@
+//! A small REST client for the control plane's API (DESIGN.md §3), used by the client commands and by
+//! `dev --demo` to register its seed config.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+pub const DEFAULT_API_URL: &str = "http://127.0.0.1:7070";
+/// Where `sluice dev` writes its generated admin token (relative to the default data dir).
+pub const DEV_TOKEN_FILE: &str = "./.sluice/admin-token";
+
+/// An error answer of the API: `{"error": {"code", "message", "field"}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: String,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}): {}", self.code, self.status.as_u16(), self.message)?;
+        if let Some(field) = &self.field {
+            write!(f, " [field: {field}]")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl ApiError {
+    fn from_response(status: StatusCode, body: &str) -> ApiError {
+        let parsed: Option<Value> = serde_json::from_str(body).ok();
+        let err = parsed.as_ref().and_then(|v| v.get("error"));
+        let text = |k: &str| err.and_then(|e| e.get(k)).and_then(Value::as_str).map(str::to_string);
+        match err {
+            Some(_) => ApiError {
+                status,
+                code: text("code").unwrap_or_else(|| "error".into()),
+                message: text("message").unwrap_or_default(),
+                field: text("field"),
+            },
+            None => ApiError {
+                status,
+                code: status.canonical_reason().unwrap_or("error").to_lowercase().replace(' ', "_"),
+                message: body.trim().chars().take(200).collect(),
+                field: None,
+            },
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    pub fn new(base: &str, token: Option<String>) -> anyhow::Result<Client> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Client { http, base: base.trim_end_matches('/').to_string(), token })
+    }
+
+    /// SLUICE_API_URL and SLUICE_TOKEN; without SLUICE_TOKEN, the token `sluice dev` wrote in
+    /// ./.sluice/admin-token (so that a newcomer's first commands just work).
+    pub fn from_env() -> anyhow::Result<Client> {
+        let base = std::env::var("SLUICE_API_URL").ok().filter(|s| !s.is_empty());
+        let token = match std::env::var("SLUICE_TOKEN").ok().filter(|s| !s.is_empty()) {
+            Some(t) => Some(t),
+            None => read_token_file(Path::new(DEV_TOKEN_FILE)),
+        };
+        Client::new(base.as_deref().unwrap_or(DEFAULT_API_URL), token)
+    }
+
+    /// Sends one request; a non-2xx answer becomes an [`ApiError`] inside the `anyhow::Error`.
+    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.request(method.clone(), &url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.with_context(|| format!("cannot reach the Sluice API at {}", self.base))?;
+        let status = resp.status();
+        let text = resp.text().await.with_context(|| format!("reading the answer to {method} {path}"))?;
+        if !status.is_success() {
+            let mut err = ApiError::from_response(status, &text);
+            if status == StatusCode::UNAUTHORIZED && self.token.is_none() {
+                err.message.push_str(" (set SLUICE_TOKEN)");
+            }
+            return Err(err.into());
+        }
+        if text.trim().is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_str(&text).with_context(|| format!("{method} {path} answered with invalid JSON"))
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(Method::GET, path, None).await
+    }
+}
+
+pub fn read_token_file(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// The `revision` of a write's answer.
+pub fn revision_of(v: &Value) -> Option<u64> {
+    v.get("revision").and_then(Value::as_u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_error_from_contract_body() {
+        let e = ApiError::from_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            r#"{"error":{"code":"invalid","message":"bad address","field":"endpoints[0].address"}}"#,
+        );
+        assert_eq!(e.code, "invalid");
+        assert_eq!(e.field.as_deref(), Some("endpoints[0].address"));
+        assert_eq!(e.to_string(), "invalid (422): bad address [field: endpoints[0].address]");
+    }
+
+    #[test]
+    fn api_error_from_other_body() {
+        let e = ApiError::from_response(StatusCode::BAD_GATEWAY, "upstream down\n");
+        assert_eq!(e.code, "bad_gateway");
+        assert_eq!(e.message, "upstream down");
+    }
+}

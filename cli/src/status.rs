@@ -1,0 +1,53 @@
+//! `sluice status`: the current revision and every node of the fleet.
+
+use serde_json::Value;
+
+use crate::client::Client;
+use crate::table::Table;
+
+pub async fn run(client: &Client) -> anyhow::Result<()> {
+    let revision = client.get("/v1/revision").await?;
+    let nodes = client.get("/v1/nodes").await?;
+    let revision = revision.get("revision").and_then(Value::as_u64).unwrap_or(0);
+    println!("revision {revision}");
+    print!("{}", render(&nodes));
+    Ok(())
+}
+
+pub fn render(nodes: &Value) -> String {
+    let empty = Vec::new();
+    let nodes = nodes.as_array().unwrap_or(&empty);
+    if nodes.is_empty() {
+        return "no nodes\n".to_string();
+    }
+    let mut t = Table::new(&["NODE", "GROUP", "STATE", "ACKED", "LAST NACK", "LAST SEEN"]);
+    for n in nodes {
+        let s = |k: &str| n.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+        let nack = match n.get("last_nack").filter(|v| !v.is_null()) {
+            Some(v) => format!(
+                "{}: {}",
+                v.get("revision").and_then(Value::as_u64).unwrap_or(0),
+                v.get("message").and_then(Value::as_str).unwrap_or("")
+            ),
+            None => "-".to_string(),
+        };
+        let acked = n.get("acked_revision").and_then(Value::as_u64).unwrap_or(0).to_string();
+        t.row(vec![s("id"), s("group"), s("state"), acked, nack, s("last_seen")]);
+    }
+    t.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn renders_nodes() {
+        let out = render(&json!([{"id": "dev", "group": "default", "state": "nacked", "acked_revision": 3,
+            "last_nack": {"revision": 4, "message": "port in use"}, "last_seen": "2025-01-01T00:00:00Z"}]));
+        assert!(out.starts_with("NODE  GROUP    STATE   ACKED  LAST NACK       LAST SEEN"), "{out}");
+        assert!(out.contains("dev   default  nacked  3      4: port in use"), "{out}");
+        assert_eq!(render(&json!([])), "no nodes\n");
+    }
+}

@@ -1,0 +1,100 @@
+//! `GET /v1/nodes`: each data-plane node with a state derived from what it acknowledged.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Extension;
+use axum::response::Response;
+use serde::Serialize;
+use sluice_shared::clock::{rfc3339_ms, unix_now_ms as now_ms};
+use sluice_shared::Revision;
+
+use super::{with_etag, Action, ApiError, Caller, Shared};
+use crate::nodes::NodeRecord;
+
+/// A node not heard from for this long counts as disconnected, whatever its stream last said.
+pub const DISCONNECTED_AFTER_MS: i64 = 30_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    Synced,
+    Stale,
+    Nacked,
+    Disconnected,
+}
+
+#[derive(Debug, Serialize)]
+struct NodeView<'a> {
+    id: &'a str,
+    group: &'a str,
+    state: NodeState,
+    acked_revision: Revision,
+    last_nack: Option<NackView<'a>>,
+    last_seen: String,
+}
+
+#[derive(Debug, Serialize)]
+struct NackView<'a> {
+    revision: Revision,
+    message: &'a str,
+}
+
+pub fn node_state(n: &NodeRecord, current: Revision, now_ms: i64) -> NodeState {
+    if !n.connected || now_ms.saturating_sub(n.last_seen_ms) > DISCONNECTED_AFTER_MS {
+        NodeState::Disconnected
+    } else if n.last_nack.as_ref().is_some_and(|(rev, _)| *rev > n.acked_revision) {
+        NodeState::Nacked
+    } else if n.acked_revision == current {
+        NodeState::Synced
+    } else {
+        NodeState::Stale
+    }
+}
+
+pub(super) async fn list(State(app): State<Shared>, caller: Extension<Caller>) -> Result<Response, ApiError> {
+    caller.permit(Action::Read)?;
+    let records = app.store.nodes().await?;
+    let current = app.store.state().revision;
+    let now = now_ms();
+    let views: Vec<_> = records
+        .iter()
+        .map(|n| NodeView {
+            id: &n.id,
+            group: &n.group,
+            state: node_state(n, current, now),
+            acked_revision: n.acked_revision,
+            last_nack: n.last_nack.as_ref().map(|(revision, message)| NackView { revision: *revision, message }),
+            last_seen: rfc3339_ms(n.last_seen_ms),
+        })
+        .collect();
+    let body = serde_json::to_value(views).map_err(|_| ApiError::unavailable())?;
+    Ok(with_etag(StatusCode::OK, current, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states() {
+        let now = 1_000_000;
+        let n = NodeRecord {
+            id: "n".into(),
+            group: "default".into(),
+            acked_revision: 5,
+            last_nack: None,
+            last_seen_ms: now - 1_000,
+            connected: true,
+        };
+        assert_eq!(node_state(&n, 5, now), NodeState::Synced);
+        assert_eq!(node_state(&n, 6, now), NodeState::Stale);
+        let nacked = NodeRecord { last_nack: Some((6, "bad".into())), ..n.clone() };
+        assert_eq!(node_state(&nacked, 6, now), NodeState::Nacked);
+        let recovered = NodeRecord { last_nack: Some((4, "old".into())), ..n.clone() };
+        assert_eq!(node_state(&recovered, 5, now), NodeState::Synced);
+        let quiet = NodeRecord { last_seen_ms: now - 31_000, ..n.clone() };
+        assert_eq!(node_state(&quiet, 5, now), NodeState::Disconnected);
+        let gone = NodeRecord { connected: false, ..n };
+        assert_eq!(node_state(&gone, 5, now), NodeState::Disconnected);
+    }
+}

@@ -1,0 +1,266 @@
+//! The SQL half of the store: connecting, migrations, and the few statements it runs.
+//! Runtime-checked queries with `$1, $2, …` placeholders, which SQLite and Postgres both accept.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sluice_shared::validate::parse_json;
+use sluice_shared::{Config, Kind, Revision};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{Any, AnyPool, Executor, Row, Transaction};
+
+use super::change::RowWrite;
+use super::{State, StoreError};
+use crate::nodes::NodeRecord;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub(super) fn unavailable(e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+pub(super) async fn connect(url: &str, acquire_timeout: Duration) -> Result<(AnyPool, Backend), StoreError> {
+    sqlx::any::install_default_drivers();
+
+    let (url, backend) = if url.starts_with("sqlite:") {
+        (sqlite_url(url)?, Backend::Sqlite)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        (url.to_string(), Backend::Postgres)
+    } else {
+        return Err(StoreError::Unavailable(format!(
+            "unsupported database URL {:?}: use sqlite://PATH or postgres://…",
+            redact(url)
+        )));
+    };
+    let options = AnyConnectOptions::from_str(&url).map_err(unavailable)?;
+    let mut pool = AnyPoolOptions::new().acquire_timeout(acquire_timeout);
+    pool = match backend {
+        Backend::Sqlite => {
+            let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+            // An in-memory database lives and dies with its one connection.
+            let pool = if in_memory {
+                pool.max_connections(1).idle_timeout(None).max_lifetime(None)
+            } else {
+                pool.max_connections(4)
+            };
+            pool.after_connect(|conn, _| {
+                Box::pin(async move {
+                    // busy_timeout first: switching to WAL may have to wait for another process.
+                    conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    Ok(())
+                })
+            })
+        }
+        Backend::Postgres => pool.max_connections(8),
+    };
+    let pool = pool.connect_with(options).await.map_err(unavailable)?;
+    Ok((pool, backend))
+}
+
+/// `sqlite://PATH` with `mode=rwc` added (create if missing) and the parent directory created.
+fn sqlite_url(url: &str) -> Result<String, StoreError> {
+    let rest = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if query.contains("mode=") || path.is_empty() || path == ":memory:" {
+        return Ok(url.to_string());
+    }
+    if let Some(parent) = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    let sep = if query.is_empty() { "?" } else { "&" };
+    Ok(format!("{url}{sep}mode=rwc"))
+}
+
+/// The URL without its password, for error messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***{}", &url[..s], &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
+pub(super) async fn migrate(pool: &AnyPool, backend: Backend) -> Result<(), StoreError> {
+    let migrator = match backend {
+        Backend::Sqlite => &SQLITE_MIGRATIONS,
+        Backend::Postgres => &POSTGRES_MIGRATIONS,
+    };
+    migrator.run(pool).await.map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")))
+}
+
+pub(super) async fn read_revision<'e>(ex: impl Executor<'e, Database = Any>) -> Result<Revision, StoreError> {
+    let rev: i64 =
+        sqlx::query_scalar("SELECT revision FROM revision WHERE id = 1").fetch_one(ex).await.map_err(unavailable)?;
+    to_revision(rev)
+}
+
+pub(super) fn to_revision(v: i64) -> Result<Revision, StoreError> {
+    Revision::try_from(v).map_err(|_| StoreError::Unavailable(format!("stored revision {v} is negative")))
+}
+
+pub(super) fn to_db(rev: Revision) -> Result<i64, StoreError> {
+    i64::try_from(rev).map_err(|_| StoreError::Unavailable(format!("revision {rev} does not fit the database")))
+}
+
+/// Bumps the revision row and returns the new revision. Locks the row until the transaction ends.
+pub(super) async fn bump_revision(tx: &mut Transaction<'static, Any>) -> Result<Revision, StoreError> {
+    let rev: i64 = sqlx::query_scalar("UPDATE revision SET revision = revision + 1 WHERE id = 1 RETURNING revision")
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(unavailable)?;
+    to_revision(rev)
+}
+
+pub(super) async fn rollback(tx: Transaction<'static, Any>) {
+    if let Err(e) = tx.rollback().await {
+        // The connection is discarded either way; nothing was committed.
+        tracing::debug!(error = %e, "rollback failed");
+    }
+}
+
+/// A consistent (snapshot) read of the revision and every resource.
+pub(super) async fn load_state(pool: &AnyPool, backend: Backend) -> Result<State, StoreError> {
+    let mut tx = pool.begin().await.map_err(unavailable)?;
+    if backend == Backend::Postgres {
+        // Postgres' default isolation reads each statement at a different point in time.
+        tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").await.map_err(unavailable)?;
+    }
+    let revision = read_revision(&mut *tx).await?;
+    let config = load_config(&mut tx).await?;
+    tx.commit().await.map_err(unavailable)?;
+    Ok(State { revision, config })
+}
+
+pub(super) async fn load_config(tx: &mut Transaction<'static, Any>) -> Result<Config, StoreError> {
+    let rows = sqlx::query("SELECT kind, name, spec FROM resources").fetch_all(&mut **tx).await.map_err(unavailable)?;
+    let mut config = Config::default();
+    for row in rows {
+        let kind: String = row.try_get(0).map_err(unavailable)?;
+        let name: String = row.try_get(1).map_err(unavailable)?;
+        let spec: String = row.try_get(2).map_err(unavailable)?;
+        let unreadable = |e: &dyn std::fmt::Display| StoreError::Unavailable(format!("stored {kind} {name}: {e}"));
+        match Kind::parse(&kind) {
+            Some(Kind::Cluster) => {
+                config.clusters.insert(name.clone(), parse_json(spec.as_bytes()).map_err(|e| unreadable(&e))?);
+            }
+            Some(Kind::Listener) => {
+                config.listeners.insert(name.clone(), parse_json(spec.as_bytes()).map_err(|e| unreadable(&e))?);
+            }
+            Some(Kind::Route) => {
+                config.routes.insert(name.clone(), parse_json(spec.as_bytes()).map_err(|e| unreadable(&e))?);
+            }
+            Some(Kind::Certificate) => {
+                config.certificates.insert(name.clone(), parse_json(spec.as_bytes()).map_err(|e| unreadable(&e))?);
+            }
+            None => return Err(unreadable(&"unknown kind")),
+        }
+    }
+    Ok(config)
+}
+
+pub(super) async fn write_row(
+    tx: &mut Transaction<'static, Any>,
+    write: &RowWrite,
+    revision: Revision,
+) -> Result<(), StoreError> {
+    let query = match write {
+        RowWrite::Upsert { kind, name, spec } => sqlx::query(
+            "INSERT INTO resources (kind, name, spec, revision) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (kind, name) DO UPDATE SET spec = excluded.spec, revision = excluded.revision",
+        )
+        .bind(kind.singular())
+        .bind(name.as_str())
+        .bind(spec.as_str())
+        .bind(to_db(revision)?),
+        RowWrite::Delete { kind, name } => {
+            sqlx::query("DELETE FROM resources WHERE kind = $1 AND name = $2").bind(kind.singular()).bind(name.as_str())
+        }
+    };
+    query.execute(&mut **tx).await.map_err(unavailable)?;
+    Ok(())
+}
+
+pub(super) async fn upsert_node(pool: &AnyPool, n: &NodeRecord) -> Result<(), StoreError> {
+    let (nack_revision, nack_message) = match &n.last_nack {
+        Some((rev, msg)) => (Some(to_db(*rev)?), Some(msg.as_str())),
+        None => (None, None),
+    };
+    sqlx::query(
+        "INSERT INTO nodes (id, node_group, acked_revision, nack_revision, nack_message, last_seen_ms, connected) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (id) DO UPDATE SET node_group = excluded.node_group, acked_revision = excluded.acked_revision, \
+         nack_revision = excluded.nack_revision, nack_message = excluded.nack_message, \
+         last_seen_ms = excluded.last_seen_ms, connected = excluded.connected",
+    )
+    .bind(n.id.as_str())
+    .bind(n.group.as_str())
+    .bind(to_db(n.acked_revision)?)
+    .bind(nack_revision)
+    .bind(nack_message)
+    .bind(n.last_seen_ms)
+    .bind(i64::from(n.connected))
+    .execute(pool)
+    .await
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+pub(super) async fn nodes(pool: &AnyPool) -> Result<Vec<NodeRecord>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, node_group, acked_revision, nack_revision, nack_message, last_seen_ms, connected \
+         FROM nodes ORDER BY id",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(unavailable)?;
+    rows.iter()
+        .map(|row| {
+            let nack_revision: Option<i64> = row.try_get(3).map_err(unavailable)?;
+            let nack_message: Option<String> = row.try_get(4).map_err(unavailable)?;
+            let last_nack = match nack_revision {
+                Some(rev) => Some((to_revision(rev)?, nack_message.unwrap_or_default())),
+                None => None,
+            };
+            Ok(NodeRecord {
+                id: row.try_get(0).map_err(unavailable)?,
+                group: row.try_get(1).map_err(unavailable)?,
+                acked_revision: to_revision(row.try_get(2).map_err(unavailable)?)?,
+                last_nack,
+                last_seen_ms: row.try_get(5).map_err(unavailable)?,
+                connected: row.try_get::<i64, _>(6).map_err(unavailable)? != 0,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_create_the_file() {
+        let dir = std::env::temp_dir().join(format!("sluice-url-{}", std::process::id()));
+        let url = format!("sqlite://{}/a/b.db", dir.display());
+        assert_eq!(sqlite_url(&url).unwrap(), format!("{url}?mode=rwc"));
+        assert!(dir.join("a").is_dir());
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(sqlite_url("sqlite::memory:").unwrap(), "sqlite::memory:");
+        assert_eq!(sqlite_url("sqlite://x.db?mode=ro").unwrap(), "sqlite://x.db?mode=ro");
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://***@h/db");
+    }
+}

@@ -1,0 +1,343 @@
+//! One node's stream: Hello, then a snapshot or an advance whenever the store moves, with at most
+//! one snapshot un-acknowledged at a time (DESIGN.md §4).
+//!
+//! Coalescing falls out of the single in-flight snapshot: while one is out, new revisions are not
+//! looked at; after its ACK/NACK the session builds from the newest state only.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sluice_shared::proto::v1 as pb;
+use sluice_shared::proto::v1::node_message::Msg as NodeMsg;
+use sluice_shared::proto::v1::server_message::Msg as ServerMsg;
+use sluice_shared::validate::is_valid_name;
+use sluice_shared::Revision;
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+use super::{SessionGuard, Shared};
+use crate::nodes::NodeRecord;
+use crate::store::State;
+
+const MAX_NODE_ID: usize = 128;
+/// NACK messages are stored and shown to operators; a node cannot make us store megabytes.
+const MAX_NACK_MESSAGE: usize = 4096;
+
+type Outbound = mpsc::Sender<Result<pb::ServerMessage, Status>>;
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+enum End {
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("stream closed by the node")]
+    Gone,
+    #[error("a newer stream of the same node took over")]
+    Superseded,
+    #[error("control plane shutting down")]
+    Shutdown,
+}
+
+struct InFlight {
+    revision: Revision,
+    nonce: String,
+    content_hash: u64,
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    tx: Outbound,
+    node_id: String,
+    group: String,
+    /// The revision the node stands at (applied, or advanced to).
+    acked: Revision,
+    /// Content hash of what the node holds, when we know it.
+    held: Option<u64>,
+    in_flight: Option<InFlight>,
+    last_nack: Option<(Revision, String)>,
+    generation: u64,
+}
+
+/// Runs one node stream to its end, then records the node as disconnected.
+pub(crate) async fn run(guard: SessionGuard, mut inbound: Streaming<pb::NodeMessage>, tx: Outbound) {
+    let shared = guard.0.clone();
+    let hello = match read_hello(&shared, &mut inbound).await {
+        Ok(h) => h,
+        Err(status) => {
+            tracing::warn!(%status, "refused node stream");
+            let _ = tx.send(Err(status)).await;
+            return;
+        }
+    };
+    let span = tracing::Span::current();
+    span.record("node_id", hello.node_id.as_str());
+    span.record("group", hello.group.as_str());
+    let mut session = Session::open(shared, tx, hello).await;
+    let end = session.serve(&mut inbound).await;
+    match &end {
+        End::Protocol(m) => {
+            tracing::warn!(error = %m, "closing node stream");
+            let _ = session.tx.send(Err(Status::invalid_argument(m.clone()))).await;
+        }
+        End::Shutdown => {
+            let _ = session.tx.send(Err(Status::unavailable("control plane shutting down"))).await;
+        }
+        End::Gone | End::Superseded => {}
+    }
+    tracing::info!(reason = %end, acked = session.acked, "node stream ended");
+    if !matches!(end, End::Superseded) {
+        session.write_status(false).await;
+    }
+    drop(guard);
+}
+
+async fn read_hello(shared: &Shared, inbound: &mut Streaming<pb::NodeMessage>) -> Result<pb::Hello, Status> {
+    let first = tokio::time::timeout(shared.options.hello_timeout, inbound.message())
+        .await
+        .map_err(|_| Status::deadline_exceeded("no Hello received"))??;
+    let mut hello = match first.and_then(|m| m.msg) {
+        Some(NodeMsg::Hello(h)) => h,
+        _ => return Err(Status::invalid_argument("the first message must be a Hello")),
+    };
+    if hello.node_id.is_empty()
+        || hello.node_id.len() > MAX_NODE_ID
+        || !hello.node_id.bytes().all(|c| c.is_ascii_graphic())
+    {
+        return Err(Status::invalid_argument(format!(
+            "node_id must be 1-{MAX_NODE_ID} printable ASCII characters without spaces"
+        )));
+    }
+    if hello.group.is_empty() {
+        hello.group = "default".to_string();
+    }
+    if !is_valid_name(&hello.group) {
+        return Err(Status::invalid_argument(format!("{:?} is not a valid group name", hello.group)));
+    }
+    Ok(hello)
+}
+
+impl Session {
+    async fn open(shared: Arc<Shared>, tx: Outbound, hello: pb::Hello) -> Session {
+        let generation = shared.with_node(&hello.node_id, |m| {
+            m.generation += 1;
+            m.generation
+        });
+        let reported = hello.last_applied_revision;
+        tracing::info!(version = %hello.version, last_applied_revision = reported, "node connected");
+
+        // A node ahead of us was served by a replica that saw newer writes: give our poller a
+        // moment to catch up rather than send it older content.
+        let mut rx = shared.store.subscribe();
+        if reported > rx.borrow().revision {
+            let _ =
+                tokio::time::timeout(shared.options.catch_up_timeout, rx.wait_for(|s| s.revision >= reported)).await;
+        }
+        let state = rx.borrow().clone();
+
+        // Keep the status history of a reconnecting node.
+        let previous = match shared.store.nodes().await {
+            Ok(nodes) => nodes.into_iter().find(|n| n.id == hello.node_id),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read node status");
+                None
+            }
+        };
+        let session = Session {
+            held: hash_at(&shared, &hello.group, reported, &state).await,
+            last_nack: previous.and_then(|p| p.last_nack),
+            shared,
+            tx,
+            node_id: hello.node_id,
+            group: hello.group,
+            acked: reported,
+            in_flight: None,
+            generation,
+        };
+        // Refused content stays refused across reconnects (and restarts, while it is current).
+        if let Some((nack_rev, _)) = session.last_nack.as_ref().filter(|(r, _)| *r > reported) {
+            if let Some(h) = hash_at(&session.shared, &session.group, *nack_rev, &state).await {
+                session.shared.remember_nack(&session.node_id, h);
+            }
+        }
+        session.write_status(true).await;
+        session
+    }
+
+    async fn serve(&mut self, inbound: &mut Streaming<pb::NodeMessage>) -> End {
+        match self.serve_inner(inbound).await {
+            Ok(never) => match never {},
+            Err(end) => end,
+        }
+    }
+
+    async fn serve_inner(&mut self, inbound: &mut Streaming<pb::NodeMessage>) -> Result<std::convert::Infallible, End> {
+        let mut state_rx = self.shared.store.subscribe();
+        let mut shutdown = self.shared.shutdown.clone();
+        let mut tick = tokio::time::interval(self.shared.options.status_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await; // the first tick is immediate; connect already wrote the status
+        loop {
+            if *shutdown.borrow_and_update() {
+                return Err(End::Shutdown);
+            }
+            if self.in_flight.is_none() {
+                let state = state_rx.borrow_and_update().clone();
+                self.sync(&state).await?;
+            }
+            tokio::select! {
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        return Err(End::Shutdown);
+                    }
+                }
+                msg = inbound.message() => match msg {
+                    Ok(Some(m)) => self.handle(m).await?,
+                    Ok(None) => return Err(End::Gone),
+                    Err(status) => {
+                        tracing::debug!(%status, "node stream error");
+                        return Err(End::Gone);
+                    }
+                },
+                // While a snapshot is in flight new revisions wait: that is the coalescing.
+                changed = state_rx.changed(), if self.in_flight.is_none() => {
+                    if changed.is_err() {
+                        return Err(End::Shutdown);
+                    }
+                }
+                _ = tick.tick() => {
+                    if self.superseded() {
+                        return Err(End::Superseded);
+                    }
+                    self.write_status(true).await;
+                }
+                _ = self.tx.closed() => return Err(End::Gone),
+            }
+        }
+    }
+
+    /// Brings the node to the newest state: nothing, an advance, or one snapshot.
+    async fn sync(&mut self, state: &Arc<State>) -> Result<(), End> {
+        if self.held.is_some() && state.revision == self.acked {
+            return Ok(());
+        }
+        let snap = self.shared.cache.get(&self.group, state).await;
+        if self.held == Some(snap.content_hash) {
+            if snap.revision > self.acked {
+                // Nothing changed for this group: move the node along without resending.
+                self.send(ServerMsg::Advance(pb::RevisionAdvance { revision: snap.revision })).await?;
+                tracing::debug!(revision = snap.revision, "advanced");
+                self.acked = snap.revision;
+                self.write_status(true).await;
+            }
+            return Ok(());
+        }
+        if self.shared.is_nacked(&self.node_id, snap.content_hash) {
+            tracing::trace!(revision = snap.revision, "content was NACKed by this node; not resending");
+            return Ok(());
+        }
+        let nonce = uuid::Uuid::new_v4().simple().to_string();
+        let message = snap.message(nonce.clone(), &self.shared.options.control_plane_id);
+        self.send(ServerMsg::Snapshot(message)).await?;
+        tracing::info!(revision = snap.revision, %nonce, "snapshot sent");
+        self.in_flight = Some(InFlight { revision: snap.revision, nonce, content_hash: snap.content_hash });
+        Ok(())
+    }
+
+    async fn handle(&mut self, m: pb::NodeMessage) -> Result<(), End> {
+        match m.msg {
+            Some(NodeMsg::Ack(a)) => {
+                let Some(f) = self.take_in_flight(&a.nonce, a.revision) else { return Ok(()) };
+                tracing::info!(revision = f.revision, "acked");
+                self.acked = f.revision;
+                self.held = Some(f.content_hash);
+                self.write_status(true).await;
+            }
+            Some(NodeMsg::Nack(n)) => {
+                let Some(f) = self.take_in_flight(&n.nonce, n.revision) else { return Ok(()) };
+                tracing::warn!(revision = f.revision, message = %n.message, "NACKed");
+                self.shared.remember_nack(&self.node_id, f.content_hash);
+                self.last_nack = Some((f.revision, truncate(n.message, MAX_NACK_MESSAGE)));
+                self.write_status(true).await;
+            }
+            Some(NodeMsg::Hello(_)) => return Err(End::Protocol("Hello sent twice on one stream".into())),
+            // A message kind newer than this server: ignore it rather than drop the node.
+            None => tracing::debug!("empty or unknown message ignored"),
+        }
+        Ok(())
+    }
+
+    /// The in-flight snapshot if `nonce` names it; a stale or unknown reply is logged and ignored.
+    fn take_in_flight(&mut self, nonce: &str, revision: Revision) -> Option<InFlight> {
+        match &self.in_flight {
+            Some(f) if f.nonce == nonce => {
+                if f.revision != revision {
+                    tracing::warn!(sent = f.revision, replied = revision, "reply names another revision; nonce wins");
+                }
+                self.in_flight.take()
+            }
+            _ => {
+                tracing::warn!(%nonce, revision, "reply matches no snapshot in flight; ignored");
+                None
+            }
+        }
+    }
+
+    async fn send(&self, msg: ServerMsg) -> Result<(), End> {
+        self.tx.send(Ok(pb::ServerMessage { msg: Some(msg) })).await.map_err(|_| End::Gone)
+    }
+
+    fn superseded(&self) -> bool {
+        self.shared.with_node(&self.node_id, |m| m.generation != self.generation)
+    }
+
+    /// Writes the node's status; a store error is logged, the stream goes on.
+    async fn write_status(&self, connected: bool) {
+        if self.superseded() {
+            return;
+        }
+        let record = NodeRecord {
+            id: self.node_id.clone(),
+            group: self.group.clone(),
+            acked_revision: self.acked,
+            last_nack: self.last_nack.clone(),
+            last_seen_ms: now_ms(),
+            connected,
+        };
+        if let Err(e) = self.shared.store.upsert_node(&record).await {
+            tracing::warn!(error = %e, "cannot record node status");
+        }
+    }
+}
+
+/// The content hash `group` had at `revision`, when this process knows it.
+async fn hash_at(shared: &Shared, group: &str, revision: Revision, state: &Arc<State>) -> Option<u64> {
+    if revision == 0 {
+        return None;
+    }
+    if let Some(h) = shared.cache.hash_at(group, revision).await {
+        return Some(h);
+    }
+    if revision == state.revision {
+        let snap = shared.cache.get(group, state).await;
+        if snap.revision == revision {
+            return Some(snap.content_hash);
+        }
+        return shared.cache.hash_at(group, revision).await;
+    }
+    None
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0)
+}

@@ -1,0 +1,67 @@
+//! The one body type of the proxy, both directions: no boxing, no allocation per request.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::table::EndpointGuard;
+
+pub enum ProxyBody {
+    /// No body (a retried bodyless request, an empty answer).
+    Empty,
+    /// A short answer written by the proxy itself.
+    Static(Option<Bytes>),
+    /// A request body streamed from the client.
+    Incoming(Incoming),
+    /// A response body streamed from an endpoint; the guard counts the request as active on that
+    /// endpoint until the body is finished or dropped.
+    Upstream { body: Incoming, endpoint: Option<EndpointGuard> },
+}
+
+impl ProxyBody {
+    pub fn text(s: &'static str) -> Self {
+        ProxyBody::Static(Some(Bytes::from_static(s.as_bytes())))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Empty => Poll::Ready(None),
+            ProxyBody::Static(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Incoming(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Upstream { body, endpoint } => {
+                let polled = Pin::new(body).poll_frame(cx);
+                if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+                    // The exchange is over: the endpoint is no longer busy with it.
+                    endpoint.take();
+                }
+                polled
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Empty => true,
+            ProxyBody::Static(b) => b.is_none(),
+            ProxyBody::Incoming(b) => b.is_end_stream(),
+            ProxyBody::Upstream { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Empty => SizeHint::with_exact(0),
+            ProxyBody::Static(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Incoming(b) => b.size_hint(),
+            ProxyBody::Upstream { body, .. } => body.size_hint(),
+        }
+    }
+}

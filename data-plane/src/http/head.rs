@@ -1,0 +1,373 @@
+//! Strict checks of a raw HTTP/1.1 request head, run before hyper parses it (see `guard.rs`).
+//!
+//! hyper alone lets some ambiguous requests through: with both `Content-Length` and
+//! `Transfer-Encoding` it silently prefers chunked (and the `Content-Length` header disappears, so a
+//! service cannot even see the conflict), it allows request lines up to 64 KiB, and it accepts a
+//! request without `Host` or with several. Request smuggling lives in exactly those gaps, so every
+//! head is checked here, on the bytes, and refused heads never reach hyper nor a backend.
+
+/// Longest accepted request line (method, target and version), without the line ending.
+pub const MAX_REQUEST_LINE: usize = 8 * 1024;
+/// Largest accepted request head: request line, headers and the blank line.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Most header fields accepted in one request head.
+pub const MAX_HEADERS: usize = 100;
+
+/// Why a request head was refused; answered with a short plain-text body and the connection closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    /// 400: malformed or ambiguous.
+    BadRequest(&'static str),
+    /// 414: request line over [`MAX_REQUEST_LINE`].
+    UriTooLong,
+    /// 431: head over [`MAX_HEAD`] or over [`MAX_HEADERS`] fields.
+    HeadTooLarge(&'static str),
+}
+
+impl Reject {
+    pub fn status(self) -> u16 {
+        match self {
+            Reject::BadRequest(_) => 400,
+            Reject::UriTooLong => 414,
+            Reject::HeadTooLarge(_) => 431,
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            Reject::BadRequest(why) => why,
+            Reject::UriTooLong => "request line too long",
+            Reject::HeadTooLarge(why) => why,
+        }
+    }
+
+    /// The complete response, written by hand because hyper never saw the request.
+    pub fn response(self) -> Vec<u8> {
+        let (status, phrase) = match self {
+            Reject::BadRequest(_) => (400, "Bad Request"),
+            Reject::UriTooLong => (414, "URI Too Long"),
+            Reject::HeadTooLarge(_) => (431, "Request Header Fields Too Large"),
+        };
+        let body = format!("{}\n", self.reason());
+        format!(
+            "HTTP/1.1 {status} {phrase}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+}
+
+/// How the body after a head is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    /// More bytes are needed to see the end of the head.
+    Partial,
+    /// The head is `len` bytes long and acceptable; its body is framed as given.
+    Complete { len: usize, framing: Framing },
+}
+
+/// Checks the head at the start of `buf` (which may hold more than the head).
+pub fn check(buf: &[u8]) -> Result<Head, Reject> {
+    check_request_line(buf)?;
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => Err(Reject::HeadTooLarge("request head too large")),
+        Ok(httparse::Status::Partial) => Ok(Head::Partial),
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => Err(Reject::HeadTooLarge("request head too large")),
+        Ok(httparse::Status::Complete(len)) => {
+            let framing = framing(req.version.unwrap_or(1), req.headers)?;
+            Ok(Head::Complete { len, framing })
+        }
+        Err(httparse::Error::TooManyHeaders) => Err(Reject::HeadTooLarge("too many header fields")),
+        Err(e) => Err(Reject::BadRequest(match e {
+            httparse::Error::HeaderName => "invalid header name",
+            httparse::Error::HeaderValue => "invalid byte in header value",
+            httparse::Error::NewLine => "invalid line ending",
+            httparse::Error::Version => "invalid HTTP version",
+            httparse::Error::Token => "invalid method or request target",
+            _ => "malformed request head",
+        })),
+    }
+}
+
+fn check_request_line(buf: &[u8]) -> Result<(), Reject> {
+    let window = &buf[..buf.len().min(MAX_REQUEST_LINE + 2)];
+    match window.iter().position(|&b| b == b'\n') {
+        Some(i) => {
+            let line = if i > 0 && window[i - 1] == b'\r' { i - 1 } else { i };
+            if line > MAX_REQUEST_LINE {
+                return Err(Reject::UriTooLong);
+            }
+            Ok(())
+        }
+        None if buf.len() > MAX_REQUEST_LINE + 1 => Err(Reject::UriTooLong),
+        None => Ok(()),
+    }
+}
+
+/// The body framing of a complete head, refusing every ambiguous combination.
+fn framing(version: u8, headers: &[httparse::Header<'_>]) -> Result<Framing, Reject> {
+    let mut length: Option<u64> = None;
+    let mut transfer_encoding = false;
+    let mut chunked_count = 0;
+    let mut last_coding_chunked = false;
+    let mut hosts = 0;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let v = parse_length(h.value).ok_or(Reject::BadRequest("invalid Content-Length"))?;
+            if length.is_some_and(|prev| prev != v) {
+                return Err(Reject::BadRequest("conflicting Content-Length headers"));
+            }
+            length = Some(v);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            transfer_encoding = true;
+            for coding in h.value.split(|&b| b == b',').map(trim).filter(|c| !c.is_empty()) {
+                last_coding_chunked = coding.eq_ignore_ascii_case(b"chunked");
+                chunked_count += usize::from(last_coding_chunked);
+            }
+        } else if h.name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+        }
+    }
+    if hosts > 1 {
+        return Err(Reject::BadRequest("multiple Host headers"));
+    }
+    if hosts == 0 && version >= 1 {
+        return Err(Reject::BadRequest("missing Host header"));
+    }
+    if !transfer_encoding {
+        return Ok(match length {
+            None | Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n),
+        });
+    }
+    if length.is_some() {
+        return Err(Reject::BadRequest("both Content-Length and Transfer-Encoding"));
+    }
+    if version == 0 {
+        return Err(Reject::BadRequest("Transfer-Encoding in an HTTP/1.0 request"));
+    }
+    if !last_coding_chunked || chunked_count != 1 {
+        return Err(Reject::BadRequest("Transfer-Encoding must end with a single chunked"));
+    }
+    Ok(Framing::Chunked)
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    let start = v.iter().position(|b| !matches!(b, b' ' | b'\t')).unwrap_or(v.len());
+    let end = v.iter().rposition(|b| !matches!(b, b' ' | b'\t')).map_or(start, |i| i + 1);
+    &v[start..end]
+}
+
+/// `1*DIGIT` and nothing else: no sign, no list, no hex; at most 18 digits so it cannot overflow.
+fn parse_length(v: &[u8]) -> Option<u64> {
+    let v = trim(v);
+    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0')))
+}
+
+/// Follows a chunked body byte by byte to find where it ends, with the same grammar as hyper's
+/// decoder (so both agree on where the next head starts).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChunkScan {
+    state: ChunkState,
+    size: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    Start,
+    Size,
+    SizeLws,
+    Extension,
+    SizeLf,
+    Body,
+    BodyCr,
+    BodyLf,
+    Trailer,
+    TrailerLf,
+    EndCr,
+    EndLf,
+}
+
+/// What [`ChunkScan::scan`] found in the bytes it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scanned {
+    /// All bytes belong to the body, which goes on.
+    More,
+    /// The body ends after this many bytes.
+    End(usize),
+    /// The byte at this index breaks the chunked framing.
+    Bad(usize),
+}
+
+impl ChunkScan {
+    pub fn scan(&mut self, data: &[u8]) -> Scanned {
+        use ChunkState::*;
+        let mut i = 0;
+        while i < data.len() {
+            if self.state == Body {
+                let take = usize::try_from(self.size).unwrap_or(usize::MAX).min(data.len() - i);
+                i += take;
+                self.size -= take as u64;
+                if self.size == 0 {
+                    self.state = BodyCr;
+                }
+                continue;
+            }
+            let b = data[i];
+            let next = match (self.state, b) {
+                (Start | Size, b) if b.is_ascii_hexdigit() => match self.push_digit(b) {
+                    Some(()) => Size,
+                    None => return Scanned::Bad(i),
+                },
+                (Size | SizeLws, b'\t' | b' ') => SizeLws,
+                (Size | SizeLws, b';') => Extension,
+                (Size | SizeLws | Extension, b'\r') => SizeLf,
+                (Extension, b'\n') => return Scanned::Bad(i),
+                (Extension, _) => Extension,
+                (SizeLf, b'\n') if self.size == 0 => EndCr,
+                (SizeLf, b'\n') => Body,
+                (BodyCr, b'\r') => BodyLf,
+                (BodyLf, b'\n') => Start,
+                (Trailer, b'\r') => TrailerLf,
+                (Trailer, _) => Trailer,
+                (TrailerLf, b'\n') => EndCr,
+                (EndCr, b'\r') => EndLf,
+                (EndCr, _) => Trailer,
+                (EndLf, b'\n') => {
+                    *self = ChunkScan::default();
+                    return Scanned::End(i + 1);
+                }
+                _ => return Scanned::Bad(i),
+            };
+            self.state = next;
+            i += 1;
+        }
+        Scanned::More
+    }
+
+    fn push_digit(&mut self, b: u8) -> Option<()> {
+        let d = (b as char).to_digit(16)?;
+        self.size = self.size.checked_mul(16)?.checked_add(u64::from(d))?;
+        Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn complete(raw: &str) -> Result<Framing, Reject> {
+        match check(raw.as_bytes())? {
+            Head::Complete { len, framing } => {
+                assert!(len <= raw.len());
+                Ok(framing)
+            }
+            Head::Partial => panic!("partial: {raw:?}"),
+        }
+    }
+
+    #[test]
+    fn plain_heads_pass() {
+        assert_eq!(complete("GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Ok(Framing::Empty));
+        assert_eq!(complete("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"), Ok(Framing::Length(5)));
+        assert_eq!(
+            complete("POST / HTTP/1.1\r\nHost: a\r\ncontent-length: 5\r\nContent-Length: 5\r\n\r\n"),
+            Ok(Framing::Length(5))
+        );
+        assert_eq!(
+            complete("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            Ok(Framing::Chunked)
+        );
+        assert_eq!(complete("GET / HTTP/1.0\r\n\r\n"), Ok(Framing::Empty));
+        assert_eq!(check(b"GET / HTTP/1.1\r\nHost: a\r\n"), Ok(Head::Partial));
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        let bad = |raw: &str| matches!(complete(raw), Err(Reject::BadRequest(_)));
+        assert!(bad("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"));
+        assert!(bad("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"));
+        assert!(bad("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"));
+        assert!(bad("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n"));
+        assert!(bad("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n"));
+        assert!(bad("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n"));
+        assert!(bad("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"));
+        assert!(bad("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"));
+        assert!(bad("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"));
+        assert!(bad("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"));
+        assert!(bad("GET / HTTP/1.1\r\n\r\n"));
+    }
+
+    #[test]
+    fn control_bytes_and_bad_syntax_are_refused() {
+        for raw in [
+            "GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nX: a\x7fb\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nX y: 1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n folded\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nX : 1\r\n\r\n",
+            "GET / HTTP/9.1\r\nHost: a\r\n\r\n",
+        ] {
+            assert!(matches!(check(raw.as_bytes()), Err(Reject::BadRequest(_))), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn limits() {
+        let long = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(MAX_REQUEST_LINE));
+        assert_eq!(check(long.as_bytes()), Err(Reject::UriTooLong));
+        // Refused before the line even ends.
+        assert_eq!(check(&long.as_bytes()[..MAX_REQUEST_LINE + 5]), Err(Reject::UriTooLong));
+        let fits = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(MAX_REQUEST_LINE - 20));
+        assert!(matches!(check(fits.as_bytes()), Ok(Head::Complete { .. })));
+
+        let many: String = (0..MAX_HEADERS).map(|i| format!("x-{i}: 1\r\n")).collect();
+        let raw = format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n");
+        assert!(matches!(check(raw.as_bytes()), Err(Reject::HeadTooLarge(_))));
+
+        let big = format!("GET / HTTP/1.1\r\nHost: a\r\nx-big: {}\r\n", "b".repeat(MAX_HEAD));
+        assert!(matches!(check(big.as_bytes()), Err(Reject::HeadTooLarge(_))), "partial and too large");
+    }
+
+    #[test]
+    fn chunk_scan_finds_the_end() {
+        let body = b"5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\nx-trailer: 1\r\n\r\nGET /next";
+        let end = body.len() - "GET /next".len();
+        assert_eq!(ChunkScan::default().scan(body), Scanned::End(end));
+        // Byte by byte gives the same answer.
+        let mut scan = ChunkScan::default();
+        let mut found = None;
+        for (i, b) in body.iter().enumerate() {
+            match scan.scan(std::slice::from_ref(b)) {
+                Scanned::More => {}
+                Scanned::End(1) => {
+                    found = Some(i + 1);
+                    break;
+                }
+                other => panic!("{other:?} at {i}"),
+            }
+        }
+        assert_eq!(found, Some(end));
+        assert_eq!(ChunkScan::default().scan(b"0\r\n\r\n"), Scanned::End(5));
+        assert_eq!(ChunkScan::default().scan(b"zz\r\n"), Scanned::Bad(0));
+        assert_eq!(ChunkScan::default().scan(b"2\r\nabX"), Scanned::Bad(5));
+        assert_eq!(ChunkScan::default().scan(b"2;a\nb"), Scanned::Bad(3));
+        assert_eq!(ChunkScan::default().scan(b"fffffffffffffffff\r\n"), Scanned::Bad(16));
+    }
+}

@@ -1,0 +1,258 @@
+//! One proxied request: route lookup on the table loaded once for the request, endpoint pick,
+//! forwarding headers, the upstream exchange with its timeout and retries, and the answer.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use sluice_shared::model::RetryOn;
+
+use super::body::ProxyBody;
+use super::errors::ProxyError;
+use crate::metrics::ResponseCounts;
+use crate::state::{ConnCtx, Installed};
+use crate::table::{normalize_host, ClusterLb, RequestView, RouteEntry};
+
+/// Used when a route sets no `timeout_ms`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Headers that belong to one hop and are never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+pub async fn handle(req: Request<Incoming>, conn: Arc<ConnCtx>) -> Result<Response<ProxyBody>, Infallible> {
+    // The table is loaded once and kept until this request is answered, whatever is installed meanwhile.
+    let Some(installed) = conn.shared.installed.load_full() else {
+        return Ok(answer(&conn.shared.metrics.unrouted, ProxyError::NotReady));
+    };
+    Ok(route_and_forward(req, &conn, &installed).await)
+}
+
+async fn route_and_forward(req: Request<Incoming>, conn: &ConnCtx, installed: &Installed) -> Response<ProxyBody> {
+    let unrouted = &conn.shared.metrics.unrouted;
+    let Some(listener) = installed.table.listener(&conn.listener) else {
+        return answer(unrouted, ProxyError::NoRoute);
+    };
+    // RFC 9112 §3.2.2: an absolute-form target's authority wins over the Host header.
+    let raw_host = req
+        .uri()
+        .authority()
+        .map(Authority::as_str)
+        .or_else(|| req.headers().get(header::HOST).and_then(|v| v.to_str().ok()));
+    let host = raw_host.map(normalize_host);
+    let view = RequestView {
+        method: req.method(),
+        host: host.as_deref(),
+        path: req.uri().path(),
+        query: req.uri().query(),
+        headers: req.headers(),
+    };
+    let Some(route) = listener.find(&view) else {
+        return answer(unrouted, ProxyError::NoRoute);
+    };
+    route.stats().record_request();
+    let cluster = route.pick_cluster();
+    let counts = installed.stats.responses(route.name(), cluster.name()).unwrap_or(unrouted);
+    let resp = forward(req, conn, installed, route, cluster, counts).await;
+    route.stats().record_response(resp.status().as_u16());
+    resp
+}
+
+async fn forward(
+    req: Request<Incoming>,
+    conn: &ConnCtx,
+    installed: &Installed,
+    route: &RouteEntry,
+    cluster: &Arc<ClusterLb>,
+    counts: &ResponseCounts,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = req.into_parts();
+    prepare_headers(&mut parts.headers, parts.uri.authority(), conn);
+    let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+
+    let policy = route.retries();
+    // A retry needs the request again: only bodyless requests can be replayed.
+    let retries = if body.is_end_stream() { policy.map_or(0, |p| p.attempts) } else { 0 };
+    let retry_head = (retries > 0).then(|| parts.headers.clone());
+    let mut body = Some(ProxyBody::Incoming(body));
+    let deadline = tokio::time::Instant::now() + route.timeout().unwrap_or(DEFAULT_TIMEOUT);
+    let latency = installed.stats.latency(cluster.name());
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut attempt = 0;
+    loop {
+        let picked =
+            if tried.is_empty() { cluster.pick() } else { cluster.pick_excluding(&tried).or_else(|| cluster.pick()) };
+        let Some(endpoint) = picked else {
+            return answer(counts, ProxyError::NoHealthyEndpoint);
+        };
+        let addr = endpoint.address();
+        let mut upstream = Request::new(body.take().unwrap_or(ProxyBody::Empty));
+        *upstream.method_mut() = parts.method.clone();
+        *upstream.uri_mut() = upstream_uri(addr, &path);
+        *upstream.version_mut() = Version::HTTP_11;
+        *upstream.headers_mut() = match &retry_head {
+            Some(h) => h.clone(),
+            None => std::mem::take(&mut parts.headers),
+        };
+        let started = Instant::now();
+        let can_retry = |what: RetryOn| attempt < retries && policy.is_some_and(|p| p.retries_on(what));
+        match tokio::time::timeout_at(deadline, conn.shared.client.request(upstream)).await {
+            Err(_) => {
+                tracing::debug!(route = route.name(), %addr, "upstream timeout");
+                return answer(counts, ProxyError::UpstreamTimeout);
+            }
+            Ok(Ok(resp)) => {
+                if let Some(h) = latency {
+                    h.observe(started.elapsed());
+                }
+                if resp.status().is_server_error() && can_retry(RetryOn::Status5xx) {
+                    tried.push(addr);
+                    attempt += 1;
+                    continue;
+                }
+                counts.record(resp.status().as_u16());
+                let (mut head, incoming) = resp.into_parts();
+                strip_hop_by_hop(&mut head.headers);
+                return Response::from_parts(head, ProxyBody::Upstream { body: incoming, endpoint: Some(endpoint) });
+            }
+            Ok(Err(e)) => {
+                let what = if e.is_connect() { RetryOn::ConnectFailure } else { RetryOn::Reset };
+                tracing::debug!(route = route.name(), %addr, error = %e, "upstream request failed");
+                if can_retry(what) {
+                    tried.push(addr);
+                    attempt += 1;
+                    continue;
+                }
+                let err = if what == RetryOn::ConnectFailure {
+                    ProxyError::UpstreamConnect
+                } else {
+                    ProxyError::UpstreamFailed
+                };
+                return answer(counts, err);
+            }
+        }
+    }
+}
+
+fn answer(counts: &ResponseCounts, err: ProxyError) -> Response<ProxyBody> {
+    counts.record(err.status().as_u16());
+    err.response()
+}
+
+fn upstream_uri(addr: SocketAddr, path: &PathAndQuery) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Authority::try_from(addr.to_string()).ok();
+    parts.path_and_query = Some(path.clone());
+    // Cannot fail: scheme, authority and path are all present and valid.
+    Uri::from_parts(parts).unwrap_or_default()
+}
+
+/// Hop-by-hop headers out, forwarding headers in.
+fn prepare_headers(headers: &mut HeaderMap, authority: Option<&Authority>, conn: &ConnCtx) {
+    strip_hop_by_hop(headers);
+
+    let ip = conn.peer.ip().to_string();
+    let mut prior = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok());
+    let xff = match prior.next() {
+        None => ip,
+        Some(first) => {
+            let mut v = first.to_string();
+            for p in prior {
+                v.push_str(", ");
+                v.push_str(p);
+            }
+            v.push_str(", ");
+            v.push_str(&ip);
+            v
+        }
+    };
+    if let Ok(v) = HeaderValue::try_from(xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(conn.scheme));
+    let host = match authority {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => headers.get(header::HOST).cloned(),
+    };
+    if let Some(host) = host {
+        if authority.is_some() {
+            // The backend sees the host the client asked for, not the endpoint's address.
+            headers.insert(header::HOST, host.clone());
+        }
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+    if !headers.contains_key(&X_REQUEST_ID) {
+        let id = uuid::Uuid::new_v4();
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        if let Ok(v) = HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf)) {
+            headers.insert(X_REQUEST_ID.clone(), v);
+        }
+    }
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named by `Connection` are hop-by-hop too (but never the ones routing relies on).
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| n != header::HOST && n != header::CONTENT_LENGTH)
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    for h in HOP_BY_HOP {
+        headers.remove(h);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret, host"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::HOST, HeaderValue::from_static("a"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, vec!["host", "x-keep"]);
+    }
+
+    #[test]
+    fn upstream_uri_keeps_path_and_query() {
+        let u = upstream_uri("127.0.0.1:9001".parse().unwrap(), &PathAndQuery::from_static("/a/b?x=1"));
+        assert_eq!(u.to_string(), "http://127.0.0.1:9001/a/b?x=1");
+    }
+}

@@ -1,0 +1,127 @@
+//! Installing a snapshot: convert, validate, compile (off the runtime's worker threads), bind the
+//! listeners it adds, swap the table in with one `ArcSwap::store`, stop the listeners it drops,
+//! persist it. Any failure before the swap leaves the previous table serving, untouched.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_shared::model::Protocol;
+use sluice_shared::proto::v1 as pb;
+use sluice_shared::{Config, Revision, ValidationError};
+
+use crate::cache::SnapshotCache;
+use crate::listeners::{BindError, Listeners};
+use crate::state::{Installed, Shared};
+use crate::table::{compile, CompileError, Table};
+
+/// Why a snapshot was refused; the display text is the NACK message.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("invalid snapshot: {0}")]
+    Invalid(#[from] ValidationError),
+    #[error("cannot compile: {0}")]
+    Compile(#[from] CompileError),
+    #[error("listener {listener}: protocol {protocol} is not supported by this data plane yet")]
+    Unsupported { listener: String, protocol: &'static str },
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub struct Installer {
+    shared: Arc<Shared>,
+    listeners: Listeners,
+    cache: Option<SnapshotCache>,
+}
+
+impl Installer {
+    pub fn new(shared: Arc<Shared>, cache: Option<SnapshotCache>) -> Installer {
+        Installer { shared, listeners: Listeners::new(), cache }
+    }
+
+    /// Boots from the cached snapshot if there is a valid one; a bad one is logged and ignored.
+    pub async fn install_cached(&mut self) {
+        let Some(cache) = self.cache.clone() else { return };
+        let loaded = tokio::task::spawn_blocking(move || cache.load()).await;
+        match loaded {
+            Ok(Ok(Some(snapshot))) => {
+                let revision = snapshot.revision;
+                match self.install(snapshot, false).await {
+                    Ok(()) => tracing::info!(revision, "serving the cached snapshot until a control plane answers"),
+                    Err(e) => tracing::warn!(revision, error = %e, "ignoring the cached snapshot"),
+                }
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "ignoring the snapshot cache"),
+            Err(e) => tracing::warn!(error = %e, "reading the snapshot cache failed"),
+        }
+    }
+
+    /// Installs a snapshot; `persist` writes it to the cache once it serves.
+    pub async fn install(&mut self, snapshot: pb::Snapshot, persist: bool) -> Result<(), InstallError> {
+        let revision = snapshot.revision;
+        let previous = self.shared.installed.load_full();
+        let keep = persist.then(|| snapshot.clone());
+        let compiled = tokio::task::spawn_blocking(move || prepare(snapshot, previous.as_deref().map(|i| &i.table)))
+            .await
+            .map_err(|e| InstallError::Internal(e.to_string()))?;
+        let table = compiled?.with_revision(revision);
+
+        let plan = self.listeners.plan(&table);
+        // New listeners are bound before the swap: a port that cannot be bound refuses the whole
+        // snapshot (the sockets bound so far are closed as `bound` drops).
+        let bound = self.listeners.bind(&plan)?;
+
+        let stats = self.shared.metrics.index(&table);
+        self.shared.installed.store(Some(Arc::new(Installed { revision, table, stats })));
+        self.listeners.stop(&plan.remove);
+        self.listeners.start(bound, &self.shared);
+
+        let m = &self.shared.metrics;
+        m.revision.store(revision, Ordering::Relaxed);
+        m.config_applies.fetch_add(1, Ordering::Relaxed);
+        m.ready.store(true, Ordering::Relaxed);
+        tracing::info!(revision, added = plan.add.len(), removed = plan.remove.len(), "config installed");
+
+        if let (Some(cache), Some(snapshot)) = (self.cache.clone(), keep) {
+            // The table already serves: a cache that cannot be written is worth a warning, not a NACK.
+            match tokio::task::spawn_blocking(move || cache.store(&snapshot)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(revision, error = %e, "cannot persist the snapshot cache"),
+                Err(e) => tracing::warn!(revision, error = %e, "cannot persist the snapshot cache"),
+            }
+        }
+        Ok(())
+    }
+
+    /// The control plane says the group's content is unchanged at a newer revision.
+    pub fn advance(&self, revision: Revision) {
+        self.shared.metrics.revision.fetch_max(revision, Ordering::Relaxed);
+    }
+
+    pub fn rejected(&self) {
+        self.shared.metrics.config_rejects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub async fn shutdown(&mut self, grace: Duration) {
+        self.listeners.shutdown(grace).await;
+    }
+}
+
+/// The CPU part: proto -> model, validation, protocol support, compile.
+fn prepare(snapshot: pb::Snapshot, previous: Option<&Table>) -> Result<Table, InstallError> {
+    let config = Config::try_from(snapshot)?;
+    config.validate()?;
+    for (name, l) in &config.listeners {
+        let unsupported = match l.protocol {
+            Protocol::Http | Protocol::Tcp => continue,
+            Protocol::Https => "https",
+            Protocol::Udp => "udp",
+            Protocol::Tls => "tls",
+        };
+        return Err(InstallError::Unsupported { listener: name.clone(), protocol: unsupported });
+    }
+    Ok(compile(&config, previous)?)
+}

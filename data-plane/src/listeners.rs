@@ -1,0 +1,284 @@
+//! The node's listening sockets: bound before a table that needs them is swapped in, started after,
+//! and stopped (no more accepts, open connections drained for a bounded time) when a table drops them.
+//!
+//! Each listener binds one `SO_REUSEPORT` socket per worker thread so the kernel spreads accepts over
+//! them; that also lets a changed listener bind its address again while the old sockets still run.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use sluice_shared::model::Protocol;
+use socket2::{Domain, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::metrics::ActiveConnection;
+use crate::state::{ConnCtx, Shared};
+use crate::table::Table;
+
+/// How long a stopped listener's open connections may take to finish before they are cut.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+const BACKLOG: i32 = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Serving,
+    /// No new connections; finish the requests in flight.
+    Draining,
+    /// Drop every connection now.
+    Abort,
+}
+
+/// What a listener is, as far as its sockets go: a change of either means new sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerSpec {
+    pub address: SocketAddr,
+    pub protocol: Protocol,
+}
+
+/// Sockets bound for a listener that is not running yet.
+pub struct Bound {
+    name: String,
+    spec: ListenerSpec,
+    sockets: Vec<std::net::TcpListener>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("listener {listener}: cannot bind {address}: {source}")]
+pub struct BindError {
+    pub listener: String,
+    pub address: SocketAddr,
+    pub source: io::Error,
+}
+
+struct Running {
+    spec: ListenerSpec,
+    phase: watch::Sender<Phase>,
+    accept_tasks: Vec<JoinHandle<()>>,
+    connections: TaskTracker,
+}
+
+/// The listeners a node runs. Only the installer touches it (off the request path).
+pub struct Listeners {
+    running: HashMap<String, Running>,
+    sockets_per_listener: usize,
+    http: Arc<http1::Builder>,
+}
+
+/// Which listeners a new table adds (or changes) and which it drops.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub add: Vec<(String, ListenerSpec)>,
+    pub remove: Vec<String>,
+}
+
+impl Listeners {
+    pub fn new() -> Listeners {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Listeners {
+            running: HashMap::new(),
+            sockets_per_listener: threads.clamp(1, 16),
+            http: Arc::new(crate::http::server::builder()),
+        }
+    }
+
+    pub fn plan(&self, table: &Table) -> Plan {
+        let mut plan = Plan::default();
+        for (name, l) in table.listeners() {
+            let spec = ListenerSpec { address: l.address(), protocol: l.protocol() };
+            match self.running.get(name) {
+                Some(r) if r.spec == spec => {}
+                Some(_) => {
+                    plan.remove.push(name.to_string());
+                    plan.add.push((name.to_string(), spec));
+                }
+                None => plan.add.push((name.to_string(), spec)),
+            }
+        }
+        plan.remove.extend(self.running.keys().filter(|n| table.listener(n).is_none()).cloned());
+        plan
+    }
+
+    /// Binds every listener the plan adds; on the first failure, everything bound so far is released.
+    pub fn bind(&self, plan: &Plan) -> Result<Vec<Bound>, BindError> {
+        plan.add
+            .iter()
+            .map(|(name, spec)| {
+                bind_reuseport(spec.address, self.sockets_per_listener)
+                    .map(|sockets| Bound { name: name.clone(), spec: *spec, sockets })
+                    .map_err(|source| BindError { listener: name.clone(), address: spec.address, source })
+            })
+            .collect()
+    }
+
+    /// Starts accepting on freshly bound sockets (after the table that needs them is installed).
+    pub fn start(&mut self, bound: Vec<Bound>, shared: &Arc<Shared>) {
+        for b in bound {
+            let (phase, _) = watch::channel(Phase::Serving);
+            let connections = TaskTracker::new();
+            let name: Arc<str> = Arc::from(b.name.as_str());
+            let mut accept_tasks = Vec::with_capacity(b.sockets.len());
+            for socket in b.sockets {
+                let listener = match socket.set_nonblocking(true).and_then(|_| TcpListener::from_std(socket)) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(listener = %name, error = %e, "cannot register listening socket");
+                        continue;
+                    }
+                };
+                let acceptor = Acceptor {
+                    name: name.clone(),
+                    protocol: b.spec.protocol,
+                    shared: shared.clone(),
+                    http: self.http.clone(),
+                    phase: phase.subscribe(),
+                    connections: connections.clone(),
+                };
+                accept_tasks.push(tokio::spawn(acceptor.run(listener)));
+            }
+            tracing::info!(listener = %name, address = %b.spec.address, protocol = ?b.spec.protocol, "listening");
+            // Replacing a listener of the same name: the old one drains on its own.
+            if let Some(old) = self.running.insert(b.name, Running { spec: b.spec, phase, accept_tasks, connections }) {
+                drain(old, DRAIN_TIMEOUT);
+            }
+        }
+    }
+
+    /// Stops listeners: accepts end now, connections drain for at most `DRAIN_TIMEOUT`.
+    pub fn stop(&mut self, names: &[String]) {
+        for name in names {
+            if let Some(r) = self.running.remove(name) {
+                tracing::info!(listener = %name, address = %r.spec.address, "listener removed, draining");
+                drain(r, DRAIN_TIMEOUT);
+            }
+        }
+    }
+
+    /// Stops everything, waiting up to `grace` for open connections.
+    pub async fn shutdown(&mut self, grace: Duration) {
+        let waits: Vec<_> = self.running.drain().map(|(_, r)| drain(r, grace)).collect();
+        for w in waits {
+            let _ = w.await;
+        }
+    }
+}
+
+fn drain(r: Running, grace: Duration) -> JoinHandle<()> {
+    let _ = r.phase.send(Phase::Draining);
+    for t in &r.accept_tasks {
+        // The accept loop exits on the phase change; aborting also closes the socket at once.
+        t.abort();
+    }
+    r.connections.close();
+    tokio::spawn(async move {
+        if tokio::time::timeout(grace, r.connections.wait()).await.is_err() {
+            tracing::info!(address = %r.spec.address, "drain timeout, closing remaining connections");
+            let _ = r.phase.send(Phase::Abort);
+            r.connections.wait().await;
+        }
+    })
+}
+
+/// Binds `count` sockets to one address with `SO_REUSEPORT` (port 0: the first picks, the rest follow).
+fn bind_reuseport(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut out = Vec::with_capacity(count);
+    let mut addr = addr;
+    for _ in 0..count {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        #[cfg(unix)]
+        socket.set_reuse_port(true)?;
+        socket.set_tcp_nodelay(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(BACKLOG)?;
+        let listener: std::net::TcpListener = socket.into();
+        addr = listener.local_addr()?;
+        out.push(listener);
+    }
+    Ok(out)
+}
+
+struct Acceptor {
+    name: Arc<str>,
+    protocol: Protocol,
+    shared: Arc<Shared>,
+    http: Arc<http1::Builder>,
+    phase: watch::Receiver<Phase>,
+    connections: TaskTracker,
+}
+
+impl Acceptor {
+    async fn run(mut self, listener: TcpListener) {
+        let counts = self.shared.metrics.connections(&self.name);
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = self.phase.changed() => return,
+                r = listener.accept() => match r {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(listener = %self.name, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let active = ActiveConnection::new(&counts);
+            let span = tracing::debug_span!("conn", listener = %self.name, %peer);
+            let phase = self.phase.clone();
+            match self.protocol {
+                Protocol::Tcp => {
+                    let shared = self.shared.clone();
+                    let name = self.name.clone();
+                    self.connections.spawn(
+                        async move {
+                            crate::tcp::serve(stream, &name, &shared, phase).await;
+                            drop(active);
+                        }
+                        .instrument(span),
+                    );
+                }
+                _ => {
+                    let conn = Arc::new(ConnCtx {
+                        listener: self.name.clone(),
+                        peer,
+                        scheme: "http",
+                        shared: self.shared.clone(),
+                    });
+                    let http = self.http.clone();
+                    self.connections.spawn(
+                        async move {
+                            crate::http::server::serve(stream, conn, &http, phase).await;
+                            drop(active);
+                        }
+                        .instrument(span),
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reuseport_binds_many_and_refuses_a_taken_port() {
+        let socks = bind_reuseport("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        let port = socks[0].local_addr().unwrap().port();
+        assert!(socks.iter().all(|s| s.local_addr().unwrap().port() == port));
+        // A plain socket (no SO_REUSEPORT) holding a port keeps us out.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let err = bind_reuseport(taken.local_addr().unwrap(), 2).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+    }
+}

@@ -1,0 +1,273 @@
+//! Node metrics, exported as Prometheus text on the admin server's `/metrics`.
+//!
+//! Counters are plain atomics. The registry (a mutex over name-keyed maps) is touched only when a
+//! config is installed (to hand each route/cluster/listener its counters) and on a scrape; the
+//! request path reaches its counters through a [`StatsIndex`] built with the table, so it takes no
+//! lock. Counters are keyed by name and reused across revisions, so they never reset on a change.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::table::Table;
+
+/// Upper bounds of the upstream latency histogram, in seconds.
+const LATENCY_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Responses by status class (`1xx` … `5xx`) for one (route, cluster) pair.
+#[derive(Debug, Default)]
+pub struct ResponseCounts {
+    by_class: [AtomicU64; 5],
+}
+
+impl ResponseCounts {
+    pub fn record(&self, status: u16) {
+        let i = usize::from((status / 100).clamp(1, 5) - 1);
+        self.by_class[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, class: u8) -> u64 {
+        usize::from(class).checked_sub(1).and_then(|i| self.by_class.get(i)).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+}
+
+/// Time from sending a request upstream to its response head, per cluster.
+#[derive(Debug, Default)]
+pub struct Latency {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Latency {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        // Cumulative buckets are summed at scrape time; one increment here.
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|&le| secs <= le) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
+
+/// Connections of one listener.
+#[derive(Debug, Default)]
+pub struct ConnectionCounts {
+    pub active: AtomicI64,
+    pub accepted: AtomicU64,
+}
+
+/// Keeps a listener's active-connection gauge up for as long as it lives.
+pub struct ActiveConnection(Arc<ConnectionCounts>);
+
+impl ActiveConnection {
+    pub fn new(counts: &Arc<ConnectionCounts>) -> Self {
+        counts.accepted.fetch_add(1, Ordering::Relaxed);
+        counts.active.fetch_add(1, Ordering::Relaxed);
+        ActiveConnection(counts.clone())
+    }
+}
+
+impl Drop for ActiveConnection {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    responses: BTreeMap<(String, String), Arc<ResponseCounts>>,
+    latency: BTreeMap<String, Arc<Latency>>,
+    connections: BTreeMap<String, Arc<ConnectionCounts>>,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    /// Requests answered without a route or before a route was chosen (404, refused heads).
+    pub unrouted: Arc<ResponseCounts>,
+    pub revision: AtomicU64,
+    pub config_applies: AtomicU64,
+    pub config_rejects: AtomicU64,
+    pub ready: std::sync::atomic::AtomicBool,
+}
+
+/// Per-table handles to the counters of every route and cluster, for the request path.
+#[derive(Default)]
+pub struct StatsIndex {
+    /// route -> [(cluster, counts)], a short list scanned by name.
+    routes: HashMap<String, Vec<(String, Arc<ResponseCounts>)>>,
+    clusters: HashMap<String, Arc<Latency>>,
+}
+
+impl StatsIndex {
+    pub fn responses(&self, route: &str, cluster: &str) -> Option<&Arc<ResponseCounts>> {
+        self.routes.get(route)?.iter().find(|(c, _)| c == cluster).map(|(_, r)| r)
+    }
+
+    pub fn latency(&self, cluster: &str) -> Option<&Arc<Latency>> {
+        self.clusters.get(cluster)
+    }
+}
+
+impl Metrics {
+    /// Builds the request path's handles for a freshly compiled table.
+    pub fn index(&self, table: &Table) -> StatsIndex {
+        let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let mut index = StatsIndex::default();
+        for (_, listener) in table.listeners() {
+            for route in listener.routes() {
+                let slots = route
+                    .backends()
+                    .iter()
+                    .map(|b| {
+                        let key = (route.name().to_string(), b.cluster.name().to_string());
+                        let counts = reg.responses.entry(key).or_default().clone();
+                        (b.cluster.name().to_string(), counts)
+                    })
+                    .collect();
+                index.routes.insert(route.name().to_string(), slots);
+            }
+        }
+        for (name, _) in table.clusters() {
+            index.clusters.insert(name.to_string(), reg.latency.entry(name.to_string()).or_default().clone());
+        }
+        index
+    }
+
+    pub fn connections(&self, listener: &str) -> Arc<ConnectionCounts> {
+        let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        reg.connections.entry(listener.to_string()).or_default().clone()
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn render(&self) -> String {
+        let reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::with_capacity(4096);
+        let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+        header(&mut out, "sluice_requests_total", "counter", "HTTP responses by route, cluster and status class.");
+        let mut rows: Vec<(&str, &str, &ResponseCounts)> = vec![("", "", &self.unrouted)];
+        rows.extend(reg.responses.iter().map(|((r, c), v)| (r.as_str(), c.as_str(), v.as_ref())));
+        for (route, cluster, counts) in rows {
+            for (i, class) in classes.iter().enumerate() {
+                let n = counts.get(i as u8 + 1);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "sluice_requests_total{{route=\"{}\",cluster=\"{}\",class=\"{class}\"}} {n}",
+                        esc(route),
+                        esc(cluster)
+                    );
+                }
+            }
+        }
+
+        header(&mut out, "sluice_upstream_latency_seconds", "histogram", "Upstream response-head latency by cluster.");
+        for (cluster, h) in &reg.latency {
+            let c = esc(cluster);
+            let mut cumulative = 0;
+            for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+                cumulative += h.buckets[i].load(Ordering::Relaxed);
+                let _ =
+                    writeln!(out, "sluice_upstream_latency_seconds_bucket{{cluster=\"{c}\",le=\"{le}\"}} {cumulative}");
+            }
+            let count = h.count.load(Ordering::Relaxed);
+            let sum = h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+            let _ = writeln!(out, "sluice_upstream_latency_seconds_bucket{{cluster=\"{c}\",le=\"+Inf\"}} {count}");
+            let _ = writeln!(out, "sluice_upstream_latency_seconds_sum{{cluster=\"{c}\"}} {sum}");
+            let _ = writeln!(out, "sluice_upstream_latency_seconds_count{{cluster=\"{c}\"}} {count}");
+        }
+
+        header(&mut out, "sluice_active_connections", "gauge", "Open downstream connections by listener.");
+        for (listener, c) in &reg.connections {
+            let _ = writeln!(
+                out,
+                "sluice_active_connections{{listener=\"{}\"}} {}",
+                esc(listener),
+                c.active.load(Ordering::Relaxed)
+            );
+        }
+        header(&mut out, "sluice_connections_total", "counter", "Accepted downstream connections by listener.");
+        for (listener, c) in &reg.connections {
+            let _ = writeln!(
+                out,
+                "sluice_connections_total{{listener=\"{}\"}} {}",
+                esc(listener),
+                c.accepted.load(Ordering::Relaxed)
+            );
+        }
+
+        let gauges = [
+            (
+                "sluice_config_revision",
+                "gauge",
+                "Config revision installed (or advanced to).",
+                self.revision.load(Ordering::Relaxed),
+            ),
+            (
+                "sluice_config_applies_total",
+                "counter",
+                "Snapshots installed.",
+                self.config_applies.load(Ordering::Relaxed),
+            ),
+            (
+                "sluice_config_rejects_total",
+                "counter",
+                "Snapshots refused (NACKed).",
+                self.config_rejects.load(Ordering::Relaxed),
+            ),
+            (
+                "sluice_ready",
+                "gauge",
+                "1 once a valid table is installed.",
+                u64::from(self.ready.load(Ordering::Relaxed)),
+            ),
+        ];
+        for (name, kind, help, v) in gauges {
+            header(&mut out, name, kind, help);
+            let _ = writeln!(out, "{name} {v}");
+        }
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Label values escaped per the text format (names are already restricted, but be safe).
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histogram() {
+        let m = Metrics::default();
+        m.unrouted.record(404);
+        let conns = m.connections("web");
+        let guard = ActiveConnection::new(&conns);
+        {
+            let mut reg = m.registry.lock().unwrap();
+            reg.responses.entry(("api".into(), "api-blue".into())).or_default().record(200);
+            reg.latency.entry("api-blue".into()).or_default().observe(Duration::from_millis(3));
+        }
+        let text = m.render();
+        assert!(text.contains("sluice_requests_total{route=\"\",cluster=\"\",class=\"4xx\"} 1"), "{text}");
+        assert!(text.contains("sluice_requests_total{route=\"api\",cluster=\"api-blue\",class=\"2xx\"} 1"));
+        assert!(text.contains("sluice_upstream_latency_seconds_bucket{cluster=\"api-blue\",le=\"0.0025\"} 0"));
+        assert!(text.contains("sluice_upstream_latency_seconds_bucket{cluster=\"api-blue\",le=\"0.005\"} 1"));
+        assert!(text.contains("sluice_upstream_latency_seconds_count{cluster=\"api-blue\"} 1"));
+        assert!(text.contains("sluice_active_connections{listener=\"web\"} 1"));
+        drop(guard);
+        assert!(m.render().contains("sluice_active_connections{listener=\"web\"} 0"));
+    }
+}

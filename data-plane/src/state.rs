@@ -1,0 +1,40 @@
+//! What every task of a node shares: the installed table, metrics, the upstream client.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use sluice_shared::Revision;
+
+use crate::http::upstream::{self, UpstreamClient};
+use crate::metrics::{Metrics, StatsIndex};
+use crate::table::Table;
+
+/// One installed revision: the compiled table plus the request path's handles to its counters.
+pub struct Installed {
+    pub revision: Revision,
+    pub table: Table,
+    pub stats: StatsIndex,
+}
+
+pub struct Shared {
+    /// `None` until the first valid table is installed (readyz 503). Swapped with one `store`.
+    pub installed: ArcSwapOption<Installed>,
+    pub metrics: Metrics,
+    pub client: UpstreamClient,
+}
+
+impl Shared {
+    pub fn new() -> Shared {
+        Shared { installed: ArcSwapOption::empty(), metrics: Metrics::default(), client: upstream::client() }
+    }
+}
+
+/// Per downstream connection: which listener accepted it and from whom.
+pub struct ConnCtx {
+    pub listener: Arc<str>,
+    pub peer: SocketAddr,
+    /// `x-forwarded-proto`.
+    pub scheme: &'static str,
+    pub shared: Arc<Shared>,
+}

@@ -1,0 +1,134 @@
+//! Config -> [`Table`]: done once per revision, off the hot path.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_shared::model::{Cluster, Route};
+use sluice_shared::Config;
+
+use super::index::RouteIndex;
+use super::lb::{ClusterLb, EndpointState, LbEndpoint};
+use super::matcher::Conditions;
+use super::route::{RetryPolicy, RouteEntry, RouteStats, WeightedBackend};
+use super::{CompileError, ListenerTable, Table};
+
+/// Compiles a (validated) config into an immutable table. Live state is carried over from
+/// `previous`: endpoint states per (cluster name, address) and route counters per route name.
+/// Anything that would make lookup or balancing misbehave is an error rather than a panic later.
+pub fn compile(cfg: &Config, previous: Option<&Table>) -> Result<Table, CompileError> {
+    let mut clusters = HashMap::with_capacity(cfg.clusters.len());
+    for (name, c) in &cfg.clusters {
+        let reuse = previous.and_then(|p| p.clusters.get(name.as_str()));
+        clusters.insert(name.clone(), Arc::new(compile_cluster(name, c, reuse)?));
+    }
+    let old_stats: HashMap<&str, &Arc<RouteStats>> = previous
+        .map(|p| p.listeners.values().flat_map(|l| l.routes.iter()).map(|r| (r.name(), r.stats())).collect())
+        .unwrap_or_default();
+
+    // Routes by listener, in name order (BTreeMap order), which the index's tie-break relies on.
+    let mut by_listener: BTreeMap<&str, Vec<(&str, &Route)>> = BTreeMap::new();
+    for (name, r) in &cfg.routes {
+        if !cfg.listeners.contains_key(&r.listener) {
+            return Err(CompileError::new(
+                format!("routes.{name}.listener"),
+                format!("listener {} does not exist", r.listener),
+            ));
+        }
+        by_listener.entry(r.listener.as_str()).or_default().push((name, r));
+    }
+
+    let mut listeners = BTreeMap::new();
+    for (name, l) in &cfg.listeners {
+        let field = format!("listeners.{name}");
+        let address: SocketAddr = l
+            .address
+            .parse()
+            .map_err(|_| CompileError::new(format!("{field}.address"), format!("{:?} is not IP:port", l.address)))?;
+        let cluster = match &l.cluster {
+            Some(c) => Some(lookup(&clusters, &format!("{field}.cluster"), c)?),
+            None => None,
+        };
+        let mut routes = Vec::new();
+        let mut hosts = Vec::new();
+        for (route_name, r) in by_listener.remove(name.as_str()).unwrap_or_default() {
+            let stats = old_stats.get(route_name).map(|s| Arc::clone(s)).unwrap_or_default();
+            routes.push(compile_route(route_name, r, &clusters, stats)?);
+            let mut patterns: Vec<String> = r.matcher.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+            patterns.sort();
+            patterns.dedup();
+            hosts.push(patterns);
+        }
+        let index = RouteIndex::build(&routes, &hosts);
+        listeners.insert(
+            name.clone(),
+            ListenerTable {
+                name: name.as_str().into(),
+                address,
+                protocol: l.protocol,
+                cluster,
+                idle_timeout: l.idle_timeout_ms.map(Duration::from_millis),
+                routes,
+                index,
+            },
+        );
+    }
+    Ok(Table { revision: 0, listeners, clusters })
+}
+
+fn lookup(clusters: &HashMap<String, Arc<ClusterLb>>, field: &str, name: &str) -> Result<Arc<ClusterLb>, CompileError> {
+    clusters.get(name).cloned().ok_or_else(|| CompileError::new(field, format!("cluster {name} does not exist")))
+}
+
+fn compile_cluster(name: &str, c: &Cluster, previous: Option<&Arc<ClusterLb>>) -> Result<ClusterLb, CompileError> {
+    let old: HashMap<SocketAddr, &Arc<EndpointState>> =
+        previous.map(|p| p.endpoints().iter().map(|e| (e.state.address(), &e.state)).collect()).unwrap_or_default();
+    let mut endpoints = Vec::with_capacity(c.endpoints.len());
+    for (i, e) in c.endpoints.iter().enumerate() {
+        let address: SocketAddr = e.address.parse().map_err(|_| {
+            CompileError::new(
+                format!("clusters.{name}.endpoints[{i}].address"),
+                format!("{:?} is not IP:port", e.address),
+            )
+        })?;
+        let state = old.get(&address).map(|s| Arc::clone(s)).unwrap_or_else(|| Arc::new(EndpointState::new(address)));
+        endpoints.push(LbEndpoint { state, weight: e.weight });
+    }
+    Ok(ClusterLb::new(name, c.lb_policy, endpoints))
+}
+
+fn compile_route(
+    name: &str,
+    r: &Route,
+    clusters: &HashMap<String, Arc<ClusterLb>>,
+    stats: Arc<RouteStats>,
+) -> Result<RouteEntry, CompileError> {
+    let field = format!("routes.{name}");
+    let conditions = Conditions::compile(&field, &r.matcher)?;
+    let mut backends = Vec::with_capacity(r.backends.len());
+    let mut cumulative = Vec::with_capacity(r.backends.len());
+    let mut sum = 0u64;
+    for (i, b) in r.backends.iter().enumerate() {
+        let cluster = lookup(clusters, &format!("{field}.backends[{i}].cluster"), &b.cluster)?;
+        sum += u64::from(b.weight);
+        cumulative.push(sum);
+        backends.push(WeightedBackend { cluster, weight: b.weight });
+    }
+    if sum == 0 {
+        // Also covers "no backends": `pick_cluster` relies on a positive weight sum.
+        return Err(CompileError::new(format!("{field}.backends"), "needs a backend with a non-zero weight"));
+    }
+    Ok(RouteEntry {
+        name: name.into(),
+        priority: r.priority,
+        conditions,
+        backends,
+        cumulative,
+        timeout: r.timeout_ms.map(Duration::from_millis),
+        retries: r.retries.as_ref().map(|x| RetryPolicy { attempts: x.attempts, on: x.on.clone() }),
+        sticky: r.sticky.clone(),
+        hash_on: r.hash_on.clone(),
+        stats,
+    })
+}

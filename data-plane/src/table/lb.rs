@@ -1,0 +1,269 @@
+//! Per-cluster load balancing over endpoints whose live state (health, active requests) outlives
+//! table revisions.
+
+use std::cell::Cell;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use sluice_shared::model::LbPolicy;
+
+/// Live state of one endpoint of one cluster. Compile hands the same `Arc` to the next revision
+/// while the cluster name and address stay, so health and counters survive config changes.
+#[derive(Debug)]
+pub struct EndpointState {
+    address: SocketAddr,
+    healthy: AtomicBool,
+    active: AtomicUsize,
+}
+
+impl EndpointState {
+    /// New endpoints start healthy (DESIGN §3).
+    pub fn new(address: SocketAddr) -> EndpointState {
+        EndpointState { address, healthy: AtomicBool::new(true), active: AtomicUsize::new(0) }
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Set by health checking and outlier detection; unhealthy endpoints are skipped by `pick`.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    /// Requests (L7) or connections (L4) in flight, counted by [`EndpointGuard`]s.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+}
+
+/// An endpoint picked for one request or connection: counts as active until dropped, which is
+/// what `least_request` balances on. Keep it for the whole exchange.
+#[derive(Debug)]
+pub struct EndpointGuard {
+    endpoint: Arc<EndpointState>,
+}
+
+impl EndpointGuard {
+    fn new(endpoint: &Arc<EndpointState>) -> EndpointGuard {
+        endpoint.active.fetch_add(1, Ordering::Relaxed);
+        EndpointGuard { endpoint: endpoint.clone() }
+    }
+
+    pub fn endpoint(&self) -> &Arc<EndpointState> {
+        &self.endpoint
+    }
+}
+
+impl Deref for EndpointGuard {
+    type Target = EndpointState;
+    fn deref(&self) -> &EndpointState {
+        &self.endpoint
+    }
+}
+
+impl Drop for EndpointGuard {
+    fn drop(&mut self) {
+        self.endpoint.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One endpoint as this revision sees it: the shared live state plus this revision's weight.
+#[derive(Debug, Clone)]
+pub struct LbEndpoint {
+    pub state: Arc<EndpointState>,
+    pub weight: u32,
+}
+
+/// Clusters at most this big get an exact least-request scan; bigger ones power of two choices.
+const LEAST_REQUEST_EXACT_MAX: usize = 8;
+/// Policy-driven tries before falling back to a scan for any healthy endpoint.
+const PICK_TRIES: usize = 8;
+
+/// Load balancer of one cluster in one table revision. Immutable except for a pick counter.
+pub struct ClusterLb {
+    name: Arc<str>,
+    policy: LbPolicy,
+    endpoints: Vec<LbEndpoint>,
+    /// Running sums of weights, for weighted random choices.
+    cumulative: Vec<u64>,
+    schedule: WrrSchedule,
+    counter: AtomicU64,
+}
+
+impl fmt::Debug for ClusterLb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterLb")
+            .field("name", &self.name)
+            .field("policy", &self.policy)
+            .field("endpoints", &self.endpoints)
+            .finish()
+    }
+}
+
+impl ClusterLb {
+    pub fn new(name: &str, policy: LbPolicy, endpoints: Vec<LbEndpoint>) -> ClusterLb {
+        let cumulative = endpoints
+            .iter()
+            .scan(0u64, |sum, e| {
+                *sum += u64::from(e.weight);
+                Some(*sum)
+            })
+            .collect();
+        let schedule = WrrSchedule::new(&endpoints);
+        ClusterLb { name: name.into(), policy, endpoints, cumulative, schedule, counter: AtomicU64::new(0) }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The configured policy. `ring_hash` and `maglev` are balanced round robin for now.
+    pub fn policy(&self) -> LbPolicy {
+        self.policy
+    }
+
+    pub fn endpoints(&self) -> &[LbEndpoint] {
+        &self.endpoints
+    }
+
+    /// Picks a healthy endpoint with non-zero weight by the cluster's policy; `None` when there
+    /// is none (the proxy answers 503).
+    pub fn pick(&self) -> Option<EndpointGuard> {
+        self.pick_excluding(&[])
+    }
+
+    /// Like [`pick`](Self::pick), but never an endpoint whose address is in `exclude` (for a retry
+    /// "to another endpoint"). `None` when every usable endpoint is excluded; the caller may then
+    /// retry the same endpoint with `pick`.
+    pub fn pick_excluding(&self, exclude: &[SocketAddr]) -> Option<EndpointGuard> {
+        if self.total_weight() == 0 {
+            return None;
+        }
+        let usable = |i: usize| {
+            let e = &self.endpoints[i];
+            e.weight > 0 && e.state.is_healthy() && !exclude.contains(&e.state.address)
+        };
+        let picked = match self.policy {
+            LbPolicy::LeastRequest => self.least_request(usable),
+            LbPolicy::Random => (0..PICK_TRIES).map(|_| self.weighted_random()).find(|&i| usable(i)),
+            // ring_hash and maglev need the request's hash key: a later issue. Until then: round robin.
+            LbPolicy::RoundRobin | LbPolicy::RingHash | LbPolicy::Maglev => (0..PICK_TRIES)
+                .map(|_| self.schedule.at(self.counter.fetch_add(1, Ordering::Relaxed)))
+                .find(|&i| usable(i)),
+        };
+        // Many unusable endpoints: scan from a random start so the leftovers share the load.
+        let picked = picked.or_else(|| {
+            let n = self.endpoints.len();
+            let start = random_below(n as u64) as usize;
+            (0..n).map(|k| (start + k) % n).find(|&i| usable(i))
+        })?;
+        Some(EndpointGuard::new(&self.endpoints[picked].state))
+    }
+
+    fn total_weight(&self) -> u64 {
+        self.cumulative.last().copied().unwrap_or(0)
+    }
+
+    /// An index drawn in proportion to weight; zero weights are never drawn.
+    fn weighted_random(&self) -> usize {
+        let r = random_below(self.total_weight());
+        self.cumulative.partition_point(|&c| c <= r)
+    }
+
+    /// Fewest active requests per unit of weight. Exact over small clusters (starting the scan at a
+    /// rotating offset so ties are shared), power of two (weighted) choices over large ones.
+    fn least_request(&self, usable: impl Fn(usize) -> bool) -> Option<usize> {
+        let load = |i: usize| (self.endpoints[i].state.active() as u128 + 1, u128::from(self.endpoints[i].weight));
+        let lighter = |a: usize, b: usize| {
+            let ((la, wa), (lb, wb)) = (load(a), load(b));
+            la * wb < lb * wa
+        };
+        let n = self.endpoints.len();
+        if n <= LEAST_REQUEST_EXACT_MAX {
+            let start = self.counter.fetch_add(1, Ordering::Relaxed) as usize;
+            return (0..n).map(|k| (start + k) % n).filter(|&i| usable(i)).fold(None, |best, i| match best {
+                Some(b) if !lighter(i, b) => Some(b),
+                _ => Some(i),
+            });
+        }
+        for _ in 0..PICK_TRIES {
+            let a = self.weighted_random();
+            let b = self.weighted_random();
+            match (usable(a), usable(b)) {
+                (true, true) if a != b => return Some(if lighter(b, a) { b } else { a }),
+                (true, false) => return Some(a),
+                (false, true) => return Some(b),
+                _ => {}
+            }
+        }
+        None
+    }
+}
+
+/// Interleaved weighted round robin without locks: one cycle of `sum(weights)` picks is a series
+/// of rounds; round `r` visits, in a fixed order, every endpoint whose weight is above `r`. A
+/// shared counter indexes into the cycle, so each endpoint gets exactly its weight per cycle.
+/// Rounds with the same set of endpoints form a segment; a pick is one binary search over segments.
+#[derive(Debug, Default)]
+struct WrrSchedule {
+    /// Endpoint indices by weight, heaviest first; zero weights left out.
+    order: Vec<u32>,
+    /// (first pick of the segment within the cycle, number of endpoints visited per round).
+    segments: Vec<(u64, u32)>,
+    cycle: u64,
+}
+
+impl WrrSchedule {
+    fn new(endpoints: &[LbEndpoint]) -> WrrSchedule {
+        let mut order: Vec<u32> = (0..endpoints.len() as u32).filter(|&i| endpoints[i as usize].weight > 0).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(endpoints[i as usize].weight));
+        let mut segments = Vec::new();
+        let (mut start, mut round) = (0u64, 0u64);
+        // Walk from the lightest weight up: rounds below it visit every endpoint heavier or equal.
+        for count in (1..=order.len()).rev() {
+            let weight = u64::from(endpoints[order[count - 1] as usize].weight);
+            if weight > round {
+                segments.push((start, count as u32));
+                start += (weight - round) * count as u64;
+                round = weight;
+            }
+        }
+        WrrSchedule { order, segments, cycle: start }
+    }
+
+    /// The endpoint index for pick number `n`. Only called when some weight is non-zero.
+    fn at(&self, n: u64) -> usize {
+        let x = n % self.cycle;
+        let seg = self.segments.partition_point(|&(start, _)| start <= x) - 1;
+        let (start, count) = self.segments[seg];
+        self.order[((x - start) % u64::from(count)) as usize] as usize
+    }
+}
+
+thread_local! {
+    static RNG_STATE: Cell<u64> = Cell::new(rand::random());
+}
+
+/// wyrand on a thread-local state seeded from the OS: a few nanoseconds, no lock, no allocation.
+/// Not for anything secret; only for spreading load.
+pub(crate) fn random_u64() -> u64 {
+    RNG_STATE.with(|s| {
+        let x = s.get().wrapping_add(0xa076_1d64_78bd_642f);
+        s.set(x);
+        let t = u128::from(x) * u128::from(x ^ 0xe703_7ed1_a0b4_28db);
+        ((t >> 64) as u64) ^ (t as u64)
+    })
+}
+
+/// Uniform in `0..n` (`n > 0`) by multiply-shift; the bias is below 2^-40 for any weight sum here.
+pub(crate) fn random_below(n: u64) -> u64 {
+    ((u128::from(random_u64()) * u128::from(n)) >> 64) as u64
+}

@@ -1,0 +1,168 @@
+//! Balancing: weighted backend split, endpoint policies, health, and state reuse across revisions.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use sluice_shared::model::{Endpoint, LbPolicy, WeightedCluster};
+use sluice_shared::validate::parse_json;
+
+use super::tests_precedence::config;
+use super::*;
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn lb(policy: LbPolicy, weights: &[u32]) -> ClusterLb {
+    let endpoints = weights
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| LbEndpoint { state: Arc::new(EndpointState::new(addr(9000 + i as u16))), weight: w })
+        .collect();
+    ClusterLb::new("c", policy, endpoints)
+}
+
+/// Picks `n` times (dropping each guard at once) and counts picks per endpoint port offset.
+fn counts(c: &ClusterLb, n: usize) -> Vec<usize> {
+    let mut out = vec![0; c.endpoints().len()];
+    for _ in 0..n {
+        let g = c.pick().unwrap();
+        out[(g.address().port() - 9000) as usize] += 1;
+    }
+    out
+}
+
+#[test]
+fn round_robin_is_exactly_weighted_per_cycle() {
+    let c = lb(LbPolicy::RoundRobin, &[1, 1, 1]);
+    let seq: Vec<u16> = (0..6).map(|_| c.pick().unwrap().address().port() - 9000).collect();
+    assert_eq!(seq, vec![0, 1, 2, 0, 1, 2]);
+    let c = lb(LbPolicy::RoundRobin, &[5, 0, 3, 3, 1]);
+    assert_eq!(counts(&c, 12 * 100), vec![500, 0, 300, 300, 100]);
+    // Interleaved: in the first round every non-zero endpoint comes once.
+    let c = lb(LbPolicy::RoundRobin, &[3, 1]);
+    let seq: Vec<u16> = (0..4).map(|_| c.pick().unwrap().address().port() - 9000).collect();
+    assert_eq!(seq, vec![0, 1, 0, 0]);
+}
+
+#[test]
+fn unhealthy_endpoints_are_skipped_and_none_when_all_down() {
+    for policy in [LbPolicy::RoundRobin, LbPolicy::LeastRequest, LbPolicy::Random, LbPolicy::Maglev] {
+        let c = lb(policy, &[1, 1, 1]);
+        c.endpoints()[1].state.set_healthy(false);
+        let n = counts(&c, 300);
+        assert_eq!(n[1], 0, "{policy:?}");
+        assert_eq!(n[0] + n[2], 300);
+        c.endpoints()[0].state.set_healthy(false);
+        c.endpoints()[2].state.set_healthy(false);
+        assert!(c.pick().is_none(), "{policy:?}");
+    }
+    assert!(lb(LbPolicy::RoundRobin, &[]).pick().is_none(), "empty cluster");
+    // Many endpoints, one healthy: the fallback scan finds it.
+    let c = lb(LbPolicy::RoundRobin, &[1; 100]);
+    for e in &c.endpoints()[1..] {
+        e.state.set_healthy(false);
+    }
+    assert!((0..50).all(|_| c.pick().unwrap().address() == addr(9000)));
+}
+
+#[test]
+fn pick_excluding_avoids_tried_endpoints() {
+    let c = lb(LbPolicy::RoundRobin, &[1, 1]);
+    for _ in 0..10 {
+        assert_eq!(c.pick_excluding(&[addr(9000)]).unwrap().address(), addr(9001));
+    }
+    assert!(c.pick_excluding(&[addr(9000), addr(9001)]).is_none());
+}
+
+#[test]
+fn guards_count_active_requests_and_least_request_follows() {
+    for weights in [vec![1; 3], vec![1; 20]] {
+        let c = lb(LbPolicy::LeastRequest, &weights);
+        let held: Vec<EndpointGuard> = (0..weights.len() * 4).map(|_| c.pick().unwrap()).collect();
+        // Exact or two choices: the load stays level while every request is held.
+        let max = c.endpoints().iter().map(|e| e.state.active()).max().unwrap();
+        let min = c.endpoints().iter().map(|e| e.state.active()).min().unwrap();
+        assert!(max - min <= if weights.len() <= 8 { 0 } else { 4 }, "{min}..{max}");
+        drop(held);
+        assert!(c.endpoints().iter().all(|e| e.state.active() == 0));
+    }
+    // A busy endpoint gets nothing while an idle one exists.
+    let c = lb(LbPolicy::LeastRequest, &[1, 1]);
+    let _busy = c.pick().unwrap();
+    let busy_addr = _busy.address();
+    assert!((0..10).all(|_| c.pick().unwrap().address() != busy_addr));
+}
+
+#[test]
+fn random_follows_weights() {
+    let c = lb(LbPolicy::Random, &[3, 0, 1]);
+    let n = counts(&c, 40_000);
+    assert_eq!(n[1], 0);
+    assert!((29_000..31_000).contains(&n[0]), "{n:?}");
+}
+
+#[test]
+fn weighted_backends_split_90_10() {
+    let mut cfg = config(&[("r", "")]);
+    cfg.routes.get_mut("r").unwrap().backends =
+        vec![WeightedCluster { cluster: "a".into(), weight: 90 }, WeightedCluster { cluster: "b".into(), weight: 10 }];
+    let t = compile(&cfg, None).unwrap();
+    let r = &t.listener("web").unwrap().routes()[0];
+    let n = 100_000;
+    let a = (0..n).filter(|_| r.pick_cluster().name() == "a").count();
+    let share = a as f64 / n as f64;
+    assert!((share - 0.9).abs() < 0.01, "{share}");
+    cfg.routes.get_mut("r").unwrap().backends[0].weight = 0;
+    let t = compile(&cfg, None).unwrap();
+    let r = &t.listener("web").unwrap().routes()[0];
+    assert!((0..1_000).all(|_| r.pick_cluster().name() == "b"), "zero weight is never chosen");
+}
+
+#[test]
+fn endpoint_state_and_route_stats_survive_revisions() {
+    let mut cfg = config(&[("r", "")]);
+    let c: sluice_shared::model::Cluster =
+        parse_json(br#"{"endpoints":[{"address":"127.0.0.1:9001"},{"address":"127.0.0.1:9002","weight":2}]}"#).unwrap();
+    cfg.clusters.insert("a".into(), c);
+    let first = compile(&cfg, None).unwrap();
+    let eps: HashMap<SocketAddr, Arc<EndpointState>> =
+        first.cluster("a").unwrap().endpoints().iter().map(|e| (e.state.address(), e.state.clone())).collect();
+    eps[&addr(9002)].set_healthy(false);
+    let guard = first.cluster("a").unwrap().pick().unwrap();
+    assert_eq!(guard.address(), addr(9001));
+    first.listener("web").unwrap().routes()[0].stats().record_request();
+
+    // Next revision: 9002 changes weight, 9003 is new, the policy changes; 9001 is unchanged.
+    let cluster = cfg.clusters.get_mut("a").unwrap();
+    cluster.endpoints[1].weight = 7;
+    cluster.endpoints.push(Endpoint { address: "127.0.0.1:9003".into(), weight: 1 });
+    cluster.lb_policy = LbPolicy::LeastRequest;
+    let second = compile(&cfg, Some(&first)).unwrap();
+    let lb2 = second.cluster("a").unwrap();
+    assert!(Arc::ptr_eq(&lb2.endpoints()[0].state, &eps[&addr(9001)]));
+    assert!(Arc::ptr_eq(&lb2.endpoints()[1].state, &eps[&addr(9002)]));
+    assert_eq!(lb2.endpoints()[1].weight, 7);
+    assert_eq!(lb2.endpoints()[0].state.active(), 1, "in-flight count carried over");
+    assert!(!lb2.endpoints()[1].state.is_healthy(), "health carried over");
+    assert!(lb2.endpoints()[2].state.is_healthy(), "new endpoints start healthy");
+    assert_eq!(second.listener("web").unwrap().routes()[0].stats().requests(), 1);
+    drop(guard);
+    assert_eq!(lb2.endpoints()[0].state.active(), 0);
+
+    // A cluster of another name does not inherit, even at the same address.
+    cfg.clusters.insert("b".into(), cfg.clusters["a"].clone());
+    let third = compile(&cfg, Some(&second)).unwrap();
+    assert!(!Arc::ptr_eq(&third.cluster("b").unwrap().endpoints()[0].state, &eps[&addr(9001)]));
+    assert!(Arc::ptr_eq(&third.cluster("a").unwrap().endpoints()[0].state, &eps[&addr(9001)]));
+}
+
+#[test]
+fn route_stats_count_by_class() {
+    let s = RouteStats::default();
+    for status in [200, 204, 404, 503, 99, 700] {
+        s.record_response(status);
+    }
+    assert_eq!((s.responses(2), s.responses(4), s.responses(5), s.responses(6)), (2, 1, 1, 0));
+}

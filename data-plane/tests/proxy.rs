@@ -1,0 +1,171 @@
+//! The L7 proxy end to end: a real node fed by a mock control plane, real HTTP backends.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use serde_json::json;
+use sluice_data_plane::Node;
+use sluice_shared::proto::v1 as pb;
+use support::*;
+
+struct Setup {
+    cp: ControlPlane,
+    node: Node,
+    listener: SocketAddr,
+    api: Backend,
+    web: Backend,
+}
+
+async fn setup() -> Setup {
+    let api = Backend::start("api").await;
+    let web = Backend::start("web").await;
+    let listener = free_addr();
+    let cfg = config(json!({
+        "clusters": {
+            "api": {"endpoints": [{"address": api.addr.to_string()}]},
+            "web": {"endpoints": [{"address": web.addr.to_string()}]},
+            "dead": {"endpoints": [{"address": free_addr().to_string()}]},
+            "empty": {"endpoints": []}
+        },
+        "listeners": {"main": {"address": listener.to_string(), "protocol": "http"}},
+        "routes": {
+            "api": {"listener": "main", "match": {"hosts": ["myshop.com"], "path": {"prefix": "/api/"}},
+                    "backends": [{"cluster": "api"}]},
+            "web": {"listener": "main", "match": {"hosts": ["myshop.com"]}, "backends": [{"cluster": "web"}]},
+            "dead": {"listener": "main", "match": {"hosts": ["dead.test"]}, "backends": [{"cluster": "dead"}]},
+            "empty": {"listener": "main", "match": {"hosts": ["empty.test"]}, "backends": [{"cluster": "empty"}]},
+            "slow": {"listener": "main", "match": {"hosts": ["slow.test"]}, "backends": [{"cluster": "api"}],
+                     "timeout_ms": 300}
+        }
+    }));
+    let cp = ControlPlane::start(Some(snapshot(&cfg, 1))).await;
+    let node = start_node(vec![cp.url()], None).await;
+    assert!(matches!(cp.reply_to(1).await, pb::node_message::Msg::Ack(_)));
+    eventually("listener up", || async { try_get(listener, "myshop.com", "/").await }).await;
+    Setup { cp, node, listener, api, web }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_host_and_path_and_answers_errors() {
+    let s = setup().await;
+    let r = get(s.listener, "MyShop.com:8080", "/api/orders?x=1").await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("backend=api") && r.body.contains("path=/api/orders"), "{}", r.body);
+    let r = get(s.listener, "myshop.com", "/index.html").await;
+    assert!(r.body.contains("backend=web"), "{}", r.body);
+
+    let cases = [
+        ("nothing.test", "/", 404, "no route"),
+        ("empty.test", "/", 503, "no healthy endpoint"),
+        ("dead.test", "/", 502, "upstream connect failure"),
+        ("slow.test", "/slow", 504, "upstream timeout"),
+    ];
+    for (host, path, status, body) in cases {
+        let r = get(s.listener, host, path).await;
+        assert_eq!(r.status, status, "{host}: {}", r.raw);
+        assert_eq!(r.body.trim(), body);
+        assert!(r.headers["content-type"].starts_with("text/plain"));
+    }
+    // Upstream status codes pass through untouched.
+    assert_eq!(get(s.listener, "myshop.com", "/status/503").await.status, 503);
+
+    let metrics = admin(&s.node, "/metrics").await.body;
+    assert!(metrics.contains("sluice_requests_total{route=\"api\",cluster=\"api\",class=\"2xx\"} 1"), "{metrics}");
+    assert!(metrics.contains("sluice_requests_total{route=\"\",cluster=\"\",class=\"4xx\"} 1"), "{metrics}");
+    assert!(metrics.contains("sluice_requests_total{route=\"slow\",cluster=\"api\",class=\"5xx\"} 1"), "{metrics}");
+    assert!(metrics.contains("sluice_upstream_latency_seconds_count{cluster=\"api\"}"), "{metrics}");
+    assert!(metrics.contains("sluice_config_revision 1"), "{metrics}");
+    assert!(metrics.contains("sluice_active_connections{listener=\"main\"}"), "{metrics}");
+    s.node.shutdown().await;
+    s.cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers() {
+    let s = setup().await;
+    let r = raw(
+        s.listener,
+        b"GET /api/x HTTP/1.1\r\nHost: myshop.com\r\nX-Forwarded-For: 10.0.0.1\r\nConnection: close, x-drop\r\n\
+          X-Drop: 1\r\nKeep-Alive: timeout=5\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+    let b = &r.body;
+    assert!(b.contains("x-forwarded-for: 10.0.0.1, 127.0.0.1\n"), "{b}");
+    assert!(b.contains("x-forwarded-proto: http\n"), "{b}");
+    assert!(b.contains("x-forwarded-host: myshop.com\n"), "{b}");
+    assert!(b.contains("host: myshop.com\n"), "{b}");
+    let id = b.lines().find_map(|l| l.strip_prefix("x-request-id: ")).expect("generated x-request-id");
+    assert_eq!(id.len(), 36);
+    assert!(!b.contains("x-drop") && !b.contains("keep-alive"), "hop-by-hop headers forwarded: {b}");
+
+    let r = raw(s.listener, b"GET /api/x HTTP/1.1\r\nHost: myshop.com\r\nX-Request-Id: abc-123\r\n\r\n").await;
+    assert!(r.body.contains("x-request-id: abc-123\n"), "{}", r.body);
+    s.node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_never_reach_a_backend() {
+    let s = setup().await;
+    let long_line = format!("GET /api/{} HTTP/1.1\r\nHost: myshop.com\r\n\r\n", "a".repeat(9000));
+    let big_head = format!("GET /api/ HTTP/1.1\r\nHost: myshop.com\r\nX-Big: {}\r\n\r\n", "b".repeat(70_000));
+    let many: String = (0..101).map(|i| format!("X-H{i}: 1\r\n")).collect();
+    let many_headers = format!("GET /api/ HTTP/1.1\r\nHost: myshop.com\r\n{many}\r\n");
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("CL then TE", b"POST /api/ HTTP/1.1\r\nHost: myshop.com\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), 400),
+        ("TE then CL", b"POST /api/ HTTP/1.1\r\nHost: myshop.com\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n".to_vec(), 400),
+        ("differing CLs", b"POST /api/ HTTP/1.1\r\nHost: myshop.com\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab".to_vec(), 400),
+        ("bad CL", b"POST /api/ HTTP/1.1\r\nHost: myshop.com\r\nContent-Length: 1x\r\n\r\na".to_vec(), 400),
+        ("TE not chunked", b"POST /api/ HTTP/1.1\r\nHost: myshop.com\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(), 400),
+        ("control byte", b"GET /api/ HTTP/1.1\r\nHost: myshop.com\r\nX-A: a\x01b\r\n\r\n".to_vec(), 400),
+        ("NUL byte", b"GET /api/ HTTP/1.1\r\nHost: myshop.com\r\nX-A: a\x00b\r\n\r\n".to_vec(), 400),
+        ("obs-fold", b"GET /api/ HTTP/1.1\r\nHost: myshop.com\r\nX-A: a\r\n b\r\n\r\n".to_vec(), 400),
+        ("no Host", b"GET /api/ HTTP/1.1\r\n\r\n".to_vec(), 400),
+        ("two Hosts", b"GET /api/ HTTP/1.1\r\nHost: myshop.com\r\nHost: evil.com\r\n\r\n".to_vec(), 400),
+        ("bad version", b"GET /api/ HTTP/2.7\r\nHost: myshop.com\r\n\r\n".to_vec(), 400),
+        ("long request line", long_line.into_bytes(), 414),
+        ("head over 64 KiB", big_head.into_bytes(), 431),
+        ("101 headers", many_headers.into_bytes(), 431),
+    ];
+    for (what, request, status) in cases {
+        let before = s.api.hits() + s.web.hits();
+        let r = raw(s.listener, &request).await;
+        assert_eq!(r.status, status, "{what}: {}", r.raw);
+        // The proxy's own answer (hyper's automatic ones have no body).
+        assert!(!r.body.trim().is_empty(), "{what}: {}", r.raw);
+        assert_eq!(r.headers.get("connection").map(String::as_str), Some("close"), "{what}");
+        assert_eq!(s.api.hits() + s.web.hits(), before, "{what} reached a backend");
+    }
+    let metrics = admin(&s.node, "/metrics").await.body;
+    assert!(metrics.contains("sluice_requests_total{route=\"\",cluster=\"\",class=\"4xx\"} 14"), "{metrics}");
+    s.node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_pipelining_and_a_bad_request_after_good_ones() {
+    let s = setup().await;
+    // A chunked POST, a GET, then a smuggling attempt: the first two are answered, the third
+    // refused, and only two requests reach the backend.
+    let r = raw(
+        s.listener,
+        b"POST /api/a HTTP/1.1\r\nHost: myshop.com\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n\
+          GET /api/b HTTP/1.1\r\nHost: myshop.com\r\n\r\n\
+          POST /api/c HTTP/1.1\r\nHost: myshop.com\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+    let statuses: Vec<&str> = r.raw.match_indices("HTTP/1.1 ").map(|(i, _)| &r.raw[i + 9..i + 12]).collect();
+    assert_eq!(statuses, vec!["200", "200", "400"], "{}", r.raw);
+    assert!(r.raw.contains("path=/api/a") && r.raw.contains("body=hello"), "{}", r.raw);
+    assert!(r.raw.contains("path=/api/b"));
+    assert_eq!(s.api.hits(), 2);
+
+    // A body with Content-Length, then another request on the same connection.
+    let r = raw(
+        s.listener,
+        b"POST /api/d HTTP/1.1\r\nHost: myshop.com\r\nContent-Length: 4\r\n\r\nabcdGET /x HTTP/1.1\r\nHost: myshop.com\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(r.raw.contains("body=abcd") && r.raw.contains("backend=web"), "{}", r.raw);
+    s.node.shutdown().await;
+}

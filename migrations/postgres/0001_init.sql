@@ -1,0 +1,27 @@
+-- The single global revision row: every committed write bumps it, inside the write's transaction,
+-- which also serializes writers across control-plane replicas (row lock).
+CREATE TABLE revision (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    revision BIGINT NOT NULL
+);
+INSERT INTO revision (id, revision) VALUES (1, 0);
+
+-- One row per named resource; spec is the resource's JSON (the REST body), revision the one that last changed it.
+CREATE TABLE resources (
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    revision BIGINT NOT NULL,
+    PRIMARY KEY (kind, name)
+);
+
+-- What the control plane knows of each data-plane node.
+CREATE TABLE nodes (
+    id TEXT PRIMARY KEY,
+    node_group TEXT NOT NULL,
+    acked_revision BIGINT NOT NULL,
+    nack_revision BIGINT,
+    nack_message TEXT,
+    last_seen_ms BIGINT NOT NULL,
+    connected BIGINT NOT NULL
+);

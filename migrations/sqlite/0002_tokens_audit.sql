@@ -1,0 +1,21 @@
+-- API tokens (issue 5). Only the SHA-256 of each secret is kept; scopes and routes are JSON arrays.
+-- Tokens are not part of the config: writing one does not bump the revision.
+CREATE TABLE tokens (
+    name TEXT PRIMARY KEY,
+    secret_sha256 TEXT NOT NULL UNIQUE,
+    scopes TEXT NOT NULL,
+    routes TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+
+-- Every mutating API call, allowed or refused. Never holds request bodies.
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL,
+    who TEXT NOT NULL,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    revision_before INTEGER NOT NULL,
+    revision_after INTEGER NOT NULL,
+    status INTEGER NOT NULL
+);

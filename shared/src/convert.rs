@@ -1,0 +1,367 @@
+//! Conversion between the domain model ([`Config`]) and the protobuf resources of the config stream.
+//!
+//! Model -> proto is total: a validated config always has a proto form. Proto -> model is checked
+//! only for what the proto can express and the model cannot (unknown enum values, unset oneofs,
+//! duplicate names, unknown retry conditions); everything else is left to [`Config::validate`], which
+//! the data plane runs on the result. Errors carry the field path the REST API would report, prefixed
+//! with the resource (`routes.api.retries.on[0]`).
+
+use std::collections::BTreeMap;
+
+use crate::config::Config;
+use crate::model::*;
+use crate::proto::v1 as pb;
+use crate::validate::{Result, ValidationError};
+
+// ------------------------------------------------------------------------------------ model -> proto
+
+impl From<&Config> for pb::Snapshot {
+    /// The resources of `cfg`, sorted by name; `revision`, `nonce` and `control_plane_id` are left
+    /// empty for the caller to fill in.
+    fn from(cfg: &Config) -> Self {
+        pb::Snapshot {
+            revision: 0,
+            nonce: String::new(),
+            control_plane_id: String::new(),
+            listeners: cfg.listeners.iter().map(|(n, l)| listener_to_pb(n, l)).collect(),
+            routes: cfg.routes.iter().map(|(n, r)| route_to_pb(n, r)).collect(),
+            clusters: cfg.clusters.iter().map(|(n, c)| cluster_to_pb(n, c)).collect(),
+            certificates: cfg.certificates.iter().map(|(n, c)| certificate_to_pb(n, c)).collect(),
+        }
+    }
+}
+
+pub fn cluster_to_pb(name: &str, c: &Cluster) -> pb::Cluster {
+    pb::Cluster {
+        name: name.to_string(),
+        lb_policy: lb_policy_to_pb(c.lb_policy) as i32,
+        endpoints: c.endpoints.iter().map(|e| pb::Endpoint { address: e.address.clone(), weight: e.weight }).collect(),
+        health_check: c.health_check.as_ref().map(|h| pb::HealthCheck {
+            // A validated check has exactly one kind; http wins should both be set.
+            kind: match (&h.http, &h.tcp) {
+                (Some(http), _) => Some(pb::health_check::Kind::Http(pb::HttpHealthCheck {
+                    path: http.path.clone(),
+                    expected_status: http.expected_status.map_or(0, u32::from),
+                })),
+                (None, Some(_)) => Some(pb::health_check::Kind::Tcp(pb::TcpHealthCheck {})),
+                (None, None) => None,
+            },
+            interval_ms: h.interval_ms,
+            timeout_ms: h.timeout_ms,
+            healthy_threshold: h.healthy_threshold,
+            unhealthy_threshold: h.unhealthy_threshold,
+        }),
+        outlier_detection: c
+            .outlier_detection
+            .as_ref()
+            .map(|o| pb::OutlierDetection { consecutive_failures: o.consecutive_failures, ejection_ms: o.ejection_ms }),
+    }
+}
+
+pub fn listener_to_pb(name: &str, l: &Listener) -> pb::Listener {
+    pb::Listener {
+        name: name.to_string(),
+        address: l.address.clone(),
+        protocol: protocol_to_pb(l.protocol) as i32,
+        group: l.group.clone(),
+        cluster: l.cluster.clone().unwrap_or_default(),
+        certificates: l.certificates.clone(),
+        sni: l.sni.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        idle_timeout_ms: l.idle_timeout_ms,
+        hash_on: l.hash_on.as_ref().map(hash_on_to_pb),
+    }
+}
+
+pub fn route_to_pb(name: &str, r: &Route) -> pb::Route {
+    let m = &r.matcher;
+    pb::Route {
+        name: name.to_string(),
+        listener: r.listener.clone(),
+        priority: r.priority,
+        r#match: Some(pb::RouteMatch {
+            hosts: m.hosts.clone(),
+            path: m.path.as_ref().map(|p| pb::PathMatch {
+                kind: match p.kind() {
+                    Some(PathKind::Prefix(s)) => Some(pb::path_match::Kind::Prefix(s.to_string())),
+                    Some(PathKind::Exact(s)) => Some(pb::path_match::Kind::Exact(s.to_string())),
+                    Some(PathKind::Regex(s)) => Some(pb::path_match::Kind::Regex(s.to_string())),
+                    None => None,
+                },
+            }),
+            methods: m.methods.clone(),
+            headers: m
+                .headers
+                .iter()
+                .map(|v| pb::HeaderMatch {
+                    name: v.name.clone(),
+                    kind: v.kind().map(|k| match k {
+                        ValueKind::Exact(s) => pb::header_match::Kind::Exact(s.to_string()),
+                        ValueKind::Regex(s) => pb::header_match::Kind::Regex(s.to_string()),
+                        ValueKind::Present(p) => pb::header_match::Kind::Present(p),
+                    }),
+                })
+                .collect(),
+            query: m
+                .query
+                .iter()
+                .map(|v| pb::QueryMatch {
+                    name: v.name.clone(),
+                    kind: v.kind().map(|k| match k {
+                        ValueKind::Exact(s) => pb::query_match::Kind::Exact(s.to_string()),
+                        ValueKind::Regex(s) => pb::query_match::Kind::Regex(s.to_string()),
+                        ValueKind::Present(p) => pb::query_match::Kind::Present(p),
+                    }),
+                })
+                .collect(),
+        }),
+        backends: r
+            .backends
+            .iter()
+            .map(|b| pb::WeightedCluster { cluster: b.cluster.clone(), weight: b.weight })
+            .collect(),
+        timeout_ms: r.timeout_ms,
+        sticky: r.sticky.as_ref().map(|s| pb::Sticky { cookie: s.cookie.clone(), ttl_s: s.ttl_s }),
+        hash_on: r.hash_on.as_ref().map(hash_on_to_pb),
+        retries: r
+            .retries
+            .as_ref()
+            .map(|x| pb::Retries { attempts: x.attempts, on: x.on.iter().map(|o| o.as_str().to_string()).collect() }),
+    }
+}
+
+pub fn certificate_to_pb(name: &str, c: &Certificate) -> pb::Certificate {
+    pb::Certificate { name: name.to_string(), cert_pem: c.cert_pem.clone(), key_pem: c.key_pem.clone() }
+}
+
+fn hash_on_to_pb(h: &HashOn) -> pb::HashOn {
+    let key = match (&h.header, &h.cookie) {
+        (Some(x), _) => Some(pb::hash_on::Key::Header(x.clone())),
+        (None, Some(x)) => Some(pb::hash_on::Key::Cookie(x.clone())),
+        (None, None) if h.source_ip => Some(pb::hash_on::Key::SourceIp(true)),
+        (None, None) => None,
+    };
+    pb::HashOn { key }
+}
+
+fn lb_policy_to_pb(p: LbPolicy) -> pb::LbPolicy {
+    match p {
+        LbPolicy::RoundRobin => pb::LbPolicy::RoundRobin,
+        LbPolicy::LeastRequest => pb::LbPolicy::LeastRequest,
+        LbPolicy::Random => pb::LbPolicy::Random,
+        LbPolicy::RingHash => pb::LbPolicy::RingHash,
+        LbPolicy::Maglev => pb::LbPolicy::Maglev,
+    }
+}
+
+fn protocol_to_pb(p: Protocol) -> pb::Protocol {
+    match p {
+        Protocol::Http => pb::Protocol::Http,
+        Protocol::Https => pb::Protocol::Https,
+        Protocol::Tcp => pb::Protocol::Tcp,
+        Protocol::Udp => pb::Protocol::Udp,
+        Protocol::Tls => pb::Protocol::Tls,
+    }
+}
+
+// ------------------------------------------------------------------------------------ proto -> model
+
+impl TryFrom<pb::Snapshot> for Config {
+    type Error = ValidationError;
+
+    /// The resources of a snapshot as a [`Config`]. Does not run [`Config::validate`].
+    fn try_from(s: pb::Snapshot) -> Result<Config> {
+        Ok(Config {
+            clusters: by_name("clusters", s.clusters, |c| c.name.clone(), cluster_from_pb)?,
+            listeners: by_name("listeners", s.listeners, |l| l.name.clone(), listener_from_pb)?,
+            routes: by_name("routes", s.routes, |r| r.name.clone(), route_from_pb)?,
+            certificates: by_name(
+                "certificates",
+                s.certificates,
+                |c| c.name.clone(),
+                |c| Ok(Certificate { cert_pem: c.cert_pem, key_pem: c.key_pem }),
+            )?,
+        })
+    }
+}
+
+/// Collects a repeated resource field into a map by name, refusing duplicates and prefixing errors
+/// with `kind.name`.
+fn by_name<P, M>(
+    kind: &str,
+    items: Vec<P>,
+    name_of: impl Fn(&P) -> String,
+    convert: impl Fn(P) -> Result<M>,
+) -> Result<BTreeMap<String, M>> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let name = name_of(&item);
+        let path = format!("{kind}.{name}");
+        if out.contains_key(&name) {
+            return Err(ValidationError::invalid(path, format!("{name:?} is listed twice")));
+        }
+        let model = convert(item).map_err(|e| e.within(&path))?;
+        out.insert(name, model);
+    }
+    Ok(out)
+}
+
+pub fn cluster_from_pb(c: pb::Cluster) -> Result<Cluster> {
+    let lb_policy = match pb::LbPolicy::try_from(c.lb_policy) {
+        Ok(pb::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
+        Ok(pb::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
+        Ok(pb::LbPolicy::Random) => LbPolicy::Random,
+        Ok(pb::LbPolicy::RingHash) => LbPolicy::RingHash,
+        Ok(pb::LbPolicy::Maglev) => LbPolicy::Maglev,
+        Err(_) => return Err(ValidationError::invalid("lb_policy", format!("unknown lb_policy {}", c.lb_policy))),
+    };
+    let health_check = match c.health_check {
+        None => None,
+        Some(h) => {
+            let (http, tcp) = match h.kind {
+                Some(pb::health_check::Kind::Http(x)) => {
+                    let expected_status = match x.expected_status {
+                        0 => None,
+                        s => Some(u16::try_from(s).map_err(|_| {
+                            ValidationError::invalid(
+                                "health_check.http.expected_status",
+                                format!("{s} is not a status"),
+                            )
+                        })?),
+                    };
+                    (Some(HttpHealthCheck { path: x.path, expected_status }), None)
+                }
+                Some(pb::health_check::Kind::Tcp(_)) => (None, Some(TcpHealthCheck {})),
+                None => return Err(ValidationError::invalid("health_check", "set exactly one of http, tcp")),
+            };
+            Some(HealthCheck {
+                http,
+                tcp,
+                interval_ms: h.interval_ms,
+                timeout_ms: h.timeout_ms,
+                healthy_threshold: h.healthy_threshold,
+                unhealthy_threshold: h.unhealthy_threshold,
+            })
+        }
+    };
+    Ok(Cluster {
+        lb_policy,
+        endpoints: c.endpoints.into_iter().map(|e| Endpoint { address: e.address, weight: e.weight }).collect(),
+        health_check,
+        outlier_detection: c
+            .outlier_detection
+            .map(|o| OutlierDetection { consecutive_failures: o.consecutive_failures, ejection_ms: o.ejection_ms }),
+    })
+}
+
+pub fn listener_from_pb(l: pb::Listener) -> Result<Listener> {
+    let protocol = match pb::Protocol::try_from(l.protocol) {
+        Ok(pb::Protocol::Http) => Protocol::Http,
+        Ok(pb::Protocol::Https) => Protocol::Https,
+        Ok(pb::Protocol::Tcp) => Protocol::Tcp,
+        Ok(pb::Protocol::Udp) => Protocol::Udp,
+        Ok(pb::Protocol::Tls) => Protocol::Tls,
+        Err(_) => return Err(ValidationError::invalid("protocol", format!("unknown protocol {}", l.protocol))),
+    };
+    Ok(Listener {
+        address: l.address,
+        protocol,
+        group: l.group,
+        cluster: Some(l.cluster).filter(|c| !c.is_empty()),
+        certificates: l.certificates,
+        sni: l.sni.into_iter().collect(),
+        idle_timeout_ms: l.idle_timeout_ms,
+        hash_on: l.hash_on.map(hash_on_from_pb).transpose().map_err(|e| e.within("hash_on"))?,
+    })
+}
+
+pub fn route_from_pb(r: pb::Route) -> Result<Route> {
+    let matcher = match r.r#match {
+        None => RouteMatch::default(),
+        Some(m) => route_match_from_pb(m).map_err(|e| e.within("match"))?,
+    };
+    let retries = match r.retries {
+        None => None,
+        Some(x) => {
+            let mut on = Vec::with_capacity(x.on.len());
+            for (i, s) in x.on.iter().enumerate() {
+                on.push(RetryOn::parse(s).ok_or_else(|| {
+                    ValidationError::invalid(format!("retries.on[{i}]"), format!("unknown retry condition {s:?}"))
+                })?);
+            }
+            Some(Retries { attempts: x.attempts, on })
+        }
+    };
+    Ok(Route {
+        listener: r.listener,
+        priority: r.priority,
+        matcher,
+        backends: r.backends.into_iter().map(|b| WeightedCluster { cluster: b.cluster, weight: b.weight }).collect(),
+        timeout_ms: r.timeout_ms,
+        sticky: r.sticky.map(|s| Sticky { cookie: s.cookie, ttl_s: s.ttl_s }),
+        hash_on: r.hash_on.map(hash_on_from_pb).transpose().map_err(|e| e.within("hash_on"))?,
+        retries,
+    })
+}
+
+fn route_match_from_pb(m: pb::RouteMatch) -> Result<RouteMatch> {
+    let path = match m.path {
+        None => None,
+        Some(p) => Some(match p.kind {
+            Some(pb::path_match::Kind::Prefix(s)) => PathMatch { prefix: Some(s), ..Default::default() },
+            Some(pb::path_match::Kind::Exact(s)) => PathMatch { exact: Some(s), ..Default::default() },
+            Some(pb::path_match::Kind::Regex(s)) => PathMatch { regex: Some(s), ..Default::default() },
+            None => return Err(ValidationError::invalid("path", "set exactly one of prefix, exact, regex")),
+        }),
+    };
+    let mut headers = Vec::with_capacity(m.headers.len());
+    for (i, h) in m.headers.into_iter().enumerate() {
+        let kind = h.kind.map(|k| match k {
+            pb::header_match::Kind::Exact(s) => ValueKindOwned::Exact(s),
+            pb::header_match::Kind::Regex(s) => ValueKindOwned::Regex(s),
+            pb::header_match::Kind::Present(p) => ValueKindOwned::Present(p),
+        });
+        headers.push(value_match(h.name, kind).map_err(|e| e.within(&format!("headers[{i}]")))?);
+    }
+    let mut query = Vec::with_capacity(m.query.len());
+    for (i, q) in m.query.into_iter().enumerate() {
+        let kind = q.kind.map(|k| match k {
+            pb::query_match::Kind::Exact(s) => ValueKindOwned::Exact(s),
+            pb::query_match::Kind::Regex(s) => ValueKindOwned::Regex(s),
+            pb::query_match::Kind::Present(p) => ValueKindOwned::Present(p),
+        });
+        query.push(value_match(q.name, kind).map_err(|e| e.within(&format!("query[{i}]")))?);
+    }
+    Ok(RouteMatch { hosts: m.hosts, path, methods: m.methods, headers, query })
+}
+
+enum ValueKindOwned {
+    Exact(String),
+    Regex(String),
+    Present(bool),
+}
+
+fn value_match(name: String, kind: Option<ValueKindOwned>) -> Result<ValueMatch> {
+    let mut v = ValueMatch { name, ..Default::default() };
+    match kind {
+        Some(ValueKindOwned::Exact(s)) => v.exact = Some(s),
+        Some(ValueKindOwned::Regex(s)) => v.regex = Some(s),
+        Some(ValueKindOwned::Present(p)) => v.present = Some(p),
+        None => return Err(ValidationError::invalid("", "set exactly one of exact, regex, present")),
+    }
+    Ok(v)
+}
+
+fn hash_on_from_pb(h: pb::HashOn) -> Result<HashOn> {
+    match h.key {
+        Some(pb::hash_on::Key::Header(x)) => Ok(HashOn { header: Some(x), ..Default::default() }),
+        Some(pb::hash_on::Key::Cookie(x)) => Ok(HashOn { cookie: Some(x), ..Default::default() }),
+        Some(pb::hash_on::Key::SourceIp(true)) => Ok(HashOn { source_ip: true, ..Default::default() }),
+        Some(pb::hash_on::Key::SourceIp(false)) | None => {
+            Err(ValidationError::invalid("", "set exactly one of header, cookie, source_ip"))
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "convert_tests.rs"]
+mod tests;

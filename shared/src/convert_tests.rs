@@ -1,0 +1,172 @@
+use prost::Message;
+
+use super::*;
+use crate::validate::parse_json;
+
+/// A real certificate (validation parses it), made once so every `full()` is the same config.
+fn test_certificate() -> Certificate {
+    static CERT: std::sync::OnceLock<Certificate> = std::sync::OnceLock::new();
+    CERT.get_or_init(|| crate::certs::testing::valid(&["shop.example"])).clone()
+}
+
+/// A config that sets every optional field at least once.
+fn full() -> Config {
+    let mut c = Config::default();
+    c.certificates.insert("shop".into(), test_certificate());
+    for (name, json) in [
+        (
+            "api",
+            r#"{"lb_policy":"least_request","endpoints":[{"address":"127.0.0.1:9001","weight":3},{"address":"[::1]:9002"}],
+            "health_check":{"http":{"path":"/healthz","expected_status":204},"interval_ms":1000,"timeout_ms":500},
+            "outlier_detection":{"consecutive_failures":3,"ejection_ms":1000}}"#,
+        ),
+        ("db", r#"{"lb_policy":"maglev","endpoints":[{"address":"127.0.0.1:5432"}],"health_check":{"tcp":{}}}"#),
+        ("web", r#"{"lb_policy":"ring_hash"}"#),
+        ("empty", r#"{"lb_policy":"random","endpoints":[]}"#),
+    ] {
+        c.clusters.insert(name.into(), parse_json(json.as_bytes()).unwrap());
+    }
+    for (name, json) in [
+        ("web", r#"{"address":"127.0.0.1:8080","protocol":"http"}"#),
+        ("secure", r#"{"address":"127.0.0.1:8443","protocol":"https","certificates":["shop"],"group":"edge"}"#),
+        (
+            "pg",
+            r#"{"address":"127.0.0.1:15432","protocol":"tcp","cluster":"db","idle_timeout_ms":60000,"hash_on":{"source_ip":true}}"#,
+        ),
+        ("dns", r#"{"address":"127.0.0.1:5353","protocol":"udp","cluster":"db"}"#),
+        (
+            "pass",
+            r#"{"address":"127.0.0.1:9443","protocol":"tls","sni":{"a.example.com":"api","*.example.com":"web"}}"#,
+        ),
+    ] {
+        c.listeners.insert(name.into(), parse_json(json.as_bytes()).unwrap());
+    }
+    for (name, json) in [
+        (
+            "api",
+            r#"{"listener":"web","priority":5,"match":{"hosts":["myshop.com","*.myshop.com"],"path":{"prefix":"/api/"},
+            "methods":["GET","POST"],"headers":[{"name":"x-canary","exact":"1"},{"name":"x-re","regex":"^a"},{"name":"x-p","present":false}],
+            "query":[{"name":"debug","present":true},{"name":"q","exact":"v"},{"name":"r","regex":"[0-9]+"}]},
+            "backends":[{"cluster":"api","weight":90},{"cluster":"web","weight":10}],"timeout_ms":15000,
+            "sticky":{"cookie":"s","ttl_s":60},"hash_on":{"header":"x-user"},"retries":{"attempts":2,"on":["connect_failure","reset","5xx"]}}"#,
+        ),
+        (
+            "login",
+            r#"{"listener":"web","match":{"path":{"exact":"/login"}},"backends":[{"cluster":"api"}],"hash_on":{"cookie":"sid"}}"#,
+        ),
+        (
+            "versioned",
+            r#"{"listener":"secure","priority":-1,"match":{"path":{"regex":"^/v[0-9]+/"}},"backends":[{"cluster":"web","weight":0},{"cluster":"api"}]}"#,
+        ),
+        ("any", r#"{"listener":"web","backends":[{"cluster":"empty"}],"retries":{"attempts":1}}"#),
+    ] {
+        c.routes.insert(name.into(), parse_json(json.as_bytes()).unwrap());
+    }
+    c
+}
+
+fn round_trip(c: &Config) -> Config {
+    let snapshot = pb::Snapshot::from(c);
+    // Through the wire as well, so the proto field choices are exercised, not just the structs.
+    let decoded = pb::Snapshot::decode(snapshot.encode_to_vec().as_slice()).unwrap();
+    assert_eq!(decoded, snapshot);
+    Config::try_from(decoded).unwrap()
+}
+
+#[test]
+fn full_config_round_trips() {
+    let c = full();
+    c.validate().unwrap();
+    assert_eq!(round_trip(&c), c);
+}
+
+#[test]
+fn empty_and_group_views_round_trip() {
+    assert_eq!(round_trip(&Config::default()), Config::default());
+    let c = full();
+    for group in ["default", "edge", "nobody"] {
+        let g = c.for_group(group);
+        assert_eq!(round_trip(&g), g);
+    }
+}
+
+#[test]
+fn snapshot_is_sorted_by_name() {
+    let s = pb::Snapshot::from(&full());
+    let names: Vec<_> = s.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["any", "api", "login", "versioned"]);
+    assert_eq!(s.revision, 0);
+    assert!(s.nonce.is_empty());
+}
+
+fn err_field(s: pb::Snapshot) -> String {
+    Config::try_from(s).unwrap_err().field.unwrap_or_default()
+}
+
+#[test]
+fn unknown_enum_values_fail_with_a_path() {
+    let mut s = pb::Snapshot::from(&full());
+    s.clusters[0].lb_policy = 99;
+    assert_eq!(err_field(s), format!("clusters.api.lb_policy"));
+    let mut s = pb::Snapshot::from(&full());
+    let i = s.listeners.iter().position(|l| l.name == "pg").unwrap();
+    s.listeners[i].protocol = -3;
+    assert_eq!(err_field(s), "listeners.pg.protocol");
+}
+
+#[test]
+fn structural_errors_name_the_field() {
+    let base = pb::Snapshot::from(&full());
+    let route = |s: &mut pb::Snapshot, name: &str| s.routes.iter().position(|r| r.name == name).unwrap();
+
+    let mut s = base.clone();
+    let i = route(&mut s, "api");
+    s.routes[i].retries.as_mut().unwrap().on.push("teapot".into());
+    assert_eq!(err_field(s), "routes.api.retries.on[3]");
+
+    let mut s = base.clone();
+    let i = route(&mut s, "api");
+    s.routes[i].r#match.as_mut().unwrap().path = Some(pb::PathMatch { kind: None });
+    assert_eq!(err_field(s), "routes.api.match.path");
+
+    let mut s = base.clone();
+    let i = route(&mut s, "api");
+    s.routes[i].r#match.as_mut().unwrap().headers[1].kind = None;
+    assert_eq!(err_field(s), "routes.api.match.headers[1]");
+
+    let mut s = base.clone();
+    let i = route(&mut s, "login");
+    s.routes[i].hash_on = Some(pb::HashOn { key: None });
+    assert_eq!(err_field(s), "routes.login.hash_on");
+
+    let mut s = base.clone();
+    s.clusters[0].health_check.as_mut().unwrap().kind =
+        Some(pb::health_check::Kind::Http(pb::HttpHealthCheck { path: "/".into(), expected_status: 70_000 }));
+    assert_eq!(err_field(s), "clusters.api.health_check.http.expected_status");
+
+    let mut s = base.clone();
+    let dup = s.certificates[0].clone();
+    s.certificates.push(dup);
+    assert_eq!(err_field(s), "certificates.shop");
+}
+
+#[test]
+fn conversion_leaves_semantic_checks_to_validate() {
+    // A bad regex converts fine; Config::validate is what refuses it, with the full path.
+    let mut s = pb::Snapshot::from(&full());
+    let i = s.routes.iter().position(|r| r.name == "versioned").unwrap();
+    s.routes[i].r#match.as_mut().unwrap().path =
+        Some(pb::PathMatch { kind: Some(pb::path_match::Kind::Regex("(".into())) });
+    let c = Config::try_from(s).unwrap();
+    assert_eq!(c.validate().unwrap_err().field.as_deref(), Some("routes.versioned.match.path.regex"));
+}
+
+#[test]
+fn missing_match_means_match_anything() {
+    let mut s = pb::Snapshot::from(&full());
+    for r in &mut s.routes {
+        r.r#match = None;
+    }
+    let c = Config::try_from(s).unwrap();
+    assert!(c.routes.values().all(|r| r.matcher == RouteMatch::default()));
+}
