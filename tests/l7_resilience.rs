@@ -55,11 +55,15 @@ async fn control_plane_killed_under_load_node_restarted_from_cache_then_resync()
     .await;
     let at_kill = blue.hits();
     eventually(Duration::from_secs(10), "the nodes to keep serving without it", || async {
-        (blue.hits() > at_kill + 1_000).then_some(())
+        (blue.hits() > at_kill + 500).then_some(())
     })
     .await;
     stop.store(true, Ordering::Relaxed);
     let report = load.await.unwrap();
+    eprintln!(
+        "control plane killed under load: {} ok, {} failed, {} connections",
+        report.ok, report.failed, report.connects
+    );
     assert_eq!(report.failed, 0, "failed requests while the control plane died: {:?}", report.failures);
     assert_eq!(report.count("green"), 0, "{report:?}");
 

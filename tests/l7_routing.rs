@@ -43,6 +43,9 @@ async fn route_to_own_backend(api: &Api, name: &str, priority: i32, matcher: Val
     b
 }
 
+/// One request and what should answer it: (method, host, path, headers, route name or status).
+type Case = (&'static str, &'static str, &'static str, Vec<(&'static str, &'static str)>, &'static str);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_matcher_and_the_precedence_rules() {
     let n = one_node().await;
@@ -90,9 +93,8 @@ async fn every_matcher_and_the_precedence_rules() {
     let rev = n.api.revision().await.unwrap();
     wait_acked(&n.api, &["edge-1"], rev).await;
 
-    // (method, host, path, headers, expected body or status)
     let any = "any.test";
-    let cases: Vec<(&str, &str, &str, Vec<(&str, &str)>, &str)> = vec![
+    let cases: Vec<Case> = vec![
         ("GET", "shop.test", "/p/x", vec![], "host-exact"),
         ("GET", "SHOP.test:8080", "/p/x", vec![], "host-exact"),
         ("GET", "a.shop.test", "/p/x", vec![], "host-wild"),

@@ -29,7 +29,7 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
         database_url: args.database_url.clone(),
         api_addr: args.api_addr,
         grpc_addr: args.grpc_addr,
-        admin_token: token.into(),
+        admin_token: token,
         control_plane_id: None,
     })
     .await
@@ -77,7 +77,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         database_url,
         api_addr: args.api_addr,
         grpc_addr: args.grpc_addr,
-        admin_token: token.value.clone().into(),
+        admin_token: token.value.clone(),
         control_plane_id: None,
     })
     .await

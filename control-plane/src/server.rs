@@ -19,7 +19,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// What [`ControlPlane::start`] needs. Build it with struct update syntax over
 /// `ControlPlaneOptions::default()` so later additions (gRPC mTLS, issue 5) do not break callers.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ControlPlaneOptions {
     /// `sqlite://PATH` (created if missing) or `postgres://…`.
     pub database_url: String,
@@ -29,6 +29,21 @@ pub struct ControlPlaneOptions {
     pub admin_token: String,
     /// Sent in every snapshot; generated (`cp-…`) when `None`.
     pub control_plane_id: Option<String>,
+}
+
+impl std::fmt::Debug for ControlPlaneOptions {
+    /// Secrets are never printed: the admin token, and the database URL past its scheme (it may
+    /// hold a password).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = self.database_url.split("://").next().unwrap_or_default();
+        f.debug_struct("ControlPlaneOptions")
+            .field("database_url", &format_args!("{scheme}://<redacted>"))
+            .field("api_addr", &self.api_addr)
+            .field("grpc_addr", &self.grpc_addr)
+            .field("admin_token", &"<redacted>")
+            .field("control_plane_id", &self.control_plane_id)
+            .finish()
+    }
 }
 
 impl Default for ControlPlaneOptions {
@@ -65,8 +80,8 @@ pub struct ControlPlane {
     grpc_addr: SocketAddr,
     stream: ConfigStreamService,
     stop: watch::Sender<bool>,
-    api_task: JoinHandle<()>,
-    grpc_task: JoinHandle<()>,
+    /// The server tasks; emptied by [`ControlPlane::shutdown`].
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
 }
 
 impl ControlPlane {
@@ -112,7 +127,8 @@ impl ControlPlane {
             }
         });
         tracing::info!(%api_addr, %grpc_addr, %control_plane_id, "control plane started");
-        Ok(ControlPlane { store, api_addr, grpc_addr, stream, stop, api_task, grpc_task })
+        let tasks = vec![("REST API", api_task), ("gRPC", grpc_task)];
+        Ok(ControlPlane { store, api_addr, grpc_addr, stream, stop, tasks })
     }
 
     pub fn api_addr(&self) -> SocketAddr {
@@ -133,10 +149,10 @@ impl ControlPlane {
 
     /// Ends the node streams (recording each node as disconnected), stops both servers and closes
     /// the store. Bounded: connections still open after a grace period are cut.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.stream.shutdown(SHUTDOWN_GRACE).await;
         self.stop.send_replace(true);
-        for (name, mut task) in [("REST API", self.api_task), ("gRPC", self.grpc_task)] {
+        for (name, mut task) in std::mem::take(&mut self.tasks) {
             if tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await.is_err() {
                 tracing::warn!(server = name, "server did not stop in time; aborting it");
                 task.abort();
@@ -144,6 +160,14 @@ impl ControlPlane {
         }
         self.store.close().await;
         tracing::info!("control plane stopped");
+    }
+}
+
+impl Drop for ControlPlane {
+    /// Dropped without [`ControlPlane::shutdown`]: still stop serving (without waiting).
+    fn drop(&mut self) {
+        self.stream.begin_shutdown();
+        self.stop.send_replace(true);
     }
 }
 

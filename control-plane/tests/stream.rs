@@ -252,7 +252,8 @@ async fn a_burst_of_writes_is_coalesced_into_the_newest() {
 
     let store = h.store().clone();
     let burst = tokio::spawn(async move {
-        for w in 1..=100 {
+        // From 2: the route starts at weight 1, and an unchanged weight would be an advance.
+        for w in 2..=101 {
             let weights = BTreeMap::from([("api".to_string(), w)]);
             store.apply(Change::SetWeights { route: "api".into(), weights }, None).await.unwrap();
         }
@@ -301,4 +302,24 @@ async fn shutdown_marks_connected_nodes_disconnected() {
     let reopened = Store::open(&url).await.unwrap();
     let nodes = reopened.nodes().await.unwrap();
     assert!(nodes.iter().all(|n| !n.connected), "{nodes:?}");
+}
+
+#[tokio::test]
+async fn nodes_of_one_group_get_the_same_content_with_their_own_nonce() {
+    let h = Harness::start().await;
+    let mut a = Node::connect(h.cp.grpc_addr(), "a", "default", 0).await;
+    let mut b = Node::connect(h.cp.grpc_addr(), "b", "default", 0).await;
+    let (sa, sb) = (a.snapshot().await, b.snapshot().await);
+    assert_eq!(sa.revision, sb.revision);
+    assert_ne!(sa.nonce, sb.nonce);
+    assert_eq!(Config::try_from(sa.clone()).unwrap(), Config::try_from(sb.clone()).unwrap());
+    // An ACK carrying another node's nonce is not an ACK.
+    a.ack(&sb).await;
+    b.ack(&sb).await;
+    h.node_eventually("b", "acked", |n| n.acked_revision == sb.revision).await;
+    let next = h.set_weight(4).await;
+    assert_eq!(b.snapshot().await.revision, next);
+    a.ack(&sa).await;
+    assert_eq!(a.snapshot().await.revision, next, "a's own ACK released the next snapshot");
+    h.cp.shutdown().await;
 }

@@ -28,7 +28,7 @@ fn route_json(i: usize, hosts: usize) -> String {
     };
     format!(
         r#"{{"listener":"web","priority":{},"match":{{"hosts":["{host}"],{matcher}}},"backends":[{{"cluster":"c{}","weight":90}},{{"cluster":"c{}","weight":10}}]}}"#,
-        i32::from(i % 50 == 0),
+        i32::from(i.is_multiple_of(50)),
         i % 50,
         (i + 1) % 50
     )

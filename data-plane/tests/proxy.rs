@@ -67,6 +67,12 @@ async fn routes_by_host_and_path_and_answers_errors() {
         assert_eq!(r.body.trim(), body);
         assert!(r.headers["content-type"].starts_with("text/plain"));
     }
+    // Upstream connections are pooled: fresh client connections reuse them.
+    let conns = s.web.connections.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..10 {
+        assert_eq!(get(s.listener, "myshop.com", "/").await.status, 200);
+    }
+    assert!(s.web.connections.load(std::sync::atomic::Ordering::SeqCst) <= conns + 1, "no upstream keep-alive");
     // Upstream status codes pass through untouched.
     assert_eq!(get(s.listener, "myshop.com", "/status/503").await.status, 503);
 
@@ -168,4 +174,30 @@ async fn keep_alive_pipelining_and_a_bad_request_after_good_ones() {
     .await;
     assert!(r.raw.contains("body=abcd") && r.raw.contains("backend=web"), "{}", r.raw);
     s.node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_go_to_another_endpoint() {
+    let live = Backend::start("live").await;
+    let listener = free_addr();
+    let cfg = config(json!({
+        "clusters": {"mixed": {"endpoints": [
+            {"address": free_addr().to_string()},
+            {"address": live.addr.to_string()}
+        ]}},
+        "listeners": {"main": {"address": listener.to_string(), "protocol": "http"}},
+        "routes": {"r": {"listener": "main", "backends": [{"cluster": "mixed"}],
+                         "retries": {"attempts": 1, "on": ["connect_failure"]}}}
+    }));
+    let cp = ControlPlane::start(Some(snapshot(&cfg, 1))).await;
+    let node = start_node(vec![cp.url()], None).await;
+    assert!(matches!(cp.reply_to(1).await, pb::node_message::Msg::Ack(_)));
+    eventually("listener up", || async { try_get(listener, "x", "/").await }).await;
+    // Round robin alternates; every request still lands on the live endpoint.
+    for _ in 0..6 {
+        let r = get(listener, "x", "/").await;
+        assert_eq!(r.status, 200, "{}", r.raw);
+    }
+    node.shutdown().await;
+    cp.stop().await;
 }

@@ -103,7 +103,9 @@ fn chain_ders(cert_pem: &str) -> Result<Vec<Vec<u8>>> {
     for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(cert_pem.as_bytes()) {
         match section {
             Ok((SectionKind::Certificate, der)) => ders.push(der),
-            Ok((kind, _)) => return Err(invalid_cert(format!("holds a {kind:?} section; only certificates belong here"))),
+            Ok((kind, _)) => {
+                return Err(invalid_cert(format!("holds a {kind:?} section; only certificates belong here")))
+            }
             Err(e) => return Err(invalid_cert(format!("is not valid PEM: {e}"))),
         }
     }
@@ -114,9 +116,10 @@ fn chain_ders(cert_pem: &str) -> Result<Vec<Vec<u8>>> {
 }
 
 fn parse_x509(der: &[u8], index: usize) -> Result<X509Certificate<'_>> {
-    let which = if index == 0 { "the certificate".to_string() } else { format!("certificate {} of the chain", index + 1) };
+    let which =
+        if index == 0 { "the certificate".to_string() } else { format!("certificate {} of the chain", index + 1) };
     match x509_parser::parse_x509_certificate(der) {
-        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+        Ok(([], cert)) => Ok(cert),
         Ok(_) => Err(invalid_cert(format!("{which} has trailing data after its DER encoding"))),
         Err(e) => Err(invalid_cert(format!("{which} is not a valid X.509 certificate: {e}"))),
     }
@@ -159,12 +162,8 @@ fn server_names(leaf: &X509Certificate<'_>) -> Vec<String> {
         _ => Vec::new(),
     };
     if names.is_empty() {
-        names = leaf
-            .subject()
-            .iter_common_name()
-            .filter_map(|cn| cn.as_str().ok())
-            .map(str::to_ascii_lowercase)
-            .collect();
+        names =
+            leaf.subject().iter_common_name().filter_map(|cn| cn.as_str().ok()).map(str::to_ascii_lowercase).collect();
     }
     names.dedup();
     names
@@ -276,14 +275,18 @@ mod tests {
             (Certificate { cert_pem: format!("{}{}", good.cert_pem, good.key_pem), ..good.clone() }, "cert_pem"),
             (Certificate { key_pem: "nope".into(), ..good.clone() }, "key_pem"),
             (
-                Certificate { key_pem: "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n".into(), ..good.clone() },
+                Certificate {
+                    key_pem: "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n".into(),
+                    ..good.clone()
+                },
                 "key_pem",
             ),
             (Certificate { key_pem: format!("{}{}", good.key_pem, good.key_pem), ..good.clone() }, "key_pem"),
             (Certificate { key_pem: good.cert_pem.clone(), ..good.clone() }, "key_pem"),
             (
                 Certificate {
-                    key_pem: "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIE\n-----END ENCRYPTED PRIVATE KEY-----\n".into(),
+                    key_pem: "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIE\n-----END ENCRYPTED PRIVATE KEY-----\n"
+                        .into(),
                     ..good.clone()
                 },
                 "key_pem",
@@ -294,6 +297,17 @@ mod tests {
             assert_eq!(field, expected, "{message}");
             assert!(!message.contains("MII"), "messages never quote PEM bodies: {message}");
         }
+    }
+
+    #[test]
+    fn debug_redacts_the_key_and_nodes_accept_expired_material() {
+        let expired = certificate(&["a.example"], now() - 10 * DAY, now() - DAY);
+        let text = format!("{expired:?}");
+        assert!(!text.contains("PRIVATE KEY") && text.contains("redacted"), "{text}");
+        assert!(expired.validate().is_err(), "a write refuses it");
+        let mut config = crate::Config::default();
+        config.certificates.insert("old".into(), expired);
+        config.validate().expect("a node keeps a certificate that expired while stored");
     }
 
     #[test]

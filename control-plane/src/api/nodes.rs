@@ -2,8 +2,8 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::Extension;
 use axum::response::Response;
+use axum::Extension;
 use serde::Serialize;
 use sluice_shared::clock::{rfc3339_ms, unix_now_ms as now_ms};
 use sluice_shared::Revision;

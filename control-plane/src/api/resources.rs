@@ -12,8 +12,8 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use sluice_shared::validate::{is_valid_name, parse_json};
 use sluice_shared::clock::rfc3339_s;
+use sluice_shared::validate::{is_valid_name, parse_json};
 use sluice_shared::{Certificate, Cluster, Config, Kind, Listener, Revision, Route};
 
 use super::{committed, if_match, read_body, with_etag, Action, ApiError, Caller, Shared};

@@ -254,7 +254,7 @@ async fn conflicts_and_missing_resources_store_nothing() {
             (Method::DELETE, "/v1/clusters/ghost"),
             (Method::DELETE, "/v1/routes/Not-Valid"),
             (Method::GET, "/v1/nope"),
-            (Method::GET, "/v1/certificates"),
+            (Method::GET, "/v1/certificates/ghost"),
         ] {
             api.call(method, path, "").await.error(StatusCode::NOT_FOUND);
         }

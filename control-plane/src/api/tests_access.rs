@@ -175,19 +175,32 @@ async fn the_audit_log_records_writes_and_denials_redacted() {
         api.call(Method::DELETE, "/v1/clusters/api", "").await;
         api.call_as(Some(&reader), Method::GET, "/v1/clusters", "").await; // reads are not audited
         api.call(Method::DELETE, &format!("/v1/tokens/{reader}"), "").await.error(StatusCode::NOT_FOUND);
+        api.call(Method::PATCH, "/v1/clusters/api", "{}").await.error(StatusCode::METHOD_NOT_ALLOWED);
+        api.call_as(None, Method::POST, "/v1/nope", "").await.error(StatusCode::NOT_FOUND);
 
         let entries = api.audit("").await;
         let got: Vec<_> = entries
             .iter()
             .map(|e| {
                 let s = |k: &str| e[k].as_str().unwrap().to_string();
-                (s("who"), s("method"), s("path"), e["status"].as_u64().unwrap(), e["revision_before"].as_u64().unwrap(), e["revision_after"].as_u64().unwrap())
+                (
+                    s("who"),
+                    s("method"),
+                    s("path"),
+                    e["status"].as_u64().unwrap(),
+                    e["revision_before"].as_u64().unwrap(),
+                    e["revision_after"].as_u64().unwrap(),
+                )
             })
             .collect();
-        let row = |who: &str, m: &str, p: &str, st: u64, b: u64, a: u64| (who.to_string(), m.to_string(), p.to_string(), st, b, a);
+        let row = |who: &str, m: &str, p: &str, st: u64, b: u64, a: u64| {
+            (who.to_string(), m.to_string(), p.to_string(), st, b, a)
+        };
         assert_eq!(
             got,
             vec![
+                row("anonymous", "POST", "/v1/nope", 404, 2, 2),
+                row("admin", "PATCH", "/v1/clusters/api", 405, 2, 2),
                 row("admin", "DELETE", "/v1/tokens/sluice_***", 404, 2, 2),
                 row("admin", "DELETE", "/v1/clusters/api", 200, 1, 2),
                 row("admin", "PUT", "/v1/clusters/api", 400, 1, 1),

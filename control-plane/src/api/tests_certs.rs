@@ -68,7 +68,7 @@ async fn certificates_are_stored_and_read_without_their_keys() {
 
         // Rotation: a PUT replaces the material in one revision.
         let r = api.put("/v1/certificates/shop", valid(&["shop.example"])).await;
-        assert_eq!((r.status, r.body["revision"].as_u64()), (StatusCode::OK, Some(4)));
+        assert_eq!((r.status, r.body["revision"].as_u64()), (StatusCode::OK, Some(3)));
         assert_eq!(r.body["server_names"], json!(["shop.example"]));
         api.store.close().await;
     })
@@ -109,6 +109,9 @@ async fn bad_certificates_are_refused_naming_the_field_and_store_nothing() {
 
         let good = valid(&["a.example"]);
         let other = valid(&["b.example"]);
+        // A line of base64 from inside the key, which no error may echo.
+        let key_line = good["key_pem"].as_str().unwrap().lines().nth(1).unwrap().to_string();
+        let key_line = key_line.as_str();
         let with = |field: &str, value: Value| {
             let mut v = good.clone();
             v[field] = value;
@@ -128,7 +131,10 @@ async fn bad_certificates_are_refused_naming_the_field_and_store_nothing() {
             ("garbage key", with("key_pem", json!("nope")), "key_pem", "no PEM private key"),
             (
                 "key in cert_pem",
-                with("cert_pem", json!(format!("{}{}", good["cert_pem"].as_str().unwrap(), good["key_pem"].as_str().unwrap()))),
+                with(
+                    "cert_pem",
+                    json!(format!("{}{}", good["cert_pem"].as_str().unwrap(), good["key_pem"].as_str().unwrap())),
+                ),
                 "cert_pem",
                 "private key",
             ),
@@ -144,7 +150,8 @@ async fn bad_certificates_are_refused_naming_the_field_and_store_nothing() {
             }
             let text = r.body["error"]["message"].as_str().unwrap();
             assert!(text.contains(message), "{what}: {text}");
-            assert!(!r.body.to_string().contains("PRIVATE KEY"), "{what}: an error quoted the key");
+            let text = r.body.to_string();
+            assert!(!text.contains("-----BEGIN PRIVATE KEY") && !text.contains(key_line), "{what}: quoted the key");
             api.assert_unchanged(&before, what).await;
         }
         api.store.close().await;

@@ -4,6 +4,9 @@
 //! Writes go through [`Store::apply`]: one transaction that bumps the revision row (which also
 //! serializes writers across replicas), re-validates the changed config, writes one row and commits.
 //! Each committed [`State`] is published on a watch channel; readers never touch the database.
+//!
+//! Beside the config, and outside its revisions: API tokens (`tokens`, read on every request so a
+//! revocation holds at once) and the audit log (`audit`).
 
 mod audit;
 mod change;
@@ -12,6 +15,8 @@ mod db;
 pub(crate) mod testdb;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_access;
 mod tokens;
 
 use std::collections::BTreeMap;

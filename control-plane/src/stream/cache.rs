@@ -4,13 +4,19 @@
 //! session can tell "this revision changed nothing for my group" (send `RevisionAdvance`) from a
 //! real change, and recognise content a node already NACKed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::Hasher;
 use std::sync::{Arc, Mutex};
 
+use prost::bytes::Bytes;
+use prost::Message;
+use serde::Serialize;
+use sluice_shared::convert;
+use sluice_shared::model::{Certificate, Cluster, Listener, Route};
 use sluice_shared::proto::v1 as pb;
 use sluice_shared::{Config, Revision};
 
+use super::wire::Outgoing;
 use crate::store::State;
 
 /// How many (revision, hash) pairs each group remembers, to recognise what a reconnecting node holds.
@@ -23,52 +29,118 @@ pub struct GroupSnapshot {
     pub revision: Revision,
     /// Hash of the group's resources; equal hashes mean equal content.
     pub content_hash: u64,
-    /// Resources only: `revision`, `nonce` and `control_plane_id` are empty, see [`Self::message`].
-    pub resources: Arc<pb::Snapshot>,
+    /// The resources, protobuf-encoded once: `Snapshot` fields 4-7, without revision, nonce and
+    /// sender, which [`Self::outgoing`] puts in front per node.
+    pub encoded: Bytes,
 }
 
 impl GroupSnapshot {
     /// Builds the snapshot of `group` from `config`. When `previous` has the same content its
-    /// resources are reused, so unchanged groups cost one hash, not a second copy.
+    /// encoding is reused, so a revision that leaves the group alone costs one hash, not a copy.
     pub fn build(config: &Config, group: &str, revision: Revision, previous: Option<&GroupSnapshot>) -> GroupSnapshot {
-        let view = config.for_group(group);
-        let content_hash = content_hash(&view);
-        let resources = match previous {
-            Some(p) if p.content_hash == content_hash => p.resources.clone(),
-            _ => Arc::new(pb::Snapshot::from(&view)),
+        let view = GroupView::new(config, group);
+        let content_hash = view.content_hash();
+        let encoded = match previous {
+            Some(p) if p.content_hash == content_hash => p.encoded.clone(),
+            _ => Bytes::from(view.to_pb().encode_to_vec()),
         };
-        GroupSnapshot { group: group.to_string(), revision, content_hash, resources }
+        GroupSnapshot { group: group.to_string(), revision, content_hash, encoded }
     }
 
-    /// The message for one node: the shared resources plus this send's revision, nonce and sender.
-    pub fn message(&self, nonce: String, control_plane_id: &str) -> pb::Snapshot {
-        pb::Snapshot {
+    /// The message for one node: the shared encoding plus this send's revision, nonce and sender.
+    pub fn outgoing(&self, nonce: String, control_plane_id: &str) -> Outgoing {
+        Outgoing::Snapshot {
             revision: self.revision,
             nonce,
             control_plane_id: control_plane_id.to_string(),
-            ..(*self.resources).clone()
+            resources: self.encoded.clone(),
+        }
+    }
+
+    /// The same message as a [`pb::Snapshot`] (decoded; for tests and tools, not the hot path).
+    pub fn message(&self, nonce: String, control_plane_id: &str) -> pb::Snapshot {
+        let resources = pb::Snapshot::decode(self.encoded.as_ref()).unwrap_or_default();
+        pb::Snapshot { revision: self.revision, nonce, control_plane_id: control_plane_id.to_string(), ..resources }
+    }
+}
+
+/// [`Config::for_group`] by reference: what a group needs, without copying it.
+#[derive(Serialize)]
+struct GroupView<'a> {
+    clusters: BTreeMap<&'a str, &'a Cluster>,
+    listeners: BTreeMap<&'a str, &'a Listener>,
+    routes: BTreeMap<&'a str, &'a Route>,
+    certificates: BTreeMap<&'a str, &'a Certificate>,
+}
+
+impl<'a> GroupView<'a> {
+    fn new(config: &'a Config, group: &str) -> Self {
+        let listeners: BTreeMap<&str, &Listener> =
+            config.listeners.iter().filter(|(_, l)| l.group == group).map(|(n, l)| (n.as_str(), l)).collect();
+        let routes: BTreeMap<&str, &Route> = config
+            .routes
+            .iter()
+            .filter(|(_, r)| listeners.contains_key(r.listener.as_str()))
+            .map(|(n, r)| (n.as_str(), r))
+            .collect();
+        let mut cluster_names = BTreeSet::new();
+        let mut cert_names = BTreeSet::new();
+        for l in listeners.values() {
+            cluster_names.extend(l.cluster.as_deref());
+            cluster_names.extend(l.sni.values().map(String::as_str));
+            cert_names.extend(l.certificates.iter().map(String::as_str));
+        }
+        for r in routes.values() {
+            cluster_names.extend(r.backends.iter().map(|b| b.cluster.as_str()));
+        }
+        GroupView {
+            clusters: cluster_names.into_iter().filter_map(|n| config.clusters.get_key_value(n)).map(by_str).collect(),
+            certificates: cert_names
+                .into_iter()
+                .filter_map(|n| config.certificates.get_key_value(n))
+                .map(by_str)
+                .collect(),
+            listeners,
+            routes,
+        }
+    }
+
+    /// A stable hash of the content. The maps are ordered, so the JSON form is canonical (the
+    /// proto form is not: prost encodes `map` fields from a `HashMap`).
+    fn content_hash(&self) -> u64 {
+        // Serializing references to plain structs into a Vec cannot fail; should it, the partial
+        // buffer still hashes deterministically, and a wrong "changed" only costs a resend.
+        let mut buf = Vec::with_capacity(64 * 1024);
+        let _ = serde_json::to_writer(&mut buf, self);
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        h.write(&buf);
+        h.finish()
+    }
+
+    fn to_pb(&self) -> pb::Snapshot {
+        pb::Snapshot {
+            listeners: self.listeners.iter().map(|(n, l)| convert::listener_to_pb(n, l)).collect(),
+            routes: self.routes.iter().map(|(n, r)| convert::route_to_pb(n, r)).collect(),
+            clusters: self.clusters.iter().map(|(n, c)| convert::cluster_to_pb(n, c)).collect(),
+            certificates: self.certificates.iter().map(|(n, c)| convert::certificate_to_pb(n, c)).collect(),
+            ..Default::default()
         }
     }
 }
 
-/// A stable hash of a group's resources. The model's maps are ordered, so its JSON form is canonical
-/// (the proto form is not: prost encodes `map` fields from a `HashMap`).
-pub fn content_hash(view: &Config) -> u64 {
-    struct HashWriter(std::collections::hash_map::DefaultHasher);
-    impl std::io::Write for HashWriter {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.write(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
+fn by_str<'a, T>((n, v): (&'a String, &'a T)) -> (&'a str, &'a T) {
+    (n.as_str(), v)
+}
+
+/// The content hash of a whole config (e.g. one produced by [`Config::for_group`]).
+pub fn content_hash(config: &Config) -> u64 {
+    GroupView {
+        clusters: config.clusters.iter().map(by_str).collect(),
+        listeners: config.listeners.iter().map(by_str).collect(),
+        routes: config.routes.iter().map(by_str).collect(),
+        certificates: config.certificates.iter().map(by_str).collect(),
     }
-    let mut w = HashWriter(Default::default());
-    // Serializing maps of plain structs cannot fail; on the impossible error the hash stays partial,
-    // which only costs a resend.
-    let _ = serde_json::to_writer(&mut w, view);
-    w.0.finish()
+    .content_hash()
 }
 
 #[derive(Default)]
@@ -156,9 +228,9 @@ mod tests {
         let a = cache.get("default", &s1).await;
         let b = cache.get("default", &s1).await;
         assert!(Arc::ptr_eq(&a, &b));
-        assert_eq!(a.resources.routes.len(), 1);
-        assert_eq!(a.resources.clusters.len(), 1, "only the clusters the group refers to");
         let msg = a.message("n1".into(), "cp");
+        assert_eq!(msg.routes.len(), 1);
+        assert_eq!(msg.clusters.len(), 1, "only the clusters the group refers to");
         assert_eq!((msg.revision, msg.nonce.as_str(), msg.control_plane_id.as_str()), (1, "n1", "cp"));
     }
 
@@ -169,7 +241,7 @@ mod tests {
         let b = cache.get("edge", &state(2, 5)).await;
         assert_eq!(b.revision, 2);
         assert_eq!(a.content_hash, b.content_hash, "a default-group route changed, not edge");
-        assert!(Arc::ptr_eq(&a.resources, &b.resources));
+        assert_eq!(a.encoded.as_ptr(), b.encoded.as_ptr(), "the encoding is shared, not rebuilt");
         let c = cache.get("default", &state(1, 1)).await;
         let d = cache.get("default", &state(2, 5)).await;
         assert_ne!(c.content_hash, d.content_hash);
@@ -182,6 +254,18 @@ mod tests {
         let cache = SnapshotCache::default();
         cache.get("default", &state(3, 1)).await;
         assert_eq!(cache.get("default", &state(2, 1)).await.revision, 3);
+    }
+
+    #[test]
+    fn view_matches_for_group() {
+        let c = config(2);
+        for group in ["default", "edge", "none"] {
+            let owned = c.for_group(group);
+            let view = GroupView::new(&c, group);
+            assert_eq!(serde_json::to_string(&view).unwrap(), serde_json::to_string(&owned).unwrap(), "{group}");
+            assert_eq!(view.content_hash(), content_hash(&owned));
+            assert_eq!(view.to_pb(), pb::Snapshot::from(&owned));
+        }
     }
 
     #[test]

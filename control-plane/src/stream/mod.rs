@@ -6,6 +6,7 @@
 
 mod cache;
 mod session;
+mod wire;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_shared::proto::v1 as pb;
-use sluice_shared::proto::v1::config_discovery_server::{ConfigDiscovery, ConfigDiscoveryServer};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::Instrument;
@@ -21,9 +21,9 @@ use tracing::Instrument;
 use crate::store::Store;
 
 pub use cache::{content_hash, GroupSnapshot, SnapshotCache};
+pub use wire::{ConfigStreamServer, Outgoing};
 
-/// Largest snapshot the server will encode (tonic's default decode limit is 4 MiB; nodes raise theirs).
-pub const MAX_MESSAGE_SIZE: usize = 256 * 1024 * 1024;
+pub use sluice_shared::proto::MAX_MESSAGE_SIZE;
 
 /// Tuning of the stream server.
 #[derive(Debug, Clone)]
@@ -111,7 +111,7 @@ impl Shared {
     }
 }
 
-/// The `ConfigDiscovery` gRPC service. Cheap to clone.
+/// The config stream service (see [`ConfigStreamService::into_server`]). Cheap to clone.
 #[derive(Clone)]
 pub struct ConfigStreamService {
     shared: Arc<Shared>,
@@ -133,19 +133,24 @@ impl ConfigStreamService {
         Self { shared, shutdown_tx: Arc::new(shutdown_tx) }
     }
 
-    /// The tonic service to add to a `Server`.
-    pub fn into_server(self) -> ConfigDiscoveryServer<Self> {
-        ConfigDiscoveryServer::new(self).max_encoding_message_size(MAX_MESSAGE_SIZE)
+    /// The gRPC service to add to a `tonic::transport::Server`.
+    pub fn into_server(self) -> ConfigStreamServer {
+        ConfigStreamServer::new(self, MAX_MESSAGE_SIZE)
     }
 
     pub fn control_plane_id(&self) -> &str {
         &self.shared.options.control_plane_id
     }
 
+    /// Tells every node stream to end, without waiting for them.
+    pub fn begin_shutdown(&self) {
+        self.shutdown_tx.send_replace(true);
+    }
+
     /// Ends every node stream (each marks its node disconnected) and waits up to `timeout` for them.
     /// New streams are refused from now on.
     pub async fn shutdown(&self, timeout: Duration) {
-        self.shutdown_tx.send_replace(true);
+        self.begin_shutdown();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.shared.idle.notified();
@@ -166,16 +171,12 @@ impl ConfigStreamService {
     }
 }
 
-type ServerStream = ReceiverStream<Result<pb::ServerMessage, tonic::Status>>;
-
-#[tonic::async_trait]
-impl ConfigDiscovery for ConfigStreamService {
-    type StreamStream = ServerStream;
-
-    async fn stream(
+impl ConfigStreamService {
+    /// Starts the session of one new node stream; its messages flow through the returned stream.
+    fn open_stream(
         &self,
         request: tonic::Request<tonic::Streaming<pb::NodeMessage>>,
-    ) -> Result<tonic::Response<Self::StreamStream>, tonic::Status> {
+    ) -> Result<tonic::Response<wire::OutboundStream>, tonic::Status> {
         if *self.shared.shutdown.borrow() {
             return Err(tonic::Status::unavailable("control plane is shutting down"));
         }

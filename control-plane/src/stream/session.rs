@@ -15,6 +15,7 @@ use sluice_shared::Revision;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
+use super::wire::Outgoing;
 use super::{SessionGuard, Shared};
 use crate::nodes::NodeRecord;
 use crate::store::State;
@@ -23,7 +24,7 @@ const MAX_NODE_ID: usize = 128;
 /// NACK messages are stored and shown to operators; a node cannot make us store megabytes.
 const MAX_NACK_MESSAGE: usize = 4096;
 
-type Outbound = mpsc::Sender<Result<pb::ServerMessage, Status>>;
+type Outbound = mpsc::Sender<Result<Outgoing, Status>>;
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -236,8 +237,8 @@ impl Session {
             return Ok(());
         }
         let nonce = uuid::Uuid::new_v4().simple().to_string();
-        let message = snap.message(nonce.clone(), &self.shared.options.control_plane_id);
-        self.send(ServerMsg::Snapshot(message)).await?;
+        let message = snap.outgoing(nonce.clone(), &self.shared.options.control_plane_id);
+        self.tx.send(Ok(message)).await.map_err(|_| End::Gone)?;
         tracing::info!(revision = snap.revision, %nonce, "snapshot sent");
         self.in_flight = Some(InFlight { revision: snap.revision, nonce, content_hash: snap.content_hash });
         Ok(())
@@ -283,7 +284,7 @@ impl Session {
     }
 
     async fn send(&self, msg: ServerMsg) -> Result<(), End> {
-        self.tx.send(Ok(pb::ServerMessage { msg: Some(msg) })).await.map_err(|_| End::Gone)
+        self.tx.send(Ok(Outgoing::Message(pb::ServerMessage { msg: Some(msg) }))).await.map_err(|_| End::Gone)
     }
 
     fn superseded(&self) -> bool {

@@ -12,6 +12,7 @@ use super::index::RouteIndex;
 use super::lb::{ClusterLb, EndpointState, LbEndpoint};
 use super::matcher::Conditions;
 use super::route::{RetryPolicy, RouteEntry, RouteStats, WeightedBackend};
+use super::sni::SniMap;
 use super::{CompileError, ListenerTable, Table};
 
 /// Compiles a (validated) config into an immutable table. Live state is carried over from
@@ -50,6 +51,10 @@ pub fn compile(cfg: &Config, previous: Option<&Table>) -> Result<Table, CompileE
             Some(c) => Some(lookup(&clusters, &format!("{field}.cluster"), c)?),
             None => None,
         };
+        let mut sni = SniMap::default();
+        for (host, c) in &l.sni {
+            sni.insert(host, lookup(&clusters, &format!("{field}.sni.{host}"), c)?);
+        }
         let mut routes = Vec::new();
         let mut hosts = Vec::new();
         for (route_name, r) in by_listener.remove(name.as_str()).unwrap_or_default() {
@@ -69,6 +74,7 @@ pub fn compile(cfg: &Config, previous: Option<&Table>) -> Result<Table, CompileE
                 protocol: l.protocol,
                 cluster,
                 idle_timeout: l.idle_timeout_ms.map(Duration::from_millis),
+                sni,
                 routes,
                 index,
             },

@@ -225,8 +225,10 @@ struct Trie {
 struct TrieNode {
     /// The bytes on the edge from the parent.
     label: Box<[u8]>,
-    /// Child node indices, sorted by the first byte of their label (unique per node).
+    /// Child node indices, sorted by the first byte of their label (unique per node), and those
+    /// first bytes alongside, so finding a child touches one small array.
     children: Vec<u32>,
+    child_keys: Vec<u8>,
     /// Routes whose prefix ends here, in the order they were inserted (already the wanted order).
     routes: Vec<u32>,
     /// Nearest ancestor with routes, or `NO_NODE`.
@@ -250,7 +252,7 @@ impl Trie {
             }
             let child = self.child(node, rest[0]);
             let Some(child) = child else {
-                let new = self.push(rest, vec![route], Vec::new());
+                let new = self.push(rest, vec![route]);
                 self.add_child(node, new);
                 return;
             };
@@ -260,7 +262,9 @@ impl Trie {
                 // Split the edge: a new middle node takes the common part, the old child the rest.
                 let (head, tail) = (label[..common].to_vec(), label[common..].to_vec());
                 self.nodes[child].label = tail.into();
-                let middle = self.push(&head, Vec::new(), vec![child as u32]);
+                // `middle` keeps the old child's first byte, so the parent's child_keys stay right.
+                let middle = self.push(&head, Vec::new());
+                self.add_child(middle, child);
                 let slot = self.nodes[node].children.iter().position(|&c| c as usize == child).expect("child of node");
                 self.nodes[node].children[slot] = middle as u32;
                 node = middle;
@@ -271,21 +275,22 @@ impl Trie {
         }
     }
 
-    fn push(&mut self, label: &[u8], routes: Vec<u32>, children: Vec<u32>) -> usize {
-        self.nodes.push(TrieNode { label: label.into(), children, routes, up: NO_NODE });
+    fn push(&mut self, label: &[u8], routes: Vec<u32>) -> usize {
+        self.nodes.push(TrieNode { label: label.into(), routes, up: NO_NODE, ..TrieNode::default() });
         self.nodes.len() - 1
     }
 
     fn add_child(&mut self, node: usize, child: usize) {
         let first = self.nodes[child].label[0];
-        let nodes = &self.nodes;
-        let at = nodes[node].children.partition_point(|&c| nodes[c as usize].label[0] < first);
-        self.nodes[node].children.insert(at, child as u32);
+        let parent = &mut self.nodes[node];
+        let at = parent.child_keys.partition_point(|&k| k < first);
+        parent.child_keys.insert(at, first);
+        parent.children.insert(at, child as u32);
     }
 
     fn child(&self, node: usize, first: u8) -> Option<usize> {
-        let children = &self.nodes[node].children;
-        children.binary_search_by_key(&first, |&c| self.nodes[c as usize].label[0]).ok().map(|at| children[at] as usize)
+        let n = &self.nodes[node];
+        n.child_keys.binary_search(&first).ok().map(|at| n.children[at] as usize)
     }
 
     /// Sets every node's `up` link; call once after the last insert.

@@ -12,6 +12,7 @@
 //! ListenerTable::{name, address, protocol, idle_timeout, routes}
 //! ListenerTable::find(&self, &RequestView) -> Option<&RouteEntry>      no allocation (see below)
 //! ListenerTable::cluster(&self) -> Option<&Arc<ClusterLb>>              tcp/udp (and tls default) cluster
+//! ListenerTable::sni_cluster(&self, Option<&str>) -> Option<&Arc<ClusterLb>>  tls passthrough by SNI
 //! RouteEntry::pick_cluster(&self) -> &Arc<ClusterLb>                    weighted, per request
 //! RouteEntry::{name, priority, backends, timeout, retries, sticky, hash_on, stats}
 //! ClusterLb::pick(&self) -> Option<EndpointGuard>                       None: no healthy endpoint (503)
@@ -52,6 +53,7 @@ mod lb;
 mod matcher;
 mod request;
 mod route;
+mod sni;
 
 #[cfg(test)]
 mod tests_lb;
@@ -137,6 +139,7 @@ pub struct ListenerTable {
     protocol: Protocol,
     cluster: Option<Arc<ClusterLb>>,
     idle_timeout: Option<Duration>,
+    sni: sni::SniMap,
     /// Sorted by name; the index refers to routes by position.
     routes: Vec<RouteEntry>,
     index: RouteIndex,
@@ -158,6 +161,13 @@ impl ListenerTable {
     /// The cluster of a tcp/udp listener (the default cluster of a tls passthrough listener).
     pub fn cluster(&self) -> Option<&Arc<ClusterLb>> {
         self.cluster.as_ref()
+    }
+
+    /// The cluster of a tls passthrough listener for a ClientHello's server name (lower-case, as
+    /// [`normalize_host`] makes it): exact name, else the longest matching `*.suffix`, else the
+    /// listener's default cluster (also when the client sent no SNI).
+    pub fn sni_cluster(&self, server_name: Option<&str>) -> Option<&Arc<ClusterLb>> {
+        server_name.and_then(|n| self.sni.get(n)).or(self.cluster.as_ref())
     }
 
     pub fn idle_timeout(&self) -> Option<Duration> {

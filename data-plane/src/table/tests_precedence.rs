@@ -6,7 +6,7 @@ use sluice_shared::Config;
 
 use super::*;
 
-/// A config with listener `web` (http), a tcp listener `pg`, clusters `a` and `b`, and the given
+/// A config with listener `web` (http), a tcp listener `pg`, a tls passthrough listener `tls`, clusters `a` and `b`, and the given
 /// routes: (name, extra JSON fields of the route body), each routed to cluster `a`.
 pub(super) fn config(routes: &[(&str, &str)]) -> Config {
     let mut cfg = Config::default();
@@ -16,6 +16,11 @@ pub(super) fn config(routes: &[(&str, &str)]) -> Config {
     cfg.listeners.insert("web".into(), parse_json(br#"{"address":"127.0.0.1:8080","protocol":"http"}"#).unwrap());
     cfg.listeners
         .insert("pg".into(), parse_json(br#"{"address":"127.0.0.1:15432","protocol":"tcp","cluster":"b"}"#).unwrap());
+    cfg.listeners.insert(
+        "tls".into(),
+        parse_json(br#"{"address":"127.0.0.1:8443","protocol":"tls","cluster":"b","sni":{"*.example.com":"a"}}"#)
+            .unwrap(),
+    );
     for (name, extra) in routes {
         let sep = if extra.is_empty() { "" } else { "," };
         let json = format!(r#"{{"listener":"web","backends":[{{"cluster":"a"}}]{sep}{extra}}}"#);
@@ -185,6 +190,10 @@ fn tcp_listener_cluster_and_route_data() {
     assert_eq!(t.listener("pg").unwrap().cluster().unwrap().name(), "b");
     assert_eq!(t.listener("pg").unwrap().address(), "127.0.0.1:15432".parse().unwrap());
     assert!(t.listener("web").unwrap().cluster().is_none());
+    let tls = t.listener("tls").unwrap();
+    assert_eq!(tls.sni_cluster(Some("a.example.com")).unwrap().name(), "a");
+    assert_eq!(tls.sni_cluster(Some("example.com")).unwrap().name(), "b", "default cluster");
+    assert_eq!(tls.sni_cluster(None).unwrap().name(), "b");
     let r = &t.listener("web").unwrap().routes()[0];
     assert_eq!(r.timeout(), Some(std::time::Duration::from_millis(1500)));
     assert_eq!(r.retries().unwrap().attempts, 2);

@@ -117,7 +117,7 @@ fn path_tier(m: &RouteMatch, path: &str) -> Option<(u8, usize)> {
 
 fn value_ok(kind: ValueKind<'_>, mut values: Vec<String>) -> bool {
     match kind {
-        ValueKind::Present(p) => !values.is_empty() == p,
+        ValueKind::Present(p) => values.is_empty() != p,
         ValueKind::Exact(e) => values.iter().any(|v| v == e),
         ValueKind::Regex(r) => values.iter_mut().any(|v| re(r).is_match(v)),
     }

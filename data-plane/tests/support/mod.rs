@@ -189,6 +189,8 @@ pub fn free_addr() -> SocketAddr {
 pub struct Backend {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
+    /// TCP connections accepted (to see upstream keep-alive at work).
+    pub connections: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -198,9 +200,12 @@ impl Backend {
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let counter = hits.clone();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let conns = connections.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
+                conns.fetch_add(1, Ordering::SeqCst);
                 let counter = counter.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
@@ -228,7 +233,7 @@ impl Backend {
                 });
             }
         });
-        Backend { addr, hits, task }
+        Backend { addr, hits, connections, task }
     }
 
     pub fn hits(&self) -> usize {
