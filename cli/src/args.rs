@@ -8,7 +8,14 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Sluice: a load balancer with a control plane and a fleet of data-plane proxies.
 #[derive(Debug, Parser)]
-#[command(name = "sluice", version, propagate_version = true)]
+#[command(
+    name = "sluice",
+    version,
+    propagate_version = true,
+    after_help = "Client commands (apply, get, delete, weights, status) read SLUICE_API_URL (default \
+                  http://127.0.0.1:7070) and SLUICE_TOKEN; without SLUICE_TOKEN they use ./.sluice/admin-token, \
+                  the token `sluice dev` writes. RUST_LOG sets the log level (servers default to info)."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -136,6 +143,7 @@ pub enum Output {
 pub struct GetArgs {
     /// clusters, listeners, routes or certificates (singular works too).
     pub kind: String,
+    /// One resource's name; without it, all of the kind.
     pub name: Option<String>,
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -143,12 +151,14 @@ pub struct GetArgs {
 
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
+    /// clusters, listeners, routes or certificates (singular works too).
     pub kind: String,
     pub name: String,
 }
 
 #[derive(Debug, Args)]
 pub struct WeightsArgs {
+    /// The route's name.
     pub route: String,
     /// New weights as CLUSTER=WEIGHT; clusters not named keep their weight.
     #[arg(required = true, value_name = "CLUSTER=WEIGHT", value_parser = parse_weight)]

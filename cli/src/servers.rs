@@ -98,11 +98,12 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         cp.grpc_addr(),
         node.admin_addr()
     );
-    banner.push_str(&match &token.source {
-        TokenSource::Env => format!("  admin token:  from {ADMIN_TOKEN_ENV}\n"),
-        TokenSource::File(p) => format!("  admin token:  {} (in {})\n", token.value, p.display()),
-    });
-    banner.push_str(&format!("  export SLUICE_API_URL={api_url} SLUICE_TOKEN=<the admin token>\n"));
+    // A token the user set is not echoed; one we generated is, since nobody knows it yet.
+    let (shown, export) = match &token.source {
+        TokenSource::Env => (format!("from {ADMIN_TOKEN_ENV}"), format!("\"${ADMIN_TOKEN_ENV}\"")),
+        TokenSource::File(p) => (format!("{} (in {})", token.value, p.display()), token.value.clone()),
+    };
+    banner.push_str(&format!("  admin token:  {shown}\n  export SLUICE_API_URL={api_url} SLUICE_TOKEN={export}\n"));
     if let Some(b) = &backends {
         let client = Client::new(&api_url, Some(token.value.clone()))?;
         let seed = demo::seed(b, args.demo_http_addr, args.demo_tcp_addr);

@@ -14,6 +14,7 @@ use crate::cache::SnapshotCache;
 use crate::listeners::{BindError, Listeners};
 use crate::state::{Installed, Shared};
 use crate::table::{compile, CompileError, Table};
+use crate::tls::{ServerConfigs, TlsError};
 
 /// Why a snapshot was refused; the display text is the NACK message.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,8 @@ pub enum InstallError {
     Unsupported { listener: String, protocol: &'static str },
     #[error(transparent)]
     Bind(#[from] BindError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -64,10 +67,11 @@ impl Installer {
         let revision = snapshot.revision;
         let previous = self.shared.installed.load_full();
         let keep = persist.then(|| snapshot.clone());
-        let compiled = tokio::task::spawn_blocking(move || prepare(snapshot, previous.as_deref().map(|i| &i.table)))
+        let compiled = tokio::task::spawn_blocking(move || prepare(snapshot, previous.as_deref()))
             .await
             .map_err(|e| InstallError::Internal(e.to_string()))?;
-        let table = compiled?.with_revision(revision);
+        let (table, tls) = compiled?;
+        let table = table.with_revision(revision);
 
         let plan = self.listeners.plan(&table);
         // New listeners are bound before the swap: a port that cannot be bound refuses the whole
@@ -75,7 +79,7 @@ impl Installer {
         let bound = self.listeners.bind(&plan)?;
 
         let stats = self.shared.metrics.index(&table);
-        self.shared.installed.store(Some(Arc::new(Installed { revision, table, stats })));
+        self.shared.installed.store(Some(Arc::new(Installed { revision, table, stats, tls })));
         self.listeners.stop(&plan.remove);
         self.listeners.start(bound, &self.shared);
 
@@ -110,18 +114,17 @@ impl Installer {
     }
 }
 
-/// The CPU part: proto -> model, validation, protocol support, compile.
-fn prepare(snapshot: pb::Snapshot, previous: Option<&Table>) -> Result<Table, InstallError> {
+/// The CPU part: proto -> model, validation, protocol support, compile, TLS configs.
+fn prepare(snapshot: pb::Snapshot, previous: Option<&Installed>) -> Result<(Table, ServerConfigs), InstallError> {
     let config = Config::try_from(snapshot)?;
     config.validate()?;
     for (name, l) in &config.listeners {
         let unsupported = match l.protocol {
-            Protocol::Http | Protocol::Tcp => continue,
-            Protocol::Https => "https",
+            Protocol::Http | Protocol::Tcp | Protocol::Https | Protocol::Tls => continue,
             Protocol::Udp => "udp",
-            Protocol::Tls => "tls",
         };
         return Err(InstallError::Unsupported { listener: name.clone(), protocol: unsupported });
     }
-    Ok(compile(&config, previous)?)
+    let tls = ServerConfigs::build(&config, previous.map(|i| &i.tls))?;
+    Ok((compile(&config, previous.map(|i| &i.table))?, tls))
 }

@@ -11,6 +11,7 @@ mod admin;
 mod cache;
 mod http;
 mod install;
+mod l4_stats;
 mod listeners;
 mod metrics;
 mod node;
@@ -18,6 +19,8 @@ mod state;
 mod stream_client;
 pub mod table;
 mod tcp;
+mod udp;
+mod tls;
 
 pub use cache::{CacheError, SnapshotCache};
 pub use node::{Node, NodeError, NodeOptions};

@@ -246,6 +246,33 @@ impl Acceptor {
                         .instrument(span),
                     );
                 }
+                Protocol::Tls => {
+                    let shared = self.shared.clone();
+                    let name = self.name.clone();
+                    self.connections.spawn(
+                        async move {
+                            crate::tls::passthrough::serve(stream, &name, &shared, phase).await;
+                            drop(active);
+                        }
+                        .instrument(span),
+                    );
+                }
+                Protocol::Https => {
+                    let conn = Arc::new(ConnCtx {
+                        listener: self.name.clone(),
+                        peer,
+                        scheme: "https",
+                        shared: self.shared.clone(),
+                    });
+                    let http = self.http.clone();
+                    self.connections.spawn(
+                        async move {
+                            crate::tls::terminate::serve(stream, conn, &http, phase).await;
+                            drop(active);
+                        }
+                        .instrument(span),
+                    );
+                }
                 _ => {
                     let conn = Arc::new(ConnCtx {
                         listener: self.name.clone(),

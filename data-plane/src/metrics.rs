@@ -94,6 +94,8 @@ pub struct Metrics {
     pub config_applies: AtomicU64,
     pub config_rejects: AtomicU64,
     pub ready: std::sync::atomic::AtomicBool,
+    /// tcp/udp counters and listener drain state (`l4_stats.rs`).
+    pub l4: crate::l4_stats::L4Metrics,
 }
 
 /// Per-table handles to the counters of every route and cluster, for the request path.
@@ -232,6 +234,8 @@ impl Metrics {
             header(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {v}");
         }
+        drop(reg);
+        self.l4.render(&mut out);
         out
     }
 }

@@ -69,6 +69,8 @@ pub fn listener_to_pb(name: &str, l: &Listener) -> pb::Listener {
         sni: l.sni.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         idle_timeout_ms: l.idle_timeout_ms,
         hash_on: l.hash_on.as_ref().map(hash_on_to_pb),
+        max_connections: l.max_connections,
+        drain_ms: l.drain_ms,
     }
 }
 
@@ -271,6 +273,8 @@ pub fn listener_from_pb(l: pb::Listener) -> Result<Listener> {
         sni: l.sni.into_iter().collect(),
         idle_timeout_ms: l.idle_timeout_ms,
         hash_on: l.hash_on.map(hash_on_from_pb).transpose().map_err(|e| e.within("hash_on"))?,
+        max_connections: l.max_connections,
+        drain_ms: l.drain_ms,
     })
 }
 

@@ -33,7 +33,7 @@ fn full() -> Config {
             "pg",
             r#"{"address":"127.0.0.1:15432","protocol":"tcp","cluster":"db","idle_timeout_ms":60000,"hash_on":{"source_ip":true}}"#,
         ),
-        ("dns", r#"{"address":"127.0.0.1:5353","protocol":"udp","cluster":"db"}"#),
+        ("dns", r#"{"address":"127.0.0.1:5353","protocol":"udp","cluster":"db","max_connections":1000,"drain_ms":5000}"#),
         (
             "pass",
             r#"{"address":"127.0.0.1:9443","protocol":"tls","sni":{"a.example.com":"api","*.example.com":"web"}}"#,

@@ -167,6 +167,13 @@ pub struct Listener {
     pub idle_timeout_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_on: Option<HashOn>,
+    /// tcp/udp/tls: open connections (udp: client sessions) beyond which new ones are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// How long a removed (or re-addressed) listener's open connections may finish before they
+    /// are cut; the node's default (30 s) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_ms: Option<u64>,
 }
 
 impl Listener {

@@ -277,6 +277,12 @@ impl Listener {
         if let Some(h) = &self.hash_on {
             h.validate().map_err(|e| e.within("hash_on"))?;
         }
+        if self.max_connections == Some(0) {
+            return Err(ValidationError::invalid("max_connections", "must be at least 1"));
+        }
+        if let Some(ms) = self.drain_ms {
+            timeout("drain_ms", ms)?;
+        }
         let only = |field: &str, set: bool, protocols: &str| {
             if set {
                 Err(ValidationError::invalid(field, format!("only {protocols} listeners take this field")))
@@ -287,11 +293,13 @@ impl Listener {
         match self.protocol {
             Protocol::Http => {
                 only("cluster", self.cluster.is_some(), "tcp, udp and tls")?;
+                only("max_connections", self.max_connections.is_some(), "tcp, udp and tls")?;
                 only("certificates", !self.certificates.is_empty(), "https")?;
                 only("sni", !self.sni.is_empty(), "tls")?;
             }
             Protocol::Https => {
                 only("cluster", self.cluster.is_some(), "tcp, udp and tls")?;
+                only("max_connections", self.max_connections.is_some(), "tcp, udp and tls")?;
                 only("sni", !self.sni.is_empty(), "tls")?;
                 if self.certificates.is_empty() {
                     return Err(ValidationError::invalid(

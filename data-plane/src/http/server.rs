@@ -6,7 +6,7 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use super::guard::GuardedIo;
@@ -29,7 +29,11 @@ pub fn builder() -> http1::Builder {
     b
 }
 
-pub async fn serve(stream: TcpStream, conn: Arc<ConnCtx>, builder: &http1::Builder, mut phase: watch::Receiver<Phase>) {
+/// Serves `stream` (a plain TCP connection, or a terminated TLS one for https listeners).
+pub async fn serve<S>(stream: S, conn: Arc<ConnCtx>, builder: &http1::Builder, mut phase: watch::Receiver<Phase>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let metrics_conn = conn.clone();
     let io = GuardedIo::new(stream, move |reject| {
         metrics_conn.shared.metrics.unrouted.record(reject.status());

@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use sluice_shared::model::LbPolicy;
 
+use super::hash::HashIndex;
+
 /// Live state of one endpoint of one cluster. Compile hands the same `Arc` to the next revision
 /// while the cluster name and address stay, so health and counters survive config changes.
 #[derive(Debug)]
@@ -96,6 +98,8 @@ pub struct ClusterLb {
     cumulative: Vec<u64>,
     schedule: WrrSchedule,
     counter: AtomicU64,
+    /// `ring_hash` and `maglev` only (see `hash.rs`).
+    hash: Option<HashIndex>,
 }
 
 impl fmt::Debug for ClusterLb {
@@ -118,7 +122,12 @@ impl ClusterLb {
             })
             .collect();
         let schedule = WrrSchedule::new(&endpoints);
-        ClusterLb { name: name.into(), policy, endpoints, cumulative, schedule, counter: AtomicU64::new(0) }
+        let hash = match policy {
+            LbPolicy::RingHash => Some(HashIndex::ring(&endpoints)),
+            LbPolicy::Maglev => Some(HashIndex::maglev(&endpoints)),
+            _ => None,
+        };
+        ClusterLb { name: name.into(), policy, endpoints, cumulative, schedule, counter: AtomicU64::new(0), hash }
     }
 
     pub fn name(&self) -> &str {
@@ -166,6 +175,20 @@ impl ClusterLb {
             (0..n).map(|k| (start + k) % n).find(|&i| usable(i))
         })?;
         Some(EndpointGuard::new(&self.endpoints[picked].state))
+    }
+
+    /// For `ring_hash` and `maglev`: the endpoint owning `key` (see [`hash_ip`](super::hash_ip), [`hash_bytes`](super::hash_bytes)),
+    /// skipping unusable or excluded ones the way the structure does. Other policies ignore the key.
+    pub fn pick_hashed(&self, key: u64, exclude: &[SocketAddr]) -> Option<EndpointGuard> {
+        let Some(hash) = &self.hash else { return self.pick_excluding(exclude) };
+        let usable = |i: usize| {
+            let e = &self.endpoints[i];
+            e.weight > 0 && e.state.is_healthy() && !exclude.contains(&e.state.address)
+        };
+        match hash.pick(key, usable) {
+            Some(i) => Some(EndpointGuard::new(&self.endpoints[i].state)),
+            None => self.pick_excluding(exclude),
+        }
     }
 
     fn total_weight(&self) -> u64 {

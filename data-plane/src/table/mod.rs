@@ -9,7 +9,7 @@
 //! Table::with_revision(self, Revision) -> Table;  Table::revision(&self) -> Revision
 //! Table::listener(&self, name) -> Option<&ListenerTable>;  Table::listeners() -> iter (name, &ListenerTable)
 //! Table::cluster(&self, name) -> Option<&Arc<ClusterLb>>;  Table::clusters() -> iter (name, &Arc<ClusterLb>)
-//! ListenerTable::{name, address, protocol, idle_timeout, routes}
+//! ListenerTable::{name, address, protocol, idle_timeout, max_connections, drain, hash_source_ip, routes}
 //! ListenerTable::find(&self, &RequestView) -> Option<&RouteEntry>      no allocation (see below)
 //! ListenerTable::cluster(&self) -> Option<&Arc<ClusterLb>>              tcp/udp (and tls default) cluster
 //! ListenerTable::sni_cluster(&self, Option<&str>) -> Option<&Arc<ClusterLb>>  tls passthrough by SNI
@@ -43,11 +43,12 @@
 //! `ClusterLb::pick` by policy, over healthy endpoints with non-zero weight: `round_robin` is
 //! lock-free interleaved weighted round robin on one atomic counter (each endpoint gets exactly
 //! its weight per cycle); `least_request` scans exactly up to 8 endpoints and uses power of two
-//! choices beyond; `random` is weighted random. `ring_hash` and `maglev` fall back to round robin
-//! until hashing lands. When the policy's tries keep hitting unhealthy endpoints, a scan finds any
+//! choices beyond; `random` is weighted random. `ring_hash` and `maglev` (`hash.rs`) map a key
+//! through `ClusterLb::pick_hashed(key, exclude)`; without a key (plain `pick`) they round robin. When the policy's tries keep hitting unhealthy endpoints, a scan finds any
 //! healthy one.
 
 mod compile;
+mod hash;
 mod index;
 mod lb;
 mod matcher;
@@ -71,6 +72,7 @@ use sluice_shared::model::Protocol;
 use sluice_shared::Revision;
 
 pub use compile::compile;
+pub use hash::{hash_bytes, hash_ip};
 pub use lb::{ClusterLb, EndpointGuard, EndpointState, LbEndpoint};
 pub use request::{normalize_host, RequestView};
 pub use route::{RetryPolicy, RouteEntry, RouteStats, WeightedBackend};
@@ -139,6 +141,10 @@ pub struct ListenerTable {
     protocol: Protocol,
     cluster: Option<Arc<ClusterLb>>,
     idle_timeout: Option<Duration>,
+    max_connections: Option<u32>,
+    drain: Option<Duration>,
+    /// `hash_on: {"source_ip": true}` (tcp/udp): the client IP is the hashing policies' key.
+    hash_source_ip: bool,
     sni: sni::SniMap,
     /// Sorted by name; the index refers to routes by position.
     routes: Vec<RouteEntry>,
@@ -172,6 +178,20 @@ impl ListenerTable {
 
     pub fn idle_timeout(&self) -> Option<Duration> {
         self.idle_timeout
+    }
+
+    /// tcp/tls: open connections; udp: client sessions. `None`: the node's default bound.
+    pub fn max_connections(&self) -> Option<u32> {
+        self.max_connections
+    }
+
+    /// How long open connections may finish once this listener is removed; `None`: node default.
+    pub fn drain(&self) -> Option<Duration> {
+        self.drain
+    }
+
+    pub fn hash_source_ip(&self) -> bool {
+        self.hash_source_ip
     }
 
     /// The routes attached to this listener, by name.
