@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use sluice_control_plane::server::{ControlPlane, ControlPlaneOptions};
-use sluice_data_plane::{Node, NodeOptions};
+use sluice_control_plane::server::{ControlPlane, ControlPlaneOptions, GrpcTls};
+use sluice_data_plane::{ControlPlaneTls, Node, NodeOptions};
 
 use crate::args::{ControlPlaneArgs, DevArgs, ProxyArgs};
 use crate::client::{read_token_file, Client};
@@ -17,9 +17,13 @@ fn admin_token_from_env() -> Option<String> {
 }
 
 pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
-    if args.grpc_tls_cert.is_some() {
-        bail!("mTLS on the config stream (--grpc-tls-cert/--grpc-tls-key/--grpc-client-ca) is not supported yet");
-    }
+    // clap makes the three flags come together.
+    let grpc_tls = match (&args.grpc_tls_cert, &args.grpc_tls_key, &args.grpc_client_ca) {
+        (Some(cert), Some(key), Some(ca)) => {
+            Some(GrpcTls { cert_pem: read_pem(cert)?, key_pem: read_pem(key)?, client_ca_pem: read_pem(ca)? })
+        }
+        _ => None,
+    };
     // A production control plane must not invent a secret nobody knows; refusing is the clear choice.
     let Some(token) = admin_token_from_env() else {
         bail!("{ADMIN_TOKEN_ENV} is not set: the control plane needs an admin token for its REST API (e.g. `export {ADMIN_TOKEN_ENV}=$(openssl rand -hex 24)`)");
@@ -31,6 +35,7 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
         grpc_addr: args.grpc_addr,
         admin_token: token,
         control_plane_id: None,
+        grpc_tls,
     })
     .await
     .map_err(|e| anyhow::anyhow!("starting the control plane: {e}"))?;
@@ -42,9 +47,17 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
 }
 
 pub async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
-    if args.tls_ca.is_some() || args.tls_cert.is_some() {
-        bail!("mTLS to the control plane (--tls-ca/--tls-cert/--tls-key) is not supported yet");
-    }
+    let control_plane_tls = match (&args.tls_ca, &args.tls_cert, &args.tls_key) {
+        (None, None, _) => None,
+        (None, Some(_), _) => bail!("--tls-cert needs --tls-ca (the CA that signed the control plane's certificate)"),
+        (Some(ca), cert, key) => {
+            let client = match (cert, key) {
+                (Some(cert), Some(key)) => Some((read_pem(cert)?, read_pem(key)?)),
+                _ => None,
+            };
+            Some(ControlPlaneTls { ca_pem: read_pem(ca)?, client })
+        }
+    };
     let node_id = match args.node_id {
         Some(id) => id,
         None => default_node_id(),
@@ -55,6 +68,7 @@ pub async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         group: args.group,
         admin_addr: args.admin_addr,
         cache_dir: args.cache_dir,
+        control_plane_tls,
     })
     .await
     .map_err(|e| anyhow::anyhow!("starting the proxy: {e}"))?;
@@ -79,6 +93,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         grpc_addr: args.grpc_addr,
         admin_token: token.value.clone(),
         control_plane_id: None,
+        grpc_tls: None,
     })
     .await
     .map_err(|e| anyhow::anyhow!("starting the control plane: {e}"))?;
@@ -88,6 +103,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         group: "default".to_string(),
         admin_addr: args.admin_addr,
         cache_dir: Some(args.data_dir.join("cache")),
+        control_plane_tls: None,
     })
     .await
     .map_err(|e| anyhow::anyhow!("starting the in-process proxy node: {e}"))?;
@@ -156,6 +172,11 @@ fn write_secret(path: &Path, value: &str) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
     f.write_all(format!("{value}\n").as_bytes())
+}
+
+/// A PEM file named by a TLS flag.
+fn read_pem(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
 /// SQLite creates the database file but not its directory.

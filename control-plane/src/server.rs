@@ -29,6 +29,27 @@ pub struct ControlPlaneOptions {
     pub admin_token: String,
     /// Sent in every snapshot; generated (`cp-…`) when `None`.
     pub control_plane_id: Option<String>,
+    /// mTLS on the config stream (issue 5); `None`: plaintext gRPC.
+    pub grpc_tls: Option<GrpcTls>,
+}
+
+/// The config stream's server certificate and the CA that node client certificates must chain to
+/// (a node with no or another client certificate is refused during the handshake). PEM text.
+#[derive(Clone)]
+pub struct GrpcTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub client_ca_pem: String,
+}
+
+impl std::fmt::Debug for GrpcTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcTls")
+            .field("cert_pem", &format_args!("<{} bytes>", self.cert_pem.len()))
+            .field("key_pem", &"<redacted>")
+            .field("client_ca_pem", &format_args!("<{} bytes>", self.client_ca_pem.len()))
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for ControlPlaneOptions {
@@ -42,6 +63,7 @@ impl std::fmt::Debug for ControlPlaneOptions {
             .field("grpc_addr", &self.grpc_addr)
             .field("admin_token", &"<redacted>")
             .field("control_plane_id", &self.control_plane_id)
+            .field("grpc_tls", &self.grpc_tls)
             .finish()
     }
 }
@@ -54,6 +76,7 @@ impl Default for ControlPlaneOptions {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 7071)),
             admin_token: String::new(),
             control_plane_id: None,
+            grpc_tls: None,
         }
     }
 }
@@ -64,6 +87,8 @@ pub enum ControlPlaneError {
     EmptyAdminToken,
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("gRPC TLS: {0}")]
+    GrpcTls(String),
     #[error("cannot bind the {what} address {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -90,6 +115,12 @@ impl ControlPlane {
         if opts.admin_token.is_empty() {
             return Err(ControlPlaneError::EmptyAdminToken);
         }
+        // Checked before anything binds: a bad certificate or key fails the start, not each handshake.
+        let mut grpc_server = tonic::transport::Server::builder();
+        if let Some(tls) = &opts.grpc_tls {
+            grpc_server =
+                grpc_server.tls_config(server_tls(tls)?).map_err(|e| ControlPlaneError::GrpcTls(e.to_string()))?;
+        }
         let api_listener = bind("REST API", opts.api_addr).await?;
         let grpc_listener = bind("gRPC", opts.grpc_addr).await?;
         let api_addr = local_addr("REST API", opts.api_addr, &api_listener)?;
@@ -114,7 +145,7 @@ impl ControlPlane {
             let service = stream.clone().into_server();
             async move {
                 let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-                let served = tonic::transport::Server::builder()
+                let served = grpc_server
                     // Finds nodes that vanished without closing their connection.
                     .http2_keepalive_interval(Some(Duration::from_secs(10)))
                     .http2_keepalive_timeout(Some(Duration::from_secs(20)))
@@ -169,6 +200,20 @@ impl Drop for ControlPlane {
         self.stream.begin_shutdown();
         self.stop.send_replace(true);
     }
+}
+
+/// The tonic TLS settings: our identity, and client certificates required, verified against the CA.
+fn server_tls(tls: &GrpcTls) -> Result<tonic::transport::ServerTlsConfig, ControlPlaneError> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let invalid = |what: &str, e: sluice_shared::ValidationError| ControlPlaneError::GrpcTls(format!("{what}: {e}"));
+    let cert = sluice_shared::model::Certificate { cert_pem: tls.cert_pem.clone(), key_pem: tls.key_pem.clone() };
+    sluice_shared::certs::check_material(&cert).map_err(|e| invalid("server certificate", e))?;
+    sluice_shared::certs::inspect(&tls.client_ca_pem).map_err(|e| invalid("client CA", e))?;
+    Ok(ServerTlsConfig::new()
+        .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
+        .client_ca_root(Certificate::from_pem(&tls.client_ca_pem))
+        .client_auth_optional(false)
+        .timeout(Duration::from_secs(10)))
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ControlPlaneError> {

@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_shared::model::Protocol;
 use sluice_shared::proto::v1 as pb;
 use sluice_shared::{Config, Revision, ValidationError};
 
@@ -14,7 +13,7 @@ use crate::cache::SnapshotCache;
 use crate::listeners::{BindError, Listeners};
 use crate::state::{Installed, Shared};
 use crate::table::{compile, CompileError, Table};
-use crate::tls::{ServerConfigs, TlsError};
+use crate::tls::{TlsConfigs, TlsError};
 
 /// Why a snapshot was refused; the display text is the NACK message.
 #[derive(Debug, thiserror::Error)]
@@ -23,8 +22,6 @@ pub enum InstallError {
     Invalid(#[from] ValidationError),
     #[error("cannot compile: {0}")]
     Compile(#[from] CompileError),
-    #[error("listener {listener}: protocol {protocol} is not supported by this data plane yet")]
-    Unsupported { listener: String, protocol: &'static str },
     #[error(transparent)]
     Bind(#[from] BindError),
     #[error(transparent)]
@@ -114,17 +111,10 @@ impl Installer {
     }
 }
 
-/// The CPU part: proto -> model, validation, protocol support, compile, TLS configs.
-fn prepare(snapshot: pb::Snapshot, previous: Option<&Installed>) -> Result<(Table, ServerConfigs), InstallError> {
+/// The CPU part: proto -> model, validation, compile, TLS configs.
+fn prepare(snapshot: pb::Snapshot, previous: Option<&Installed>) -> Result<(Table, TlsConfigs), InstallError> {
     let config = Config::try_from(snapshot)?;
     config.validate()?;
-    for (name, l) in &config.listeners {
-        let unsupported = match l.protocol {
-            Protocol::Http | Protocol::Tcp | Protocol::Https | Protocol::Tls => continue,
-            Protocol::Udp => "udp",
-        };
-        return Err(InstallError::Unsupported { listener: name.clone(), protocol: unsupported });
-    }
-    let tls = ServerConfigs::build(&config, previous.map(|i| &i.tls))?;
+    let tls = TlsConfigs::build(&config, previous.map(|i| &i.tls))?;
     Ok((compile(&config, previous.map(|i| &i.table))?, tls))
 }

@@ -35,11 +35,6 @@ impl L4Stats {
         *m.entry(endpoint).or_default() += 1;
     }
 
-    pub fn connect_failures(&self, endpoint: SocketAddr) -> u64 {
-        let m = self.connect_failures.lock().unwrap_or_else(|e| e.into_inner());
-        m.get(&endpoint).copied().unwrap_or(0)
-    }
-
     /// Counts one connection or session as active (and in the total) unless `limit` is reached;
     /// the returned guard un-counts it.
     pub fn admit(self: &Arc<Self>, limit: u32) -> Option<Admitted> {
@@ -106,7 +101,11 @@ impl L4Metrics {
              # TYPE sluice_l4_active_connections gauge"
         );
         for (name, s) in m.iter() {
-            let _ = writeln!(out, "sluice_l4_active_connections{{listener=\"{name}\"}} {}", s.active.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "sluice_l4_active_connections{{listener=\"{name}\"}} {}",
+                s.active.load(Ordering::Relaxed)
+            );
         }
         for (metric, help, get) in series {
             let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
@@ -122,7 +121,10 @@ impl L4Metrics {
         for (name, s) in m.iter() {
             let failures = s.connect_failures.lock().unwrap_or_else(|e| e.into_inner());
             for (endpoint, n) in failures.iter() {
-                let _ = writeln!(out, "sluice_l4_connect_failures_total{{listener=\"{name}\",endpoint=\"{endpoint}\"}} {n}");
+                let _ = writeln!(
+                    out,
+                    "sluice_l4_connect_failures_total{{listener=\"{name}\",endpoint=\"{endpoint}\"}} {n}"
+                );
             }
         }
         let _ = writeln!(
@@ -133,7 +135,8 @@ impl L4Metrics {
              # TYPE sluice_listener_drain_timeout_seconds gauge"
         );
         for (name, s) in m.iter() {
-            let _ = writeln!(out, "sluice_listener_draining{{listener=\"{name}\"}} {}", s.draining.load(Ordering::Relaxed));
+            let _ =
+                writeln!(out, "sluice_listener_draining{{listener=\"{name}\"}} {}", s.draining.load(Ordering::Relaxed));
             let secs = load(&s.drain_ms) as f64 / 1000.0;
             let _ = writeln!(out, "sluice_listener_drain_timeout_seconds{{listener=\"{name}\"}} {secs}");
         }

@@ -19,8 +19,9 @@ mod state;
 mod stream_client;
 pub mod table;
 mod tcp;
-mod udp;
 mod tls;
+mod udp;
+mod workers;
 
 pub use cache::{CacheError, SnapshotCache};
-pub use node::{Node, NodeError, NodeOptions};
+pub use node::{ControlPlaneTls, Node, NodeError, NodeOptions};

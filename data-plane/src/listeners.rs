@@ -19,9 +19,11 @@ use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::l4_stats::L4Stats;
 use crate::metrics::ActiveConnection;
 use crate::state::{ConnCtx, Shared};
 use crate::table::Table;
+use crate::workers::Workers;
 
 /// How long a stopped listener's open connections may take to finish before they are cut.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -47,7 +49,13 @@ pub struct ListenerSpec {
 pub struct Bound {
     name: String,
     spec: ListenerSpec,
-    sockets: Vec<std::net::TcpListener>,
+    sockets: Sockets,
+}
+
+enum Sockets {
+    Stream(Vec<std::net::TcpListener>),
+    /// udp listeners (see `udp.rs`).
+    Datagram(Vec<std::net::UdpSocket>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +71,10 @@ struct Running {
     phase: watch::Sender<Phase>,
     accept_tasks: Vec<JoinHandle<()>>,
     connections: TaskTracker,
+    /// The listener's `drain_ms`, else `DRAIN_TIMEOUT`; refreshed on every install.
+    drain: Duration,
+    /// Where the drain state is reported.
+    stats: Arc<L4Stats>,
 }
 
 /// The listeners a node runs. Only the installer touches it (off the request path).
@@ -70,6 +82,8 @@ pub struct Listeners {
     running: HashMap<String, Running>,
     sockets_per_listener: usize,
     http: Arc<http1::Builder>,
+    /// The threads the accept loops and their connections run on (see `workers.rs`).
+    workers: Workers,
 }
 
 /// Which listeners a new table adds (or changes) and which it drops.
@@ -86,6 +100,7 @@ impl Listeners {
             running: HashMap::new(),
             sockets_per_listener: threads.clamp(1, 16),
             http: Arc::new(crate::http::server::builder()),
+            workers: Workers::new(threads.clamp(1, 16)),
         }
     }
 
@@ -111,28 +126,52 @@ impl Listeners {
         plan.add
             .iter()
             .map(|(name, spec)| {
-                bind_reuseport(spec.address, self.sockets_per_listener)
-                    .map(|sockets| Bound { name: name.clone(), spec: *spec, sockets })
-                    .map_err(|source| BindError { listener: name.clone(), address: spec.address, source })
+                let sockets = match spec.protocol {
+                    Protocol::Udp => {
+                        crate::udp::bind_reuseport(spec.address, self.sockets_per_listener).map(Sockets::Datagram)
+                    }
+                    _ => bind_reuseport(spec.address, self.sockets_per_listener).map(Sockets::Stream),
+                };
+                sockets.map(|sockets| Bound { name: name.clone(), spec: *spec, sockets }).map_err(|source| BindError {
+                    listener: name.clone(),
+                    address: spec.address,
+                    source,
+                })
             })
             .collect()
     }
 
     /// Starts accepting on freshly bound sockets (after the table that needs them is installed).
     pub fn start(&mut self, bound: Vec<Bound>, shared: &Arc<Shared>) {
+        let installed = shared.installed.load_full();
+        let drain_of = |name: &str| {
+            installed.as_ref().and_then(|i| i.table.listener(name)).and_then(|l| l.drain()).unwrap_or(DRAIN_TIMEOUT)
+        };
+        for (name, r) in self.running.iter_mut() {
+            r.drain = drain_of(name);
+        }
         for b in bound {
             let (phase, _) = watch::channel(Phase::Serving);
             let connections = TaskTracker::new();
             let name: Arc<str> = Arc::from(b.name.as_str());
-            let mut accept_tasks = Vec::with_capacity(b.sockets.len());
-            for socket in b.sockets {
-                let listener = match socket.set_nonblocking(true).and_then(|_| TcpListener::from_std(socket)) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::error!(listener = %name, error = %e, "cannot register listening socket");
-                        continue;
+            let stats = shared.metrics.l4.listener(&name);
+            let sockets = match b.sockets {
+                Sockets::Stream(sockets) => sockets,
+                Sockets::Datagram(sockets) => {
+                    for socket in sockets {
+                        let serve =
+                            crate::udp::serve(socket, name.clone(), shared.clone(), stats.clone(), phase.subscribe());
+                        connections.spawn(serve.instrument(tracing::debug_span!("udp", listener = %name)));
                     }
-                };
+                    Vec::new()
+                }
+            };
+            let mut accept_tasks = Vec::with_capacity(sockets.len());
+            for (i, socket) in sockets.into_iter().enumerate() {
+                if let Err(e) = socket.set_nonblocking(true) {
+                    tracing::error!(listener = %name, error = %e, "cannot register listening socket");
+                    continue;
+                }
                 let acceptor = Acceptor {
                     name: name.clone(),
                     protocol: b.spec.protocol,
@@ -140,23 +179,37 @@ impl Listeners {
                     http: self.http.clone(),
                     phase: phase.subscribe(),
                     connections: connections.clone(),
+                    l4: stats.clone(),
                 };
-                accept_tasks.push(tokio::spawn(acceptor.run(listener)));
+                // One socket per worker; it registers with that worker's reactor, so converts there.
+                accept_tasks.push(self.workers.spawn(i, async move {
+                    match TcpListener::from_std(socket) {
+                        Ok(listener) => acceptor.run(listener).await,
+                        Err(e) => {
+                            tracing::error!(listener = %acceptor.name, error = %e, "cannot register listening socket")
+                        }
+                    }
+                }));
             }
             tracing::info!(listener = %name, address = %b.spec.address, protocol = ?b.spec.protocol, "listening");
             // Replacing a listener of the same name: the old one drains on its own.
-            if let Some(old) = self.running.insert(b.name, Running { spec: b.spec, phase, accept_tasks, connections }) {
-                drain(old, DRAIN_TIMEOUT);
+            let drain_for = drain_of(&b.name);
+            let running = Running { spec: b.spec, phase, accept_tasks, connections, drain: drain_for, stats };
+            if let Some(old) = self.running.insert(b.name, running) {
+                let grace = old.drain;
+                drain(old, grace);
             }
         }
     }
 
-    /// Stops listeners: accepts end now, connections drain for at most `DRAIN_TIMEOUT`.
+    /// Stops listeners: accepts end now, connections drain for at most their `drain_ms`
+    /// (`DRAIN_TIMEOUT` by default).
     pub fn stop(&mut self, names: &[String]) {
         for name in names {
             if let Some(r) = self.running.remove(name) {
                 tracing::info!(listener = %name, address = %r.spec.address, "listener removed, draining");
-                drain(r, DRAIN_TIMEOUT);
+                let grace = r.drain;
+                drain(r, grace);
             }
         }
     }
@@ -177,12 +230,15 @@ fn drain(r: Running, grace: Duration) -> JoinHandle<()> {
         t.abort();
     }
     r.connections.close();
+    r.stats.draining.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    r.stats.drain_ms.store(grace.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
     tokio::spawn(async move {
         if tokio::time::timeout(grace, r.connections.wait()).await.is_err() {
             tracing::info!(address = %r.spec.address, "drain timeout, closing remaining connections");
             let _ = r.phase.send(Phase::Abort);
             r.connections.wait().await;
         }
+        r.stats.draining.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     })
 }
 
@@ -212,6 +268,7 @@ struct Acceptor {
     http: Arc<http1::Builder>,
     phase: watch::Receiver<Phase>,
     connections: TaskTracker,
+    l4: Arc<L4Stats>,
 }
 
 impl Acceptor {
@@ -238,9 +295,10 @@ impl Acceptor {
                 Protocol::Tcp => {
                     let shared = self.shared.clone();
                     let name = self.name.clone();
+                    let l4 = self.l4.clone();
                     self.connections.spawn(
                         async move {
-                            crate::tcp::serve(stream, &name, &shared, phase).await;
+                            crate::tcp::serve(stream, peer, &name, &shared, &l4, phase).await;
                             drop(active);
                         }
                         .instrument(span),

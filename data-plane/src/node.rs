@@ -29,6 +29,25 @@ pub struct NodeOptions {
     pub admin_addr: SocketAddr,
     /// Where the last good snapshot is kept; `None`: no cache.
     pub cache_dir: Option<PathBuf>,
+    /// TLS to the control planes (`https://` URLs); `None`: plaintext (`http://` URLs).
+    pub control_plane_tls: Option<ControlPlaneTls>,
+}
+
+/// How a node verifies the control plane (CA bundle) and proves itself (client certificate). PEM text.
+#[derive(Clone, Default)]
+pub struct ControlPlaneTls {
+    pub ca_pem: String,
+    /// `(cert_pem, key_pem)`; required by a control plane started with a client CA.
+    pub client: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for ControlPlaneTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlaneTls")
+            .field("ca_pem", &format_args!("<{} bytes>", self.ca_pem.len()))
+            .field("client", &self.client.as_ref().map(|_| "<certificate and redacted key>"))
+            .finish()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +74,7 @@ impl Node {
             .control_planes
             .iter()
             .map(|url| {
-                stream_client::endpoint(url)
+                stream_client::endpoint(url, opts.control_plane_tls.as_ref())
                     .map_err(|e| NodeError::ControlPlaneUrl { url: url.clone(), reason: e.to_string() })
             })
             .collect::<Result<Vec<_>, _>>()?;

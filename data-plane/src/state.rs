@@ -9,15 +9,15 @@ use sluice_shared::Revision;
 use crate::http::upstream::{self, UpstreamClient};
 use crate::metrics::{Metrics, StatsIndex};
 use crate::table::Table;
-use crate::tls::ServerConfigs;
+use crate::tls::TlsConfigs;
 
 /// One installed revision: the compiled table plus the request path's handles to its counters.
 pub struct Installed {
     pub revision: Revision,
     pub table: Table,
     pub stats: StatsIndex,
-    /// rustls configs of the https listeners, per revision (see `tls`).
-    pub tls: ServerConfigs,
+    /// TLS settings of the https listeners and TLS clusters, per revision (see `tls`).
+    pub tls: TlsConfigs,
 }
 
 pub struct Shared {

@@ -11,9 +11,10 @@ use sluice_shared::proto::v1 as pb;
 use sluice_shared::proto::v1::config_discovery_client::ConfigDiscoveryClient;
 use tokio::sync::{mpsc, watch, Mutex};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use crate::install::Installer;
+use crate::node::ControlPlaneTls;
 use crate::state::Shared;
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -137,13 +138,38 @@ async fn send(tx: &mpsc::Sender<pb::NodeMessage>, msg: pb::node_message::Msg) ->
     tx.send(pb::NodeMessage { msg: Some(msg) }).await.map_err(|_| SessionError::SendClosed)
 }
 
-/// A tonic endpoint for a `--control-plane` URL.
-pub fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(url.to_string())?
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error(transparent)]
+    Invalid(#[from] tonic::transport::Error),
+    #[error("an https:// control plane needs the CA to verify it (--tls-ca)")]
+    HttpsWithoutTls,
+    #[error("TLS settings are given, so the control plane URL must be https://")]
+    TlsWithoutHttps,
+}
+
+/// A tonic endpoint for a `--control-plane` URL; `https://` ones verify the control plane against
+/// `tls.ca_pem` and present the client certificate, if any (mTLS).
+pub fn endpoint(url: &str, tls: Option<&ControlPlaneTls>) -> Result<Endpoint, EndpointError> {
+    let mut e = Endpoint::from_shared(url.to_string())?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(15))
-        .keep_alive_timeout(Duration::from_secs(10)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let https = e.uri().scheme_str() == Some("https");
+    match (https, tls) {
+        (true, Some(tls)) => {
+            let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+            if let Some((cert, key)) = &tls.client {
+                config = config.identity(Identity::from_pem(cert, key));
+            }
+            e = e.tls_config(config)?;
+        }
+        (true, None) => return Err(EndpointError::HttpsWithoutTls),
+        (false, Some(_)) => return Err(EndpointError::TlsWithoutHttps),
+        (false, None) => {}
+    }
+    Ok(e)
 }
 
 #[cfg(test)]

@@ -81,6 +81,14 @@ impl Config {
         }
     }
 
+    /// Checks the references of one cluster (its upstream client certificate) against the config.
+    pub fn check_cluster(&self, c: &Cluster) -> Result<()> {
+        if let Some(cert) = c.tls.as_ref().and_then(|t| t.client_certificate.as_deref()) {
+            self.require(Kind::Certificate, "tls.client_certificate", cert)?;
+        }
+        Ok(())
+    }
+
     /// Checks the references and uniqueness rules of one listener against the rest of the config.
     pub fn check_listener(&self, name: &str, l: &Listener) -> Result<()> {
         let addr = l.socket_addr();
@@ -149,6 +157,7 @@ impl Config {
         for (n, c) in &self.clusters {
             crate::validate::name("name", n)
                 .and_then(|_| c.validate())
+                .and_then(|_| self.check_cluster(c))
                 .map_err(|e| e.within(&format!("clusters.{n}")))?;
         }
         for (n, c) in &self.certificates {
@@ -195,6 +204,11 @@ impl Config {
                 }
             }
             Kind::Certificate => {
+                for (n, c) in &self.clusters {
+                    if c.tls.as_ref().and_then(|t| t.client_certificate.as_deref()) == Some(name) {
+                        out.push(format!("cluster {n}"));
+                    }
+                }
                 for (n, l) in &self.listeners {
                     if l.certificates.iter().any(|c| c == name) {
                         out.push(format!("listener {n}"));
@@ -226,6 +240,10 @@ impl Config {
         }
         for r in routes.values() {
             clusters.extend(r.backends.iter().map(|b| b.cluster.clone()));
+        }
+        // Client certificates of upstream TLS travel with their clusters.
+        for c in clusters.iter().filter_map(|c| self.clusters.get(c)) {
+            certificates.extend(c.tls.as_ref().and_then(|t| t.client_certificate.clone()));
         }
         Config {
             clusters: clusters.into_iter().filter_map(|n| self.clusters.get(&n).map(|c| (n, c.clone()))).collect(),

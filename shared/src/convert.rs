@@ -36,6 +36,11 @@ pub fn cluster_to_pb(name: &str, c: &Cluster) -> pb::Cluster {
         name: name.to_string(),
         lb_policy: lb_policy_to_pb(c.lb_policy) as i32,
         endpoints: c.endpoints.iter().map(|e| pb::Endpoint { address: e.address.clone(), weight: e.weight }).collect(),
+        tls: c.tls.as_ref().map(|t| pb::UpstreamTls {
+            ca_pem: t.ca_pem.clone(),
+            server_name: t.server_name.clone().unwrap_or_default(),
+            client_certificate: t.client_certificate.clone().unwrap_or_default(),
+        }),
         health_check: c.health_check.as_ref().map(|h| pb::HealthCheck {
             // A validated check has exactly one kind; http wins should both be set.
             kind: match (&h.http, &h.tcp) {
@@ -252,6 +257,11 @@ pub fn cluster_from_pb(c: pb::Cluster) -> Result<Cluster> {
         outlier_detection: c
             .outlier_detection
             .map(|o| OutlierDetection { consecutive_failures: o.consecutive_failures, ejection_ms: o.ejection_ms }),
+        tls: c.tls.map(|t| UpstreamTls {
+            ca_pem: t.ca_pem,
+            server_name: Some(t.server_name).filter(|s| !s.is_empty()),
+            client_certificate: Some(t.client_certificate).filter(|s| !s.is_empty()),
+        }),
     })
 }
 

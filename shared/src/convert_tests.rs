@@ -33,7 +33,10 @@ fn full() -> Config {
             "pg",
             r#"{"address":"127.0.0.1:15432","protocol":"tcp","cluster":"db","idle_timeout_ms":60000,"hash_on":{"source_ip":true}}"#,
         ),
-        ("dns", r#"{"address":"127.0.0.1:5353","protocol":"udp","cluster":"db","max_connections":1000,"drain_ms":5000}"#),
+        (
+            "dns",
+            r#"{"address":"127.0.0.1:5353","protocol":"udp","cluster":"db","max_connections":1000,"drain_ms":5000}"#,
+        ),
         (
             "pass",
             r#"{"address":"127.0.0.1:9443","protocol":"tls","sni":{"a.example.com":"api","*.example.com":"web"}}"#,
@@ -169,4 +172,34 @@ fn missing_match_means_match_anything() {
     }
     let c = Config::try_from(s).unwrap();
     assert!(c.routes.values().all(|r| r.matcher == RouteMatch::default()));
+}
+
+#[test]
+fn upstream_tls_round_trips_validates_and_refers_to_its_certificate() {
+    let mut c = Config::default();
+    c.certificates.insert("client".into(), test_certificate());
+    let spec = serde_json::json!({
+        "endpoints": [{"address": "127.0.0.1:9443"}],
+        "tls": {"ca_pem": test_certificate().cert_pem, "server_name": "backend.internal", "client_certificate": "client"}
+    });
+    c.clusters.insert("secure".into(), parse_json(spec.to_string().as_bytes()).unwrap());
+    let plain = serde_json::json!({"endpoints": [{"address": "127.0.0.1:9444"}], "tls": {"ca_pem": test_certificate().cert_pem}});
+    c.clusters.insert("verify-only".into(), parse_json(plain.to_string().as_bytes()).unwrap());
+    c.validate().unwrap();
+    assert_eq!(Config::try_from(pb::Snapshot::from(&c)).unwrap(), c);
+    assert_eq!(c.referrers(crate::config::Kind::Certificate, "client"), vec!["cluster secure".to_string()]);
+
+    let mut missing = c.clone();
+    missing.certificates.clear();
+    let e = missing.validate().unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("clusters.secure.tls.client_certificate"), "{e}");
+
+    let mut bad = c.clusters["secure"].clone();
+    bad.tls.as_mut().unwrap().ca_pem = "not pem".into();
+    assert_eq!(bad.validate().unwrap_err().field.as_deref(), Some("tls.ca_pem"));
+    let mut wild = c.clusters["secure"].clone();
+    wild.tls.as_mut().unwrap().server_name = Some("*.internal".into());
+    assert_eq!(wild.validate().unwrap_err().field.as_deref(), Some("tls.server_name"));
+    let unknown = serde_json::json!({"tls": {"ca_pem": "x", "verify": false}});
+    assert!(parse_json::<Cluster>(unknown.to_string().as_bytes()).is_err());
 }

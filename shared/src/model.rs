@@ -45,6 +45,25 @@ pub struct Cluster {
     pub health_check: Option<HealthCheck>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
+    /// TLS to the endpoints for HTTP(S) routes; `None`: plaintext. (`tcp` and `tls` listeners
+    /// forward the client's bytes as they are.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
+}
+
+/// How the proxy speaks TLS to a cluster's endpoints: it verifies their certificate against
+/// `ca_pem` and may present one of the certificate resources (mTLS).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// PEM bundle of the CAs that endpoint certificates must chain to.
+    pub ca_pem: String,
+    /// The name verified in the endpoint's certificate and sent as SNI; default: the endpoint's IP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// Name of a certificate resource presented to the endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

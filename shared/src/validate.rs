@@ -199,6 +199,28 @@ impl Cluster {
             }
             timeout("outlier_detection.ejection_ms", od.ejection_ms)?;
         }
+        if let Some(tls) = &self.tls {
+            tls.validate().map_err(|e| e.within("tls"))?;
+        }
+        Ok(())
+    }
+}
+
+impl crate::model::UpstreamTls {
+    pub fn validate(&self) -> Result<()> {
+        crate::certs::inspect(&self.ca_pem)
+            .map_err(|e| ValidationError::invalid("ca_pem", e.message.replace("cert_pem", "ca_pem")))?;
+        if let Some(n) = &self.server_name {
+            if n.parse::<std::net::IpAddr>().is_err() {
+                host_pattern("server_name", n)?;
+                if n.starts_with("*.") {
+                    return Err(ValidationError::invalid("server_name", "must be a host name, not a wildcard"));
+                }
+            }
+        }
+        if let Some(c) = &self.client_certificate {
+            name("client_certificate", c)?;
+        }
         Ok(())
     }
 }
@@ -310,6 +332,10 @@ impl Listener {
             }
             Protocol::Tcp | Protocol::Udp => {
                 only("certificates", !self.certificates.is_empty(), "https")?;
+                // Raw traffic has no headers or cookies: the client IP is the only key.
+                if self.hash_on.as_ref().is_some_and(|h| !h.source_ip) {
+                    return Err(ValidationError::invalid("hash_on", "tcp and udp listeners hash on source_ip only"));
+                }
                 only("sni", !self.sni.is_empty(), "tls")?;
                 if self.cluster.is_none() {
                     return Err(ValidationError::invalid("cluster", "a tcp or udp listener needs a cluster"));
@@ -483,6 +509,22 @@ mod tests {
     fn deep_nesting_is_malformed_not_a_crash() {
         let deep = "[".repeat(100_000);
         assert!(matches!(parse_json::<Cluster>(deep.as_bytes()), Err(ParseError::Malformed(_))));
+    }
+
+    #[test]
+    fn l4_listener_fields() {
+        let field =
+            |json: &str| parse_json::<Listener>(json.as_bytes()).unwrap().validate().err().and_then(|e| e.field);
+        let tcp = r#""address":"127.0.0.1:5432","protocol":"tcp","cluster":"db""#;
+        assert_eq!(
+            field(&format!(r#"{{{tcp},"max_connections":10,"drain_ms":500,"hash_on":{{"source_ip":true}}}}"#)),
+            None
+        );
+        assert_eq!(field(&format!(r#"{{{tcp},"max_connections":0}}"#)).as_deref(), Some("max_connections"));
+        assert_eq!(field(&format!(r#"{{{tcp},"drain_ms":0}}"#)).as_deref(), Some("drain_ms"));
+        assert_eq!(field(&format!(r#"{{{tcp},"hash_on":{{"header":"x-user"}}}}"#)).as_deref(), Some("hash_on"));
+        let http = r#"{"address":"127.0.0.1:80","protocol":"http","max_connections":5}"#;
+        assert_eq!(field(http).as_deref(), Some("max_connections"));
     }
 
     #[test]

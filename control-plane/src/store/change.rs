@@ -26,7 +26,10 @@ fn put(base: &Config, resource: Resource) -> Result<(Config, RowWrite), StoreErr
     validate::name("name", resource.name())?;
     // Each check runs against the config as it is, which holds every resource the new one may refer to.
     match &resource {
-        Resource::Cluster(_, c) => c.validate()?,
+        Resource::Cluster(_, c) => {
+            c.validate()?;
+            base.check_cluster(c)?;
+        }
         Resource::Certificate(_, c) => c.validate()?,
         Resource::Listener(n, l) => {
             l.validate()?;

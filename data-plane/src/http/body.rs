@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::upstream::Lease;
 use crate::table::EndpointGuard;
 
 pub enum ProxyBody {
@@ -17,8 +18,9 @@ pub enum ProxyBody {
     /// A request body streamed from the client.
     Incoming(Incoming),
     /// A response body streamed from an endpoint; the guard counts the request as active on that
-    /// endpoint until the body is finished or dropped.
-    Upstream { body: Incoming, endpoint: Option<EndpointGuard> },
+    /// endpoint until the body is finished or dropped. The connection goes back to the pool when
+    /// the body ends (dropped unfinished, it is closed: it cannot carry another exchange).
+    Upstream { body: Incoming, endpoint: Option<EndpointGuard>, lease: Option<Lease> },
 }
 
 impl ProxyBody {
@@ -36,11 +38,27 @@ impl Body for ProxyBody {
             ProxyBody::Empty => Poll::Ready(None),
             ProxyBody::Static(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Incoming(b) => Pin::new(b).poll_frame(cx),
-            ProxyBody::Upstream { body, endpoint } => {
-                let polled = Pin::new(body).poll_frame(cx);
-                if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-                    // The exchange is over: the endpoint is no longer busy with it.
+            ProxyBody::Upstream { body, endpoint, lease } => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                let over = match &polled {
+                    Poll::Ready(None) => true,
+                    // hyper stops polling once `is_end_stream` says the body is over (a
+                    // Content-Length body right after its last bytes): that is the end too.
+                    Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
+                    Poll::Ready(Some(Err(_))) => {
+                        endpoint.take();
+                        lease.take();
+                        false
+                    }
+                    Poll::Pending => false,
+                };
+                if over {
+                    // The exchange is over: the endpoint is no longer busy with it, and the
+                    // connection can carry the next one.
                     endpoint.take();
+                    if let Some(l) = lease.take() {
+                        l.release();
+                    }
                 }
                 polled
             }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -28,16 +28,17 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Headers that belong to one hop and are never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
+/// Names, not strings: removing by `&str` parses the name again on every request.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
 ];
 
 pub async fn handle(req: Request<Incoming>, conn: Arc<ConnCtx>) -> Result<Response<ProxyBody>, Infallible> {
@@ -88,7 +89,7 @@ async fn forward(
 ) -> Response<ProxyBody> {
     let (mut parts, body) = req.into_parts();
     prepare_headers(&mut parts.headers, parts.uri.authority(), conn);
-    let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let uri = origin_form(parts.uri);
 
     let policy = route.retries();
     // A retry needs the request again: only bodyless requests can be replayed.
@@ -97,6 +98,7 @@ async fn forward(
     let mut body = Some(ProxyBody::Incoming(body));
     let deadline = tokio::time::Instant::now() + route.timeout().unwrap_or(DEFAULT_TIMEOUT);
     let latency = installed.stats.latency(cluster.name());
+    let upstream_tls = installed.tls.upstream(cluster.name()).map(|t| &**t);
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut attempt = 0;
     loop {
@@ -108,20 +110,26 @@ async fn forward(
         let addr = endpoint.address();
         let mut upstream = Request::new(body.take().unwrap_or(ProxyBody::Empty));
         *upstream.method_mut() = parts.method.clone();
-        *upstream.uri_mut() = upstream_uri(addr, &path);
+        *upstream.uri_mut() = uri.clone();
         *upstream.version_mut() = Version::HTTP_11;
         *upstream.headers_mut() = match &retry_head {
             Some(h) => h.clone(),
             None => std::mem::take(&mut parts.headers),
         };
+        if !upstream.headers().contains_key(header::HOST) {
+            // An HTTP/1.0 client may send no Host; HTTP/1.1 to the endpoint needs one.
+            if let Ok(v) = HeaderValue::try_from(addr.to_string()) {
+                upstream.headers_mut().insert(header::HOST, v);
+            }
+        }
         let started = Instant::now();
         let can_retry = |what: RetryOn| attempt < retries && policy.is_some_and(|p| p.retries_on(what));
-        match tokio::time::timeout_at(deadline, conn.shared.client.request(upstream)).await {
+        match tokio::time::timeout_at(deadline, conn.shared.client.request(addr, upstream_tls, upstream)).await {
             Err(_) => {
                 tracing::debug!(route = route.name(), %addr, "upstream timeout");
                 return answer(counts, ProxyError::UpstreamTimeout);
             }
-            Ok(Ok(resp)) => {
+            Ok(Ok((resp, lease))) => {
                 if let Some(h) = latency {
                     h.observe(started.elapsed());
                 }
@@ -133,7 +141,15 @@ async fn forward(
                 counts.record(resp.status().as_u16());
                 let (mut head, incoming) = resp.into_parts();
                 strip_hop_by_hop(&mut head.headers);
-                return Response::from_parts(head, ProxyBody::Upstream { body: incoming, endpoint: Some(endpoint) });
+                // hyper may never poll a body that is already over: the connection is free now.
+                let lease = if incoming.is_end_stream() {
+                    lease.release();
+                    None
+                } else {
+                    Some(lease)
+                };
+                let body = ProxyBody::Upstream { body: incoming, endpoint: Some(endpoint), lease };
+                return Response::from_parts(head, body);
             }
             Ok(Err(e)) => {
                 let what = if e.is_connect() { RetryOn::ConnectFailure } else { RetryOn::Reset };
@@ -159,13 +175,14 @@ fn answer(counts: &ResponseCounts, err: ProxyError) -> Response<ProxyBody> {
     err.response()
 }
 
-fn upstream_uri(addr: SocketAddr, path: &PathAndQuery) -> Uri {
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Authority::try_from(addr.to_string()).ok();
-    parts.path_and_query = Some(path.clone());
-    // Cannot fail: scheme, authority and path are all present and valid.
-    Uri::from_parts(parts).unwrap_or_default()
+/// The request target as sent to an endpoint: origin-form (`/path?query`). An origin-form target
+/// (the usual case) is passed on as it is; an absolute-form one loses its scheme and authority.
+fn origin_form(uri: Uri) -> Uri {
+    if uri.scheme().is_none() && uri.authority().is_none() && uri.path_and_query().is_some() {
+        return uri;
+    }
+    let path = uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Uri::from(path)
 }
 
 /// Hop-by-hop headers out, forwarding headers in.
@@ -203,7 +220,9 @@ fn prepare_headers(headers: &mut HeaderMap, authority: Option<&Authority>, conn:
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
     if !headers.contains_key(&X_REQUEST_ID) {
-        let id = uuid::Uuid::new_v4();
+        // `Uuid::new_v4` asks the OS for randomness (a syscall per request); the thread-local
+        // generator gives the same v4 ids from user space.
+        let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
         let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
         if let Ok(v) = HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf)) {
             headers.insert(X_REQUEST_ID.clone(), v);
@@ -226,7 +245,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(n);
         }
     }
-    for h in HOP_BY_HOP {
+    for h in &HOP_BY_HOP {
         headers.remove(h);
     }
 }
@@ -251,8 +270,11 @@ mod tests {
     }
 
     #[test]
-    fn upstream_uri_keeps_path_and_query() {
-        let u = upstream_uri("127.0.0.1:9001".parse().unwrap(), &PathAndQuery::from_static("/a/b?x=1"));
-        assert_eq!(u.to_string(), "http://127.0.0.1:9001/a/b?x=1");
+    fn origin_form_keeps_path_and_query() {
+        let u = origin_form("/a/b?x=1".parse().unwrap());
+        assert_eq!(u.to_string(), "/a/b?x=1");
+        let u = origin_form("http://example.com:8080/a/b?x=1".parse().unwrap());
+        assert_eq!(u.to_string(), "/a/b?x=1");
+        assert_eq!(origin_form("http://example.com".parse().unwrap()).to_string(), "/");
     }
 }

@@ -134,7 +134,7 @@ impl ClusterLb {
         &self.name
     }
 
-    /// The configured policy. `ring_hash` and `maglev` are balanced round robin for now.
+    /// The configured policy. `ring_hash` and `maglev` hash a key given to [`pick_hashed`](Self::pick_hashed).
     pub fn policy(&self) -> LbPolicy {
         self.policy
     }
@@ -163,7 +163,7 @@ impl ClusterLb {
         let picked = match self.policy {
             LbPolicy::LeastRequest => self.least_request(usable),
             LbPolicy::Random => (0..PICK_TRIES).map(|_| self.weighted_random()).find(|&i| usable(i)),
-            // ring_hash and maglev need the request's hash key: a later issue. Until then: round robin.
+            // ring_hash and maglev without a key (see `pick_hashed`): round robin.
             LbPolicy::RoundRobin | LbPolicy::RingHash | LbPolicy::Maglev => (0..PICK_TRIES)
                 .map(|_| self.schedule.at(self.counter.fetch_add(1, Ordering::Relaxed)))
                 .find(|&i| usable(i)),

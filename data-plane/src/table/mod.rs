@@ -17,6 +17,8 @@
 //! RouteEntry::{name, priority, backends, timeout, retries, sticky, hash_on, stats}
 //! ClusterLb::pick(&self) -> Option<EndpointGuard>                       None: no healthy endpoint (503)
 //! ClusterLb::pick_excluding(&self, &[SocketAddr]) -> Option<EndpointGuard>   for retries
+//! ClusterLb::pick_hashed(&self, key: u64, &[SocketAddr]) -> Option<EndpointGuard>  ring_hash, maglev
+//! hash_ip(IpAddr) -> u64; hash_bytes(&[u8]) -> u64                    keys: source IP; header/cookie value
 //! EndpointGuard: Deref<Target = EndpointState>; counts one active request until dropped
 //! EndpointState::{address, is_healthy, set_healthy, active}
 //! RouteStats::{record_request, record_response(status), requests, responses(class)}

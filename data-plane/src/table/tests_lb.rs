@@ -81,10 +81,16 @@ fn guards_count_active_requests_and_least_request_follows() {
     for weights in [vec![1; 3], vec![1; 20]] {
         let c = lb(LbPolicy::LeastRequest, &weights);
         let held: Vec<EndpointGuard> = (0..weights.len() * 4).map(|_| c.pick().unwrap()).collect();
-        // Exact or two choices: the load stays level while every request is held.
+        // Exact for small clusters: perfectly level. Two random choices for large ones: level within a
+        // bound that random picks break with negligible probability (80 requests over 20 endpoints:
+        // plain random would often put 9+ on one endpoint; two choices keeps the maximum near 6).
         let max = c.endpoints().iter().map(|e| e.state.active()).max().unwrap();
         let min = c.endpoints().iter().map(|e| e.state.active()).min().unwrap();
-        assert!(max - min <= if weights.len() <= 8 { 0 } else { 4 }, "{min}..{max}");
+        if weights.len() <= 8 {
+            assert_eq!(max, min, "exact least request stays level");
+        } else {
+            assert!(max <= 9, "two choices keeps the busiest endpoint near the mean of 4: {min}..{max}");
+        }
         drop(held);
         assert!(c.endpoints().iter().all(|e| e.state.active() == 0));
     }

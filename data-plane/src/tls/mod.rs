@@ -1,7 +1,7 @@
 //! TLS on the data plane: termination for `https` listeners (rustls, certificate by SNI) and
 //! ClientHello peeking for `tls` passthrough listeners.
 //!
-//! Each installed revision carries its own [`ServerConfigs`]: a rotated certificate reaches the
+//! Each installed revision carries its own [`TlsConfigs`]: a rotated certificate reaches the
 //! handshakes that start after the swap, while connections already up keep their session. A
 //! listener whose certificates did not change keeps its `ServerConfig` (and so its resumption state).
 
@@ -9,8 +9,9 @@ pub mod client_hello;
 pub mod passthrough;
 pub mod resolver;
 pub mod terminate;
+pub mod upstream;
 
-use std::collections::HashMap;
+use std::collections::{hash_map, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,26 +20,35 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::ServerConfig;
 use rustls::sign::CertifiedKey;
-use sluice_shared::model::{Certificate, Protocol};
+use sluice_shared::model::{Certificate, Protocol, UpstreamTls};
 use sluice_shared::Config;
 
 use resolver::SniResolver;
+use upstream::UpstreamTlsConfig;
 
 /// A client gets this long to complete a TLS handshake (or, on passthrough, to send its ClientHello).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a snapshot's TLS material cannot serve; the text ends up in the NACK (never key material).
 #[derive(Debug, thiserror::Error)]
-#[error("listener {listener}: {message}")]
+#[error("{resource}: {message}")]
 pub struct TlsError {
-    pub listener: String,
+    /// `listener NAME` or `cluster NAME`.
+    pub resource: String,
     pub message: String,
 }
 
-/// The rustls server configuration of every https listener of one revision.
+/// The TLS settings of one revision: rustls server configs of the https listeners, and client
+/// configs of the clusters with upstream TLS.
 #[derive(Default)]
-pub struct ServerConfigs {
+pub struct TlsConfigs {
     by_listener: HashMap<String, Entry>,
+    by_cluster: HashMap<String, UpstreamEntry>,
+}
+
+struct UpstreamEntry {
+    source: (UpstreamTls, Option<Certificate>),
+    config: Arc<UpstreamTlsConfig>,
 }
 
 struct Entry {
@@ -47,17 +57,37 @@ struct Entry {
     config: Arc<ServerConfig>,
 }
 
-impl ServerConfigs {
-    /// Builds the configs of `cfg`'s https listeners, reusing `previous` ones whose certificates are
-    /// unchanged. CPU work (key parsing): call it off the runtime's worker threads.
-    pub fn build(cfg: &Config, previous: Option<&ServerConfigs>) -> Result<ServerConfigs, TlsError> {
+impl TlsConfigs {
+    /// Builds the configs of `cfg`'s https listeners and TLS clusters, reusing `previous` ones whose
+    /// inputs are unchanged. CPU work (key parsing): call it off the runtime's worker threads.
+    pub fn build(cfg: &Config, previous: Option<&TlsConfigs>) -> Result<TlsConfigs, TlsError> {
+        let mut by_cluster = HashMap::new();
+        for (name, c) in &cfg.clusters {
+            let Some(spec) = &c.tls else { continue };
+            let err = |message: String| TlsError { resource: format!("cluster {name}"), message };
+            let client = match &spec.client_certificate {
+                Some(n) => Some(
+                    cfg.certificates
+                        .get(n)
+                        .cloned()
+                        .ok_or_else(|| err(format!("client certificate {n:?} does not exist")))?,
+                ),
+                None => None,
+            };
+            let source = (spec.clone(), client);
+            let config = match previous.and_then(|p| p.by_cluster.get(name)).filter(|e| e.source == source) {
+                Some(prev) => prev.config.clone(),
+                None => Arc::new(UpstreamTlsConfig::new(spec, source.1.as_ref()).map_err(err)?),
+            };
+            by_cluster.insert(name.clone(), UpstreamEntry { source, config });
+        }
         let mut keys: HashMap<&str, (Arc<CertifiedKey>, Vec<String>)> = HashMap::new();
         let mut by_listener = HashMap::new();
         for (name, l) in &cfg.listeners {
             if l.protocol != Protocol::Https {
                 continue;
             }
-            let err = |message: String| TlsError { listener: name.clone(), message };
+            let err = |message: String| TlsError { resource: format!("listener {name}"), message };
             let mut source = Vec::with_capacity(l.certificates.len());
             for c in &l.certificates {
                 let cert = cfg.certificates.get(c).ok_or_else(|| err(format!("certificate {c:?} does not exist")))?;
@@ -69,21 +99,33 @@ impl ServerConfigs {
             }
             let mut certs = Vec::with_capacity(source.len());
             for (c, cert) in l.certificates.iter().zip(&source) {
-                if !keys.contains_key(c.as_str()) {
-                    let loaded = load(cert).map_err(|m| err(format!("certificate {c}: {m}")))?;
-                    keys.insert(c, loaded);
-                }
-                certs.push(keys[c.as_str()].clone());
+                let loaded = match keys.entry(c.as_str()) {
+                    hash_map::Entry::Occupied(o) => o.get().clone(),
+                    hash_map::Entry::Vacant(v) => {
+                        v.insert(load(cert).map_err(|m| err(format!("certificate {c}: {m}")))?).clone()
+                    }
+                };
+                certs.push(loaded);
             }
-            let resolver = SniResolver::new(certs).ok_or_else(|| err("an https listener needs a certificate".into()))?;
+            let resolver =
+                SniResolver::new(certs).ok_or_else(|| err("an https listener needs a certificate".into()))?;
             let config = server_config(resolver).map_err(|e| err(e.to_string()))?;
             by_listener.insert(name.clone(), Entry { source, config });
         }
-        Ok(ServerConfigs { by_listener })
+        Ok(TlsConfigs { by_listener, by_cluster })
     }
 
-    pub fn get(&self, listener: &str) -> Option<&Arc<ServerConfig>> {
+    /// The server config of an https listener.
+    pub fn server(&self, listener: &str) -> Option<&Arc<ServerConfig>> {
         self.by_listener.get(listener).map(|e| &e.config)
+    }
+
+    /// The client config of a cluster with upstream TLS.
+    pub fn upstream(&self, cluster: &str) -> Option<&Arc<UpstreamTlsConfig>> {
+        if self.by_cluster.is_empty() {
+            return None; // the common case: no hashing on the request path
+        }
+        self.by_cluster.get(cluster).map(|e| &e.config)
     }
 }
 
@@ -158,14 +200,14 @@ mod tests {
     fn builds_https_listeners_only_and_reuses_unchanged_ones() {
         let a = cert(&["a.test"]);
         let cfg = config(&[("a", a.clone())]);
-        let first = ServerConfigs::build(&cfg, None).unwrap();
-        assert!(first.get("web").is_some());
-        assert!(first.get("plain").is_none());
-        let same = ServerConfigs::build(&cfg, Some(&first)).unwrap();
-        assert!(Arc::ptr_eq(first.get("web").unwrap(), same.get("web").unwrap()));
-        let rotated = ServerConfigs::build(&config(&[("a", cert(&["a.test"]))]), Some(&first)).unwrap();
-        assert!(!Arc::ptr_eq(first.get("web").unwrap(), rotated.get("web").unwrap()));
-        let cfg = first.get("web").unwrap();
+        let first = TlsConfigs::build(&cfg, None).unwrap();
+        assert!(first.server("web").is_some());
+        assert!(first.server("plain").is_none());
+        let same = TlsConfigs::build(&cfg, Some(&first)).unwrap();
+        assert!(Arc::ptr_eq(first.server("web").unwrap(), same.server("web").unwrap()));
+        let rotated = TlsConfigs::build(&config(&[("a", cert(&["a.test"]))]), Some(&first)).unwrap();
+        assert!(!Arc::ptr_eq(first.server("web").unwrap(), rotated.server("web").unwrap()));
+        let cfg = first.server("web").unwrap();
         assert_eq!(cfg.alpn_protocols, vec![b"http/1.1".to_vec()]);
     }
 
@@ -173,7 +215,7 @@ mod tests {
     fn a_mismatched_key_is_refused_without_quoting_it() {
         let mut bad = cert(&["a.test"]);
         bad.key_pem = cert(&["b.test"]).key_pem;
-        let err = ServerConfigs::build(&config(&[("a", bad.clone())]), None).err().unwrap().to_string();
+        let err = TlsConfigs::build(&config(&[("a", bad.clone())]), None).err().unwrap().to_string();
         assert!(err.contains("listener web: certificate a: the private key does not match"), "{err}");
         assert!(!err.contains("PRIVATE KEY"));
     }

@@ -19,18 +19,7 @@ use crate::state::Shared;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn serve(mut client: TcpStream, listener: &str, shared: &Arc<Shared>, mut phase: watch::Receiver<Phase>) {
-    let mut hello = Vec::with_capacity(2048);
-    let server_name = match tokio::time::timeout(HANDSHAKE_TIMEOUT, client_hello::read(&mut client, &mut hello)).await {
-        Ok(Ok(name)) => name,
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "no usable ClientHello, closing");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!("no ClientHello in time, closing");
-            return;
-        }
-    };
+    let Some((hello, server_name)) = read_hello(&mut client, HANDSHAKE_TIMEOUT).await else { return };
     // Loaded after the hello: the connection routes by the table current when it is routable.
     let Some(installed) = shared.installed.load_full() else { return };
     let Some(cluster) = installed.table.listener(listener).and_then(|l| l.sni_cluster(server_name.as_deref())) else {
@@ -75,5 +64,43 @@ pub async fn serve(mut client: TcpStream, listener: &str, shared: &Arc<Shared>, 
                 }
             }
         }
+    }
+}
+
+/// The bytes of the ClientHello (and whatever followed it in the same reads) and its server name;
+/// `None` when the client sends no usable ClientHello within `limit`.
+async fn read_hello(client: &mut TcpStream, limit: Duration) -> Option<(Vec<u8>, Option<String>)> {
+    let mut hello = Vec::with_capacity(2048);
+    match tokio::time::timeout(limit, client_hello::read(client, &mut hello)).await {
+        Ok(Ok(name)) => Some((hello, name)),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "no usable ClientHello, closing");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("no ClientHello in time, closing");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_silent_or_slow_client_is_given_up_on() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let limit = Duration::from_millis(200);
+        let started = tokio::time::Instant::now();
+        assert!(read_hello(&mut server, limit).await.is_none());
+        assert!(started.elapsed() >= limit && started.elapsed() < Duration::from_secs(5));
+        // Half a record header, then nothing: same.
+        client.write_all(&[22, 3]).await.unwrap();
+        assert!(read_hello(&mut server, limit).await.is_none());
     }
 }

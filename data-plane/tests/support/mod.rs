@@ -172,6 +172,7 @@ pub async fn start_node(cps: Vec<String>, cache_dir: Option<std::path::PathBuf>)
         group: "default".into(),
         admin_addr: "127.0.0.1:0".parse().unwrap(),
         cache_dir,
+        control_plane_tls: None,
     })
     .await
     .unwrap()

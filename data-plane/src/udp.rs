@@ -1,0 +1,274 @@
+//! L4 UDP: per-client sessions. The first datagram from a client address picks an endpoint (by
+//! the cluster's policy; `ring_hash`/`maglev` on the client IP)
+//! and opens a session: its own upstream socket connected to that endpoint, so replies are told
+//! apart by socket and go back to the right client from the listener's address.
+//!
+//! Memory is bounded: at most `max_connections` sessions per listener (default
+//! [`DEFAULT_MAX_SESSIONS`]), each a socket and a small task without a buffer of its own (replies
+//! are read into a per-thread buffer); a session ends after `idle_timeout_ms` (default
+//! [`DEFAULT_IDLE`]) without a datagram either way. UDP is lossy: a datagram that cannot be sent at
+//! once (full socket buffer, session cap reached, no endpoint) is dropped and counted.
+
+use std::cell::RefCell;
+use std::collections::hash_map::{Entry, HashMap};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::l4_stats::{Admitted, L4Stats};
+use crate::listeners::Phase;
+use crate::state::Shared;
+use crate::table::{hash_ip, EndpointGuard};
+
+/// Client sessions per listener when it sets no `max_connections`.
+pub const DEFAULT_MAX_SESSIONS: u32 = 16_384;
+/// Session idle expiry when the listener sets no `idle_timeout_ms`.
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(60);
+/// How often finished sessions are swept from the table.
+const SWEEP: Duration = Duration::from_millis(500);
+const MAX_DATAGRAM: usize = 65_536;
+
+thread_local! {
+    /// Reply buffer shared by every session running on this thread (used without an await).
+    static REPLY_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_DATAGRAM]);
+}
+
+/// Binds `count` UDP sockets to one address with `SO_REUSEPORT` (the kernel keeps a client on one
+/// of them); port 0: the first picks, the rest follow.
+pub fn bind_reuseport(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::UdpSocket>> {
+    let mut out = Vec::with_capacity(count);
+    let mut addr = addr;
+    for _ in 0..count {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+        socket.set_reuse_address(true)?;
+        #[cfg(unix)]
+        socket.set_reuse_port(true)?;
+        socket.bind(&addr.into())?;
+        let udp: std::net::UdpSocket = socket.into();
+        addr = udp.local_addr()?;
+        out.push(udp);
+    }
+    Ok(out)
+}
+
+struct Session {
+    upstream: Arc<UdpSocket>,
+    last_activity: Arc<AtomicU64>,
+    replies: JoinHandle<()>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.replies.abort();
+    }
+}
+
+/// Serves one listening socket until the listener is aborted, or drained and out of sessions.
+pub async fn serve(
+    socket: std::net::UdpSocket,
+    listener: Arc<str>,
+    shared: Arc<Shared>,
+    stats: Arc<L4Stats>,
+    mut phase: watch::Receiver<Phase>,
+) {
+    let socket = match socket.set_nonblocking(true).and_then(|_| UdpSocket::from_std(socket)) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            tracing::error!(listener = %listener, error = %e, "cannot register udp socket");
+            return;
+        }
+    };
+    let start = Instant::now();
+    let mut sessions: HashMap<SocketAddr, Session> = HashMap::new();
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut sweep = tokio::time::interval(SWEEP);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut draining = *phase.borrow() != Phase::Serving;
+    loop {
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => {
+                let (n, client) = match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // ICMP errors from earlier sends surface here on some systems: not fatal.
+                        tracing::debug!(error = %e, "udp receive failed");
+                        continue;
+                    }
+                };
+                stats.bytes_from_clients.fetch_add(n as u64, Ordering::Relaxed);
+                // A session whose reply task ended (idle, refused) is replaced by a fresh one.
+                if sessions.get(&client).is_some_and(|s| s.replies.is_finished()) {
+                    sessions.remove(&client);
+                }
+                let session = match sessions.entry(client) {
+                    Entry::Occupied(o) => o.into_mut(),
+                    Entry::Vacant(v) => {
+                        if draining {
+                            continue;
+                        }
+                        match open(&socket, client, &listener, &shared, &stats, start).await {
+                            Some(s) => v.insert(s),
+                            None => continue,
+                        }
+                    }
+                };
+                session.last_activity.store(elapsed_ms(start), Ordering::Relaxed);
+                // Awaiting only waits for a fresh socket's first writable event: a UDP send
+                // does not block on a full path (the kernel drops instead).
+                if let Err(e) = session.upstream.send(&buf[..n]).await {
+                    tracing::debug!(%client, error = %e, "datagram to upstream failed, ending session");
+                    sessions.remove(&client);
+                }
+            }
+            _ = sweep.tick() => {
+                sessions.retain(|_, s| !s.replies.is_finished());
+                if draining && sessions.is_empty() {
+                    return;
+                }
+            }
+            changed = phase.changed() => {
+                if changed.is_err() || *phase.borrow_and_update() == Phase::Abort {
+                    return;
+                }
+                // Draining: no new sessions; the open ones run until they expire (or the abort).
+                draining = true;
+            }
+        }
+    }
+}
+
+/// Opens a session for a new client: admission, endpoint choice, upstream socket, reply task.
+async fn open(
+    socket: &Arc<UdpSocket>,
+    client: SocketAddr,
+    listener: &str,
+    shared: &Shared,
+    stats: &Arc<L4Stats>,
+    start: Instant,
+) -> Option<Session> {
+    let (guard, idle, admitted) = {
+        let installed = shared.installed.load();
+        let table = installed.as_ref()?.table.listener(listener)?;
+        let cluster = table.cluster()?;
+        let admitted = stats.admit(table.max_connections().unwrap_or(DEFAULT_MAX_SESSIONS))?;
+        // As for tcp: the client IP is the key of ring_hash and maglev, with or without `hash_on`.
+        let guard = cluster.pick_hashed(hash_ip(client.ip()), &[]);
+        let Some(guard) = guard else {
+            stats.no_endpoint.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        (guard, table.idle_timeout().unwrap_or(DEFAULT_IDLE), admitted)
+    };
+    let endpoint = guard.address();
+    let unspecified = match endpoint.ip() {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    let upstream = match UdpSocket::bind((unspecified, 0)).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot open an upstream udp socket");
+            return None;
+        }
+    };
+    if let Err(e) = upstream.connect(endpoint).await {
+        tracing::debug!(%endpoint, error = %e, "udp connect failed");
+        stats.connect_failed(endpoint);
+        return None;
+    }
+    let upstream = Arc::new(upstream);
+    let last_activity = Arc::new(AtomicU64::new(elapsed_ms(start)));
+    let replies = tokio::spawn(replies(
+        upstream.clone(),
+        socket.clone(),
+        client,
+        stats.clone(),
+        Activity { start, last: last_activity.clone(), idle },
+        (guard, admitted),
+    ));
+    tracing::debug!(%client, %endpoint, "udp session opened");
+    Some(Session { upstream, last_activity, replies })
+}
+
+struct Activity {
+    start: Instant,
+    last: Arc<AtomicU64>,
+    idle: Duration,
+}
+
+/// Forwards the endpoint's datagrams to the client until the session idles out or the endpoint
+/// refuses (ICMP port unreachable). Holds the endpoint guard and the admission slot.
+async fn replies(
+    upstream: Arc<UdpSocket>,
+    socket: Arc<UdpSocket>,
+    client: SocketAddr,
+    stats: Arc<L4Stats>,
+    activity: Activity,
+    _held: (EndpointGuard, Admitted),
+) {
+    loop {
+        let deadline = activity.start + Duration::from_millis(activity.last.load(Ordering::Relaxed)) + activity.idle;
+        tokio::select! {
+            ready = upstream.readable() => {
+                if let Err(e) = ready {
+                    tracing::debug!(error = %e, "udp session socket failed");
+                    return;
+                }
+                let mut pending = None;
+                let sent = REPLY_BUF.with(|b| {
+                    let mut b = b.borrow_mut();
+                    let n = match upstream.try_recv(&mut b) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+                        Err(e) => return Err(e),
+                    };
+                    match socket.try_send_to(&b[..n], client) {
+                        Ok(_) => {}
+                        // Not writable yet: this one reply gets its own copy to wait with.
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => pending = Some(b[..n].to_vec()),
+                        Err(e) => tracing::debug!(%client, error = %e, "reply to client dropped"),
+                    }
+                    Ok(n)
+                });
+                if let Some(p) = pending {
+                    if let Err(e) = socket.send_to(&p, client).await {
+                        tracing::debug!(%client, error = %e, "reply to client dropped");
+                    }
+                }
+                match sent {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        stats.bytes_to_clients.fetch_add(n as u64, Ordering::Relaxed);
+                        activity.last.store(elapsed_ms(activity.start), Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "udp endpoint refused, ending session");
+                        if let Ok(peer) = upstream.peer_addr() {
+                            stats.connect_failed(peer);
+                        }
+                        return;
+                    }
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                if Instant::now() >= activity.start + Duration::from_millis(activity.last.load(Ordering::Relaxed)) + activity.idle {
+                    stats.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%client, "udp session idle, closing");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn elapsed_ms(start: Instant) -> u64 {
+    start.elapsed().as_millis() as u64
+}

@@ -1,0 +1,320 @@
+//! L4 TCP through a real node: policies over real connections, half-close, idle timeout,
+//! connection limit, endpoint death, config changes with open connections, listener drain.
+
+mod l4_support;
+mod support;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use l4_support::*;
+use serde_json::{json, Value};
+use sluice_shared::Config;
+use support::{config, eventually, free_addr};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+fn tcp_config(listener: SocketAddr, policy: &str, backends: &[&TaggedEcho], extra: Value) -> Config {
+    let endpoints: Vec<Value> = backends.iter().map(|b| json!({"address": b.addr.to_string()})).collect();
+    let mut l = json!({"address": listener.to_string(), "protocol": "tcp", "cluster": "db"});
+    for (k, v) in extra.as_object().unwrap() {
+        l[k] = v.clone();
+    }
+    config(json!({
+        "clusters": {"db": {"lb_policy": policy, "endpoints": endpoints}},
+        "listeners": {"pg": l},
+    }))
+}
+
+fn source(i: u32) -> Option<IpAddr> {
+    // 127.0.0.0/8 is all loopback on Linux: distinct client IPs without any setup.
+    Some(IpAddr::V4(Ipv4Addr::new(127, 1 + (i / 250) as u8, (i % 250) as u8, 1 + (i % 7) as u8)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_is_exact_over_n_connections() {
+    let bs = [TaggedEcho::start("a").await, TaggedEcho::start("b").await, TaggedEcho::start("c").await];
+    let addr = free_addr();
+    let (_cp, node) = node_with(&tcp_config(addr, "round_robin", &bs.iter().collect::<Vec<_>>(), json!({}))).await;
+    let mut seen = Vec::new();
+    for _ in 0..12 {
+        seen.push(backend_of(addr, None).await);
+    }
+    // Exactly in turn: every backend once per cycle of three, the same order each cycle.
+    assert_eq!(&seen[0..3], &seen[3..6]);
+    assert_eq!(&seen[0..6], &seen[6..12]);
+    let mut first: Vec<&String> = seen[0..3].iter().collect();
+    first.sort();
+    assert_eq!(first, ["a", "b", "c"]);
+    assert!(bs.iter().all(|b| b.accepted() == 4));
+    wait_metric(&node, "sluice_l4_connections_total{listener=\"pg\"}", 12.0).await;
+    // Each greeting ("a\n") is two bytes to a client.
+    wait_metric(&node, "sluice_l4_sent_bytes_total{listener=\"pg\"}", 24.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_request_avoids_endpoints_with_held_connections() {
+    let bs = [TaggedEcho::start("a").await, TaggedEcho::start("b").await, TaggedEcho::start("c").await];
+    let addr = free_addr();
+    let (_cp, node) = node_with(&tcp_config(addr, "least_request", &bs.iter().collect::<Vec<_>>(), json!({}))).await;
+    // Two held connections land on two different endpoints (each the least loaded at the time).
+    let mut held = vec![Conn::open(addr, None).await, Conn::open(addr, None).await];
+    assert_ne!(held[0].backend, held[1].backend);
+    let free: String = ["a", "b", "c"].into_iter().find(|n| held.iter().all(|h| h.backend != *n)).unwrap().into();
+    // Every short connection meanwhile goes to the one endpoint without a held connection.
+    for i in 0..6 {
+        let c = Conn::open(addr, None).await;
+        assert_eq!(c.backend, free, "connection {i}");
+        c.finish().await;
+        wait_metric(&node, "sluice_l4_active_connections{listener=\"pg\"}", 2.0).await;
+    }
+    assert_eq!(held[0].echo("still here").await, "still here");
+    // Holding one on the free endpoint too: a fourth held one goes to one of the others... and
+    // with every endpoint at one, a fifth avoids the one that got the fourth.
+    held.push(Conn::open(addr, None).await);
+    assert_eq!(held[2].backend, free);
+    held.push(Conn::open(addr, None).await);
+    let fifth = Conn::open(addr, None).await;
+    assert_ne!(fifth.backend, held[3].backend);
+}
+
+async fn hash_remapping(policy: &str) {
+    let mut bs = Vec::new();
+    for i in 0..5 {
+        bs.push(TaggedEcho::start(&format!("e{i}")).await);
+    }
+    let addr = free_addr();
+    let all: Vec<&TaggedEcho> = bs.iter().collect();
+    let hashed = json!({"hash_on": {"source_ip": true}});
+    let (cp, _node) = node_with(&tcp_config(addr, policy, &all, hashed.clone())).await;
+    let clients = 200;
+    let mut before = Vec::new();
+    for i in 0..clients {
+        before.push(backend_of(addr, source(i)).await);
+    }
+    // Stable: the same client IP gets the same endpoint again, and the load is spread.
+    for i in 0..20 {
+        assert_eq!(backend_of(addr, source(i)).await, before[i as usize], "client {i} moved without a change");
+    }
+    let mut load: HashMap<&str, usize> = HashMap::new();
+    for b in &before {
+        *load.entry(b.as_str()).or_default() += 1;
+    }
+    assert_eq!(load.len(), 5, "{load:?}");
+    assert!(load.values().all(|&n| n >= clients as usize / 5 / 3), "{load:?}");
+
+    // Remove e4: its clients move, the others (nearly all) stay.
+    apply(&cp, &tcp_config(addr, policy, &all[..4], hashed), 2).await;
+    let mut moved = 0;
+    let mut moved_elsewhere = 0;
+    for i in 0..clients {
+        let now = backend_of(addr, source(i)).await;
+        assert_ne!(now, "e4");
+        if now != before[i as usize] {
+            moved += 1;
+            if before[i as usize] != "e4" {
+                moved_elsewhere += 1;
+            }
+        }
+    }
+    let fraction = f64::from(moved) / f64::from(clients);
+    assert!((0.1..=0.32).contains(&fraction), "{policy}: {moved} of {clients} clients moved");
+    assert!(moved_elsewhere <= clients / 20, "{policy}: {moved_elsewhere} clients of kept endpoints moved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ring_hash_keeps_clients_and_remaps_about_one_in_n() {
+    hash_remapping("ring_hash").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maglev_keeps_clients_and_remaps_about_one_in_n() {
+    hash_remapping("maglev").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_spreads_over_all_endpoints() {
+    let bs = [TaggedEcho::start("a").await, TaggedEcho::start("b").await];
+    let addr = free_addr();
+    let (_cp, _node) = node_with(&tcp_config(addr, "random", &bs.iter().collect::<Vec<_>>(), json!({}))).await;
+    for _ in 0..40 {
+        backend_of(addr, None).await;
+    }
+    assert!(bs.iter().all(|b| b.accepted() >= 5), "{} {}", bs[0].accepted(), bs[1].accepted());
+}
+
+/// A backend that greets, shuts its sending side, then reads the client's bytes to the end and
+/// reports them: half-close in both directions.
+async fn half_close_backend() -> (SocketAddr, tokio::sync::oneshot::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.write_all(b"greeting").await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got).await;
+        let _ = tx.send(String::from_utf8_lossy(&got).into_owned());
+    });
+    (addr, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_passes_through_both_ways() {
+    // Upstream finishes first: the client sees EOF and can still send.
+    let (backend, report) = half_close_backend().await;
+    let addr = free_addr();
+    let cfg = config(json!({
+        "clusters": {"db": {"endpoints": [{"address": backend.to_string()}]}},
+        "listeners": {"pg": {"address": addr.to_string(), "protocol": "tcp", "cluster": "db"}},
+    }));
+    let (_cp, _node) = node_with(&cfg).await;
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    let mut greeting = Vec::new();
+    tokio::time::timeout(IO_TIMEOUT, c.read_to_end(&mut greeting)).await.unwrap().unwrap();
+    assert_eq!(greeting, b"greeting");
+    c.write_all(b"request after the server's FIN").await.unwrap();
+    c.shutdown().await.unwrap();
+    let got = tokio::time::timeout(IO_TIMEOUT, report).await.unwrap().unwrap();
+    assert_eq!(got, "request after the server's FIN");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_half_close_still_gets_the_answer() {
+    // Client finishes first: the backend sees EOF, answers, and the answer arrives.
+    let echo = TaggedEcho::start("e").await;
+    let addr = free_addr();
+    let (_cp, _node) = node_with(&tcp_config(addr, "round_robin", &[&echo], json!({}))).await;
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(b"all of it").await.unwrap();
+    c.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    tokio::time::timeout(IO_TIMEOUT, c.read_to_end(&mut back)).await.unwrap().unwrap();
+    assert_eq!(back, b"e\nall of it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_limit_refuses_extra() {
+    let b = TaggedEcho::start("a").await;
+    let addr = free_addr();
+    let extra = json!({"idle_timeout_ms": 1000, "max_connections": 2});
+    let (_cp, node) = node_with(&tcp_config(addr, "round_robin", &[&b], extra)).await;
+    let mut one = Conn::open(addr, None).await;
+    let mut two = Conn::open(addr, None).await;
+    // A third is over the limit: closed without reaching the backend.
+    let third = Conn::try_open(addr, None).await;
+    assert!(third.is_none(), "third connection got through");
+    assert_eq!(b.accepted(), 2);
+    assert_eq!(metric(&node, "sluice_l4_rejected_total{listener=\"pg\"}").await, 1.0);
+    // Traffic keeps `one` alive past the idle timeout; `two` idles out.
+    // (Ticks every 100 ms against a 1 s timeout: a wide margin on a loaded machine.)
+    for _ in 0..15 {
+        assert_eq!(one.echo("tick").await, "tick");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(two.closed_within(Duration::from_secs(3)).await, "idle connection stayed open");
+    assert!(one.closed_within(Duration::from_secs(3)).await, "idle connection stayed open");
+    wait_metric(&node, "sluice_l4_idle_timeouts_total{listener=\"pg\"}", 2.0).await;
+    wait_metric(&node, "sluice_l4_active_connections{listener=\"pg\"}", 0.0).await;
+    // Slots are free again.
+    let mut again = Conn::open(addr, None).await;
+    assert_eq!(again.echo("x").await, "x");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_death_mid_run_fails_over_to_the_others() {
+    let a = TaggedEcho::start("a").await;
+    let b = TaggedEcho::start("b").await;
+    let addr = free_addr();
+    let (_cp, node) = node_with(&tcp_config(addr, "round_robin", &[&a, &b], json!({}))).await;
+    let mut on_b = loop {
+        let c = Conn::open(addr, None).await;
+        if c.backend == "b" {
+            break c;
+        }
+    };
+    // b dies: its listener closes and its open connections are cut.
+    let b_addr = b.addr;
+    drop(b);
+    // The connection through b is closed by the proxy when b's side ends.
+    assert!(on_b.try_echo("ping").await.is_none() || on_b.closed_within(Duration::from_secs(5)).await);
+    // Every new connection still works: b refuses, the proxy retries a, the client never notices.
+    for i in 0..10 {
+        let c = Conn::try_open(addr, None).await.unwrap_or_else(|| panic!("connection {i} failed"));
+        assert_eq!(c.backend, "a");
+        c.finish().await;
+    }
+    let failures = format!("sluice_l4_connect_failures_total{{listener=\"pg\",endpoint=\"{b_addr}\"}}");
+    assert!(metric(&node, &failures).await >= 1.0, "{}", metrics(&node).await);
+    assert_eq!(metric(&node, "sluice_l4_no_endpoint_total{listener=\"pg\"}").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_changes_keep_open_connections_and_removed_listener_drains() {
+    let a = TaggedEcho::start("a").await;
+    let b = TaggedEcho::start("b").await;
+    let addr = free_addr();
+    let (cp, node) = node_with(&tcp_config(addr, "round_robin", &[&a], json!({"drain_ms": 3000}))).await;
+    let mut open = Conn::open(addr, None).await;
+    assert_eq!(open.backend, "a");
+
+    // a is replaced by b: the open connection to a keeps working, new ones go to b.
+    apply(&cp, &tcp_config(addr, "least_request", &[&b], json!({"drain_ms": 3000})), 2).await;
+    assert_eq!(open.echo("after change").await, "after change");
+    for _ in 0..3 {
+        assert_eq!(backend_of(addr, None).await, "b");
+    }
+    assert_eq!(a.accepted(), 1);
+
+    // The listener goes away: no new connections, the open one runs on during the drain...
+    let mut other = config(json!({"listeners": {}}));
+    other.clusters = tcp_config(addr, "round_robin", &[&b], json!({})).clusters;
+    apply(&cp, &other, 3).await;
+    wait_metric(&node, "sluice_listener_draining{listener=\"pg\"}", 1.0).await;
+    assert_eq!(metric(&node, "sluice_listener_drain_timeout_seconds{listener=\"pg\"}").await, 3.0);
+    eventually("listener closed", || async { TcpStream::connect(addr).await.is_err().then_some(()) }).await;
+    assert_eq!(open.echo("while draining").await, "while draining");
+    // ...and is cut when the drain bound passes.
+    assert!(open.closed_within(Duration::from_secs(8)).await, "drain did not end the connection");
+    wait_metric(&node, "sluice_listener_draining{listener=\"pg\"}", 0.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_reachable_endpoint_closes_the_client_promptly() {
+    // Two endpoints that refuse: both are tried, both counted, and the client is closed at once.
+    let dead: Vec<SocketAddr> = (0..2).map(|_| free_addr()).collect();
+    let addr = free_addr();
+    let eps: Vec<Value> = dead.iter().map(|d| json!({"address": d.to_string()})).collect();
+    let cfg = config(json!({
+        "clusters": {"db": {"endpoints": eps}},
+        "listeners": {"pg": {"address": addr.to_string(), "protocol": "tcp", "cluster": "db"}},
+    }));
+    let (_cp, node) = node_with(&cfg).await;
+    let started = std::time::Instant::now();
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 8];
+    let read = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await.expect("client left open");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    wait_metric(&node, "sluice_l4_no_endpoint_total{listener=\"pg\"}", 1.0).await;
+    for d in &dead {
+        let series = format!("sluice_l4_connect_failures_total{{listener=\"pg\",endpoint=\"{d}\"}}");
+        assert_eq!(metric(&node, &series).await, 1.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hashing_policies_key_on_the_client_ip_without_hash_on() {
+    let bs = [TaggedEcho::start("a").await, TaggedEcho::start("b").await, TaggedEcho::start("c").await];
+    let addr = free_addr();
+    let (_cp, _node) = node_with(&tcp_config(addr, "ring_hash", &bs.iter().collect::<Vec<_>>(), json!({}))).await;
+    let mut used = std::collections::HashSet::new();
+    for i in 0..30 {
+        let first = backend_of(addr, source(i)).await;
+        assert_eq!(backend_of(addr, source(i)).await, first, "client {i}");
+        used.insert(first);
+    }
+    assert_eq!(used.len(), 3);
+}

@@ -1,0 +1,343 @@
+//! https (termination, certificate by SNI, rotation) and tls passthrough (routing by SNI) listeners
+//! of a node fed by a mock control plane. Certificates are generated here; all traffic on loopback.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use serde_json::json;
+use sluice_shared::proto::v1 as pb;
+use sluice_shared::Config;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A self-signed certificate for `names`: (PEM chain, PEM key, DER leaf).
+struct TestCert {
+    cert_pem: String,
+    key_pem: String,
+    der: CertificateDer<'static>,
+}
+
+impl TestCert {
+    fn new(names: &[&str]) -> TestCert {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        TestCert { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().clone() }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({"cert_pem": self.cert_pem, "key_pem": self.key_pem})
+    }
+}
+
+/// Accepts any server certificate: these tests look at which one was presented, not at trust.
+#[derive(Debug)]
+struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn any_cert_client(versions: &[&'static rustls::SupportedProtocolVersion], alpn: &[&[u8]]) -> TlsConnector {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider())))
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    TlsConnector::from(Arc::new(config))
+}
+
+fn trusting_client(root: &CertificateDer<'static>) -> TlsConnector {
+    let mut roots = RootCertStore::empty();
+    roots.add(root.clone()).unwrap();
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
+}
+
+async fn tls_connect(connector: &TlsConnector, addr: SocketAddr, sni: &str) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from(sni.to_string()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp)).await?
+}
+
+fn leaf(s: &TlsStream<TcpStream>) -> CertificateDer<'static> {
+    s.get_ref().1.peer_certificates().unwrap()[0].clone().into_owned()
+}
+
+/// One keep-alive request on an open connection; reads exactly one response (Content-Length body).
+async fn request<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mut S, host: &str) -> RawResponse {
+    s.write_all(format!("GET /hello HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let read = async {
+        loop {
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let r = parse(head);
+                let len: usize = r.headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+                if body.len() >= len {
+                    return parse(&text);
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "connection closed before a whole response");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read).await.expect("a response in time")
+}
+
+fn https_config(listener: SocketAddr, backend: SocketAddr, certs: &[(&str, &TestCert)]) -> Config {
+    let mut cfg = config(json!({
+        "clusters": {"app": {"endpoints": [{"address": backend.to_string()}]}},
+        "listeners": {"web": {"address": listener.to_string(), "protocol": "https",
+                              "certificates": certs.iter().map(|(n, _)| *n).collect::<Vec<_>>()}},
+        "routes": {"app": {"listener": "web", "backends": [{"cluster": "app"}]}}
+    }));
+    for (name, c) in certs {
+        cfg.certificates.insert(name.to_string(), serde_json::from_value(c.json()).unwrap());
+    }
+    cfg
+}
+
+async fn acked(cp: &ControlPlane, revision: u64) {
+    match cp.reply_to(revision).await {
+        pb::node_message::Msg::Ack(_) => {}
+        other => panic!("revision {revision} not acked: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_picks_the_certificate_by_sni_and_forwards_as_https() {
+    let backend = Backend::start("app").await;
+    let default = TestCert::new(&["default.test"]);
+    let exact = TestCert::new(&["api.example.com"]);
+    let wild = TestCert::new(&["*.example.com"]);
+    let addr = free_addr();
+    let cfg = https_config(addr, backend.addr, &[("default", &default), ("exact", &exact), ("wild", &wild)]);
+    let cp = ControlPlane::start(Some(snapshot(&cfg, 1))).await;
+    let node = start_node(vec![cp.url()], None).await;
+    acked(&cp, 1).await;
+
+    let any = any_cert_client(&[&rustls::version::TLS13, &rustls::version::TLS12], &[b"h2", b"http/1.1"]);
+    for (sni, want, what) in [
+        ("api.example.com", &exact, "exact name"),
+        ("API.example.COM", &exact, "exact name, any case"),
+        ("www.example.com", &wild, "wildcard"),
+        ("a.b.example.com", &default, "wildcard is one label deep"),
+        ("other.test", &default, "unknown name"),
+        ("127.0.0.1", &default, "no SNI (an IP address)"),
+    ] {
+        let s = tls_connect(&any, addr, sni).await.unwrap();
+        assert_eq!(leaf(&s), want.der, "{what}: {sni}");
+        assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]), "{what}: ALPN");
+    }
+
+    // A verifying client trusting the exact certificate gets proxied, marked https.
+    let mut s = tls_connect(&trusting_client(&exact.der), addr, "api.example.com").await.unwrap();
+    let r = request(&mut s, "api.example.com").await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+    assert!(r.body.contains("backend=app"), "{}", r.body);
+    assert!(r.body.contains("x-forwarded-proto: https"), "{}", r.body);
+
+    // TLS 1.2 is served too.
+    let tls12 = any_cert_client(&[&rustls::version::TLS12], &[]);
+    let mut s = tls_connect(&tls12, addr, "www.example.com").await.unwrap();
+    assert_eq!(s.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
+    assert_eq!(request(&mut s, "www.example.com").await.status, 200);
+
+    // Plain HTTP on the https port is no request: nothing reaches the backend.
+    let hits = backend.hits();
+    let mut plain = TcpStream::connect(addr).await.unwrap();
+    plain.write_all(b"GET / HTTP/1.1\r\nHost: api.example.com\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut buf)).await.expect("closed");
+    assert!(!String::from_utf8_lossy(&buf).contains("backend=app"));
+    assert_eq!(backend.hits(), hits);
+
+    node.shutdown().await;
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_reaches_new_handshakes_while_an_open_connection_continues() {
+    let backend = Backend::start("app").await;
+    let old = TestCert::new(&["api.example.com"]);
+    let new = TestCert::new(&["api.example.com"]);
+    let addr = free_addr();
+    let cp = ControlPlane::start(Some(snapshot(&https_config(addr, backend.addr, &[("api", &old)]), 1))).await;
+    let node = start_node(vec![cp.url()], None).await;
+    acked(&cp, 1).await;
+
+    let mut held = tls_connect(&trusting_client(&old.der), addr, "api.example.com").await.unwrap();
+    assert_eq!(request(&mut held, "api.example.com").await.status, 200);
+
+    // PUT a new certificate under the same name: revision 2.
+    cp.send_snapshot(snapshot(&https_config(addr, backend.addr, &[("api", &new)]), 2)).await;
+    acked(&cp, 2).await;
+
+    let fresh = tls_connect(&trusting_client(&new.der), addr, "api.example.com").await.unwrap();
+    assert_eq!(leaf(&fresh), new.der);
+    assert!(tls_connect(&trusting_client(&old.der), addr, "api.example.com").await.is_err(), "old certificate served");
+
+    // The connection opened before the rotation keeps its session and keeps serving.
+    assert_eq!(leaf(&held), old.der);
+    for _ in 0..3 {
+        let r = request(&mut held, "api.example.com").await;
+        assert_eq!(r.status, 200, "{}", r.raw);
+    }
+
+    node.shutdown().await;
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_with_a_mismatched_key_is_nacked_and_the_old_one_keeps_serving() {
+    let backend = Backend::start("app").await;
+    let good = TestCert::new(&["api.example.com"]);
+    let addr = free_addr();
+    let cp = ControlPlane::start(Some(snapshot(&https_config(addr, backend.addr, &[("api", &good)]), 1))).await;
+    let node = start_node(vec![cp.url()], None).await;
+    acked(&cp, 1).await;
+
+    let mut bad = TestCert::new(&["api.example.com"]);
+    bad.key_pem = TestCert::new(&["other"]).key_pem;
+    cp.send_snapshot(snapshot(&https_config(addr, backend.addr, &[("api", &bad)]), 2)).await;
+    match cp.reply_to(2).await {
+        pb::node_message::Msg::Nack(n) => {
+            assert!(n.message.contains("key"), "{}", n.message);
+            assert!(!n.message.contains("PRIVATE KEY"), "{}", n.message);
+        }
+        other => panic!("expected a nack: {other:?}"),
+    }
+    let s = tls_connect(&trusting_client(&good.der), addr, "api.example.com").await.unwrap();
+    assert_eq!(leaf(&s), good.der);
+
+    node.shutdown().await;
+    cp.stop().await;
+}
+
+/// A TLS backend that answers every connection with its name, then closes.
+async fn tls_backend(name: &'static str, cert: &TestCert) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let key = PrivateKeyDer::try_from(rcgen::KeyPair::from_pem(&cert.key_pem).unwrap().serialize_der()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der.clone()], key)
+        .unwrap();
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut s) = acceptor.accept(tcp).await {
+                    let _ = s.write_all(format!("backend={name}").as_bytes()).await;
+                    let _ = s.shutdown().await;
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+async fn read_all(mut s: TlsStream<TcpStream>) -> String {
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await.expect("backend answer");
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_routes_by_sni_without_terminating() {
+    let a_cert = TestCert::new(&["a.pass.test"]);
+    let w_cert = TestCert::new(&["*.wild.test"]);
+    let d_cert = TestCert::new(&["default.test"]);
+    let (a, _a) = tls_backend("a", &a_cert).await;
+    let (w, _w) = tls_backend("wild", &w_cert).await;
+    let (d, _d) = tls_backend("default", &d_cert).await;
+    let addr = free_addr();
+    let cfg = config(json!({
+        "clusters": {
+            "a": {"endpoints": [{"address": a.to_string()}]},
+            "wild": {"endpoints": [{"address": w.to_string()}]},
+            "default": {"endpoints": [{"address": d.to_string()}]}
+        },
+        "listeners": {"edge": {"address": addr.to_string(), "protocol": "tls", "cluster": "default",
+                               "sni": {"a.pass.test": "a", "*.wild.test": "wild"}}}
+    }));
+    let cp = ControlPlane::start(Some(snapshot(&cfg, 1))).await;
+    let node = start_node(vec![cp.url()], None).await;
+    acked(&cp, 1).await;
+
+    // Each client verifies the backend's own certificate end to end: the proxy did not terminate.
+    let s = tls_connect(&trusting_client(&a_cert.der), addr, "a.pass.test").await.unwrap();
+    assert_eq!(read_all(s).await, "backend=a");
+    let s = tls_connect(&trusting_client(&w_cert.der), addr, "x.wild.test").await.unwrap();
+    assert_eq!(read_all(s).await, "backend=wild");
+    let s = tls_connect(&trusting_client(&d_cert.der), addr, "default.test").await.unwrap();
+    assert_eq!(read_all(s).await, "backend=default");
+    let s = tls_connect(&any_cert_client(&[&rustls::version::TLS13], &[]), addr, "unknown.test").await.unwrap();
+    assert_eq!(leaf(&s), d_cert.der, "unknown name goes to the default cluster");
+
+    // Not TLS: closed without reaching any backend.
+    let mut plain = TcpStream::connect(addr).await.unwrap();
+    plain.write_all(b"GET / HTTP/1.1\r\nHost: a.pass.test\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut buf)).await.expect("closed");
+    assert!(buf.is_empty());
+
+    node.shutdown().await;
+    cp.stop().await;
+}

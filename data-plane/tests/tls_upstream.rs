@@ -1,0 +1,159 @@
+//! Upstream TLS per cluster: the proxy verifies the backend against the cluster's CA and presents
+//! the cluster's client certificate (mTLS). Certificates are generated here; all on loopback.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+use serde_json::json;
+use sluice_shared::proto::v1 as pb;
+use sluice_shared::Config;
+use support::*;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+struct Pem {
+    cert: String,
+    key: String,
+    der: CertificateDer<'static>,
+}
+
+struct Ca {
+    pem: Pem,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        let cert = params.self_signed(&key).unwrap();
+        let pem = Pem { cert: cert.pem(), key: key.serialize_pem(), der: cert.der().clone() };
+        Ca { pem, issuer: Issuer::new(params, key) }
+    }
+
+    fn leaf(&self, names: &[&str]) -> Pem {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, names[0]);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Pem { cert: cert.pem(), key: key.serialize_pem(), der: cert.der().clone() }
+    }
+}
+
+/// An HTTPS backend that requires a client certificate signed by `client_ca`; counts requests.
+async fn mtls_backend(server: &Pem, client_ca: &Ca) -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let mut roots = RootCertStore::empty();
+    roots.add(client_ca.pem.der.clone()).unwrap();
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build().unwrap();
+    let key = PrivateKeyDer::try_from(KeyPair::from_pem(&server.key).unwrap().serialize_der()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![server.der.clone()], key)
+        .unwrap();
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, counter) = (acceptor.clone(), counter.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let svc = service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    async { Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from("secure")))) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await;
+            });
+        }
+    });
+    (addr, hits, task)
+}
+
+fn config_for(listener: SocketAddr, backend: SocketAddr, tls: serde_json::Value, client: Option<&Pem>) -> Config {
+    let mut cfg = config(json!({
+        "clusters": {"secure": {"endpoints": [{"address": backend.to_string()}], "tls": tls}},
+        "listeners": {"web": {"address": listener.to_string(), "protocol": "http"}},
+        "routes": {"secure": {"listener": "web", "backends": [{"cluster": "secure"}]}}
+    }));
+    if let Some(c) = client {
+        cfg.certificates.insert(
+            "backend-client".into(),
+            serde_json::from_value(json!({"cert_pem": c.cert, "key_pem": c.key})).unwrap(),
+        );
+    }
+    cfg
+}
+
+async fn acked(cp: &ControlPlane, revision: u64) {
+    match cp.reply_to(revision).await {
+        pb::node_message::Msg::Ack(_) => {}
+        other => panic!("revision {revision} not acked: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_mtls_verifies_the_backend_and_presents_the_client_certificate() {
+    let backend_ca = Ca::new("backend CA");
+    let client_ca = Ca::new("client CA");
+    let other_ca = Ca::new("other CA");
+    let server = backend_ca.leaf(&["backend.internal"]);
+    let client = client_ca.leaf(&["sluice-proxy"]);
+    let (backend, hits, _task) = mtls_backend(&server, &client_ca).await;
+    let listener = free_addr();
+
+    // Verified by name, with the client certificate: served.
+    let tls = json!({"ca_pem": backend_ca.pem.cert, "server_name": "backend.internal", "client_certificate": "backend-client"});
+    let cp = ControlPlane::start(Some(snapshot(&config_for(listener, backend, tls, Some(&client)), 1))).await;
+    let node = start_node(vec![cp.url()], None).await;
+    acked(&cp, 1).await;
+    for _ in 0..3 {
+        let r = get(listener, "any", "/").await;
+        assert_eq!((r.status, r.body.as_str()), (200, "secure"), "{}", r.raw);
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
+
+    // Without the client certificate the backend refuses the handshake: 502, nothing served.
+    let tls = json!({"ca_pem": backend_ca.pem.cert, "server_name": "backend.internal"});
+    cp.send_snapshot(snapshot(&config_for(listener, backend, tls, None), 2)).await;
+    acked(&cp, 2).await;
+    assert_eq!(get(listener, "any", "/").await.status, 502);
+
+    // A backend certificate from another CA is not trusted: 502.
+    let tls =
+        json!({"ca_pem": other_ca.pem.cert, "server_name": "backend.internal", "client_certificate": "backend-client"});
+    cp.send_snapshot(snapshot(&config_for(listener, backend, tls, Some(&client)), 3)).await;
+    acked(&cp, 3).await;
+    assert_eq!(get(listener, "any", "/").await.status, 502);
+
+    // The wrong name (the default is the endpoint's IP, not in the certificate): 502.
+    let tls = json!({"ca_pem": backend_ca.pem.cert, "client_certificate": "backend-client"});
+    cp.send_snapshot(snapshot(&config_for(listener, backend, tls, Some(&client)), 4)).await;
+    acked(&cp, 4).await;
+    assert_eq!(get(listener, "any", "/").await.status, 502);
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
+
+    node.shutdown().await;
+    cp.stop().await;
+}

@@ -1,0 +1,152 @@
+//! L4 end to end through the real binary: tcp and udp listeners configured over the REST API
+//! (`sluice dev`), hashing on the client IP, the limits and drain fields, a config change with an
+//! open connection, and `psql` through a tcp listener when a local Postgres answers.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::json;
+use sluice_e2e::{eventually, free_addr, Sluice};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A TCP backend: greets with `name\n`, then echoes.
+async fn tagged_echo(name: &'static str) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        while let Ok((mut s, _)) = listener.accept().await {
+            while conns.try_join_next().is_some() {}
+            conns.spawn(async move {
+                if s.write_all(format!("{name}\n").as_bytes()).await.is_ok() {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// Connects and returns (backend name, connection), or `None` if nothing answered.
+async fn open(addr: SocketAddr) -> Option<(String, BufReader<TcpStream>)> {
+    let s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await.ok()?.ok()?;
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line)).await.ok()?.ok()?;
+    (n > 0).then(|| (line.trim().to_string(), r))
+}
+
+async fn echo(conn: &mut BufReader<TcpStream>, msg: &str) -> Option<String> {
+    conn.get_mut().write_all(msg.as_bytes()).await.ok()?;
+    let mut buf = vec![0u8; msg.len()];
+    tokio::time::timeout(Duration::from_secs(5), conn.read_exact(&mut buf)).await.ok()?.ok()?;
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_and_udp_listeners_over_the_api() {
+    let dev = Sluice::dev(BIN, &[]).await;
+    let api = dev.api();
+    let (a, _ta) = tagged_echo("a").await;
+    let (b, _tb) = tagged_echo("b").await;
+    let udp_backend = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let udp_addr = udp_backend.local_addr().unwrap();
+    let _tu = tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        while let Ok((n, from)) = udp_backend.recv_from(&mut buf).await {
+            let reply = [b"udp:".as_slice(), &buf[..n]].concat();
+            let _ = udp_backend.send_to(&reply, from).await;
+        }
+    });
+
+    let replicas =
+        json!({"lb_policy": "maglev", "endpoints": [{"address": a.to_string()}, {"address": b.to_string()}]});
+    api.put("clusters", "replicas", replicas).await;
+    api.put("clusters", "dns", json!({"endpoints": [{"address": udp_addr.to_string()}]})).await;
+    let tcp = free_addr();
+    let db = json!({"address": tcp.to_string(), "protocol": "tcp", "cluster": "replicas",
+        "hash_on": {"source_ip": true}, "idle_timeout_ms": 60000, "max_connections": 100, "drain_ms": 2000});
+    api.put("listeners", "db", db).await;
+    let udp = loop {
+        let a = free_addr();
+        if std::net::UdpSocket::bind(a).is_ok() {
+            break a;
+        }
+    };
+    api.put("listeners", "resolver", json!({"address": udp.to_string(), "protocol": "udp", "cluster": "dns"})).await;
+    let (_, got) = api.get("/v1/listeners/db").await;
+    assert_eq!((got["max_connections"].as_u64(), got["drain_ms"].as_u64()), (Some(100), Some(2000)), "{got}");
+
+    // One client IP, one endpoint (maglev on the source IP).
+    let (first, mut held) = eventually(WAIT, "the tcp listener", || open(tcp)).await;
+    for _ in 0..5 {
+        let (name, _c) = open(tcp).await.expect("tcp through the listener");
+        assert_eq!(name, first);
+    }
+    // UDP round trip.
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let reply = eventually(WAIT, "a udp reply", || {
+        let client = &client;
+        async move {
+            client.send_to(b"ping", udp).await.ok()?;
+            let mut buf = [0u8; 64];
+            let n = tokio::time::timeout(Duration::from_millis(500), client.recv(&mut buf)).await.ok()?.ok()?;
+            Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+        }
+    })
+    .await;
+    assert_eq!(reply, "udp:ping");
+
+    // The held connection's endpoint leaves the cluster: it keeps working, new ones go elsewhere.
+    let (other, other_name) = if first == "a" { (b, "b") } else { (a, "a") };
+    api.put("clusters", "replicas", json!({"lb_policy": "maglev", "endpoints": [{"address": other.to_string()}]}))
+        .await;
+    eventually(WAIT, "new connections on the remaining endpoint", || async {
+        let (name, _c) = open(tcp).await?;
+        (name == other_name).then_some(())
+    })
+    .await;
+    assert_eq!(echo(&mut held, "still open").await.as_deref(), Some("still open"));
+
+    // /metrics of the dev node reports the L4 counters.
+    let metrics =
+        reqwest::get(format!("http://{}/metrics", dev.admin_addr.unwrap())).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("sluice_l4_connections_total{listener=\"db\"}"), "{metrics}");
+    assert!(metrics.contains("sluice_l4_connections_total{listener=\"resolver\"} 1"), "{metrics}");
+
+    // A real database through a tcp listener, when the local Postgres answers.
+    let pg: SocketAddr = "127.0.0.1:5432".parse().unwrap();
+    if TcpStream::connect(pg).await.is_err() {
+        eprintln!("SKIPPED: no Postgres at {pg}");
+        return;
+    }
+    api.put("clusters", "pg", json!({"endpoints": [{"address": pg.to_string()}]})).await;
+    let pg_listener = free_addr();
+    api.put("listeners", "pg", json!({"address": pg_listener.to_string(), "protocol": "tcp", "cluster": "pg"})).await;
+    let out = eventually(WAIT, "psql through the listener", || async {
+        let out = tokio::process::Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pg_listener.port().to_string(),
+                "-U",
+                "postgres",
+                "-Atc",
+                "select 1",
+                "test",
+            ])
+            .env("PGCONNECT_TIMEOUT", "5")
+            .output()
+            .await
+            .ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    })
+    .await;
+    assert_eq!(out, "1");
+}
