@@ -10,6 +10,7 @@ use sluice_shared::proto::v1 as pb;
 use sluice_shared::{Config, Revision, ValidationError};
 
 use crate::cache::SnapshotCache;
+use crate::health::HealthCheckers;
 use crate::listeners::{BindError, Listeners};
 use crate::state::{Installed, Shared};
 use crate::table::{compile, CompileError, Table};
@@ -34,11 +35,13 @@ pub struct Installer {
     shared: Arc<Shared>,
     listeners: Listeners,
     cache: Option<SnapshotCache>,
+    /// Active health checks of the installed table's clusters.
+    health: HealthCheckers,
 }
 
 impl Installer {
     pub fn new(shared: Arc<Shared>, cache: Option<SnapshotCache>) -> Installer {
-        Installer { shared, listeners: Listeners::new(), cache }
+        Installer { shared, listeners: Listeners::new(), cache, health: HealthCheckers::default() }
     }
 
     /// Boots from the cached snapshot if there is a valid one; a bad one is logged and ignored.
@@ -76,7 +79,9 @@ impl Installer {
         let bound = self.listeners.bind(&plan)?;
 
         let stats = self.shared.metrics.index(&table);
-        self.shared.installed.store(Some(Arc::new(Installed { revision, table, stats, tls })));
+        let installed = Arc::new(Installed { revision, table, stats, tls });
+        self.health.sync(&installed.table, &installed.tls);
+        self.shared.installed.store(Some(installed));
         self.listeners.stop(&plan.remove);
         self.listeners.start(bound, &self.shared);
 
@@ -107,6 +112,7 @@ impl Installer {
     }
 
     pub async fn shutdown(&mut self, grace: Duration) {
+        self.health.stop_all();
         self.listeners.shutdown(grace).await;
     }
 }

@@ -9,6 +9,7 @@
 
 mod admin;
 mod cache;
+mod health;
 mod http;
 mod install;
 mod l4_stats;

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::table::Table;
+use crate::table::{ClusterLb, Table};
 
 /// Upper bounds of the upstream latency histogram, in seconds.
 const LATENCY_BUCKETS: [f64; 14] =
@@ -83,6 +83,8 @@ struct Registry {
     responses: BTreeMap<(String, String), Arc<ResponseCounts>>,
     latency: BTreeMap<String, Arc<Latency>>,
     connections: BTreeMap<String, Arc<ConnectionCounts>>,
+    /// The installed table's clusters, for the endpoint health gauges (replaced on each install).
+    clusters: Vec<Arc<ClusterLb>>,
 }
 
 #[derive(Default)]
@@ -138,6 +140,8 @@ impl Metrics {
         for (name, _) in table.clusters() {
             index.clusters.insert(name.to_string(), reg.latency.entry(name.to_string()).or_default().clone());
         }
+        reg.clusters = table.clusters().map(|(_, c)| c.clone()).collect();
+        reg.clusters.sort_by(|a, b| a.name().cmp(b.name()));
         index
     }
 
@@ -234,9 +238,43 @@ impl Metrics {
             header(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {v}");
         }
+        render_endpoints(&mut out, &reg.clusters);
         drop(reg);
         self.l4.render(&mut out);
         out
+    }
+}
+
+/// Endpoint health of the installed table (active checks and outlier ejection).
+fn render_endpoints(out: &mut String, clusters: &[Arc<ClusterLb>]) {
+    type Gauge = fn(&crate::table::EndpointState) -> u64;
+    let series: [(&str, &str, &str, Gauge); 4] = [
+        (
+            "sluice_endpoint_healthy",
+            "gauge",
+            "1 while the endpoint takes new traffic (passes health checks, not ejected).",
+            |e| u64::from(e.is_healthy()),
+        ),
+        ("sluice_endpoint_ejected", "gauge", "1 while outlier detection ejects the endpoint.", |e| {
+            u64::from(e.is_ejected())
+        }),
+        ("sluice_endpoint_ejections_total", "counter", "Outlier ejections of the endpoint.", |e| e.ejections_total()),
+        (
+            "sluice_endpoint_active_requests",
+            "gauge",
+            "Requests (L7) or connections (L4) in flight to the endpoint.",
+            |e| e.active() as u64,
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        header(out, name, kind, help);
+        for c in clusters {
+            let cluster = esc(c.name());
+            for e in c.endpoints() {
+                let v = value(&e.state);
+                let _ = writeln!(out, "{name}{{cluster=\"{cluster}\",endpoint=\"{}\"}} {v}", e.state.address());
+            }
+        }
     }
 }
 

@@ -91,10 +91,15 @@ pub async fn connect(cluster: &ClusterLb, key: Option<u64>, stats: &L4Stats) -> 
         let addr = endpoint.address();
         let budget = deadline.saturating_duration_since(Instant::now()).min(CONNECT_TRY_TIMEOUT);
         match tokio::time::timeout(budget, TcpStream::connect(addr)).await {
-            Ok(Ok(upstream)) => return Some((upstream, endpoint)),
+            Ok(Ok(upstream)) => {
+                cluster.record_outcome(&endpoint, false);
+                return Some((upstream, endpoint));
+            }
             Ok(Err(e)) => tracing::debug!(%addr, error = %e, "upstream connect failed"),
             Err(_) => tracing::debug!(%addr, "upstream connect timed out"),
         }
+        // Passive outlier detection counts connect failures (L4 sees no status codes).
+        cluster.record_outcome(&endpoint, true);
         stats.connect_failed(addr);
         if Instant::now() >= deadline {
             return None;

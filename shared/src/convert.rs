@@ -60,6 +60,7 @@ pub fn cluster_to_pb(name: &str, c: &Cluster) -> pb::Cluster {
             .outlier_detection
             .as_ref()
             .map(|o| pb::OutlierDetection { consecutive_failures: o.consecutive_failures, ejection_ms: o.ejection_ms }),
+        panic_mode: c.panic_mode,
     }
 }
 
@@ -257,6 +258,7 @@ pub fn cluster_from_pb(c: pb::Cluster) -> Result<Cluster> {
         outlier_detection: c
             .outlier_detection
             .map(|o| OutlierDetection { consecutive_failures: o.consecutive_failures, ejection_ms: o.ejection_ms }),
+        panic_mode: c.panic_mode,
         tls: c.tls.map(|t| UpstreamTls {
             ca_pem: t.ca_pem,
             server_name: Some(t.server_name).filter(|s| !s.is_empty()),

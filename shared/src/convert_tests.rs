@@ -18,7 +18,7 @@ fn full() -> Config {
             "api",
             r#"{"lb_policy":"least_request","endpoints":[{"address":"127.0.0.1:9001","weight":3},{"address":"[::1]:9002"}],
             "health_check":{"http":{"path":"/healthz","expected_status":204},"interval_ms":1000,"timeout_ms":500},
-            "outlier_detection":{"consecutive_failures":3,"ejection_ms":1000}}"#,
+            "outlier_detection":{"consecutive_failures":3,"ejection_ms":1000},"panic_mode":true}"#,
         ),
         ("db", r#"{"lb_policy":"maglev","endpoints":[{"address":"127.0.0.1:5432"}],"health_check":{"tcp":{}}}"#),
         ("web", r#"{"lb_policy":"ring_hash"}"#),

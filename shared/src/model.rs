@@ -45,6 +45,10 @@ pub struct Cluster {
     pub health_check: Option<HealthCheck>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
+    /// When no endpoint is healthy (health checks, outlier ejection), spread over all of them
+    /// rather than answer 503. Off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub panic_mode: bool,
     /// TLS to the endpoints for HTTP(S) routes; `None`: plaintext. (`tcp` and `tls` listeners
     /// forward the client's bytes as they are.)
     #[serde(default, skip_serializing_if = "Option::is_none")]

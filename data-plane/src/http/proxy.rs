@@ -133,6 +133,7 @@ async fn forward(
                 if let Some(h) = latency {
                     h.observe(started.elapsed());
                 }
+                cluster.record_outcome(&endpoint, resp.status().is_server_error());
                 if resp.status().is_server_error() && can_retry(RetryOn::Status5xx) {
                     tried.push(addr);
                     attempt += 1;
@@ -153,6 +154,9 @@ async fn forward(
             }
             Ok(Err(e)) => {
                 let what = if e.is_connect() { RetryOn::ConnectFailure } else { RetryOn::Reset };
+                if what == RetryOn::ConnectFailure {
+                    cluster.record_outcome(&endpoint, true);
+                }
                 tracing::debug!(route = route.name(), %addr, error = %e, "upstream request failed");
                 if can_retry(what) {
                     tried.push(addr);

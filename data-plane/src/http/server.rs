@@ -25,6 +25,9 @@ pub fn builder() -> http1::Builder {
         // A refused head ends the stream early (see guard.rs); with half-close hyper still finishes
         // and answers the requests before it.
         .half_close(true)
+        // Heads and small bodies are copied into one buffer and written with one `write`: cheaper
+        // than queuing them for `writev` (hyper's default on sockets).
+        .writev(false)
         .max_headers(super::head::MAX_HEADERS);
     b
 }

@@ -163,7 +163,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (sender, conn) =
-        http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(UpstreamError::Handshake)?;
+        http1::Builder::new().writev(false).handshake(TokioIo::new(stream)).await.map_err(UpstreamError::Handshake)?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(%addr, error = %e, "upstream connection ended with an error");

@@ -11,6 +11,7 @@ use sluice_shared::Config;
 use super::index::RouteIndex;
 use super::lb::{ClusterLb, EndpointState, LbEndpoint};
 use super::matcher::Conditions;
+use super::outlier::OutlierPolicy;
 use super::route::{RetryPolicy, RouteEntry, RouteStats, WeightedBackend};
 use super::sni::SniMap;
 use super::{CompileError, ListenerTable, Table};
@@ -104,7 +105,8 @@ fn compile_cluster(name: &str, c: &Cluster, previous: Option<&Arc<ClusterLb>>) -
         let state = old.get(&address).map(|s| Arc::clone(s)).unwrap_or_else(|| Arc::new(EndpointState::new(address)));
         endpoints.push(LbEndpoint { state, weight: e.weight });
     }
-    Ok(ClusterLb::new(name, c.lb_policy, endpoints))
+    let outlier = c.outlier_detection.as_ref().map(OutlierPolicy::from);
+    Ok(ClusterLb::new(name, c.lb_policy, endpoints).with_health(c.health_check.clone(), outlier, c.panic_mode))
 }
 
 fn compile_route(

@@ -6,38 +6,63 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use sluice_shared::model::LbPolicy;
+use sluice_shared::model::{HealthCheck, LbPolicy};
 
 use super::hash::HashIndex;
+use super::outlier::{max_ejected, OutlierPolicy, OutlierState};
 
 /// Live state of one endpoint of one cluster. Compile hands the same `Arc` to the next revision
 /// while the cluster name and address stay, so health and counters survive config changes.
 #[derive(Debug)]
 pub struct EndpointState {
     address: SocketAddr,
+    /// The active health checks' verdict (see `health/`).
     healthy: AtomicBool,
     active: AtomicUsize,
+    /// Passive outlier detection (see `outlier.rs`).
+    outlier: OutlierState,
 }
 
 impl EndpointState {
     /// New endpoints start healthy (DESIGN §3).
     pub fn new(address: SocketAddr) -> EndpointState {
-        EndpointState { address, healthy: AtomicBool::new(true), active: AtomicUsize::new(0) }
+        EndpointState {
+            address,
+            healthy: AtomicBool::new(true),
+            active: AtomicUsize::new(0),
+            outlier: OutlierState::default(),
+        }
     }
 
     pub fn address(&self) -> SocketAddr {
         self.address
     }
 
+    /// Usable for new traffic: passing its health checks and not ejected as an outlier.
     pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed) && !self.outlier.is_ejected(self.address)
+    }
+
+    /// Set by the active health checks; unhealthy endpoints are skipped by `pick`.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    /// The active health checks' verdict alone (true without health checks).
+    pub fn passes_health_checks(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    /// Set by health checking and outlier detection; unhealthy endpoints are skipped by `pick`.
-    pub fn set_healthy(&self, healthy: bool) {
-        self.healthy.store(healthy, Ordering::Relaxed);
+    /// Ejected by outlier detection right now.
+    pub fn is_ejected(&self) -> bool {
+        self.outlier.is_ejected(self.address)
+    }
+
+    /// Outlier ejections since the endpoint was first configured.
+    pub fn ejections_total(&self) -> u64 {
+        self.outlier.ejections_total()
     }
 
     /// Requests (L7) or connections (L4) in flight, counted by [`EndpointGuard`]s.
@@ -100,6 +125,12 @@ pub struct ClusterLb {
     counter: AtomicU64,
     /// `ring_hash` and `maglev` only (see `hash.rs`).
     hash: Option<HashIndex>,
+    health_check: Option<HealthCheck>,
+    outlier: Option<OutlierPolicy>,
+    /// No healthy endpoint: pick among all of them instead of none.
+    panic_mode: bool,
+    /// Serializes ejection decisions so that the cap holds under concurrent failures.
+    ejecting: Mutex<()>,
 }
 
 impl fmt::Debug for ClusterLb {
@@ -127,7 +158,64 @@ impl ClusterLb {
             LbPolicy::Maglev => Some(HashIndex::maglev(&endpoints)),
             _ => None,
         };
-        ClusterLb { name: name.into(), policy, endpoints, cumulative, schedule, counter: AtomicU64::new(0), hash }
+        ClusterLb {
+            name: name.into(),
+            policy,
+            endpoints,
+            cumulative,
+            schedule,
+            counter: AtomicU64::new(0),
+            hash,
+            health_check: None,
+            outlier: None,
+            panic_mode: false,
+            ejecting: Mutex::new(()),
+        }
+    }
+
+    /// Adds the cluster's health settings: active checks (run by `health/`), outlier detection and
+    /// panic mode.
+    pub fn with_health(
+        mut self,
+        health_check: Option<HealthCheck>,
+        outlier: Option<OutlierPolicy>,
+        panic_mode: bool,
+    ) -> ClusterLb {
+        self.health_check = health_check;
+        self.outlier = outlier;
+        self.panic_mode = panic_mode;
+        self
+    }
+
+    /// The active health check configured for this cluster, if any.
+    pub fn health_check(&self) -> Option<&HealthCheck> {
+        self.health_check.as_ref()
+    }
+
+    /// Passive outlier detection: the proxy reports each upstream exchange of an endpoint it
+    /// picked from this cluster. `failed`: a connect failure or a 5xx answer. Enough failures in
+    /// a row eject the endpoint, unless the cluster already has its share of ejected endpoints.
+    /// A no-op without `outlier_detection`; one relaxed load on a success.
+    pub fn record_outcome(&self, endpoint: &EndpointState, failed: bool) {
+        let Some(policy) = &self.outlier else { return };
+        if !failed {
+            endpoint.outlier.record_success();
+            return;
+        }
+        if !endpoint.outlier.record_failure(policy) {
+            return;
+        }
+        let _one_at_a_time = self.ejecting.lock().unwrap_or_else(|e| e.into_inner());
+        if endpoint.outlier.is_ejected(endpoint.address) {
+            return;
+        }
+        let ejected = self.endpoints.iter().filter(|e| e.state.is_ejected()).count();
+        if ejected >= max_ejected(self.endpoints.len()) {
+            tracing::debug!(cluster = %self.name, endpoint = %endpoint.address, "outlier not ejected: cluster at its cap");
+            return;
+        }
+        let d = endpoint.outlier.eject(policy);
+        tracing::info!(cluster = %self.name, endpoint = %endpoint.address, ejection_ms = d.as_millis() as u64, "outlier ejected");
     }
 
     pub fn name(&self) -> &str {
@@ -169,11 +257,21 @@ impl ClusterLb {
                 .find(|&i| usable(i)),
         };
         // Many unusable endpoints: scan from a random start so the leftovers share the load.
-        let picked = picked.or_else(|| {
-            let n = self.endpoints.len();
-            let start = random_below(n as u64) as usize;
-            (0..n).map(|k| (start + k) % n).find(|&i| usable(i))
-        })?;
+        let n = self.endpoints.len();
+        let picked = picked
+            .or_else(|| {
+                let start = random_below(n as u64) as usize;
+                (0..n).map(|k| (start + k) % n).find(|&i| usable(i))
+            })
+            .or_else(|| {
+                // Panic mode: nothing healthy, so health is ignored rather than answering 503.
+                if !self.panic_mode {
+                    return None;
+                }
+                let any =
+                    |i: usize| self.endpoints[i].weight > 0 && !exclude.contains(&self.endpoints[i].state.address);
+                (0..PICK_TRIES).map(|_| self.weighted_random()).find(|&i| any(i)).or_else(|| (0..n).find(|&i| any(i)))
+            })?;
         Some(EndpointGuard::new(&self.endpoints[picked].state))
     }
 

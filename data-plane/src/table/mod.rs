@@ -1,4 +1,4 @@
-//! Route table: compile + lookup + load balancing (owner D). Pure: no I/O, no tasks.
+//! Route table: compile + lookup + load balancing. Pure: no I/O, no tasks.
 //!
 //! # API (what the proxy runtime uses)
 //!
@@ -21,6 +21,8 @@
 //! hash_ip(IpAddr) -> u64; hash_bytes(&[u8]) -> u64                    keys: source IP; header/cookie value
 //! EndpointGuard: Deref<Target = EndpointState>; counts one active request until dropped
 //! EndpointState::{address, is_healthy, set_healthy, active}
+//! ClusterLb::record_outcome(&self, &EndpointState, failed: bool)        passive outlier detection
+//! ClusterLb::health_check(&self) -> Option<&HealthCheck>                 active checks (`health/`)
 //! RouteStats::{record_request, record_response(status), requests, responses(class)}
 //! normalize_host(&str) -> Cow<str>                                      Host header -> RequestView::host
 //! ```
@@ -54,6 +56,7 @@ mod hash;
 mod index;
 mod lb;
 mod matcher;
+mod outlier;
 mod request;
 mod route;
 mod sni;
@@ -76,6 +79,7 @@ use sluice_shared::Revision;
 pub use compile::compile;
 pub use hash::{hash_bytes, hash_ip};
 pub use lb::{ClusterLb, EndpointGuard, EndpointState, LbEndpoint};
+pub use outlier::{max_ejected, OutlierPolicy};
 pub use request::{normalize_host, RequestView};
 pub use route::{RetryPolicy, RouteEntry, RouteStats, WeightedBackend};
 
