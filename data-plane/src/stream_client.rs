@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use sluice_shared::proto::v1 as pb;
 use sluice_shared::proto::v1::config_discovery_client::ConfigDiscoveryClient;
-use tokio::sync::{mpsc, watch, Mutex};
+use tokio::sync::{mpsc, watch, Mutex, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
+use crate::health::report;
 use crate::install::Installer;
 use crate::node::ControlPlaneTls;
 use crate::state::Shared;
@@ -106,6 +107,21 @@ impl StreamClient {
         send(&tx, pb::node_message::Msg::Hello(hello)).await?;
         let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
         tracing::info!(control_plane = %endpoint.uri(), "config stream open");
+        // Endpoint health goes up the same stream, after the Hello; it ends with the stream.
+        let installed = Notify::new();
+        tokio::select! {
+            r = self.serve(&mut inbound, &tx, &installed, progressed) => r,
+            () = report::run(self.shared.clone(), tx.clone(), &installed) => Err(SessionError::SendClosed),
+        }
+    }
+
+    async fn serve(
+        &self,
+        inbound: &mut tonic::Streaming<pb::ServerMessage>,
+        tx: &mpsc::Sender<pb::NodeMessage>,
+        installed: &Notify,
+        progressed: &mut bool,
+    ) -> Result<(), SessionError> {
         while let Some(msg) = inbound.message().await? {
             *progressed = true;
             match msg.msg {
@@ -113,7 +129,10 @@ impl StreamClient {
                     let (revision, nonce) = (snapshot.revision, snapshot.nonce.clone());
                     let mut installer = self.installer.lock().await;
                     let reply = match installer.install(snapshot, true).await {
-                        Ok(()) => pb::node_message::Msg::Ack(pb::Ack { revision, nonce }),
+                        Ok(()) => {
+                            installed.notify_one();
+                            pb::node_message::Msg::Ack(pb::Ack { revision, nonce })
+                        }
                         Err(e) => {
                             installer.rejected();
                             tracing::warn!(revision, error = %e, "snapshot refused, previous config keeps serving");
@@ -121,7 +140,7 @@ impl StreamClient {
                         }
                     };
                     drop(installer);
-                    send(&tx, reply).await?;
+                    send(tx, reply).await?;
                 }
                 Some(pb::server_message::Msg::Advance(a)) => {
                     tracing::debug!(revision = a.revision, "revision advanced without changes");

@@ -5,6 +5,7 @@
 
 mod audit;
 mod auth;
+mod cluster_health;
 mod error;
 mod nodes;
 mod resources;

@@ -88,7 +88,10 @@ impl Spec for Certificate {
 }
 
 pub(super) fn routes(router: Router<Shared>) -> Router<Shared> {
-    let router = kind::<Cluster>(router);
+    // A cluster read also shows its endpoints' health as the nodes report it.
+    let router = router
+        .route("/v1/clusters", get(list::<Cluster>))
+        .route("/v1/clusters/{name}", get(get_cluster).put(put_one::<Cluster>).delete(delete_one::<Cluster>));
     let router = kind::<Listener>(router);
     let router = kind::<Certificate>(router);
     kind::<Route>(router).route("/v1/routes/{name}/weights", post(set_weights))
@@ -142,6 +145,21 @@ async fn get_one<T: Spec>(
     let state = app.store.state();
     let spec = T::all(&state.config).get(&name).ok_or_else(|| not_found(T::KIND, &name))?;
     Ok(with_etag(StatusCode::OK, state.revision, spec.view(&name, None)?))
+}
+
+/// `GET /v1/clusters/{name}`: the spec, each endpoint with a `health` object (see `cluster_health`).
+async fn get_cluster(
+    State(app): State<Shared>,
+    caller: Extension<Caller>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    caller.permit(Action::Read)?;
+    let name = name(path)?;
+    let state = app.store.state();
+    let spec = state.config.clusters.get(&name).ok_or_else(|| not_found(Kind::Cluster, &name))?;
+    let mut value = spec.view(&name, None)?;
+    super::cluster_health::add_endpoint_health(&app.store, &state.config, &name, &mut value).await?;
+    Ok(with_etag(StatusCode::OK, state.revision, value))
 }
 
 async fn put_one<T: Spec>(

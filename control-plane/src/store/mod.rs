@@ -6,11 +6,12 @@
 //! Each committed [`State`] is published on a watch channel; readers never touch the database.
 //!
 //! Beside the config, and outside its revisions: API tokens (`tokens`, read on every request so a
-//! revocation holds at once) and the audit log (`audit`).
+//! revocation holds at once), the audit log (`audit`) and the endpoint health nodes report (`health`).
 
 mod audit;
 mod change;
 mod db;
+mod health;
 #[cfg(test)]
 pub(crate) mod testdb;
 #[cfg(test)]
@@ -32,6 +33,7 @@ use crate::nodes::NodeRecord;
 
 pub use audit::AuditEntry;
 pub use db::Backend;
+pub use health::{EndpointHealth, HealthUpdate};
 pub use tokens::{Scope, TokenRecord};
 
 /// One committed revision of the whole config. Immutable; shared as `Arc<State>`.

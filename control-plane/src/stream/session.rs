@@ -4,12 +4,15 @@
 //! Coalescing falls out of the single in-flight snapshot: while one is out, new revisions are not
 //! looked at; after its ACK/NACK the session builds from the newest state only.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sluice_shared::proto::v1 as pb;
 use sluice_shared::proto::v1::node_message::Msg as NodeMsg;
 use sluice_shared::proto::v1::server_message::Msg as ServerMsg;
+use sluice_shared::proto::MAX_HEALTH_REPORT_ENDPOINTS;
 use sluice_shared::validate::is_valid_name;
 use sluice_shared::Revision;
 use tokio::sync::mpsc;
@@ -18,7 +21,7 @@ use tonic::{Status, Streaming};
 use super::wire::Outgoing;
 use super::{SessionGuard, Shared};
 use crate::nodes::NodeRecord;
-use crate::store::State;
+use crate::store::{EndpointHealth, HealthUpdate, State};
 
 const MAX_NODE_ID: usize = 128;
 /// NACK messages are stored and shown to operators; a node cannot make us store megabytes.
@@ -57,6 +60,8 @@ struct Session {
     in_flight: Option<InFlight>,
     last_nack: Option<(Revision, String)>,
     generation: u64,
+    /// The endpoint health stored for this node by this stream; `None` until its first report lands.
+    health: Option<BTreeMap<String, Vec<EndpointHealth>>>,
 }
 
 /// Runs one node stream to its end, then records the node as disconnected.
@@ -88,6 +93,7 @@ pub(crate) async fn run(guard: SessionGuard, mut inbound: Streaming<pb::NodeMess
     tracing::info!(reason = %end, acked = session.acked, "node stream ended");
     if !matches!(end, End::Superseded) {
         session.write_status(false).await;
+        session.clear_health().await;
     }
     drop(guard);
 }
@@ -153,6 +159,7 @@ impl Session {
             acked: reported,
             in_flight: None,
             generation,
+            health: None,
         };
         // Refused content stays refused across reconnects (and restarts, while it is current).
         if let Some((nack_rev, _)) = session.last_nack.as_ref().filter(|(r, _)| *r > reported) {
@@ -161,6 +168,8 @@ impl Session {
             }
         }
         session.write_status(true).await;
+        // Rows left by a stream that ended without cleaning up (a replica that died) are not news.
+        session.clear_health().await;
         session
     }
 
@@ -260,6 +269,7 @@ impl Session {
                 self.last_nack = Some((f.revision, truncate(n.message, MAX_NACK_MESSAGE)));
                 self.write_status(true).await;
             }
+            Some(NodeMsg::Health(report)) => self.record_health(report).await,
             Some(NodeMsg::Hello(_)) => return Err(End::Protocol("Hello sent twice on one stream".into())),
             // A message kind newer than this server: ignore it rather than drop the node.
             None => tracing::debug!("empty or unknown message ignored"),
@@ -289,6 +299,44 @@ impl Session {
 
     fn superseded(&self) -> bool {
         self.shared.with_node(&self.node_id, |m| m.generation != self.generation)
+    }
+
+    /// Stores what changed since the node's previous report. An oversized or malformed report is
+    /// logged and ignored (the node keeps its stream); a store error makes the next report a full one.
+    async fn record_health(&mut self, report: pb::HealthReport) {
+        let clusters = match health_by_cluster(report.endpoints) {
+            Ok(c) => c,
+            Err(why) => {
+                tracing::warn!(revision = report.revision, %why, "health report ignored");
+                return;
+            }
+        };
+        if self.superseded() {
+            return;
+        }
+        let update = health_update(self.health.as_ref(), &clusters);
+        if update.is_empty() {
+            return;
+        }
+        match self.shared.store.update_node_health(&self.node_id, &update).await {
+            Ok(()) => {
+                tracing::debug!(revision = report.revision, changed = update.put.len(), "endpoint health recorded");
+                self.health = Some(clusters);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record endpoint health");
+                self.health = None;
+            }
+        }
+    }
+
+    async fn clear_health(&self) {
+        if self.superseded() {
+            return;
+        }
+        if let Err(e) = self.shared.store.clear_node_health(&self.node_id).await {
+            tracing::warn!(error = %e, "cannot clear endpoint health");
+        }
     }
 
     /// Writes the node's status; a store error is logged, the stream goes on.
@@ -328,6 +376,49 @@ async fn hash_at(shared: &Shared, group: &str, revision: Revision, state: &Arc<S
     None
 }
 
+/// A report's endpoints grouped by cluster, each cluster's sorted by address; an error names what
+/// is wrong with the report (too large, a bad cluster name or address).
+fn health_by_cluster(endpoints: Vec<pb::EndpointHealth>) -> Result<BTreeMap<String, Vec<EndpointHealth>>, String> {
+    if endpoints.len() > MAX_HEALTH_REPORT_ENDPOINTS {
+        return Err(format!("{} endpoints, at most {MAX_HEALTH_REPORT_ENDPOINTS} are accepted", endpoints.len()));
+    }
+    let mut clusters: BTreeMap<String, Vec<EndpointHealth>> = BTreeMap::new();
+    for e in endpoints {
+        if !is_valid_name(&e.cluster) {
+            return Err(format!("{:?} is not a cluster name", truncate(e.cluster, 64)));
+        }
+        let Ok(address) = e.address.parse::<SocketAddr>() else {
+            return Err(format!("{:?} is not an IP:port address", truncate(e.address, 64)));
+        };
+        let entry = EndpointHealth { address: address.to_string(), healthy: e.healthy, ejected: e.ejected };
+        clusters.entry(e.cluster).or_default().push(entry);
+    }
+    for list in clusters.values_mut() {
+        list.sort_by(|a, b| a.address.cmp(&b.address));
+        list.dedup_by(|a, b| a.address == b.address);
+    }
+    Ok(clusters)
+}
+
+/// The writes that turn `stored` (`None`: unknown, replace everything) into `report`.
+fn health_update(
+    stored: Option<&BTreeMap<String, Vec<EndpointHealth>>>,
+    report: &BTreeMap<String, Vec<EndpointHealth>>,
+) -> HealthUpdate {
+    let Some(stored) = stored else {
+        return HealthUpdate {
+            replace_all: true,
+            put: report.iter().map(|(c, e)| (c.clone(), e.clone())).collect(),
+            removed: Vec::new(),
+        };
+    };
+    HealthUpdate {
+        replace_all: false,
+        put: report.iter().filter(|(c, e)| stored.get(*c) != Some(*e)).map(|(c, e)| (c.clone(), e.clone())).collect(),
+        removed: stored.keys().filter(|c| !report.contains_key(*c)).cloned().collect(),
+    }
+}
+
 fn truncate(mut s: String, max: usize) -> String {
     if s.len() > max {
         let mut cut = max;
@@ -341,4 +432,42 @@ fn truncate(mut s: String, max: usize) -> String {
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(cluster: &str, address: &str, healthy: bool) -> pb::EndpointHealth {
+        pb::EndpointHealth { cluster: cluster.into(), address: address.into(), healthy, ejected: false }
+    }
+
+    #[test]
+    fn health_updates_write_only_changed_clusters() {
+        let first = health_by_cluster(vec![
+            ep("a", "127.0.0.1:2", true),
+            ep("a", "127.0.0.1:1", true),
+            ep("b", "127.0.0.1:3", true),
+        ])
+        .unwrap();
+        assert_eq!(first["a"][0].address, "127.0.0.1:1", "sorted by address");
+        let full = health_update(None, &first);
+        assert!(full.replace_all);
+        assert_eq!(full.put.len(), 2);
+        assert!(health_update(Some(&first), &first).is_empty());
+
+        let second = health_by_cluster(vec![ep("a", "127.0.0.1:1", false), ep("a", "127.0.0.1:2", true)]).unwrap();
+        let update = health_update(Some(&first), &second);
+        assert!(!update.replace_all);
+        assert_eq!(update.put.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>(), ["a"]);
+        assert_eq!(update.removed, ["b"]);
+    }
+
+    #[test]
+    fn bad_health_reports_are_refused() {
+        assert!(health_by_cluster(vec![ep("Bad Name", "127.0.0.1:1", true)]).is_err());
+        assert!(health_by_cluster(vec![ep("a", "localhost:1", true)]).is_err());
+        let many = (0..=MAX_HEALTH_REPORT_ENDPOINTS).map(|i| ep("a", &format!("127.0.0.1:{}", i % 60000 + 1), true));
+        assert!(health_by_cluster(many.collect()).is_err());
+    }
 }

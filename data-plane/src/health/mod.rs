@@ -8,6 +8,7 @@
 //! at a random offset within the interval so that a fleet of nodes does not probe in lockstep.
 
 mod probe;
+pub mod report;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
