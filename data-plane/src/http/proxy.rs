@@ -2,8 +2,11 @@
 //! forwarding headers, the upstream exchange with its timeout and retries, and the answer.
 
 use std::convert::Infallible;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -12,6 +15,7 @@ use http::{Request, Response, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use sluice_shared::model::RetryOn;
+use tokio::time::Sleep;
 
 use super::body::ProxyBody;
 use super::errors::ProxyError;
@@ -41,15 +45,54 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::PROXY_AUTHORIZATION,
 ];
 
-pub async fn handle(req: Request<Incoming>, conn: Arc<ConnCtx>) -> Result<Response<ProxyBody>, Infallible> {
+/// One downstream connection, with what its requests share.
+pub struct Downstream {
+    pub ctx: Arc<ConnCtx>,
+    /// The client's address as an `x-forwarded-for` value: formatted once per connection.
+    peer_ip: HeaderValue,
+    /// The route timeout of the request in flight (HTTP/1.1: one at a time). One timer per
+    /// connection, moved forward for each request: a later deadline is a lock-free update of the
+    /// registered timer, where a `timeout_at` per request inserted and removed a timer entry.
+    deadline: Mutex<Pin<Box<Sleep>>>,
+}
+
+impl Downstream {
+    pub fn new(ctx: Arc<ConnCtx>) -> Downstream {
+        let peer_ip = HeaderValue::try_from(ctx.peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+        let deadline = Mutex::new(Box::pin(tokio::time::sleep(DEFAULT_TIMEOUT)));
+        Downstream { ctx, peer_ip, deadline }
+    }
+
+    /// Runs `exchange` until it ends or `deadline` passes (`None`).
+    async fn within<F: Future>(&self, deadline: tokio::time::Instant, exchange: F) -> Option<F::Output> {
+        self.timer().as_mut().reset(deadline);
+        let mut exchange = std::pin::pin!(exchange);
+        poll_fn(|cx| {
+            if let Poll::Ready(out) = exchange.as_mut().poll(cx) {
+                return Poll::Ready(Some(out));
+            }
+            self.timer().as_mut().poll(cx).map(|()| None)
+        })
+        .await
+    }
+
+    fn timer(&self) -> std::sync::MutexGuard<'_, Pin<Box<Sleep>>> {
+        // Never held across an await or a panic point: a poisoned lock still holds a valid timer.
+        self.deadline.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub async fn handle(req: Request<Incoming>, down: Arc<Downstream>) -> Result<Response<ProxyBody>, Infallible> {
+    let conn = &down.ctx;
     // The table is loaded once and kept until this request is answered, whatever is installed meanwhile.
     let Some(installed) = conn.shared.installed.load_full() else {
         return Ok(answer(&conn.shared.metrics.unrouted, ProxyError::NotReady));
     };
-    Ok(route_and_forward(req, &conn, &installed).await)
+    Ok(route_and_forward(req, &down, &installed).await)
 }
 
-async fn route_and_forward(req: Request<Incoming>, conn: &ConnCtx, installed: &Installed) -> Response<ProxyBody> {
+async fn route_and_forward(req: Request<Incoming>, down: &Downstream, installed: &Installed) -> Response<ProxyBody> {
+    let conn = &*down.ctx;
     let unrouted = &conn.shared.metrics.unrouted;
     let Some(listener) = installed.table.listener(&conn.listener) else {
         return answer(unrouted, ProxyError::NoRoute);
@@ -74,22 +117,23 @@ async fn route_and_forward(req: Request<Incoming>, conn: &ConnCtx, installed: &I
     route.stats().record_request();
     let cluster = route.pick_cluster();
     let counts = installed.stats.responses(route.name(), cluster.name()).unwrap_or(unrouted);
-    let resp = forward(req, conn, installed, route, cluster, counts).await;
+    let resp = forward(req, down, installed, route, cluster, counts).await;
     route.stats().record_response(resp.status().as_u16());
     resp
 }
 
 async fn forward(
     req: Request<Incoming>,
-    conn: &ConnCtx,
+    down: &Downstream,
     installed: &Installed,
     route: &RouteEntry,
     cluster: &Arc<ClusterLb>,
     counts: &ResponseCounts,
 ) -> Response<ProxyBody> {
+    let conn = &*down.ctx;
     let (mut parts, body) = req.into_parts();
-    prepare_headers(&mut parts.headers, parts.uri.authority(), conn);
-    let uri = origin_form(parts.uri);
+    prepare_headers(&mut parts.headers, parts.uri.authority(), down);
+    let mut uri = origin_form(parts.uri);
 
     let policy = route.retries();
     // A retry needs the request again: only bodyless requests can be replayed.
@@ -109,13 +153,20 @@ async fn forward(
         };
         let addr = endpoint.address();
         let mut upstream = Request::new(body.take().unwrap_or(ProxyBody::Empty));
-        *upstream.method_mut() = parts.method.clone();
-        *upstream.uri_mut() = uri.clone();
         *upstream.version_mut() = Version::HTTP_11;
-        *upstream.headers_mut() = match &retry_head {
-            Some(h) => h.clone(),
-            None => std::mem::take(&mut parts.headers),
-        };
+        // Without retries there is one attempt: the head moves to it instead of being copied.
+        match &retry_head {
+            Some(h) => {
+                *upstream.method_mut() = parts.method.clone();
+                *upstream.uri_mut() = uri.clone();
+                *upstream.headers_mut() = h.clone();
+            }
+            None => {
+                *upstream.method_mut() = std::mem::take(&mut parts.method);
+                *upstream.uri_mut() = std::mem::take(&mut uri);
+                *upstream.headers_mut() = std::mem::take(&mut parts.headers);
+            }
+        }
         if !upstream.headers().contains_key(header::HOST) {
             // An HTTP/1.0 client may send no Host; HTTP/1.1 to the endpoint needs one.
             if let Ok(v) = HeaderValue::try_from(addr.to_string()) {
@@ -124,12 +175,12 @@ async fn forward(
         }
         let started = Instant::now();
         let can_retry = |what: RetryOn| attempt < retries && policy.is_some_and(|p| p.retries_on(what));
-        match tokio::time::timeout_at(deadline, conn.shared.client.request(addr, upstream_tls, upstream)).await {
-            Err(_) => {
+        match down.within(deadline, conn.shared.client.request(addr, upstream_tls, upstream)).await {
+            None => {
                 tracing::debug!(route = route.name(), %addr, "upstream timeout");
                 return answer(counts, ProxyError::UpstreamTimeout);
             }
-            Ok(Ok((resp, lease))) => {
+            Some(Ok((resp, lease))) => {
                 if let Some(h) = latency {
                     h.observe(started.elapsed());
                 }
@@ -152,7 +203,7 @@ async fn forward(
                 let body = ProxyBody::Upstream { body: incoming, endpoint: Some(endpoint), lease };
                 return Response::from_parts(head, body);
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 let what = if e.is_connect() { RetryOn::ConnectFailure } else { RetryOn::Reset };
                 if what == RetryOn::ConnectFailure {
                     cluster.record_outcome(&endpoint, true);
@@ -190,13 +241,13 @@ fn origin_form(uri: Uri) -> Uri {
 }
 
 /// Hop-by-hop headers out, forwarding headers in.
-fn prepare_headers(headers: &mut HeaderMap, authority: Option<&Authority>, conn: &ConnCtx) {
+fn prepare_headers(headers: &mut HeaderMap, authority: Option<&Authority>, down: &Downstream) {
     strip_hop_by_hop(headers);
+    let conn = &*down.ctx;
 
-    let ip = conn.peer.ip().to_string();
     let mut prior = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok());
     let xff = match prior.next() {
-        None => ip,
+        None => Some(down.peer_ip.clone()),
         Some(first) => {
             let mut v = first.to_string();
             for p in prior {
@@ -204,11 +255,11 @@ fn prepare_headers(headers: &mut HeaderMap, authority: Option<&Authority>, conn:
                 v.push_str(p);
             }
             v.push_str(", ");
-            v.push_str(&ip);
-            v
+            v.push_str(down.peer_ip.to_str().unwrap_or_default());
+            HeaderValue::try_from(v).ok()
         }
     };
-    if let Ok(v) = HeaderValue::try_from(xff) {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(conn.scheme));

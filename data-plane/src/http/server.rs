@@ -41,7 +41,8 @@ where
     let io = GuardedIo::new(stream, move |reject| {
         metrics_conn.shared.metrics.unrouted.record(reject.status());
     });
-    let svc = service_fn(move |req| super::proxy::handle(req, conn.clone()));
+    let down = Arc::new(super::proxy::Downstream::new(conn));
+    let svc = service_fn(move |req| super::proxy::handle(req, down.clone()));
     let served = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(served);
     let mut draining = false;
