@@ -96,7 +96,8 @@ impl StreamClient {
     async fn session(&self, endpoint: &Endpoint, progressed: &mut bool) -> Result<(), SessionError> {
         let channel = endpoint.connect().await?;
         // A large group snapshot (tens of thousands of routes) exceeds tonic's 4 MiB default.
-        let mut client = ConfigDiscoveryClient::new(channel).max_decoding_message_size(sluice_shared::proto::MAX_MESSAGE_SIZE);
+        let mut client =
+            ConfigDiscoveryClient::new(channel).max_decoding_message_size(sluice_shared::proto::MAX_MESSAGE_SIZE);
         let (tx, rx) = mpsc::channel::<pb::NodeMessage>(4);
         let hello = pb::Hello {
             node_id: self.node_id.clone(),
