@@ -2,17 +2,16 @@
 //! client certificate is refused), and an https listener fed by REST certificates (SNI selection,
 //! wildcard, default, rotation with a connection held open). Certificates are generated here.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use serde_json::json;
 use sluice_e2e::l7::{wait_acked, Backend};
+use sluice_e2e::tls::{
+    any_cert_client_config, peer_leaf as leaf, self_signed, tls_connect as connect, trusting_client as trusting, Ca,
+    Pem,
+};
 use sluice_e2e::{eventually, free_addr, Api, Sluice};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -21,52 +20,6 @@ use tokio_rustls::TlsConnector;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const WAIT: Duration = Duration::from_secs(60);
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-struct Pem {
-    cert: String,
-    key: String,
-    der: CertificateDer<'static>,
-}
-
-/// A CA, and leaves it signs.
-struct Ca {
-    pem: Pem,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-        let cert = params.self_signed(&key).unwrap();
-        let pem = Pem { cert: cert.pem(), key: key.serialize_pem(), der: cert.der().clone() };
-        Ca { pem, issuer: Issuer::new(params, key) }
-    }
-
-    fn leaf(&self, names: &[&str]) -> Pem {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, names.first().copied().unwrap_or("client"));
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Pem { cert: cert.pem(), key: key.serialize_pem(), der: cert.der().clone() }
-    }
-}
-
-fn self_signed(names: &[&str]) -> Pem {
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    Pem { cert: cert.pem(), key: key.serialize_pem(), der: cert.der().clone() }
-}
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let p: PathBuf = dir.join(name);
@@ -201,74 +154,8 @@ fn tempfile_dir() -> sluice_e2e::l7::TempDir {
     sluice_e2e::l7::tempdir()
 }
 
-/// Accepts any server certificate: the test looks at which one is presented.
-#[derive(Debug)]
-struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AnyServerCert {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 fn any_cert_client() -> TlsConnector {
-    let config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider())))
-        .with_no_client_auth();
-    TlsConnector::from(Arc::new(config))
-}
-
-fn trusting(root: &CertificateDer<'static>) -> TlsConnector {
-    let mut roots = RootCertStore::empty();
-    roots.add(root.clone()).unwrap();
-    let config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    TlsConnector::from(Arc::new(config))
-}
-
-async fn connect(c: &TlsConnector, addr: SocketAddr, sni: &str) -> std::io::Result<TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(addr).await?;
-    tokio::time::timeout(Duration::from_secs(10), c.connect(ServerName::try_from(sni.to_string()).unwrap(), tcp))
-        .await?
-}
-
-fn leaf(s: &TlsStream<TcpStream>) -> CertificateDer<'static> {
-    s.get_ref().1.peer_certificates().unwrap()[0].clone().into_owned()
+    TlsConnector::from(Arc::new(any_cert_client_config(rustls::DEFAULT_VERSIONS, &[])))
 }
 
 /// One request on a kept-alive connection; the body (the backend answers `NAME\n` with a length).
@@ -299,7 +186,7 @@ async fn get(s: &mut TlsStream<TcpStream>, host: &str) -> (u16, String) {
 }
 
 async fn put_certificate(rest: &Api, name: &str, pem: &Pem) -> u64 {
-    rest.put("certificates", name, json!({"cert_pem": pem.cert, "key_pem": pem.key})).await
+    rest.put("certificates", name, pem.json()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,10 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::PrivateKeyDer;
 use serde_json::json;
+use sluice_e2e::tls::{
+    any_cert_client_config, peer_leaf as leaf, provider, self_signed, tls_connect, trusting_client, Pem,
+};
 use sluice_shared::proto::v1 as pb;
 use sluice_shared::Config;
 use support::*;
@@ -19,99 +20,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// A self-signed certificate for `names`: (PEM chain, PEM key, DER leaf).
-struct TestCert {
-    cert_pem: String,
-    key_pem: String,
-    der: CertificateDer<'static>,
-}
-
-impl TestCert {
-    fn new(names: &[&str]) -> TestCert {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        TestCert { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().clone() }
-    }
-
-    fn json(&self) -> serde_json::Value {
-        json!({"cert_pem": self.cert_pem, "key_pem": self.key_pem})
-    }
-}
-
-/// Accepts any server certificate: these tests look at which one was presented, not at trust.
-#[derive(Debug)]
-struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AnyServerCert {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 fn any_cert_client(versions: &[&'static rustls::SupportedProtocolVersion], alpn: &[&[u8]]) -> TlsConnector {
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(versions)
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider())))
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    TlsConnector::from(Arc::new(config))
-}
-
-fn trusting_client(root: &CertificateDer<'static>) -> TlsConnector {
-    let mut roots = RootCertStore::empty();
-    roots.add(root.clone()).unwrap();
-    let config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    TlsConnector::from(Arc::new(config))
-}
-
-async fn tls_connect(connector: &TlsConnector, addr: SocketAddr, sni: &str) -> std::io::Result<TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(addr).await?;
-    let name = ServerName::try_from(sni.to_string()).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp)).await?
-}
-
-fn leaf(s: &TlsStream<TcpStream>) -> CertificateDer<'static> {
-    s.get_ref().1.peer_certificates().unwrap()[0].clone().into_owned()
+    TlsConnector::from(Arc::new(any_cert_client_config(versions, alpn)))
 }
 
 /// One keep-alive request on an open connection; reads exactly one response (Content-Length body).
@@ -137,7 +47,7 @@ async fn request<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mu
     tokio::time::timeout(Duration::from_secs(10), read).await.expect("a response in time")
 }
 
-fn https_config(listener: SocketAddr, backend: SocketAddr, certs: &[(&str, &TestCert)]) -> Config {
+fn https_config(listener: SocketAddr, backend: SocketAddr, certs: &[(&str, &Pem)]) -> Config {
     let mut cfg = config(json!({
         "clusters": {"app": {"endpoints": [{"address": backend.to_string()}]}},
         "listeners": {"web": {"address": listener.to_string(), "protocol": "https",
@@ -160,9 +70,9 @@ async fn acked(cp: &ControlPlane, revision: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_picks_the_certificate_by_sni_and_forwards_as_https() {
     let backend = Backend::start("app").await;
-    let default = TestCert::new(&["default.test"]);
-    let exact = TestCert::new(&["api.example.com"]);
-    let wild = TestCert::new(&["*.example.com"]);
+    let default = self_signed(&["default.test"]);
+    let exact = self_signed(&["api.example.com"]);
+    let wild = self_signed(&["*.example.com"]);
     let addr = free_addr();
     let cfg = https_config(addr, backend.addr, &[("default", &default), ("exact", &exact), ("wild", &wild)]);
     let cp = ControlPlane::start(Some(snapshot(&cfg, 1))).await;
@@ -212,8 +122,8 @@ async fn https_picks_the_certificate_by_sni_and_forwards_as_https() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_reaches_new_handshakes_while_an_open_connection_continues() {
     let backend = Backend::start("app").await;
-    let old = TestCert::new(&["api.example.com"]);
-    let new = TestCert::new(&["api.example.com"]);
+    let old = self_signed(&["api.example.com"]);
+    let new = self_signed(&["api.example.com"]);
     let addr = free_addr();
     let cp = ControlPlane::start(Some(snapshot(&https_config(addr, backend.addr, &[("api", &old)]), 1))).await;
     let node = start_node(vec![cp.url()], None).await;
@@ -244,14 +154,14 @@ async fn rotation_reaches_new_handshakes_while_an_open_connection_continues() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_with_a_mismatched_key_is_nacked_and_the_old_one_keeps_serving() {
     let backend = Backend::start("app").await;
-    let good = TestCert::new(&["api.example.com"]);
+    let good = self_signed(&["api.example.com"]);
     let addr = free_addr();
     let cp = ControlPlane::start(Some(snapshot(&https_config(addr, backend.addr, &[("api", &good)]), 1))).await;
     let node = start_node(vec![cp.url()], None).await;
     acked(&cp, 1).await;
 
-    let mut bad = TestCert::new(&["api.example.com"]);
-    bad.key_pem = TestCert::new(&["other"]).key_pem;
+    let mut bad = self_signed(&["api.example.com"]);
+    bad.key = self_signed(&["other"]).key;
     cp.send_snapshot(snapshot(&https_config(addr, backend.addr, &[("api", &bad)]), 2)).await;
     match cp.reply_to(2).await {
         pb::node_message::Msg::Nack(n) => {
@@ -268,8 +178,8 @@ async fn a_snapshot_with_a_mismatched_key_is_nacked_and_the_old_one_keeps_servin
 }
 
 /// A TLS backend that answers every connection with its name, then closes.
-async fn tls_backend(name: &'static str, cert: &TestCert) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let key = PrivateKeyDer::try_from(rcgen::KeyPair::from_pem(&cert.key_pem).unwrap().serialize_der()).unwrap();
+async fn tls_backend(name: &'static str, cert: &Pem) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let key = PrivateKeyDer::try_from(rcgen::KeyPair::from_pem(&cert.key).unwrap().serialize_der()).unwrap();
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -301,9 +211,9 @@ async fn read_all(mut s: TlsStream<TcpStream>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passthrough_routes_by_sni_without_terminating() {
-    let a_cert = TestCert::new(&["a.pass.test"]);
-    let w_cert = TestCert::new(&["*.wild.test"]);
-    let d_cert = TestCert::new(&["default.test"]);
+    let a_cert = self_signed(&["a.pass.test"]);
+    let w_cert = self_signed(&["*.wild.test"]);
+    let d_cert = self_signed(&["default.test"]);
     let (a, _a) = tls_backend("a", &a_cert).await;
     let (w, _w) = tls_backend("wild", &w_cert).await;
     let (d, _d) = tls_backend("default", &d_cert).await;

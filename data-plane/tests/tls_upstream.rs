@@ -11,52 +11,17 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rcgen::KeyPair;
+use rustls::pki_types::PrivateKeyDer;
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 use serde_json::json;
+use sluice_e2e::tls::{provider, Ca, Pem};
 use sluice_shared::proto::v1 as pb;
 use sluice_shared::Config;
 use support::*;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-struct Pem {
-    cert: String,
-    key: String,
-    der: CertificateDer<'static>,
-}
-
-struct Ca {
-    pem: Pem,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-        let cert = params.self_signed(&key).unwrap();
-        let pem = Pem { cert: cert.pem(), key: key.serialize_pem(), der: cert.der().clone() };
-        Ca { pem, issuer: Issuer::new(params, key) }
-    }
-
-    fn leaf(&self, names: &[&str]) -> Pem {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, names[0]);
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Pem { cert: cert.pem(), key: key.serialize_pem(), der: cert.der().clone() }
-    }
-}
 
 /// An HTTPS backend that requires a client certificate signed by `client_ca`; counts requests.
 async fn mtls_backend(server: &Pem, client_ca: &Ca) -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
@@ -98,10 +63,7 @@ fn config_for(listener: SocketAddr, backend: SocketAddr, tls: serde_json::Value,
         "routes": {"secure": {"listener": "web", "backends": [{"cluster": "secure"}]}}
     }));
     if let Some(c) = client {
-        cfg.certificates.insert(
-            "backend-client".into(),
-            serde_json::from_value(json!({"cert_pem": c.cert, "key_pem": c.key})).unwrap(),
-        );
+        cfg.certificates.insert("backend-client".into(), serde_json::from_value(c.json()).unwrap());
     }
     cfg
 }

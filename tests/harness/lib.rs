@@ -7,6 +7,7 @@ pub mod api;
 pub mod backends;
 pub mod l7;
 pub mod process;
+pub mod tls;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
