@@ -18,8 +18,8 @@ pub enum ProxyBody {
     /// A request body streamed from the client.
     Incoming(Incoming),
     /// A response body streamed from an endpoint; the guard counts the request as active on that
-    /// endpoint until the body is finished or dropped. The body drives the upstream connection
-    /// while it streams; the connection goes back to the pool when the body ends (dropped unfinished, it is closed: it cannot carry another exchange).
+    /// endpoint until the body is finished or dropped. The connection goes back to the pool when
+    /// the body ends (dropped unfinished, it is closed: it cannot carry another exchange).
     Upstream { body: Incoming, endpoint: Option<EndpointGuard>, lease: Option<Lease> },
 }
 
@@ -39,15 +39,7 @@ impl Body for ProxyBody {
             ProxyBody::Static(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Incoming(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Upstream { body, endpoint, lease } => {
-                let mut polled = Pin::new(&mut *body).poll_frame(cx);
-                if polled.is_pending() {
-                    // The connection's I/O runs here, in the downstream connection's task: it
-                    // reads the bytes this body waits for (the poll above asked for them).
-                    if let Some(l) = lease {
-                        l.poll_driver(cx);
-                        polled = Pin::new(&mut *body).poll_frame(cx);
-                    }
-                }
+                let polled = Pin::new(&mut *body).poll_frame(cx);
                 let over = match &polled {
                     Poll::Ready(None) => true,
                     // hyper stops polling once `is_end_stream` says the body is over (a

@@ -2,11 +2,8 @@
 //! forwarding headers, the upstream exchange with its timeout and retries, and the answer.
 
 use std::convert::Infallible;
-use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::Poll;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -15,7 +12,6 @@ use http::{Request, Response, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use sluice_shared::model::RetryOn;
-use tokio::time::Sleep;
 
 use super::body::ProxyBody;
 use super::errors::ProxyError;
@@ -50,35 +46,12 @@ pub struct Downstream {
     pub ctx: Arc<ConnCtx>,
     /// The client's address as an `x-forwarded-for` value: formatted once per connection.
     peer_ip: HeaderValue,
-    /// The route timeout of the request in flight (HTTP/1.1: one at a time). One timer per
-    /// connection, moved forward for each request: a later deadline is a lock-free update of the
-    /// registered timer, where a `timeout_at` per request inserted and removed a timer entry.
-    deadline: Mutex<Pin<Box<Sleep>>>,
 }
 
 impl Downstream {
     pub fn new(ctx: Arc<ConnCtx>) -> Downstream {
         let peer_ip = HeaderValue::try_from(ctx.peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
-        let deadline = Mutex::new(Box::pin(tokio::time::sleep(DEFAULT_TIMEOUT)));
-        Downstream { ctx, peer_ip, deadline }
-    }
-
-    /// Runs `exchange` until it ends or `deadline` passes (`None`).
-    async fn within<F: Future>(&self, deadline: tokio::time::Instant, exchange: F) -> Option<F::Output> {
-        self.timer().as_mut().reset(deadline);
-        let mut exchange = std::pin::pin!(exchange);
-        poll_fn(|cx| {
-            if let Poll::Ready(out) = exchange.as_mut().poll(cx) {
-                return Poll::Ready(Some(out));
-            }
-            self.timer().as_mut().poll(cx).map(|()| None)
-        })
-        .await
-    }
-
-    fn timer(&self) -> std::sync::MutexGuard<'_, Pin<Box<Sleep>>> {
-        // Never held across an await or a panic point: a poisoned lock still holds a valid timer.
-        self.deadline.lock().unwrap_or_else(|e| e.into_inner())
+        Downstream { ctx, peer_ip }
     }
 }
 
@@ -175,12 +148,12 @@ async fn forward(
         }
         let started = Instant::now();
         let can_retry = |what: RetryOn| attempt < retries && policy.is_some_and(|p| p.retries_on(what));
-        match down.within(deadline, conn.shared.client.request(addr, upstream_tls, upstream)).await {
-            None => {
+        match tokio::time::timeout_at(deadline, conn.shared.client.request(addr, upstream_tls, upstream)).await {
+            Err(_) => {
                 tracing::debug!(route = route.name(), %addr, "upstream timeout");
                 return answer(counts, ProxyError::UpstreamTimeout);
             }
-            Some(Ok((resp, lease))) => {
+            Ok(Ok((resp, lease))) => {
                 if let Some(h) = latency {
                     h.observe(started.elapsed());
                 }
@@ -203,7 +176,7 @@ async fn forward(
                 let body = ProxyBody::Upstream { body: incoming, endpoint: Some(endpoint), lease };
                 return Response::from_parts(head, body);
             }
-            Some(Err(e)) => {
+            Ok(Err(e)) => {
                 let what = if e.is_connect() { RetryOn::ConnectFailure } else { RetryOn::Reset };
                 if what == RetryOn::ConnectFailure {
                     cluster.record_outcome(&endpoint, true);

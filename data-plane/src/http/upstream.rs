@@ -3,25 +3,19 @@
 //! Each worker thread keeps its own idle connections per endpoint address, so a checkout or a
 //! return takes no lock and spawns nothing (hyper_util's legacy client locks a shared pool twice
 //! and spawns a task per request to return the connection). A connection goes back to the pool of
-//! the thread that finishes its response body. No connection has a task of its own: its I/O is
-//! driven by the exchange that holds it (the downstream connection's task), first while the
-//! request is sent and the response head awaited, then by the response body; an idle one is not
-//! driven at all, and one the endpoint closed meanwhile is found out when checked out. A request that could not be written on a
+//! the thread that finishes its response body; a connection closed by the endpoint while idle is
+//! noticed by its hyper task and skipped at checkout. A request that could not be written on a
 //! pooled connection (it closed meanwhile) is sent again on another one, as hyper's client does.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper::client::conn::{http1, TrySendError};
+use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -63,79 +57,16 @@ pub fn client() -> UpstreamClient {
     UpstreamClient::default()
 }
 
-/// A hyper client connection's I/O driver, polled inline by whoever holds the connection (the
-/// downstream connection's task) instead of by a task of its own: each exchange then costs no
-/// task wake-up and poll on the way out and none on the way back.
-type Driver = Pin<Box<dyn Future<Output = Result<(), hyper::Error>> + Send>>;
-
-/// One upstream connection: the handle requests are sent through and its driver. The driver is
-/// `None` once it has finished (the connection is closed).
-struct Conn {
-    sender: SendRequest<ProxyBody>,
-    driver: Option<Driver>,
-}
-
-impl Conn {
-    /// Drives the connection's I/O; returns whether it is still open.
-    fn poll_driver(&mut self, cx: &mut Context<'_>) -> bool {
-        if let Some(d) = &mut self.driver {
-            if let Poll::Ready(res) = d.as_mut().poll(cx) {
-                if let Err(e) = res {
-                    tracing::debug!(error = %e, "upstream connection ended with an error");
-                }
-                self.driver = None;
-            }
-        }
-        self.driver.is_some()
-    }
-
-    /// Waits until the connection can take a request; `false` if it closed instead.
-    async fn ready(&mut self) -> bool {
-        poll_fn(|cx| {
-            if !self.poll_driver(cx) {
-                return Poll::Ready(false);
-            }
-            self.sender.poll_ready(cx).map(|r| r.is_ok())
-        })
-        .await
-    }
-
-    /// Sends `req` and waits for the response head, driving the connection meanwhile.
-    async fn send(&mut self, req: Request<ProxyBody>) -> Result<Response<Incoming>, TrySendError<Request<ProxyBody>>> {
-        let mut response = std::pin::pin!(self.sender.try_send_request(req));
-        let driver = &mut self.driver;
-        poll_fn(|cx| {
-            // A finished driver fails the pending exchange, so the response future still resolves.
-            if let Some(d) = driver {
-                if let Poll::Ready(res) = d.as_mut().poll(cx) {
-                    if let Err(e) = res {
-                        tracing::debug!(error = %e, "upstream connection ended with an error");
-                    }
-                    *driver = None;
-                }
-            }
-            response.as_mut().poll(cx)
-        })
-        .await
-    }
-}
-
 /// A connection lent to one exchange; [`release`](Self::release) it once the response is over.
-/// Whoever holds it drives it ([`poll_driver`](Self::poll_driver)) while the response body streams.
 pub struct Lease {
     addr: PoolKey,
-    conn: Conn,
+    sender: SendRequest<ProxyBody>,
 }
 
 impl Lease {
-    /// Drives the connection's I/O (reading the response body, writing the rest of the request).
-    pub fn poll_driver(&mut self, cx: &mut Context<'_>) {
-        self.conn.poll_driver(cx);
-    }
-
     /// Returns the connection to this thread's pool (the response has been read to its end).
     pub fn release(self) {
-        if self.conn.driver.is_none() || self.conn.sender.is_closed() {
+        if self.sender.is_closed() {
             return;
         }
         POOL.with(|pool| {
@@ -149,13 +80,13 @@ impl Lease {
             if drop_front > 0 {
                 idle.drain(..drop_front);
             }
-            idle.push(Idle { conn: self.conn, since: now });
+            idle.push(Idle { sender: self.sender, since: now });
         });
     }
 }
 
 struct Idle {
-    conn: Conn,
+    sender: SendRequest<ProxyBody>,
     since: Instant,
 }
 
@@ -163,17 +94,16 @@ thread_local! {
     static POOL: RefCell<HashMap<PoolKey, Vec<Idle>>> = RefCell::new(HashMap::new());
 }
 
-/// The most recently used idle connection to `addr` that has not expired, if any. Idle
-/// connections are not driven: one the endpoint closed meanwhile is found out by `Conn::ready`.
-fn checkout(addr: PoolKey) -> Option<Conn> {
+/// The most recently used live idle connection to `addr`, if any.
+fn checkout(addr: PoolKey) -> Option<SendRequest<ProxyBody>> {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         let idle = pool.get_mut(&addr)?;
         while let Some(c) = idle.pop() {
-            if c.conn.sender.is_closed() || c.since.elapsed() > POOL_IDLE {
+            if c.sender.is_closed() || c.since.elapsed() > POOL_IDLE {
                 continue;
             }
-            return Some(c.conn);
+            return Some(c.sender);
         }
         None
     })
@@ -190,12 +120,12 @@ impl UpstreamClient {
     ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
         let addr: PoolKey = (endpoint, tls.map_or(0, UpstreamTlsConfig::id));
         // Bounded: every turn takes one connection out of the pool.
-        while let Some(mut conn) = checkout(addr) {
-            if !conn.ready().await {
+        while let Some(mut sender) = checkout(addr) {
+            if sender.ready().await.is_err() {
                 continue;
             }
-            match conn.send(req).await {
-                Ok(resp) => return Ok((resp, Lease { addr, conn })),
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, Lease { addr, sender })),
                 Err(mut e) => match e.take_message() {
                     // Never written: the connection closed under us; try another.
                     Some(r) => req = r,
@@ -203,12 +133,10 @@ impl UpstreamClient {
                 },
             }
         }
-        let mut conn = connect(endpoint, tls).await?;
-        // One that closed already fails the send below.
-        conn.ready().await;
-        match conn.send(req).await {
-            Ok(resp) => Ok((resp, Lease { addr, conn })),
-            Err(e) => Err(UpstreamError::Request(e.into_error())),
+        let mut sender = connect(endpoint, tls).await?;
+        match sender.send_request(req).await {
+            Ok(resp) => Ok((resp, Lease { addr, sender })),
+            Err(e) => Err(UpstreamError::Request(e)),
         }
     }
 }
@@ -216,7 +144,7 @@ impl UpstreamClient {
 /// Pooled connections per endpoint and TLS settings (0: plaintext), see `UpstreamTlsConfig::id`.
 type PoolKey = (SocketAddr, u64);
 
-async fn connect(addr: SocketAddr, tls: Option<&UpstreamTlsConfig>) -> Result<Conn, UpstreamError> {
+async fn connect(addr: SocketAddr, tls: Option<&UpstreamTlsConfig>) -> Result<SendRequest<ProxyBody>, UpstreamError> {
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(r) => r.map_err(UpstreamError::Connect)?,
         Err(_) => return Err(UpstreamError::Connect(io::ErrorKind::TimedOut.into())),
@@ -225,18 +153,23 @@ async fn connect(addr: SocketAddr, tls: Option<&UpstreamTlsConfig>) -> Result<Co
     let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE));
     if let Some(tls) = tls {
         let stream = tls.connect(addr, stream).await.map_err(UpstreamError::Connect)?;
-        return handshake(stream).await;
+        return handshake(addr, stream).await;
     }
-    handshake(stream).await
+    handshake(addr, stream).await
 }
 
-async fn handshake<S>(stream: S) -> Result<Conn, UpstreamError>
+async fn handshake<S>(addr: SocketAddr, stream: S) -> Result<SendRequest<ProxyBody>, UpstreamError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (sender, conn) =
         http1::Builder::new().writev(false).handshake(TokioIo::new(stream)).await.map_err(UpstreamError::Handshake)?;
-    Ok(Conn { sender, driver: Some(Box::pin(conn)) })
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
 }
 
 #[cfg(test)]
@@ -274,8 +207,8 @@ mod tests {
         (addr, accepted)
     }
 
-    /// One exchange, its body read to the end through the proxy's body type (which drives the
-    /// connection and returns it to the pool).
+    /// One exchange, its body read to the end through the proxy's body type (which returns the
+    /// connection to the pool).
     async fn get(addr: SocketAddr) -> Bytes {
         let req = Request::builder().uri("/").header("host", "x").body(ProxyBody::Empty).unwrap();
         let (resp, lease) = client().request(addr, None, req).await.unwrap();
@@ -285,7 +218,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connections_are_driven_inline_and_reused() {
+    async fn pooled_connections_are_reused() {
         let (addr, accepted) = endpoint(false).await;
         for _ in 0..5 {
             assert_eq!(get(addr).await, "ok");
