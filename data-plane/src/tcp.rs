@@ -13,13 +13,16 @@
 //! - Config changes never touch an open connection: the table is only read to connect, and the
 //!   endpoint guard (which `least_request` counts) lives as long as the connection.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -110,43 +113,72 @@ pub async fn connect(cluster: &ClusterLb, key: Option<u64>, stats: &L4Stats) -> 
 
 /// Copies both ways until both directions ended, either side failed, the connection was idle for
 /// `idle`, or the listener's drain ran out (`Phase::Abort`).
+///
+/// One hand-written poll loop instead of `select!` over `try_join!` of two copy futures: a wake-up
+/// costs one read (and one write) per direction with data and nothing else; the phase's change
+/// future is only polled when the phase's version moved (one atomic load otherwise) and the idle
+/// timeout is one timer per connection, re-armed only when it fires before the real deadline.
 pub async fn splice(
     mut client: TcpStream,
     mut upstream: TcpStream,
     idle: Option<Duration>,
     stats: &L4Stats,
-    mut phase: watch::Receiver<Phase>,
+    phase: watch::Receiver<Phase>,
 ) {
-    let start = Instant::now();
-    let last_activity = AtomicU64::new(0);
     let failed = {
-        let (cr, cw) = client.split();
-        let (ur, uw) = upstream.split();
-        // Without an idle timeout nothing reads the activity clock: skip the clock reads.
-        let clock = idle.map(|_| (start, &last_activity));
-        let to_upstream = pump(cr, uw, Meter::new(&stats.bytes_from_clients), clock);
-        let to_client = pump(ur, cw, Meter::new(&stats.bytes_to_clients), clock);
-        // `try_join` stops at the first error: both sockets are then closed below.
-        let both = async { tokio::try_join!(to_upstream, to_client) };
-        tokio::pin!(both);
-        let idle_expired = idle_expiry(idle, start, &last_activity);
-        tokio::pin!(idle_expired);
-        loop {
-            tokio::select! {
-                res = &mut both => break res.err(),
-                () = &mut idle_expired => {
-                    stats.idle_timeouts.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!("idle timeout, closing");
-                    break None;
-                }
-                // Draining leaves established connections alone; only abort (or a gone listener) cuts.
-                changed = phase.changed() => {
-                    if changed.is_err() || *phase.borrow_and_update() == Phase::Abort {
-                        break None;
-                    }
+        let (mut cr, mut cw) = client.split();
+        let (mut ur, mut uw) = upstream.split();
+        let mut to_upstream = Pump::new(&stats.bytes_from_clients);
+        let mut to_client = Pump::new(&stats.bytes_to_clients);
+        // Draining leaves established connections alone; only abort (or a gone listener) cuts.
+        let mut seen = phase.clone();
+        let mut phase = phase;
+        let aborted = async move {
+            loop {
+                if phase.changed().await.is_err() || *phase.borrow_and_update() == Phase::Abort {
+                    return;
                 }
             }
-        }
+        };
+        tokio::pin!(aborted);
+        // The waker `aborted` was last polled with (it stays registered with that one).
+        let mut aborted_waker: Option<std::task::Waker> = None;
+        // Idle: the time of the last byte moved, read against one timer.
+        let mut last_activity = idle.map(|_| Instant::now());
+        let mut idle_timer = idle.map(|d| (d, Box::pin(tokio::time::sleep(d))));
+        std::future::poll_fn(|cx| {
+            let phase_moved = seen.has_changed().unwrap_or(true);
+            if phase_moved || !aborted_waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                seen.mark_unchanged();
+                aborted_waker = Some(cx.waker().clone());
+                if aborted.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+            }
+            // The first error ends both directions: both sockets are then closed below.
+            if let Poll::Ready(Err(e)) = to_upstream.poll_copy(cx, &mut cr, &mut uw, &mut last_activity) {
+                return Poll::Ready(Some(e));
+            }
+            if let Poll::Ready(Err(e)) = to_client.poll_copy(cx, &mut ur, &mut cw, &mut last_activity) {
+                return Poll::Ready(Some(e));
+            }
+            if to_upstream.done && to_client.done {
+                return Poll::Ready(None);
+            }
+            if let (Some((idle, timer)), Some(last)) = (&mut idle_timer, last_activity) {
+                while timer.as_mut().poll(cx).is_ready() {
+                    let deadline = last + *idle;
+                    if Instant::now() >= deadline {
+                        stats.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!("idle timeout, closing");
+                        return Poll::Ready(None);
+                    }
+                    timer.as_mut().reset(deadline);
+                }
+            }
+            Poll::Pending
+        })
+        .await
     };
     if let Some(e) = failed {
         tracing::debug!(error = %e, "tcp proxy ended with an error");
@@ -159,28 +191,71 @@ pub async fn splice(
 }
 
 /// One direction: read until end of stream, then shut the writer's sending side down (FIN).
-async fn pump<R, W>(
-    mut from: R,
-    mut to: W,
-    mut bytes: Meter<'_>,
-    clock: Option<(Instant, &AtomicU64)>,
-) -> io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; BUFFER];
-    loop {
-        let n = from.read(&mut buf).await?;
-        if n == 0 {
-            // The peer may have gone already; its other direction reports that.
-            let _ = to.shutdown().await;
-            return Ok(());
+struct Pump<'a> {
+    buf: Box<[u8]>,
+    /// `buf[pos..len]` is read and not written yet.
+    pos: usize,
+    len: usize,
+    eof: bool,
+    done: bool,
+    bytes: Meter<'a>,
+}
+
+impl<'a> Pump<'a> {
+    fn new(bytes: &'a AtomicU64) -> Pump<'a> {
+        Pump {
+            buf: vec![0u8; BUFFER].into_boxed_slice(),
+            pos: 0,
+            len: 0,
+            eof: false,
+            done: false,
+            bytes: Meter::new(bytes),
         }
-        to.write_all(&buf[..n]).await?;
-        bytes.add(n);
-        if let Some((start, activity)) = clock {
-            activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Moves bytes until `from` has none (`Pending`), this direction is done (`Ready(Ok)`, also
+    /// when it was done before) or failed. `activity` (when kept) gets the time of each write.
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut R,
+        to: &mut W,
+        activity: &mut Option<Instant>,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            while self.pos < self.len {
+                let n = ready!(Pin::new(&mut *to).poll_write(cx, &self.buf[self.pos..self.len]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.pos += n;
+            }
+            if self.len > 0 {
+                self.bytes.add(self.len);
+                (self.pos, self.len) = (0, 0);
+                if let Some(at) = activity {
+                    *at = Instant::now();
+                }
+            }
+            if self.eof {
+                // The peer may have gone already; its other direction reports that.
+                let _ = ready!(Pin::new(&mut *to).poll_shutdown(cx));
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+            let mut read = ReadBuf::new(&mut self.buf);
+            ready!(Pin::new(&mut *from).poll_read(cx, &mut read))?;
+            match read.filled().len() {
+                0 => self.eof = true,
+                n => self.len = n,
+            }
         }
     }
 }
@@ -213,17 +288,5 @@ impl Drop for Meter<'_> {
         if self.pending > 0 {
             self.shared.fetch_add(self.pending, Ordering::Relaxed);
         }
-    }
-}
-
-/// Resolves once no byte moved for `idle` (never when `None`).
-async fn idle_expiry(idle: Option<Duration>, start: Instant, activity: &AtomicU64) {
-    let Some(idle) = idle else { return std::future::pending().await };
-    loop {
-        let deadline = start + Duration::from_millis(activity.load(Ordering::Relaxed)) + idle;
-        if Instant::now() >= deadline {
-            return;
-        }
-        tokio::time::sleep_until(deadline).await;
     }
 }
