@@ -60,13 +60,6 @@ fn https_config(listener: SocketAddr, backend: SocketAddr, certs: &[(&str, &Pem)
     cfg
 }
 
-async fn acked(cp: &ControlPlane, revision: u64) {
-    match cp.reply_to(revision).await {
-        pb::node_message::Msg::Ack(_) => {}
-        other => panic!("revision {revision} not acked: {other:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_picks_the_certificate_by_sni_and_forwards_as_https() {
     let backend = Backend::start("app").await;
@@ -77,7 +70,7 @@ async fn https_picks_the_certificate_by_sni_and_forwards_as_https() {
     let cfg = https_config(addr, backend.addr, &[("default", &default), ("exact", &exact), ("wild", &wild)]);
     let cp = ControlPlane::start(Some(snapshot(&cfg, 1))).await;
     let node = start_node(vec![cp.url()], None).await;
-    acked(&cp, 1).await;
+    cp.expect_ack(1).await;
 
     let any = any_cert_client(&[&rustls::version::TLS13, &rustls::version::TLS12], &[b"h2", b"http/1.1"]);
     for (sni, want, what) in [
@@ -127,14 +120,14 @@ async fn rotation_reaches_new_handshakes_while_an_open_connection_continues() {
     let addr = free_addr();
     let cp = ControlPlane::start(Some(snapshot(&https_config(addr, backend.addr, &[("api", &old)]), 1))).await;
     let node = start_node(vec![cp.url()], None).await;
-    acked(&cp, 1).await;
+    cp.expect_ack(1).await;
 
     let mut held = tls_connect(&trusting_client(&old.der), addr, "api.example.com").await.unwrap();
     assert_eq!(request(&mut held, "api.example.com").await.status, 200);
 
     // PUT a new certificate under the same name: revision 2.
     cp.send_snapshot(snapshot(&https_config(addr, backend.addr, &[("api", &new)]), 2)).await;
-    acked(&cp, 2).await;
+    cp.expect_ack(2).await;
 
     let fresh = tls_connect(&trusting_client(&new.der), addr, "api.example.com").await.unwrap();
     assert_eq!(leaf(&fresh), new.der);
@@ -158,7 +151,7 @@ async fn a_snapshot_with_a_mismatched_key_is_nacked_and_the_old_one_keeps_servin
     let addr = free_addr();
     let cp = ControlPlane::start(Some(snapshot(&https_config(addr, backend.addr, &[("api", &good)]), 1))).await;
     let node = start_node(vec![cp.url()], None).await;
-    acked(&cp, 1).await;
+    cp.expect_ack(1).await;
 
     let mut bad = self_signed(&["api.example.com"]);
     bad.key = self_signed(&["other"]).key;
@@ -229,7 +222,7 @@ async fn passthrough_routes_by_sni_without_terminating() {
     }));
     let cp = ControlPlane::start(Some(snapshot(&cfg, 1))).await;
     let node = start_node(vec![cp.url()], None).await;
-    acked(&cp, 1).await;
+    cp.expect_ack(1).await;
 
     // Each client verifies the backend's own certificate end to end: the proxy did not terminate.
     let s = tls_connect(&trusting_client(&a_cert.der), addr, "a.pass.test").await.unwrap();

@@ -17,7 +17,6 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 use serde_json::json;
 use sluice_e2e::tls::{provider, Ca, Pem};
-use sluice_shared::proto::v1 as pb;
 use sluice_shared::Config;
 use support::*;
 use tokio::net::TcpListener;
@@ -68,13 +67,6 @@ fn config_for(listener: SocketAddr, backend: SocketAddr, tls: serde_json::Value,
     cfg
 }
 
-async fn acked(cp: &ControlPlane, revision: u64) {
-    match cp.reply_to(revision).await {
-        pb::node_message::Msg::Ack(_) => {}
-        other => panic!("revision {revision} not acked: {other:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_mtls_verifies_the_backend_and_presents_the_client_certificate() {
     let backend_ca = Ca::new("backend CA");
@@ -89,7 +81,7 @@ async fn upstream_mtls_verifies_the_backend_and_presents_the_client_certificate(
     let tls = json!({"ca_pem": backend_ca.pem.cert, "server_name": "backend.internal", "client_certificate": "backend-client"});
     let cp = ControlPlane::start(Some(snapshot(&config_for(listener, backend, tls, Some(&client)), 1))).await;
     let node = start_node(vec![cp.url()], None).await;
-    acked(&cp, 1).await;
+    cp.expect_ack(1).await;
     for _ in 0..3 {
         let r = get(listener, "any", "/").await;
         assert_eq!((r.status, r.body.as_str()), (200, "secure"), "{}", r.raw);
@@ -99,20 +91,20 @@ async fn upstream_mtls_verifies_the_backend_and_presents_the_client_certificate(
     // Without the client certificate the backend refuses the handshake: 502, nothing served.
     let tls = json!({"ca_pem": backend_ca.pem.cert, "server_name": "backend.internal"});
     cp.send_snapshot(snapshot(&config_for(listener, backend, tls, None), 2)).await;
-    acked(&cp, 2).await;
+    cp.expect_ack(2).await;
     assert_eq!(get(listener, "any", "/").await.status, 502);
 
     // A backend certificate from another CA is not trusted: 502.
     let tls =
         json!({"ca_pem": other_ca.pem.cert, "server_name": "backend.internal", "client_certificate": "backend-client"});
     cp.send_snapshot(snapshot(&config_for(listener, backend, tls, Some(&client)), 3)).await;
-    acked(&cp, 3).await;
+    cp.expect_ack(3).await;
     assert_eq!(get(listener, "any", "/").await.status, 502);
 
     // The wrong name (the default is the endpoint's IP, not in the certificate): 502.
     let tls = json!({"ca_pem": backend_ca.pem.cert, "client_certificate": "backend-client"});
     cp.send_snapshot(snapshot(&config_for(listener, backend, tls, Some(&client)), 4)).await;
-    acked(&cp, 4).await;
+    cp.expect_ack(4).await;
     assert_eq!(get(listener, "any", "/").await.status, 502);
     assert_eq!(hits.load(Ordering::SeqCst), 3);
 

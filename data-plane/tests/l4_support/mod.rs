@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_data_plane::Node;
-use sluice_shared::proto::v1 as pb;
 use sluice_shared::Config;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
@@ -21,20 +20,14 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn node_with(cfg: &Config) -> (ControlPlane, Node) {
     let cp = ControlPlane::start(Some(snapshot(cfg, 1))).await;
     let node = start_node(vec![cp.url()], None).await;
-    match cp.reply_to(1).await {
-        pb::node_message::Msg::Ack(_) => {}
-        other => panic!("revision 1 refused: {other:?}"),
-    }
+    cp.expect_ack(1).await;
     (cp, node)
 }
 
 /// Sends `cfg` as `revision` and waits for its ACK.
 pub async fn apply(cp: &ControlPlane, cfg: &Config, revision: u64) {
     cp.send_snapshot(snapshot(cfg, revision)).await;
-    match cp.reply_to(revision).await {
-        pb::node_message::Msg::Ack(_) => {}
-        other => panic!("revision {revision} refused: {other:?}"),
-    }
+    cp.expect_ack(revision).await;
 }
 
 /// `/metrics` text.

@@ -143,6 +143,14 @@ impl ControlPlane {
         .await
     }
 
+    /// Waits for the node's reply to `revision` and fails the test unless it is an Ack.
+    pub async fn expect_ack(&self, revision: u64) {
+        match self.reply_to(revision).await {
+            pb::node_message::Msg::Ack(_) => {}
+            other => panic!("revision {revision} not acked: {other:?}"),
+        }
+    }
+
     pub async fn stop(self) {
         self.task.abort();
         let _ = self.task.await;
