@@ -61,6 +61,18 @@ struct OwnedRequest {
     headers: HeaderMap,
 }
 
+impl OwnedRequest {
+    fn view(&self) -> RequestView<'_> {
+        RequestView {
+            method: &Method::GET,
+            host: self.host.as_deref(),
+            path: &self.path,
+            query: None,
+            headers: &self.headers,
+        }
+    }
+}
+
 /// wyhash-style mixing for a deterministic request mix.
 fn mix(x: u64) -> u64 {
     let t = u128::from(x.wrapping_add(0xa076_1d64_78bd_642f)) * u128::from(x ^ 0xe703_7ed1_a0b4_28db);
@@ -103,13 +115,7 @@ fn lookup(c: &mut Criterion) {
         let matched = reqs
             .iter()
             .filter(|r| {
-                let view = RequestView {
-                    method: &Method::GET,
-                    host: r.host.as_deref(),
-                    path: &r.path,
-                    query: None,
-                    headers: &r.headers,
-                };
+                let view = r.view();
                 web.find(&view).is_some_and(|e| e.name() != "fallback")
             })
             .count();
@@ -119,13 +125,7 @@ fn lookup(c: &mut Criterion) {
             b.iter(|| {
                 let r = &reqs[k % reqs.len()];
                 k += 1;
-                let view = RequestView {
-                    method: &Method::GET,
-                    host: r.host.as_deref(),
-                    path: &r.path,
-                    query: None,
-                    headers: &r.headers,
-                };
+                let view = r.view();
                 black_box(web.find(black_box(&view)).map(|e| e.pick_cluster().name().len()))
             })
         });
