@@ -14,6 +14,8 @@ use sluice_shared::Config;
 const ROUTES: usize = 10_000;
 const CLUSTERS: usize = 1_000;
 const NONCE: &str = "0123456789abcdef0123456789abcdef";
+/// A sticky-cookie key as the store holds one (32 bytes).
+static KEY: prost::bytes::Bytes = prost::bytes::Bytes::from_static(&[7; 32]);
 
 fn json<T: serde::de::DeserializeOwned>(s: &str) -> T {
     parse_json(s.as_bytes()).unwrap()
@@ -61,7 +63,7 @@ fn snapshot(c: &mut Criterion) {
     config.validate().unwrap();
     let built = GroupSnapshot::build(&config, "default", 1, None);
     let mut encoded = Vec::new();
-    built.outgoing(NONCE.into(), "cp-bench").encode(&mut encoded);
+    built.outgoing(NONCE.into(), "cp-bench", &KEY).encode(&mut encoded);
     let decoded = built.message(NONCE.into(), "cp-bench");
     assert_eq!(decoded.routes.len(), ROUTES);
     assert_eq!(decoded.clusters.len(), CLUSTERS);
@@ -77,14 +79,14 @@ fn snapshot(c: &mut Criterion) {
         b.iter(|| {
             let s = GroupSnapshot::build(black_box(&config), "default", 2, None);
             let mut buf = Vec::with_capacity(s.encoded.len() + 64);
-            s.outgoing(NONCE.into(), "cp-bench").encode(&mut buf);
+            s.outgoing(NONCE.into(), "cp-bench", &KEY).encode(&mut buf);
             black_box(buf)
         })
     });
     g.bench_function("per-node message (shared encoding)", |b| {
         b.iter(|| {
             let mut buf = Vec::with_capacity(built.encoded.len() + 64);
-            built.outgoing(NONCE.into(), "cp-bench").encode(&mut buf);
+            built.outgoing(NONCE.into(), "cp-bench", &KEY).encode(&mut buf);
             black_box(buf)
         })
     });

@@ -11,6 +11,7 @@ use sluice_shared::{Config, Revision, ValidationError};
 
 use crate::cache::SnapshotCache;
 use crate::health::HealthCheckers;
+use crate::http::sticky::StickySessions;
 use crate::listeners::{BindError, Listeners};
 use crate::state::{Installed, Shared};
 use crate::table::{compile, CompileError, Table};
@@ -67,10 +68,11 @@ impl Installer {
         let revision = snapshot.revision;
         let previous = self.shared.installed.load_full();
         let keep = persist.then(|| snapshot.clone());
-        let compiled = tokio::task::spawn_blocking(move || prepare(snapshot, previous.as_deref()))
+        let node_key = self.shared.node_sticky_key;
+        let compiled = tokio::task::spawn_blocking(move || prepare(snapshot, previous.as_deref(), &node_key))
             .await
             .map_err(|e| InstallError::Internal(e.to_string()))?;
-        let (table, tls) = compiled?;
+        let (table, tls, sticky) = compiled?;
         let table = table.with_revision(revision);
 
         let plan = self.listeners.plan(&table);
@@ -79,7 +81,7 @@ impl Installer {
         let bound = self.listeners.bind(&plan)?;
 
         let stats = self.shared.metrics.index(&table);
-        let installed = Arc::new(Installed { revision, table, stats, tls });
+        let installed = Arc::new(Installed { revision, table, stats, tls, sticky });
         self.health.sync(&installed.table, &installed.tls);
         self.shared.installed.store(Some(installed));
         self.listeners.stop(&plan.remove);
@@ -117,10 +119,17 @@ impl Installer {
     }
 }
 
-/// The CPU part: proto -> model, validation, compile, TLS configs.
-fn prepare(snapshot: pb::Snapshot, previous: Option<&Installed>) -> Result<(Table, TlsConfigs), InstallError> {
+/// The CPU part: proto -> model, validation, compile, TLS configs, sticky cookie ids.
+fn prepare(
+    mut snapshot: pb::Snapshot,
+    previous: Option<&Installed>,
+    node_key: &[u8],
+) -> Result<(Table, TlsConfigs, StickySessions), InstallError> {
+    let key = std::mem::take(&mut snapshot.sticky_key);
     let config = Config::try_from(snapshot)?;
     config.validate()?;
     let tls = TlsConfigs::build(&config, previous.map(|i| &i.tls))?;
-    Ok((compile(&config, previous.map(|i| &i.table))?, tls))
+    let table = compile(&config, previous.map(|i| &i.table))?;
+    let sticky = StickySessions::new(if key.is_empty() { node_key } else { &key }, &table);
+    Ok((table, tls, sticky))
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::table::{ClusterLb, Table};
+use crate::table::{Breaker, ClusterLb, Overflow, RouteStats, Table};
 
 /// Upper bounds of the upstream latency histogram, in seconds.
 const LATENCY_BUCKETS: [f64; 14] =
@@ -85,6 +85,8 @@ struct Registry {
     connections: BTreeMap<String, Arc<ConnectionCounts>>,
     /// The installed table's clusters, for the endpoint health gauges (replaced on each install).
     clusters: Vec<Arc<ClusterLb>>,
+    /// The installed table's routes with a retry policy, for the retry counters.
+    retrying_routes: Vec<(String, Arc<RouteStats>)>,
 }
 
 #[derive(Default)]
@@ -137,6 +139,13 @@ impl Metrics {
                 index.routes.insert(route.name().to_string(), slots);
             }
         }
+        reg.retrying_routes = table
+            .listeners()
+            .flat_map(|(_, l)| l.routes())
+            .filter(|r| r.retries().is_some())
+            .map(|r| (r.name().to_string(), Arc::clone(r.stats())))
+            .collect();
+        reg.retrying_routes.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, _) in table.clusters() {
             index.clusters.insert(name.to_string(), reg.latency.entry(name.to_string()).or_default().clone());
         }
@@ -239,9 +248,71 @@ impl Metrics {
             let _ = writeln!(out, "{name} {v}");
         }
         render_endpoints(&mut out, &reg.clusters);
+        render_retries(&mut out, &reg.retrying_routes);
+        render_breakers(&mut out, &reg.clusters);
         drop(reg);
         self.l4.render(&mut out);
         out
+    }
+}
+
+/// Retries per route with a retry policy, and the retries its budget refused.
+fn render_retries(out: &mut String, routes: &[(String, Arc<RouteStats>)]) {
+    type Counter = fn(&RouteStats) -> u64;
+    let series: [(&str, &str, Counter); 2] = [
+        ("sluice_route_retries_total", "Retries sent (tries after the first).", RouteStats::retries),
+        (
+            "sluice_route_retry_budget_exhausted_total",
+            "Retries the policy allowed but the retry budget refused.",
+            RouteStats::budget_exhausted,
+        ),
+    ];
+    for (name, help, value) in series {
+        let samples = routes.iter().map(|(route, stats)| (format!("route=\"{}\"", esc(route)), value(stats)));
+        family(out, name, "counter", help, samples);
+    }
+}
+
+/// Circuit breakers: what each cluster with one has in use, and the requests it turned away.
+fn render_breakers(out: &mut String, clusters: &[Arc<ClusterLb>]) {
+    let breakers: Vec<(String, &Breaker)> =
+        clusters.iter().filter_map(|c| Some((esc(c.name()), c.breaker()?.as_ref()))).collect();
+    header(out, "sluice_cluster_overflow_total", "counter", "Requests refused by the circuit breaker, by limit.");
+    for (c, b) in &breakers {
+        for o in Overflow::ALL {
+            let _ = writeln!(
+                out,
+                "sluice_cluster_overflow_total{{cluster=\"{c}\",limit=\"{}\"}} {}",
+                o.as_str(),
+                b.overflows(o)
+            );
+        }
+    }
+    type Gauge = fn(&Breaker) -> usize;
+    let gauges: [(&str, &str, Gauge); 3] = [
+        (
+            "sluice_cluster_requests_active",
+            "Requests in flight (clusters with a circuit breaker).",
+            Breaker::requests_active,
+        ),
+        ("sluice_cluster_pending", "Requests waiting for an upstream connection.", Breaker::pending),
+        (
+            "sluice_cluster_connections",
+            "Upstream connections open (clusters with max_connections).",
+            Breaker::connections_open,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let samples = breakers.iter().map(|(c, b)| (format!("cluster=\"{c}\""), value(b) as u64));
+        family(out, name, "gauge", help, samples);
+    }
+}
+
+/// One metric family: its header, then one sample per (labels, value).
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: impl Iterator<Item = (String, u64)>) {
+    header(out, name, kind, help);
+    for (labels, v) in samples {
+        let _ = writeln!(out, "{name}{{{labels}}} {v}");
     }
 }
 

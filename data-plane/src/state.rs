@@ -6,6 +6,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use sluice_shared::Revision;
 
+use crate::http::sticky::StickySessions;
 use crate::http::upstream::{self, UpstreamClient};
 use crate::metrics::{Metrics, StatsIndex};
 use crate::table::Table;
@@ -18,6 +19,8 @@ pub struct Installed {
     pub stats: StatsIndex,
     /// TLS settings of the https listeners and TLS clusters, per revision (see `tls`).
     pub tls: TlsConfigs,
+    /// Signing and reading sticky cookies for this revision's sticky routes.
+    pub sticky: StickySessions,
 }
 
 pub struct Shared {
@@ -25,11 +28,18 @@ pub struct Shared {
     pub installed: ArcSwapOption<Installed>,
     pub metrics: Metrics,
     pub client: UpstreamClient,
+    /// Signs sticky cookies when the control plane sends no fleet-wide key (an older one).
+    pub node_sticky_key: [u8; 32],
 }
 
 impl Shared {
     pub fn new() -> Shared {
-        Shared { installed: ArcSwapOption::empty(), metrics: Metrics::default(), client: upstream::client() }
+        Shared {
+            installed: ArcSwapOption::empty(),
+            metrics: Metrics::default(),
+            client: upstream::client(),
+            node_sticky_key: rand::random(),
+        }
     }
 }
 

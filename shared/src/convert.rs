@@ -27,6 +27,7 @@ impl From<&Config> for pb::Snapshot {
             routes: cfg.routes.iter().map(|(n, r)| route_to_pb(n, r)).collect(),
             clusters: cfg.clusters.iter().map(|(n, c)| cluster_to_pb(n, c)).collect(),
             certificates: cfg.certificates.iter().map(|(n, c)| certificate_to_pb(n, c)).collect(),
+            sticky_key: Vec::new(),
         }
     }
 }
@@ -35,7 +36,15 @@ pub fn cluster_to_pb(name: &str, c: &Cluster) -> pb::Cluster {
     pb::Cluster {
         name: name.to_string(),
         lb_policy: lb_policy_to_pb(c.lb_policy) as i32,
-        endpoints: c.endpoints.iter().map(|e| pb::Endpoint { address: e.address.clone(), weight: e.weight }).collect(),
+        endpoints: c
+            .endpoints
+            .iter()
+            .map(|e| pb::Endpoint {
+                address: e.address.clone(),
+                weight: e.weight,
+                name: e.name.clone().unwrap_or_default(),
+            })
+            .collect(),
         tls: c.tls.as_ref().map(|t| pb::UpstreamTls {
             ca_pem: t.ca_pem.clone(),
             server_name: t.server_name.clone().unwrap_or_default(),
@@ -61,6 +70,11 @@ pub fn cluster_to_pb(name: &str, c: &Cluster) -> pb::Cluster {
             .as_ref()
             .map(|o| pb::OutlierDetection { consecutive_failures: o.consecutive_failures, ejection_ms: o.ejection_ms }),
         panic_mode: c.panic_mode,
+        circuit_breaker: c.circuit_breaker.map(|b| pb::CircuitBreaker {
+            max_connections: b.max_connections,
+            max_pending: b.max_pending,
+            max_requests: b.max_requests,
+        }),
     }
 }
 
@@ -130,10 +144,15 @@ pub fn route_to_pb(name: &str, r: &Route) -> pb::Route {
         timeout_ms: r.timeout_ms,
         sticky: r.sticky.as_ref().map(|s| pb::Sticky { cookie: s.cookie.clone(), ttl_s: s.ttl_s }),
         hash_on: r.hash_on.as_ref().map(hash_on_to_pb),
-        retries: r
-            .retries
-            .as_ref()
-            .map(|x| pb::Retries { attempts: x.attempts, on: x.on.iter().map(|o| o.as_str().to_string()).collect() }),
+        retries: r.retries.as_ref().map(|x| pb::Retries {
+            attempts: x.attempts,
+            on: x.on.iter().map(|o| o.as_str().to_string()).collect(),
+            per_try_timeout_ms: x.per_try_timeout_ms,
+            budget: x.budget.map(|b| pb::RetryBudget { percent: b.percent, min_per_s: b.min_per_s }),
+        }),
+        https_redirect: r
+            .https_redirect
+            .map(|h| pb::HttpsRedirect { port: u32::from(h.port), status: u32::from(h.status) }),
     }
 }
 
@@ -253,7 +272,11 @@ pub fn cluster_from_pb(c: pb::Cluster) -> Result<Cluster> {
     };
     Ok(Cluster {
         lb_policy,
-        endpoints: c.endpoints.into_iter().map(|e| Endpoint { address: e.address, weight: e.weight }).collect(),
+        endpoints: c
+            .endpoints
+            .into_iter()
+            .map(|e| Endpoint { address: e.address, weight: e.weight, name: Some(e.name).filter(|n| !n.is_empty()) })
+            .collect(),
         health_check,
         outlier_detection: c
             .outlier_detection
@@ -263,6 +286,11 @@ pub fn cluster_from_pb(c: pb::Cluster) -> Result<Cluster> {
             ca_pem: t.ca_pem,
             server_name: Some(t.server_name).filter(|s| !s.is_empty()),
             client_certificate: Some(t.client_certificate).filter(|s| !s.is_empty()),
+        }),
+        circuit_breaker: c.circuit_breaker.map(|b| CircuitBreaker {
+            max_connections: b.max_connections,
+            max_pending: b.max_pending,
+            max_requests: b.max_requests,
         }),
     })
 }
@@ -304,7 +332,12 @@ pub fn route_from_pb(r: pb::Route) -> Result<Route> {
                     ValidationError::invalid(format!("retries.on[{i}]"), format!("unknown retry condition {s:?}"))
                 })?);
             }
-            Some(Retries { attempts: x.attempts, on })
+            Some(Retries {
+                attempts: x.attempts,
+                on,
+                per_try_timeout_ms: x.per_try_timeout_ms,
+                budget: x.budget.map(|b| RetryBudget { percent: b.percent, min_per_s: b.min_per_s }),
+            })
         }
     };
     Ok(Route {
@@ -316,6 +349,15 @@ pub fn route_from_pb(r: pb::Route) -> Result<Route> {
         sticky: r.sticky.map(|s| Sticky { cookie: s.cookie, ttl_s: s.ttl_s }),
         hash_on: r.hash_on.map(hash_on_from_pb).transpose().map_err(|e| e.within("hash_on"))?,
         retries,
+        https_redirect: match r.https_redirect {
+            None => None,
+            Some(h) => Some(HttpsRedirect {
+                port: u16::try_from(h.port)
+                    .map_err(|_| ValidationError::invalid("https_redirect.port", "must be a port (1-65535)"))?,
+                status: u16::try_from(h.status)
+                    .map_err(|_| ValidationError::invalid("https_redirect.status", "must be 301, 302, 307 or 308"))?,
+            }),
+        },
     })
 }
 

@@ -16,9 +16,10 @@ fn full() -> Config {
     for (name, json) in [
         (
             "api",
-            r#"{"lb_policy":"least_request","endpoints":[{"address":"127.0.0.1:9001","weight":3},{"address":"[::1]:9002"}],
+            r#"{"lb_policy":"least_request","endpoints":[{"address":"127.0.0.1:9001","weight":3,"name":"api-1"},{"address":"[::1]:9002"}],
             "health_check":{"http":{"path":"/healthz","expected_status":204},"interval_ms":1000,"timeout_ms":500},
-            "outlier_detection":{"consecutive_failures":3,"ejection_ms":1000},"panic_mode":true}"#,
+            "outlier_detection":{"consecutive_failures":3,"ejection_ms":1000},"panic_mode":true,
+            "circuit_breaker":{"max_connections":100,"max_pending":0,"max_requests":500}}"#,
         ),
         ("db", r#"{"lb_policy":"maglev","endpoints":[{"address":"127.0.0.1:5432"}],"health_check":{"tcp":{}}}"#),
         ("web", r#"{"lb_policy":"ring_hash"}"#),
@@ -51,7 +52,8 @@ fn full() -> Config {
             "methods":["GET","POST"],"headers":[{"name":"x-canary","exact":"1"},{"name":"x-re","regex":"^a"},{"name":"x-p","present":false}],
             "query":[{"name":"debug","present":true},{"name":"q","exact":"v"},{"name":"r","regex":"[0-9]+"}]},
             "backends":[{"cluster":"api","weight":90},{"cluster":"web","weight":10}],"timeout_ms":15000,
-            "sticky":{"cookie":"s","ttl_s":60},"hash_on":{"header":"x-user"},"retries":{"attempts":2,"on":["connect_failure","reset","5xx"]}}"#,
+            "sticky":{"cookie":"s","ttl_s":60},"hash_on":{"header":"x-user"},"retries":{"attempts":2,"on":["connect_failure","reset","5xx"],
+            "per_try_timeout_ms":250,"budget":{"percent":10,"min_per_s":0}}}"#,
         ),
         (
             "login",
@@ -62,6 +64,7 @@ fn full() -> Config {
             r#"{"listener":"secure","priority":-1,"match":{"path":{"regex":"^/v[0-9]+/"}},"backends":[{"cluster":"web","weight":0},{"cluster":"api"}]}"#,
         ),
         ("any", r#"{"listener":"web","backends":[{"cluster":"empty"}],"retries":{"attempts":1}}"#),
+        ("to-https", r#"{"listener":"web","priority":9,"backends":[],"https_redirect":{"port":8443,"status":308}}"#),
     ] {
         c.routes.insert(name.into(), parse_json(json.as_bytes()).unwrap());
     }
@@ -97,7 +100,7 @@ fn empty_and_group_views_round_trip() {
 fn snapshot_is_sorted_by_name() {
     let s = pb::Snapshot::from(&full());
     let names: Vec<_> = s.routes.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(names, ["any", "api", "login", "versioned"]);
+    assert_eq!(names, ["any", "api", "login", "to-https", "versioned"]);
     assert_eq!(s.revision, 0);
     assert!(s.nonce.is_empty());
 }

@@ -53,6 +53,24 @@ pub struct Cluster {
     /// forward the client's bytes as they are.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTls>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreaker>,
+}
+
+/// Per-node limits on what one cluster may be sent; past them the proxy answers 503 at once
+/// instead of queueing without bound. Each limit is off when unset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreaker {
+    /// Upstream connections open to the cluster's endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Requests waiting for a connection while `max_connections` are open (0: none wait).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending: Option<u32>,
+    /// Requests in flight to the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u32>,
 }
 
 /// How the proxy speaks TLS to a cluster's endpoints: it verifies their certificate against
@@ -77,6 +95,9 @@ pub struct Endpoint {
     pub address: String,
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// Unique in its cluster; what a sticky cookie names (an opaque id of the address otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl Endpoint {
@@ -236,6 +257,29 @@ pub struct Route {
     pub hash_on: Option<HashOn>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<Retries>,
+    /// On plain http listeners: answer with a redirect to the same URL over https.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_redirect: Option<HttpsRedirect>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpsRedirect {
+    /// The https port in the `Location`; 443 is left out of it.
+    #[serde(default = "HttpsRedirect::default_port")]
+    pub port: u16,
+    /// 301, 302, 307 or 308.
+    #[serde(default = "HttpsRedirect::default_status")]
+    pub status: u16,
+}
+
+impl HttpsRedirect {
+    pub fn default_port() -> u16 {
+        443
+    }
+    pub fn default_status() -> u16 {
+        301
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -380,11 +424,43 @@ pub struct Retries {
     pub attempts: u32,
     #[serde(default = "Retries::default_on")]
     pub on: Vec<RetryOn>,
+    /// Timeout of each try; the route's `timeout_ms` still bounds them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout_ms: Option<u64>,
+    /// Bounds retries so they cannot multiply an outage; the default budget when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<RetryBudget>,
 }
 
 impl Retries {
     pub fn default_on() -> Vec<RetryOn> {
         vec![RetryOn::ConnectFailure]
+    }
+}
+
+/// Retries allowed: `percent` of the route's requests, plus `min_per_s` every second whatever
+/// the traffic (so a quiet route can still retry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudget {
+    #[serde(default = "RetryBudget::default_percent")]
+    pub percent: u32,
+    #[serde(default = "RetryBudget::default_min_per_s")]
+    pub min_per_s: u32,
+}
+
+impl RetryBudget {
+    pub fn default_percent() -> u32 {
+        20
+    }
+    pub fn default_min_per_s() -> u32 {
+        10
+    }
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget { percent: Self::default_percent(), min_per_s: Self::default_min_per_s() }
     }
 }
 

@@ -182,11 +182,19 @@ impl Cluster {
     pub fn validate(&self) -> Result<()> {
         list_len("endpoints", self.endpoints.len())?;
         let mut seen = HashSet::new();
+        let mut names = HashSet::new();
         for (i, e) in self.endpoints.iter().enumerate() {
             let f = format!("endpoints[{i}].address");
             socket_addr(&f, &e.address)?;
             if !seen.insert(e.socket_addr()) {
                 return Err(ValidationError::invalid(f, format!("{} is listed twice", e.address)));
+            }
+            if let Some(n) = &e.name {
+                let f = format!("endpoints[{i}].name");
+                name(&f, n)?;
+                if !names.insert(n.as_str()) {
+                    return Err(ValidationError::invalid(f, format!("{n} is listed twice")));
+                }
             }
         }
         weights("endpoints", self.endpoints.iter().map(|e| e.weight))?;
@@ -201,6 +209,14 @@ impl Cluster {
         }
         if let Some(tls) = &self.tls {
             tls.validate().map_err(|e| e.within("tls"))?;
+        }
+        if let Some(cb) = &self.circuit_breaker {
+            if cb.max_connections == Some(0) {
+                return Err(ValidationError::invalid("circuit_breaker.max_connections", "must be at least 1"));
+            }
+            if cb.max_requests == Some(0) {
+                return Err(ValidationError::invalid("circuit_breaker.max_requests", "must be at least 1"));
+            }
         }
         Ok(())
     }
@@ -359,7 +375,8 @@ impl Route {
     pub fn validate(&self) -> Result<()> {
         name("listener", &self.listener)?;
         self.matcher.validate().map_err(|e| e.within("match"))?;
-        if self.backends.is_empty() {
+        // A redirecting route never reaches a backend, so it may name none.
+        if self.backends.is_empty() && self.https_redirect.is_none() {
             return Err(ValidationError::invalid("backends", "a route needs at least one backend"));
         }
         list_len("backends", self.backends.len())?;
@@ -389,6 +406,28 @@ impl Route {
         if let Some(r) = &self.retries {
             if r.attempts > MAX_RETRIES {
                 return Err(ValidationError::invalid("retries.attempts", format!("must be at most {MAX_RETRIES}")));
+            }
+            if let Some(ms) = r.per_try_timeout_ms {
+                timeout("retries.per_try_timeout_ms", ms)?;
+            }
+            if let Some(b) = &r.budget {
+                if b.percent > 1_000 {
+                    return Err(ValidationError::invalid("retries.budget.percent", "must be at most 1000"));
+                }
+                if b.percent == 0 && b.min_per_s == 0 {
+                    return Err(ValidationError::invalid(
+                        "retries.budget",
+                        "percent and min_per_s are both 0: no retry could ever be made",
+                    ));
+                }
+            }
+        }
+        if let Some(h) = &self.https_redirect {
+            if h.port == 0 {
+                return Err(ValidationError::invalid("https_redirect.port", "must be a port (1-65535)"));
+            }
+            if ![301, 302, 307, 308].contains(&h.status) {
+                return Err(ValidationError::invalid("https_redirect.status", "must be 301, 302, 307 or 308"));
             }
         }
         Ok(())

@@ -99,6 +99,28 @@ pub(super) async fn migrate(pool: &AnyPool, backend: Backend) -> Result<(), Stor
     migrator.run(pool).await.map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")))
 }
 
+/// The fleet's sticky-cookie key: created by the first replica to open the database, then read
+/// by every replica (a racing second insert does nothing).
+pub(super) async fn sticky_key(pool: &AnyPool) -> Result<Vec<u8>, StoreError> {
+    let fresh: [u8; 32] = rand::random();
+    let hex: String = fresh.iter().map(|b| format!("{b:02x}")).collect();
+    sqlx::query("INSERT INTO settings (name, value) VALUES ('sticky_key', $1) ON CONFLICT (name) DO NOTHING")
+        .bind(hex)
+        .execute(pool)
+        .await
+        .map_err(unavailable)?;
+    let stored: String = sqlx::query_scalar("SELECT value FROM settings WHERE name = 'sticky_key'")
+        .fetch_one(pool)
+        .await
+        .map_err(unavailable)?;
+    (0..stored.len())
+        .step_by(2)
+        .map(|i| stored.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect::<Option<Vec<u8>>>()
+        .filter(|k| k.len() == 32)
+        .ok_or_else(|| StoreError::Unavailable("the stored sticky_key is not 64 hex digits".into()))
+}
+
 pub(super) async fn read_revision<'e>(ex: impl Executor<'e, Database = Any>) -> Result<Revision, StoreError> {
     let rev: i64 =
         sqlx::query_scalar("SELECT revision FROM revision WHERE id = 1").fetch_one(ex).await.map_err(unavailable)?;

@@ -136,6 +136,8 @@ struct Inner {
     /// Serializes this process's writers (and reloads), so each sees the state the last one left.
     write_lock: Mutex<()>,
     published: watch::Sender<Arc<State>>,
+    /// Signs sticky cookies fleet-wide; sent in every snapshot.
+    sticky_key: prost::bytes::Bytes,
 }
 
 impl std::fmt::Debug for Store {
@@ -154,16 +156,22 @@ impl Store {
     pub async fn open_with(database_url: &str, opts: StoreOptions) -> Result<Store, StoreError> {
         let (pool, backend) = db::connect(database_url, opts.acquire_timeout).await?;
         db::migrate(&pool, backend).await?;
+        let sticky_key = db::sticky_key(&pool).await?.into();
         let state = db::load_state(&pool, backend).await?;
         tracing::info!(?backend, revision = state.revision, "store opened");
         let (published, _) = watch::channel(Arc::new(state));
-        let inner = Arc::new(Inner { pool, backend, write_lock: Mutex::new(()), published });
+        let inner = Arc::new(Inner { pool, backend, write_lock: Mutex::new(()), published, sticky_key });
         tokio::spawn(poll_other_replicas(Arc::downgrade(&inner), opts.poll_interval));
         Ok(Store { inner })
     }
 
     pub fn backend(&self) -> Backend {
         self.inner.backend
+    }
+
+    /// The key nodes sign sticky cookies with: the same on every replica of this database.
+    pub fn sticky_key(&self) -> &prost::bytes::Bytes {
+        &self.inner.sticky_key
     }
 
     /// The newest state this process knows (its own writes at once, other replicas' within a poll).

@@ -47,12 +47,14 @@ impl GroupSnapshot {
         GroupSnapshot { group: group.to_string(), revision, content_hash, encoded }
     }
 
-    /// The message for one node: the shared encoding plus this send's revision, nonce and sender.
-    pub fn outgoing(&self, nonce: String, control_plane_id: &str) -> Outgoing {
+    /// The message for one node: the shared encoding plus this send's revision, nonce, sender
+    /// and the fleet's sticky-cookie key.
+    pub fn outgoing(&self, nonce: String, control_plane_id: &str, sticky_key: &Bytes) -> Outgoing {
         Outgoing::Snapshot {
             revision: self.revision,
             nonce,
             control_plane_id: control_plane_id.to_string(),
+            sticky_key: sticky_key.clone(),
             resources: self.encoded.clone(),
         }
     }

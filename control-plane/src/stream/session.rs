@@ -246,7 +246,8 @@ impl Session {
             return Ok(());
         }
         let nonce = uuid::Uuid::new_v4().simple().to_string();
-        let message = snap.outgoing(nonce.clone(), &self.shared.options.control_plane_id);
+        let message =
+            snap.outgoing(nonce.clone(), &self.shared.options.control_plane_id, self.shared.store.sticky_key());
         self.tx.send(Ok(message)).await.map_err(|_| End::Gone)?;
         tracing::info!(revision = snap.revision, %nonce, "snapshot sent");
         self.in_flight = Some(InFlight { revision: snap.revision, nonce, content_hash: snap.content_hash });

@@ -33,6 +33,8 @@ pub enum Outgoing {
         revision: u64,
         nonce: String,
         control_plane_id: String,
+        /// `Snapshot.sticky_key`: fleet-wide, so not part of the group's resources.
+        sticky_key: Bytes,
         resources: Bytes,
     },
 }
@@ -42,8 +44,8 @@ impl Outgoing {
     pub fn encode(&self, dst: &mut impl BufMut) {
         match self {
             Outgoing::Message(m) => m.encode_raw(dst),
-            Outgoing::Snapshot { revision, nonce, control_plane_id, resources } => {
-                let mut head = Vec::with_capacity(16 + nonce.len() + control_plane_id.len());
+            Outgoing::Snapshot { revision, nonce, control_plane_id, sticky_key, resources } => {
+                let mut head = Vec::with_capacity(24 + nonce.len() + control_plane_id.len() + sticky_key.len());
                 // proto3: default values are not written.
                 if *revision != 0 {
                     encoding::uint64::encode(1, revision, &mut head);
@@ -53,6 +55,9 @@ impl Outgoing {
                 }
                 if !control_plane_id.is_empty() {
                     encoding::string::encode(3, control_plane_id, &mut head);
+                }
+                if !sticky_key.is_empty() {
+                    encoding::bytes::encode(8, sticky_key, &mut head);
                 }
                 // ServerMessage.snapshot is field 1, length-delimited.
                 encoding::encode_key(1, WireType::LengthDelimited, dst);
@@ -182,12 +187,19 @@ mod tests {
             revision: 7,
             nonce: "abc".into(),
             control_plane_id: "cp-1".into(),
+            sticky_key: Bytes::from_static(b"key"),
             resources: resources.encode_to_vec().into(),
         };
         let mut buf = Vec::new();
         outgoing.encode(&mut buf);
         let decoded = pb::ServerMessage::decode(buf.as_slice()).unwrap();
-        let expected = pb::Snapshot { revision: 7, nonce: "abc".into(), control_plane_id: "cp-1".into(), ..resources };
+        let expected = pb::Snapshot {
+            revision: 7,
+            nonce: "abc".into(),
+            control_plane_id: "cp-1".into(),
+            sticky_key: b"key".to_vec(),
+            ..resources
+        };
         assert_eq!(decoded, pb::ServerMessage { msg: Some(pb::server_message::Msg::Snapshot(expected)) });
 
         // Empty resources and a zero revision are still a valid, decodable snapshot.
@@ -195,6 +207,7 @@ mod tests {
             revision: 0,
             nonce: String::new(),
             control_plane_id: String::new(),
+            sticky_key: Bytes::new(),
             resources: Bytes::new(),
         };
         let mut buf = Vec::new();

@@ -8,7 +8,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::upstream::Lease;
-use crate::table::EndpointGuard;
+use crate::table::{EndpointGuard, RequestPermit};
 
 pub enum ProxyBody {
     /// No body (a retried bodyless request, an empty answer).
@@ -19,8 +19,11 @@ pub enum ProxyBody {
     Incoming(Incoming),
     /// A response body streamed from an endpoint; the guard counts the request as active on that
     /// endpoint until the body is finished or dropped. The connection goes back to the pool when
-    /// the body ends (dropped unfinished, it is closed: it cannot carry another exchange).
-    Upstream { body: Incoming, endpoint: Option<EndpointGuard>, lease: Option<Lease> },
+    /// the body ends (dropped unfinished, it is closed: it cannot carry another exchange). The
+    /// circuit breaker counts the request in flight until then too (`permit`).
+    Upstream { body: Incoming, endpoint: Option<EndpointGuard>, lease: Option<Lease>, permit: Option<RequestPermit> },
+    /// A request body read in full so that a retry can send it again.
+    Buffered(Option<Bytes>),
 }
 
 impl ProxyBody {
@@ -38,7 +41,8 @@ impl Body for ProxyBody {
             ProxyBody::Empty => Poll::Ready(None),
             ProxyBody::Static(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Incoming(b) => Pin::new(b).poll_frame(cx),
-            ProxyBody::Upstream { body, endpoint, lease } => {
+            ProxyBody::Buffered(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Upstream { body, endpoint, lease, permit } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
                 let over = match &polled {
                     Poll::Ready(None) => true,
@@ -48,6 +52,7 @@ impl Body for ProxyBody {
                     Poll::Ready(Some(Err(_))) => {
                         endpoint.take();
                         lease.take();
+                        permit.take();
                         false
                     }
                     Poll::Pending => false,
@@ -56,6 +61,7 @@ impl Body for ProxyBody {
                     // The exchange is over: the endpoint is no longer busy with it, and the
                     // connection can carry the next one.
                     endpoint.take();
+                    permit.take();
                     if let Some(l) = lease.take() {
                         l.release();
                     }
@@ -68,7 +74,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Empty => true,
-            ProxyBody::Static(b) => b.is_none(),
+            ProxyBody::Static(b) | ProxyBody::Buffered(b) => b.is_none(),
             ProxyBody::Incoming(b) => b.is_end_stream(),
             ProxyBody::Upstream { body, .. } => body.is_end_stream(),
         }
@@ -77,7 +83,9 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Empty => SizeHint::with_exact(0),
-            ProxyBody::Static(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Static(b) | ProxyBody::Buffered(b) => {
+                SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
+            }
             ProxyBody::Incoming(b) => b.size_hint(),
             ProxyBody::Upstream { body, .. } => body.size_hint(),
         }

@@ -3,24 +3,36 @@
 use http::{header, HeaderValue, Response, StatusCode};
 
 use super::body::ProxyBody;
+use crate::table::Overflow;
+
+static X_SLUICE_OVERFLOW: header::HeaderName = header::HeaderName::from_static("x-sluice-overflow");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProxyError {
     NoRoute,
+    /// The cluster's circuit breaker is open for this limit.
+    Overflow(Overflow),
     NoHealthyEndpoint,
     UpstreamConnect,
     UpstreamFailed,
     UpstreamTimeout,
     NotReady,
+    /// The request body could not be read in full (to keep it for retries).
+    ClientBody,
+    /// A plain-http request to a redirecting route that names no host.
+    NoHost,
 }
 
 impl ProxyError {
     pub fn status(self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoHealthyEndpoint | ProxyError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoHealthyEndpoint | ProxyError::NotReady | ProxyError::Overflow(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::UpstreamConnect | ProxyError::UpstreamFailed => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::ClientBody | ProxyError::NoHost => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -28,10 +40,15 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => "no route\n",
             ProxyError::NoHealthyEndpoint => "no healthy endpoint\n",
+            ProxyError::Overflow(Overflow::Connections) => "circuit breaker open: connections\n",
+            ProxyError::Overflow(Overflow::Pending) => "circuit breaker open: pending\n",
+            ProxyError::Overflow(Overflow::Requests) => "circuit breaker open: requests\n",
             ProxyError::UpstreamConnect => "upstream connect failure\n",
             ProxyError::UpstreamFailed => "upstream request failed\n",
             ProxyError::UpstreamTimeout => "upstream timeout\n",
             ProxyError::NotReady => "no configuration installed\n",
+            ProxyError::ClientBody => "request body could not be read\n",
+            ProxyError::NoHost => "no host to redirect to\n",
         }
     }
 
@@ -42,6 +59,9 @@ impl ProxyError {
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(msg.len()));
+        if let ProxyError::Overflow(o) = self {
+            h.insert(X_SLUICE_OVERFLOW.clone(), HeaderValue::from_static(o.as_str()));
+        }
         resp
     }
 }

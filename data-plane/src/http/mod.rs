@@ -5,5 +5,7 @@ pub mod errors;
 pub mod guard;
 pub mod head;
 pub mod proxy;
+pub mod redirect;
 pub mod server;
+pub mod sticky;
 pub mod upstream;

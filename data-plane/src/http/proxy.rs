@@ -1,5 +1,7 @@
-//! One proxied request: route lookup on the table loaded once for the request, endpoint pick,
-//! forwarding headers, the upstream exchange with its timeout and retries, and the answer.
+//! One proxied request: route lookup on the table loaded once for the request, https redirect,
+//! cluster and endpoint choice (sticky cookie, hash key, weights, policy), circuit breaker,
+//! forwarding headers, the upstream tries with their timeouts, retries within the route's budget,
+//! and the answer.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -8,16 +10,21 @@ use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
-use http::{Request, Response, Uri, Version};
+use http::{Method, Request, Response, Uri, Version};
 use http_body::Body as _;
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use sluice_shared::model::RetryOn;
+use sluice_shared::model::{LbPolicy, RetryOn};
 
 use super::body::ProxyBody;
 use super::errors::ProxyError;
+use super::upstream::{Failed, Lease, UpstreamError};
+use super::{redirect, sticky};
 use crate::metrics::ResponseCounts;
 use crate::state::{ConnCtx, Installed};
-use crate::table::{normalize_host, ClusterLb, RequestView, RouteEntry};
+use crate::table::{
+    hash_bytes, hash_ip, normalize_host, ClusterLb, EndpointGuard, RequestPermit, RequestView, RetryPolicy, RouteEntry,
+};
 
 /// Used when a route sets no `timeout_ms`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -88,114 +95,275 @@ async fn route_and_forward(req: Request<Incoming>, down: &Downstream, installed:
         return answer(unrouted, ProxyError::NoRoute);
     };
     route.stats().record_request();
-    let cluster = route.pick_cluster();
-    let counts = installed.stats.responses(route.name(), cluster.name()).unwrap_or(unrouted);
-    let resp = forward(req, down, installed, route, cluster, counts).await;
+    let resp = match route.https_redirect().filter(|_| conn.scheme == "http") {
+        Some(r) => match redirect::to_https(r, host.as_deref(), req.uri()) {
+            Some(resp) => resp,
+            None => answer(unrouted, ProxyError::NoHost),
+        },
+        None => forward(req, down, installed, route).await,
+    };
     route.stats().record_response(resp.status().as_u16());
     resp
 }
+
+/// Why one try failed, for the retry decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TryFailure {
+    /// No connection: nothing reached the endpoint.
+    Connect,
+    /// The endpoint closed or broke the connection before a response.
+    Reset,
+    /// The per-try timeout passed.
+    Timeout,
+    Status5xx,
+}
+
+impl TryFailure {
+    fn retried_by(self, policy: &RetryPolicy) -> bool {
+        match self {
+            TryFailure::Connect => policy.retries_on(RetryOn::ConnectFailure),
+            TryFailure::Reset => policy.retries_on(RetryOn::Reset),
+            TryFailure::Timeout => policy.retries_on(RetryOn::Reset) || policy.retries_on(RetryOn::Status5xx),
+            TryFailure::Status5xx => policy.retries_on(RetryOn::Status5xx),
+        }
+    }
+
+    fn error(self) -> ProxyError {
+        match self {
+            TryFailure::Connect => ProxyError::UpstreamConnect,
+            TryFailure::Reset | TryFailure::Status5xx => ProxyError::UpstreamFailed,
+            TryFailure::Timeout => ProxyError::UpstreamTimeout,
+        }
+    }
+}
+
+/// Request bodies up to this size are kept in memory when a retry on `reset` or `5xx` may need
+/// them again; larger ones stream and are only retried when none of them was sent.
+const MAX_REPLAY_BODY: u64 = 64 * 1024;
 
 async fn forward(
     req: Request<Incoming>,
     down: &Downstream,
     installed: &Installed,
     route: &RouteEntry,
-    cluster: &Arc<ClusterLb>,
-    counts: &ResponseCounts,
 ) -> Response<ProxyBody> {
     let conn = &*down.ctx;
+    let unrouted = &conn.shared.metrics.unrouted;
+    // A valid sticky cookie chooses the cluster and the endpoint; otherwise the weights do.
+    let sticky = route.sticky();
+    let mut pinned =
+        sticky.and_then(|s| sticky::cookie(req.headers(), &s.cookie)).and_then(|v| installed.sticky.pinned(route, v));
+    let cluster = match &pinned {
+        Some((c, _)) => *c,
+        None => match route.pick_cluster() {
+            Some(c) => c,
+            None => return answer(unrouted, ProxyError::NoRoute),
+        },
+    };
+    let counts = installed.stats.responses(route.name(), cluster.name()).unwrap_or(unrouted);
+    let permit = match cluster.breaker().map(|b| b.try_request()).transpose() {
+        Ok(p) => p,
+        Err(o) => return answer(counts, ProxyError::Overflow(o)),
+    };
+    let hash_key = hash_key(route, cluster, req.headers(), down);
+    route.deposit_retry_budget();
+
     let (mut parts, body) = req.into_parts();
     prepare_headers(&mut parts.headers, parts.uri.authority(), down);
     let mut uri = origin_form(parts.uri);
+    let deadline = tokio::time::Instant::now() + route.timeout().unwrap_or(DEFAULT_TIMEOUT);
 
     let policy = route.retries();
-    // A retry needs the request again: only bodyless requests can be replayed.
-    let retries = if body.is_end_stream() { policy.map_or(0, |p| p.attempts) } else { 0 };
-    let retry_head = (retries > 0).then(|| parts.headers.clone());
-    let mut body = Some(ProxyBody::Incoming(body));
-    let deadline = tokio::time::Instant::now() + route.timeout().unwrap_or(DEFAULT_TIMEOUT);
+    let attempts = policy.map_or(0, |p| p.attempts);
+    let idempotent = is_idempotent(&parts.method);
+    // What a retry after a sent try can send again: no body, or a small one kept in memory.
+    let (body, replay) = if body.is_end_stream() {
+        (ProxyBody::Empty, Some(None))
+    } else if attempts > 0 && idempotent && fits_replay(&parts.headers) {
+        match tokio::time::timeout_at(deadline, Limited::new(body, MAX_REPLAY_BODY as usize).collect()).await {
+            Ok(Ok(b)) => {
+                let b = b.to_bytes();
+                (ProxyBody::Buffered(Some(b.clone())), Some(Some(b)))
+            }
+            Ok(Err(_)) | Err(_) => return answer(counts, ProxyError::ClientBody),
+        }
+    } else {
+        (ProxyBody::Incoming(body), None)
+    };
+    let retry_head = (attempts > 0).then(|| parts.headers.clone());
+    let mut body = Some(body);
+    // A request handed back unsent by a failed connect: the next try sends it as it is.
+    let mut unsent: Option<Request<ProxyBody>> = None;
+
     let latency = installed.stats.latency(cluster.name());
     let upstream_tls = installed.tls.upstream(cluster.name()).map(|t| &**t);
+    let pinned_addr = pinned.as_ref().map(|(_, g)| g.address());
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut attempt = 0;
     loop {
-        let picked =
-            if tried.is_empty() { cluster.pick() } else { cluster.pick_excluding(&tried).or_else(|| cluster.pick()) };
+        let picked = match (pinned.take(), hash_key) {
+            (Some((_, g)), _) => Some(g),
+            (None, Some(k)) => cluster.pick_hashed(k, &tried),
+            (None, None) if tried.is_empty() => cluster.pick(),
+            (None, None) => cluster.pick_excluding(&tried).or_else(|| cluster.pick()),
+        };
         let Some(endpoint) = picked else {
             return answer(counts, ProxyError::NoHealthyEndpoint);
         };
         let addr = endpoint.address();
-        let mut upstream = Request::new(body.take().unwrap_or(ProxyBody::Empty));
-        *upstream.version_mut() = Version::HTTP_11;
-        // Without retries there is one attempt: the head moves to it instead of being copied.
-        match &retry_head {
-            Some(h) => {
-                *upstream.method_mut() = parts.method.clone();
-                *upstream.uri_mut() = uri.clone();
-                *upstream.headers_mut() = h.clone();
-            }
+        let upstream = match unsent.take() {
+            Some(r) => r,
             None => {
-                *upstream.method_mut() = std::mem::take(&mut parts.method);
-                *upstream.uri_mut() = std::mem::take(&mut uri);
-                *upstream.headers_mut() = std::mem::take(&mut parts.headers);
+                let b = match (body.take(), &replay) {
+                    (Some(b), _) => b,
+                    (None, Some(Some(bytes))) => ProxyBody::Buffered(Some(bytes.clone())),
+                    (None, _) => ProxyBody::Empty,
+                };
+                let mut r = Request::new(b);
+                *r.version_mut() = Version::HTTP_11;
+                // Without retries there is one try: the head moves to it instead of being copied.
+                match &retry_head {
+                    Some(h) => {
+                        *r.method_mut() = parts.method.clone();
+                        *r.uri_mut() = uri.clone();
+                        *r.headers_mut() = h.clone();
+                    }
+                    None => {
+                        *r.method_mut() = std::mem::take(&mut parts.method);
+                        *r.uri_mut() = std::mem::take(&mut uri);
+                        *r.headers_mut() = std::mem::take(&mut parts.headers);
+                    }
+                }
+                if !r.headers().contains_key(header::HOST) {
+                    // An HTTP/1.0 client may send no Host; HTTP/1.1 to the endpoint needs one.
+                    if let Ok(v) = HeaderValue::try_from(addr.to_string()) {
+                        r.headers_mut().insert(header::HOST, v);
+                    }
+                }
+                r
             }
-        }
-        if !upstream.headers().contains_key(header::HOST) {
-            // An HTTP/1.0 client may send no Host; HTTP/1.1 to the endpoint needs one.
-            if let Ok(v) = HeaderValue::try_from(addr.to_string()) {
-                upstream.headers_mut().insert(header::HOST, v);
-            }
-        }
+        };
+        let try_deadline = match policy.and_then(|p| p.per_try_timeout) {
+            Some(t) => deadline.min(tokio::time::Instant::now() + t),
+            None => deadline,
+        };
         let started = Instant::now();
-        let can_retry = |what: RetryOn| attempt < retries && policy.is_some_and(|p| p.retries_on(what));
-        match tokio::time::timeout_at(deadline, conn.shared.client.request(addr, upstream_tls, upstream)).await {
-            Err(_) => {
+        let sent = conn.shared.client.request(addr, upstream_tls, cluster.breaker(), upstream);
+        let failure = match tokio::time::timeout_at(try_deadline, sent).await {
+            Err(_) if try_deadline >= deadline => {
                 tracing::debug!(route = route.name(), %addr, "upstream timeout");
                 return answer(counts, ProxyError::UpstreamTimeout);
+            }
+            Err(_) => {
+                cluster.record_outcome(&endpoint, true);
+                TryFailure::Timeout
             }
             Ok(Ok((resp, lease))) => {
                 if let Some(h) = latency {
                     h.observe(started.elapsed());
                 }
-                cluster.record_outcome(&endpoint, resp.status().is_server_error());
-                if resp.status().is_server_error() && can_retry(RetryOn::Status5xx) {
-                    tried.push(addr);
-                    attempt += 1;
-                    continue;
+                let server_error = resp.status().is_server_error();
+                cluster.record_outcome(&endpoint, server_error);
+                if !server_error || !may_retry(route, TryFailure::Status5xx, attempt, replay.is_some() && idempotent) {
+                    counts.record(resp.status().as_u16());
+                    let cookie = sticky.filter(|_| pinned_addr != Some(addr)).and_then(|s| {
+                        let value = installed.sticky.issue(cluster.name(), addr, s.ttl_s)?;
+                        sticky::set_cookie(&s.cookie, &value, s.ttl_s, conn.scheme == "https")
+                    });
+                    return respond(resp, lease, endpoint, permit, cookie);
                 }
-                counts.record(resp.status().as_u16());
-                let (mut head, incoming) = resp.into_parts();
-                strip_hop_by_hop(&mut head.headers);
-                // hyper may never poll a body that is already over: the connection is free now.
-                let lease = if incoming.is_end_stream() {
-                    lease.release();
-                    None
-                } else {
-                    Some(lease)
-                };
-                let body = ProxyBody::Upstream { body: incoming, endpoint: Some(endpoint), lease };
-                return Response::from_parts(head, body);
+                TryFailure::Status5xx
             }
-            Ok(Err(e)) => {
-                let what = if e.is_connect() { RetryOn::ConnectFailure } else { RetryOn::Reset };
-                if what == RetryOn::ConnectFailure {
+            Ok(Err(Failed { error: UpstreamError::Overflow(o), .. })) => {
+                return answer(counts, ProxyError::Overflow(o))
+            }
+            Ok(Err(Failed { error, unsent: back })) => {
+                tracing::debug!(route = route.name(), %addr, error = %error, "upstream request failed");
+                if error.is_connect() {
                     cluster.record_outcome(&endpoint, true);
-                }
-                tracing::debug!(route = route.name(), %addr, error = %e, "upstream request failed");
-                if can_retry(what) {
-                    tried.push(addr);
-                    attempt += 1;
-                    continue;
-                }
-                let err = if what == RetryOn::ConnectFailure {
-                    ProxyError::UpstreamConnect
+                    unsent = back;
+                    TryFailure::Connect
                 } else {
-                    ProxyError::UpstreamFailed
-                };
-                return answer(counts, err);
+                    TryFailure::Reset
+                }
             }
+        };
+        // Nothing was sent (a connect failure) or what was sent can be sent again.
+        let resendable = match failure {
+            TryFailure::Connect => unsent.is_some() || replay.is_some(),
+            _ => replay.is_some() && idempotent,
+        };
+        if failure != TryFailure::Status5xx && !may_retry(route, failure, attempt, resendable) {
+            return answer(counts, failure.error());
         }
+        tried.push(addr);
+        attempt += 1;
     }
+}
+
+/// Whether a try that failed this way is followed by another: the policy retries it, tries are
+/// left, the request can be sent again, and the route's retry budget allows one more (checked
+/// last: it spends a retry).
+fn may_retry(route: &RouteEntry, failure: TryFailure, attempt: u32, resendable: bool) -> bool {
+    let Some(policy) = route.retries() else { return false };
+    attempt < policy.attempts && resendable && failure.retried_by(policy) && route.withdraw_retry_budget()
+}
+
+/// The endpoint's answer on its way to the client, holding what the exchange still occupies.
+fn respond(
+    resp: Response<Incoming>,
+    lease: Lease,
+    endpoint: EndpointGuard,
+    permit: Option<RequestPermit>,
+    cookie: Option<HeaderValue>,
+) -> Response<ProxyBody> {
+    let (mut head, incoming) = resp.into_parts();
+    strip_hop_by_hop(&mut head.headers);
+    if let Some(c) = cookie {
+        head.headers.append(header::SET_COOKIE, c);
+    }
+    // hyper may never poll a body that is already over: the connection is free now.
+    let lease = if incoming.is_end_stream() {
+        lease.release();
+        None
+    } else {
+        Some(lease)
+    };
+    let body = ProxyBody::Upstream { body: incoming, endpoint: Some(endpoint), lease, permit };
+    Response::from_parts(head, body)
+}
+
+/// RFC 9110 §9.2.2: methods a client may repeat without changing the outcome.
+fn is_idempotent(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+}
+
+/// A body announced by Content-Length (chunked ones have no size to check up front) that is
+/// small enough to keep for a retry.
+fn fits_replay(headers: &HeaderMap) -> bool {
+    !headers.contains_key(header::TRANSFER_ENCODING)
+        && headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n <= MAX_REPLAY_BODY)
+}
+
+/// The key `ring_hash` and `maglev` clusters hash, by the route's `hash_on`: a header's or a
+/// cookie's value, or the client IP. `None`: no key (the cluster balances as it would anyway).
+fn hash_key(route: &RouteEntry, cluster: &ClusterLb, headers: &HeaderMap, down: &Downstream) -> Option<u64> {
+    if !matches!(cluster.policy(), LbPolicy::RingHash | LbPolicy::Maglev) {
+        return None;
+    }
+    let on = route.hash_on()?;
+    if on.source_ip {
+        return Some(hash_ip(down.ctx.peer.ip()));
+    }
+    if let Some(name) = &on.header {
+        return headers.get(name.as_str()).map(|v| hash_bytes(v.as_bytes()));
+    }
+    let name = on.cookie.as_deref()?;
+    sticky::cookie(headers, name).map(|v| hash_bytes(v.as_bytes()))
 }
 
 fn answer(counts: &ResponseCounts, err: ProxyError) -> Response<ProxyBody> {

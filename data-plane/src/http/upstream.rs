@@ -6,11 +6,20 @@
 //! the thread that finishes its response body; a connection closed by the endpoint while idle is
 //! noticed by its hyper task and skipped at checkout. A request that could not be written on a
 //! pooled connection (it closed meanwhile) is sent again on another one, as hyper's client does.
+//!
+//! Clusters with a circuit breaker's `max_connections` are the exception: each of their
+//! connections holds a permit of the cluster's breaker for its whole life, and their idle
+//! connections sit in one pool shared by the threads (behind a mutex), so that a request waiting
+//! for a permit can reuse or free any idle connection of the cluster rather than wait for one
+//! idling on another thread. Such a connection finishing an exchange while requests wait goes
+//! straight to a request waiting for its endpoint, or is closed (handing its permit to a request
+//! waiting for another endpoint).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
@@ -20,7 +29,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::body::ProxyBody;
+use crate::table::{Breaker, Overflow};
 use crate::tls::upstream::UpstreamTlsConfig;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 /// How long to wait for a TCP connection to an endpoint (the route timeout may cut it shorter).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -38,12 +49,32 @@ pub enum UpstreamError {
     Handshake(#[source] hyper::Error),
     #[error(transparent)]
     Request(hyper::Error),
+    /// The cluster's circuit breaker refused a connection (no room to wait for one).
+    #[error("circuit breaker open: {}", .0.as_str())]
+    Overflow(Overflow),
 }
 
 impl UpstreamError {
     /// No connection could be made (as opposed to one that failed during the exchange).
     pub fn is_connect(&self) -> bool {
         matches!(self, UpstreamError::Connect(_) | UpstreamError::Handshake(_))
+    }
+}
+
+/// A failed exchange, with the request when none of it was sent (a connect failure, an overflow):
+/// such a request can go to another endpoint whatever its body.
+pub struct Failed {
+    pub error: UpstreamError,
+    pub unsent: Option<Request<ProxyBody>>,
+}
+
+impl Failed {
+    fn unsent(error: UpstreamError, req: Request<ProxyBody>) -> Failed {
+        Failed { error, unsent: Some(req) }
+    }
+
+    fn sent(error: UpstreamError) -> Failed {
+        Failed { error, unsent: None }
     }
 }
 
@@ -61,27 +92,52 @@ pub fn client() -> UpstreamClient {
 pub struct Lease {
     addr: PoolKey,
     sender: SendRequest<ProxyBody>,
+    /// Set for connections counted by a breaker's `max_connections` (see the module docs).
+    limited: Option<Arc<Breaker>>,
 }
 
 impl Lease {
-    /// Returns the connection to this thread's pool (the response has been read to its end).
+    /// Returns the connection to its pool (the response has been read to its end).
     pub fn release(self) {
         if self.sender.is_closed() {
             return;
         }
-        POOL.with(|pool| {
-            let mut pool = pool.borrow_mut();
-            let idle = pool.entry(self.addr).or_default();
-            let now = Instant::now();
-            // The oldest are at the front: drop the ones that have expired or would overflow.
-            let expired = idle.iter().take_while(|c| now.duration_since(c.since) > POOL_IDLE).count();
-            let overflow = (idle.len() + 1).saturating_sub(MAX_IDLE_PER_ENDPOINT);
-            let drop_front = expired.max(overflow);
-            if drop_front > 0 {
-                idle.drain(..drop_front);
+        let now = Instant::now();
+        match self.limited {
+            Some(b) if b.has_waiters() => {
+                let mut sender = self.sender;
+                let mut waiting = WAITING.lock().unwrap_or_else(|e| e.into_inner());
+                for tx in waiting.get_mut(&self.addr).into_iter().flat_map(|q| std::iter::from_fn(|| q.pop_front())) {
+                    match tx.send(sender) {
+                        Ok(()) => return,
+                        Err(s) => sender = s,
+                    }
+                }
+                // Nobody waits for this endpoint: closing frees the permit for whoever waits.
             }
-            idle.push(Idle { sender: self.sender, since: now });
-        });
+            Some(breaker) => {
+                let mut pool = SHARED_POOL.lock().unwrap_or_else(|e| e.into_inner());
+                let idle = pool.entry(self.addr).or_default();
+                trim(idle, now);
+                idle.push(SharedIdle { idle: Idle { sender: self.sender, since: now }, breaker });
+            }
+            None => POOL.with(|pool| {
+                let mut pool = pool.borrow_mut();
+                let idle = pool.entry(self.addr).or_default();
+                trim(idle, now);
+                idle.push(Idle { sender: self.sender, since: now });
+            }),
+        }
+    }
+}
+
+/// Drops the idle connections that have expired or would overflow (the oldest are at the front).
+fn trim<T: AsRef<Idle>>(idle: &mut Vec<T>, now: Instant) {
+    let expired = idle.iter().take_while(|c| now.duration_since(c.as_ref().since) > POOL_IDLE).count();
+    let overflow = (idle.len() + 1).saturating_sub(MAX_IDLE_PER_ENDPOINT);
+    let drop_front = expired.max(overflow);
+    if drop_front > 0 {
+        idle.drain(..drop_front);
     }
 }
 
@@ -90,53 +146,174 @@ struct Idle {
     since: Instant,
 }
 
+impl AsRef<Idle> for Idle {
+    fn as_ref(&self) -> &Idle {
+        self
+    }
+}
+
+impl Idle {
+    fn usable(&self) -> bool {
+        !self.sender.is_closed() && self.since.elapsed() <= POOL_IDLE
+    }
+}
+
+/// An idle connection of a cluster with `max_connections`, with the breaker whose permit it holds.
+struct SharedIdle {
+    idle: Idle,
+    breaker: Arc<Breaker>,
+}
+
+impl AsRef<Idle> for SharedIdle {
+    fn as_ref(&self) -> &Idle {
+        &self.idle
+    }
+}
+
 thread_local! {
     static POOL: RefCell<HashMap<PoolKey, Vec<Idle>>> = RefCell::new(HashMap::new());
 }
 
-/// The most recently used live idle connection to `addr`, if any.
+static SHARED_POOL: LazyLock<Mutex<HashMap<PoolKey, Vec<SharedIdle>>>> = LazyLock::new(Default::default);
+
+/// Requests of connection-limited clusters waiting for a connection to an endpoint, oldest first.
+static WAITING: LazyLock<Mutex<HashMap<PoolKey, VecDeque<Handoff>>>> = LazyLock::new(Default::default);
+
+/// Where a finished exchange hands its connection to a waiting request.
+type Handoff = oneshot::Sender<SendRequest<ProxyBody>>;
+
+enum Waited {
+    /// A connection handed over by the exchange that finished on it.
+    Connection(SendRequest<ProxyBody>),
+    /// A permit to open a new connection.
+    Permit(OwnedSemaphorePermit),
+}
+
+/// Waits (as one of the breaker's pending requests) for a connection to `addr` or a permit.
+async fn wait_for_connection(breaker: &Arc<Breaker>, addr: PoolKey) -> Option<Waited> {
+    // Connections pooled before this request counted as waiting would never be handed over.
+    if let Some(s) = checkout_shared(addr) {
+        return Some(Waited::Connection(s));
+    }
+    let (tx, rx) = oneshot::channel();
+    {
+        let mut waiting = WAITING.lock().unwrap_or_else(|e| e.into_inner());
+        let queue = waiting.entry(addr).or_default();
+        queue.retain(|t| !t.is_closed());
+        queue.push_back(tx);
+    }
+    // A connection idling for another endpoint holds a permit this request needs.
+    evict_one(breaker);
+    tokio::select! {
+        Ok(s) = rx => Some(Waited::Connection(s)),
+        p = breaker.connection() => p.map(Waited::Permit),
+    }
+}
+
+enum Sent {
+    Answered(Response<Incoming>, SendRequest<ProxyBody>),
+    /// Never written: the connection closed under it.
+    Unsent(Request<ProxyBody>),
+    Failed(hyper::Error),
+}
+
+async fn send_on(mut sender: SendRequest<ProxyBody>, req: Request<ProxyBody>) -> Sent {
+    if sender.ready().await.is_err() {
+        return Sent::Unsent(req);
+    }
+    match sender.try_send_request(req).await {
+        Ok(resp) => Sent::Answered(resp, sender),
+        Err(mut e) => match e.take_message() {
+            Some(r) => Sent::Unsent(r),
+            None => Sent::Failed(e.into_error()),
+        },
+    }
+}
+
+/// The most recently used live idle connection to `addr` in this thread's pool, if any.
 fn checkout(addr: PoolKey) -> Option<SendRequest<ProxyBody>> {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         let idle = pool.get_mut(&addr)?;
-        while let Some(c) = idle.pop() {
-            if c.sender.is_closed() || c.since.elapsed() > POOL_IDLE {
-                continue;
-            }
-            return Some(c.sender);
-        }
-        None
+        std::iter::from_fn(|| idle.pop()).find(Idle::usable).map(|c| c.sender)
     })
+}
+
+/// Like [`checkout`], from the shared pool of connection-limited clusters.
+fn checkout_shared(addr: PoolKey) -> Option<SendRequest<ProxyBody>> {
+    let mut pool = SHARED_POOL.lock().unwrap_or_else(|e| e.into_inner());
+    let idle = pool.get_mut(&addr)?;
+    std::iter::from_fn(|| idle.pop()).find(|c| c.idle.usable()).map(|c| c.idle.sender)
+}
+
+/// Closes one idle connection holding a permit of `breaker` (to any endpoint), so that a request
+/// waiting for a connection to another endpoint gets its permit. `false`: none was idle.
+fn evict_one(breaker: &Arc<Breaker>) -> bool {
+    let mut pool = SHARED_POOL.lock().unwrap_or_else(|e| e.into_inner());
+    for idle in pool.values_mut() {
+        if let Some(i) = idle.iter().position(|c| Arc::ptr_eq(&c.breaker, breaker)) {
+            idle.remove(i);
+            return true;
+        }
+    }
+    false
 }
 
 impl UpstreamClient {
     /// Sends `req` (origin-form URI, `Host` set) to `endpoint` on a pooled or new connection,
-    /// over TLS when the cluster has upstream TLS settings (`tls`).
+    /// over TLS when the cluster has upstream TLS settings (`tls`), within the connection limit
+    /// of the cluster's circuit breaker (`breaker`) if it has one.
     pub async fn request(
         &self,
         endpoint: SocketAddr,
         tls: Option<&UpstreamTlsConfig>,
+        breaker: Option<&Arc<Breaker>>,
         mut req: Request<ProxyBody>,
-    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
+    ) -> Result<(Response<Incoming>, Lease), Failed> {
         let addr: PoolKey = (endpoint, tls.map_or(0, UpstreamTlsConfig::id));
+        let limited = breaker.filter(|b| b.limits_connections());
+        let lease = |sender| Lease { addr, sender, limited: limited.cloned() };
         // Bounded: every turn takes one connection out of the pool.
-        while let Some(mut sender) = checkout(addr) {
-            if sender.ready().await.is_err() {
-                continue;
-            }
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, Lease { addr, sender })),
-                Err(mut e) => match e.take_message() {
-                    // Never written: the connection closed under us; try another.
-                    Some(r) => req = r,
-                    None => return Err(UpstreamError::Request(e.into_error())),
-                },
+        while let Some(sender) = if limited.is_some() { checkout_shared(addr) } else { checkout(addr) } {
+            match send_on(sender, req).await {
+                Sent::Answered(resp, sender) => return Ok((resp, lease(sender))),
+                Sent::Unsent(r) => req = r,
+                Sent::Failed(e) => return Err(Failed::sent(UpstreamError::Request(e))),
             }
         }
-        let mut sender = connect(endpoint, tls).await?;
+        let permit = match limited {
+            None => None,
+            Some(b) => match b.try_connection() {
+                Some(p) => Some(p),
+                None => {
+                    let _waiting = match b.enter_pending() {
+                        Ok(w) => w,
+                        Err(o) => return Err(Failed::unsent(UpstreamError::Overflow(o), req)),
+                    };
+                    loop {
+                        match wait_for_connection(b, addr).await {
+                            Some(Waited::Permit(p)) => break Some(p),
+                            Some(Waited::Connection(sender)) => match send_on(sender, req).await {
+                                Sent::Answered(resp, sender) => return Ok((resp, lease(sender))),
+                                Sent::Unsent(r) => req = r,
+                                Sent::Failed(e) => return Err(Failed::sent(UpstreamError::Request(e))),
+                            },
+                            None => {
+                                let o = b.overflowed(Overflow::Connections);
+                                return Err(Failed::unsent(UpstreamError::Overflow(o), req));
+                            }
+                        }
+                    }
+                }
+            },
+        };
+        let mut sender = match connect(endpoint, tls, permit).await {
+            Ok(s) => s,
+            Err(e) => return Err(Failed::unsent(e, req)),
+        };
         match sender.send_request(req).await {
-            Ok(resp) => Ok((resp, Lease { addr, sender })),
-            Err(e) => Err(UpstreamError::Request(e)),
+            Ok(resp) => Ok((resp, lease(sender))),
+            Err(e) => Err(Failed::sent(UpstreamError::Request(e))),
         }
     }
 }
@@ -144,7 +321,12 @@ impl UpstreamClient {
 /// Pooled connections per endpoint and TLS settings (0: plaintext), see `UpstreamTlsConfig::id`.
 type PoolKey = (SocketAddr, u64);
 
-async fn connect(addr: SocketAddr, tls: Option<&UpstreamTlsConfig>) -> Result<SendRequest<ProxyBody>, UpstreamError> {
+/// `permit`: the breaker permit the connection holds until it closes.
+async fn connect(
+    addr: SocketAddr,
+    tls: Option<&UpstreamTlsConfig>,
+    permit: Option<OwnedSemaphorePermit>,
+) -> Result<SendRequest<ProxyBody>, UpstreamError> {
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(r) => r.map_err(UpstreamError::Connect)?,
         Err(_) => return Err(UpstreamError::Connect(io::ErrorKind::TimedOut.into())),
@@ -153,12 +335,16 @@ async fn connect(addr: SocketAddr, tls: Option<&UpstreamTlsConfig>) -> Result<Se
     let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE));
     if let Some(tls) = tls {
         let stream = tls.connect(addr, stream).await.map_err(UpstreamError::Connect)?;
-        return handshake(addr, stream).await;
+        return handshake(addr, stream, permit).await;
     }
-    handshake(addr, stream).await
+    handshake(addr, stream, permit).await
 }
 
-async fn handshake<S>(addr: SocketAddr, stream: S) -> Result<SendRequest<ProxyBody>, UpstreamError>
+async fn handshake<S>(
+    addr: SocketAddr,
+    stream: S,
+    permit: Option<OwnedSemaphorePermit>,
+) -> Result<SendRequest<ProxyBody>, UpstreamError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -168,6 +354,7 @@ where
         if let Err(e) = conn.await {
             tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
         }
+        drop(permit);
     });
     Ok(sender)
 }
@@ -211,9 +398,9 @@ mod tests {
     /// connection to the pool).
     async fn get(addr: SocketAddr) -> Bytes {
         let req = Request::builder().uri("/").header("host", "x").body(ProxyBody::Empty).unwrap();
-        let (resp, lease) = client().request(addr, None, req).await.unwrap();
+        let Ok((resp, lease)) = client().request(addr, None, None, req).await else { panic!("request failed") };
         let (_, incoming) = resp.into_parts();
-        let body = ProxyBody::Upstream { body: incoming, endpoint: None, lease: Some(lease) };
+        let body = ProxyBody::Upstream { body: incoming, endpoint: None, lease: Some(lease), permit: None };
         body.collect().await.unwrap().to_bytes()
     }
 

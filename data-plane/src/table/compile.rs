@@ -8,11 +8,13 @@ use std::time::Duration;
 use sluice_shared::model::{Cluster, Route};
 use sluice_shared::Config;
 
+use super::breaker::Breaker;
 use super::index::RouteIndex;
 use super::lb::{ClusterLb, EndpointState, LbEndpoint};
 use super::matcher::Conditions;
 use super::outlier::OutlierPolicy;
-use super::route::{RetryPolicy, RouteEntry, RouteStats, WeightedBackend};
+use super::retry::RetryPolicy;
+use super::route::{RouteEntry, RouteStats, WeightedBackend};
 use super::sni::SniMap;
 use super::{CompileError, ListenerTable, Table};
 
@@ -103,10 +105,17 @@ fn compile_cluster(name: &str, c: &Cluster, previous: Option<&Arc<ClusterLb>>) -
             )
         })?;
         let state = old.get(&address).map(|s| Arc::clone(s)).unwrap_or_else(|| Arc::new(EndpointState::new(address)));
-        endpoints.push(LbEndpoint { state, weight: e.weight });
+        endpoints.push(LbEndpoint { state, weight: e.weight, name: e.name.as_deref().map(Arc::from) });
     }
     let outlier = c.outlier_detection.as_ref().map(OutlierPolicy::from);
-    Ok(ClusterLb::new(name, c.lb_policy, endpoints).with_health(c.health_check.clone(), outlier, c.panic_mode))
+    // Same limits: keep the live counts (requests in flight, connection permits held).
+    let breaker = c.circuit_breaker.map(|limits| match previous.and_then(|p| p.breaker()) {
+        Some(b) if *b.limits() == limits => Arc::clone(b),
+        _ => Arc::new(Breaker::new(limits)),
+    });
+    Ok(ClusterLb::new(name, c.lb_policy, endpoints)
+        .with_health(c.health_check.clone(), outlier, c.panic_mode)
+        .with_breaker(breaker))
 }
 
 fn compile_route(
@@ -126,7 +135,7 @@ fn compile_route(
         cumulative.push(sum);
         backends.push(WeightedBackend { cluster, weight: b.weight });
     }
-    if sum == 0 {
+    if sum == 0 && r.https_redirect.is_none() {
         // Also covers "no backends": `pick_cluster` relies on a positive weight sum.
         return Err(CompileError::new(format!("{field}.backends"), "needs a backend with a non-zero weight"));
     }
@@ -137,9 +146,10 @@ fn compile_route(
         backends,
         cumulative,
         timeout: r.timeout_ms.map(Duration::from_millis),
-        retries: r.retries.as_ref().map(|x| RetryPolicy { attempts: x.attempts, on: x.on.clone() }),
+        retries: r.retries.as_ref().map(RetryPolicy::from),
         sticky: r.sticky.clone(),
         hash_on: r.hash_on.clone(),
+        https_redirect: r.https_redirect,
         stats,
     })
 }

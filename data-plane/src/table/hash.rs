@@ -213,6 +213,7 @@ mod tests {
             .map(|(&p, &w)| LbEndpoint {
                 state: Arc::new(EndpointState::new(SocketAddr::from(([10, 0, 0, 1], p)))),
                 weight: w,
+                name: None,
             })
             .collect()
     }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use sluice_shared::model::{HealthCheck, LbPolicy};
 
+use super::breaker::Breaker;
 use super::hash::HashIndex;
 use super::outlier::{max_ejected, OutlierPolicy, OutlierState};
 
@@ -107,6 +108,8 @@ impl Drop for EndpointGuard {
 pub struct LbEndpoint {
     pub state: Arc<EndpointState>,
     pub weight: u32,
+    /// The configured name, if any (what sticky cookies name).
+    pub name: Option<Arc<str>>,
 }
 
 /// Clusters at most this big get an exact least-request scan; bigger ones power of two choices.
@@ -131,6 +134,7 @@ pub struct ClusterLb {
     panic_mode: bool,
     /// Serializes ejection decisions so that the cap holds under concurrent failures.
     ejecting: Mutex<()>,
+    breaker: Option<Arc<Breaker>>,
 }
 
 impl fmt::Debug for ClusterLb {
@@ -170,7 +174,18 @@ impl ClusterLb {
             outlier: None,
             panic_mode: false,
             ejecting: Mutex::new(()),
+            breaker: None,
         }
+    }
+
+    /// Adds the cluster's circuit breaker (shared with the previous revision's when the limits stay).
+    pub fn with_breaker(mut self, breaker: Option<Arc<Breaker>>) -> ClusterLb {
+        self.breaker = breaker;
+        self
+    }
+
+    pub fn breaker(&self) -> Option<&Arc<Breaker>> {
+        self.breaker.as_ref()
     }
 
     /// Adds the cluster's health settings: active checks (run by `health/`), outlier detection and
@@ -287,6 +302,15 @@ impl ClusterLb {
             Some(i) => Some(EndpointGuard::new(&self.endpoints[i].state)),
             None => self.pick_excluding(exclude),
         }
+    }
+
+    /// The endpoint at `address` if it may take new requests now (weight, health); for sticky
+    /// sessions. Linear: clusters pinned by cookie are small.
+    pub fn pick_address(&self, address: SocketAddr) -> Option<EndpointGuard> {
+        self.endpoints
+            .iter()
+            .find(|e| e.state.address == address && e.weight > 0 && e.state.is_healthy())
+            .map(|e| EndpointGuard::new(&e.state))
     }
 
     fn total_weight(&self) -> u64 {

@@ -13,8 +13,11 @@
 //! ListenerTable::find(&self, &RequestView) -> Option<&RouteEntry>      no allocation (see below)
 //! ListenerTable::cluster(&self) -> Option<&Arc<ClusterLb>>              tcp/udp (and tls default) cluster
 //! ListenerTable::sni_cluster(&self, Option<&str>) -> Option<&Arc<ClusterLb>>  tls passthrough by SNI
-//! RouteEntry::pick_cluster(&self) -> &Arc<ClusterLb>                    weighted, per request
-//! RouteEntry::{name, priority, backends, timeout, retries, sticky, hash_on, stats}
+//! RouteEntry::pick_cluster(&self) -> Option<&Arc<ClusterLb>>            weighted, per request
+//! RouteEntry::{name, priority, backends, backend(name), timeout, retries, sticky, hash_on, https_redirect, stats}
+//! RouteEntry::{deposit_retry_budget, withdraw_retry_budget}             retry budget (`retry.rs`)
+//! ClusterLb::breaker(&self) -> Option<&Arc<Breaker>>                    circuit breaking (`breaker.rs`)
+//! ClusterLb::pick_address(&self, SocketAddr) -> Option<EndpointGuard>   sticky sessions
 //! ClusterLb::pick(&self) -> Option<EndpointGuard>                       None: no healthy endpoint (503)
 //! ClusterLb::pick_excluding(&self, &[SocketAddr]) -> Option<EndpointGuard>   for retries
 //! ClusterLb::pick_hashed(&self, key: u64, &[SocketAddr]) -> Option<EndpointGuard>  ring_hash, maglev
@@ -51,6 +54,7 @@
 //! through `ClusterLb::pick_hashed(key, exclude)`; without a key (plain `pick`) they round robin. When the policy's tries keep hitting unhealthy endpoints, a scan finds any
 //! healthy one.
 
+mod breaker;
 mod compile;
 mod hash;
 mod index;
@@ -58,6 +62,7 @@ mod lb;
 mod matcher;
 mod outlier;
 mod request;
+mod retry;
 mod route;
 mod sni;
 
@@ -76,12 +81,14 @@ use std::time::Duration;
 use sluice_shared::model::Protocol;
 use sluice_shared::Revision;
 
+pub use breaker::{Breaker, Overflow, PendingGuard, RequestPermit};
 pub use compile::compile;
 pub use hash::{hash_bytes, hash_ip};
 pub use lb::{ClusterLb, EndpointGuard, EndpointState, LbEndpoint};
 pub use outlier::{max_ejected, OutlierPolicy};
 pub use request::{normalize_host, RequestView};
-pub use route::{RetryPolicy, RouteEntry, RouteStats, WeightedBackend};
+pub use retry::{RetryBucket, RetryPolicy};
+pub use route::{RouteEntry, RouteStats, WeightedBackend};
 
 use index::RouteIndex;
 

@@ -183,6 +183,7 @@ mod tests {
             .map(|i| LbEndpoint {
                 state: std::sync::Arc::new(EndpointState::new(([127, 0, 0, 1], 9000 + i).into())),
                 weight: 1,
+                name: None,
             })
             .collect();
         ClusterLb::new("c", sluice_shared::model::LbPolicy::RoundRobin, endpoints)

@@ -4,11 +4,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_shared::model::{HashOn, RetryOn, Sticky};
+use sluice_shared::model::{HashOn, HttpsRedirect, Sticky};
 
 use super::lb::{random_below, ClusterLb};
 use super::matcher::Conditions;
 use super::request::RequestView;
+use super::retry::{RetryBucket, RetryPolicy};
 
 /// Per-route counters, kept across revisions while the route name stays, so exported metrics do
 /// not reset on every config change.
@@ -17,6 +18,10 @@ pub struct RouteStats {
     requests: AtomicU64,
     /// Responses by status class: index 0 = 1xx … 4 = 5xx.
     responses: [AtomicU64; 5],
+    retries: AtomicU64,
+    budget_exhausted: AtomicU64,
+    /// The retry budget's balance: it outlives revisions like the counters.
+    pub(crate) retry_bucket: RetryBucket,
 }
 
 impl RouteStats {
@@ -36,22 +41,19 @@ impl RouteStats {
         self.requests.load(Ordering::Relaxed)
     }
 
+    /// Retries sent (each try after the first).
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    /// Retries the policy allowed but the budget refused.
+    pub fn budget_exhausted(&self) -> u64 {
+        self.budget_exhausted.load(Ordering::Relaxed)
+    }
+
     /// Responses of class `class` (1 to 5, as in `5xx`); 0 for any other class.
     pub fn responses(&self, class: u8) -> u64 {
         class.checked_sub(1).and_then(|i| self.responses.get(usize::from(i))).map_or(0, |c| c.load(Ordering::Relaxed))
-    }
-}
-
-/// A route's retry policy: `attempts` retries after the first try, on the listed failures.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RetryPolicy {
-    pub attempts: u32,
-    pub on: Vec<RetryOn>,
-}
-
-impl RetryPolicy {
-    pub fn retries_on(&self, what: RetryOn) -> bool {
-        self.on.contains(&what)
     }
 }
 
@@ -74,6 +76,7 @@ pub struct RouteEntry {
     pub(crate) retries: Option<RetryPolicy>,
     pub(crate) sticky: Option<Sticky>,
     pub(crate) hash_on: Option<HashOn>,
+    pub(crate) https_redirect: Option<HttpsRedirect>,
     pub(crate) stats: Arc<RouteStats>,
 }
 
@@ -87,16 +90,23 @@ impl RouteEntry {
     }
 
     /// The cluster for this request: a weighted random choice (thread-local wyrand, no lock), so over
-    /// many requests each backend gets its weight's share; a zero weight is never chosen.
-    pub fn pick_cluster(&self) -> &Arc<ClusterLb> {
+    /// many requests each backend gets its weight's share; a zero weight is never chosen. `None`
+    /// only for a redirecting route without backends.
+    pub fn pick_cluster(&self) -> Option<&Arc<ClusterLb>> {
         let i = match self.backends.len() {
+            0 => return None,
             1 => 0,
             _ => {
                 let r = random_below(self.cumulative.last().copied().unwrap_or(1));
                 self.cumulative.partition_point(|&c| c <= r)
             }
         };
-        &self.backends[i].cluster
+        self.backends.get(i).map(|b| &b.cluster)
+    }
+
+    /// The backend cluster named `name` if it may take new requests (non-zero weight).
+    pub fn backend(&self, name: &str) -> Option<&Arc<ClusterLb>> {
+        self.backends.iter().find(|b| b.weight > 0 && b.cluster.name() == name).map(|b| &b.cluster)
     }
 
     pub fn backends(&self) -> &[WeightedBackend] {
@@ -118,6 +128,30 @@ impl RouteEntry {
 
     pub fn hash_on(&self) -> Option<&HashOn> {
         self.hash_on.as_ref()
+    }
+
+    /// On plain http listeners: answer with a redirect to https instead of forwarding.
+    pub fn https_redirect(&self) -> Option<&HttpsRedirect> {
+        self.https_redirect.as_ref()
+    }
+
+    /// Counts the request toward the retry budget (only routes with retries keep one).
+    pub fn deposit_retry_budget(&self) {
+        if let Some(p) = &self.retries {
+            self.stats.retry_bucket.deposit(&p.budget);
+        }
+    }
+
+    /// Whether one more retry fits the budget; counts the retry or the refusal.
+    pub fn withdraw_retry_budget(&self) -> bool {
+        let Some(p) = &self.retries else { return false };
+        if self.stats.retry_bucket.withdraw(&p.budget) {
+            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            true
+        } else {
+            self.stats.budget_exhausted.fetch_add(1, Ordering::Relaxed);
+            false
+        }
     }
 
     pub fn stats(&self) -> &Arc<RouteStats> {

@@ -18,7 +18,7 @@ fn lb(policy: LbPolicy, weights: &[u32]) -> ClusterLb {
     let endpoints = weights
         .iter()
         .enumerate()
-        .map(|(i, &w)| LbEndpoint { state: Arc::new(EndpointState::new(addr(9000 + i as u16))), weight: w })
+        .map(|(i, &w)| LbEndpoint { state: Arc::new(EndpointState::new(addr(9000 + i as u16))), weight: w, name: None })
         .collect();
     ClusterLb::new("c", policy, endpoints)
 }
@@ -117,13 +117,13 @@ fn weighted_backends_split_90_10() {
     let t = compile(&cfg, None).unwrap();
     let r = &t.listener("web").unwrap().routes()[0];
     let n = 100_000;
-    let a = (0..n).filter(|_| r.pick_cluster().name() == "a").count();
+    let a = (0..n).filter(|_| r.pick_cluster().unwrap().name() == "a").count();
     let share = a as f64 / n as f64;
     assert!((share - 0.9).abs() < 0.01, "{share}");
     cfg.routes.get_mut("r").unwrap().backends[0].weight = 0;
     let t = compile(&cfg, None).unwrap();
     let r = &t.listener("web").unwrap().routes()[0];
-    assert!((0..1_000).all(|_| r.pick_cluster().name() == "b"), "zero weight is never chosen");
+    assert!((0..1_000).all(|_| r.pick_cluster().unwrap().name() == "b"), "zero weight is never chosen");
 }
 
 #[test]
@@ -143,7 +143,7 @@ fn endpoint_state_and_route_stats_survive_revisions() {
     // Next revision: 9002 changes weight, 9003 is new, the policy changes; 9001 is unchanged.
     let cluster = cfg.clusters.get_mut("a").unwrap();
     cluster.endpoints[1].weight = 7;
-    cluster.endpoints.push(Endpoint { address: "127.0.0.1:9003".into(), weight: 1 });
+    cluster.endpoints.push(Endpoint { address: "127.0.0.1:9003".into(), weight: 1, name: None });
     cluster.lb_policy = LbPolicy::LeastRequest;
     let second = compile(&cfg, Some(&first)).unwrap();
     let lb2 = second.cluster("a").unwrap();

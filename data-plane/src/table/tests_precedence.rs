@@ -200,7 +200,7 @@ fn tcp_listener_cluster_and_route_data() {
     assert!(r.retries().unwrap().retries_on(sluice_shared::model::RetryOn::Status5xx));
     assert_eq!(r.sticky().unwrap().cookie, "sluice_sticky");
     assert_eq!(r.hash_on().unwrap().header.as_deref(), Some("x-user"));
-    assert_eq!(r.pick_cluster().name(), "a");
+    assert_eq!(r.pick_cluster().unwrap().name(), "a");
 }
 
 #[test]

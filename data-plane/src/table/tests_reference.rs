@@ -82,6 +82,7 @@ fn random_route(rng: &mut Rng) -> Route {
         sticky: None,
         hash_on: None,
         retries: None,
+        https_redirect: None,
     }
 }
 

@@ -323,3 +323,384 @@ pub async fn try_get(addr: SocketAddr, host: &str, path: &str) -> Option<RawResp
 pub async fn admin(node: &Node, path: &str) -> RawResponse {
     get(node.admin_addr(), "admin", path).await
 }
+
+// ------------------------------------------------------------------------------------ issue 6 kit
+
+// Not every test binary uses the kit.
+#[allow(unused_imports)]
+pub use kit::*;
+
+/// For the failover and chaos tests: a backend that can be made to fail in every way a proxy must
+/// survive (status, delay, reset, death and return on the same address), a keep-alive client, and
+/// a reader for `/metrics`.
+mod kit {
+    use std::collections::BTreeMap;
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use sluice_data_plane::Node;
+    use tokio::net::{TcpListener, TcpSocket, TcpStream};
+    use tokio::task::{JoinHandle, JoinSet};
+
+    use super::{admin, eventually, raw, RawResponse};
+
+    #[derive(Default)]
+    struct State {
+        /// Status of every answer but `/healthz`'s.
+        status: AtomicU16,
+        /// Status of `/healthz`.
+        health: AtomicU16,
+        delay_ms: AtomicU64,
+        /// Read the request head, then close the connection without an answer.
+        reset: AtomicBool,
+        /// Requests other than `/healthz` (reset ones included).
+        hits: AtomicUsize,
+        accepted: AtomicUsize,
+        open: AtomicUsize,
+        max_open: AtomicUsize,
+        in_flight: AtomicUsize,
+        max_in_flight: AtomicUsize,
+    }
+
+    /// Counts a connection (or a request) while it lives.
+    struct Gauge {
+        state: Arc<State>,
+        request: bool,
+    }
+
+    impl Gauge {
+        fn new(state: &Arc<State>, request: bool) -> Gauge {
+            let (now, max) =
+                if request { (&state.in_flight, &state.max_in_flight) } else { (&state.open, &state.max_open) };
+            let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+            max.fetch_max(n, Ordering::SeqCst);
+            Gauge { state: state.clone(), request }
+        }
+    }
+
+    impl Drop for Gauge {
+        fn drop(&mut self) {
+            let now = if self.request { &self.state.in_flight } else { &self.state.open };
+            now.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// An HTTP/1.1 backend answering `backend=<name>\nbody_len=<n>\n` with a switchable status
+    /// (200 by default), an optional delay, or in "reset" mode no answer at all. `kill` makes it
+    /// vanish (listener and every open connection closed: clients see their connections drop);
+    /// `restart` brings it back on the same address with the same counters and settings.
+    pub struct Controlled {
+        pub addr: SocketAddr,
+        pub name: String,
+        state: Arc<State>,
+        task: Mutex<Option<JoinHandle<()>>>,
+    }
+
+    impl Controlled {
+        pub async fn start(name: &str) -> Controlled {
+            let listener = bind("127.0.0.1:0".parse().unwrap()).await;
+            let addr = listener.local_addr().unwrap();
+            let state = Arc::new(State::default());
+            state.status.store(200, Ordering::SeqCst);
+            state.health.store(200, Ordering::SeqCst);
+            let name = name.to_string();
+            let task = serve(listener, name.clone(), state.clone());
+            Controlled { addr, name, state, task: Mutex::new(Some(task)) }
+        }
+
+        pub fn set_status(&self, status: u16) {
+            self.state.status.store(status, Ordering::SeqCst);
+        }
+
+        pub fn set_health(&self, status: u16) {
+            self.state.health.store(status, Ordering::SeqCst);
+        }
+
+        pub fn set_delay(&self, delay: Duration) {
+            self.state.delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
+        }
+
+        pub fn set_reset(&self, reset: bool) {
+            self.state.reset.store(reset, Ordering::SeqCst);
+        }
+
+        pub fn hits(&self) -> usize {
+            self.state.hits.load(Ordering::SeqCst)
+        }
+
+        pub fn accepted(&self) -> usize {
+            self.state.accepted.load(Ordering::SeqCst)
+        }
+
+        pub fn open(&self) -> usize {
+            self.state.open.load(Ordering::SeqCst)
+        }
+
+        pub fn max_open(&self) -> usize {
+            self.state.max_open.load(Ordering::SeqCst)
+        }
+
+        pub fn max_in_flight(&self) -> usize {
+            self.state.max_in_flight.load(Ordering::SeqCst)
+        }
+
+        /// Zeroes the counters; the maxima restart from what is open/in flight now.
+        pub fn reset_counts(&self) {
+            let s = &self.state;
+            s.hits.store(0, Ordering::SeqCst);
+            s.accepted.store(0, Ordering::SeqCst);
+            s.max_open.store(s.open.load(Ordering::SeqCst), Ordering::SeqCst);
+            s.max_in_flight.store(s.in_flight.load(Ordering::SeqCst), Ordering::SeqCst);
+        }
+
+        pub fn is_running(&self) -> bool {
+            self.task.lock().unwrap().is_some()
+        }
+
+        /// Stops accepting and drops every open connection (mid-request ones too); returns once
+        /// the port is closed and no connection is left.
+        pub async fn kill(&self) {
+            let task = self.task.lock().unwrap().take();
+            if let Some(task) = task {
+                task.abort();
+                let _ = task.await;
+            }
+            eventually(&format!("{} connections dropped", self.name), || async { (self.open() == 0).then_some(()) })
+                .await;
+        }
+
+        /// Listens again on the same address (after `kill`).
+        pub async fn restart(&self) {
+            assert!(!self.is_running(), "{} restarted while running", self.name);
+            let listener = bind(self.addr).await;
+            let task = serve(listener, self.name.clone(), self.state.clone());
+            *self.task.lock().unwrap() = Some(task);
+        }
+    }
+
+    impl Drop for Controlled {
+        fn drop(&mut self) {
+            if let Some(task) = self.task.lock().unwrap().take() {
+                task.abort();
+            }
+        }
+    }
+
+    /// A listener with SO_REUSEADDR (a killed backend's connections may linger in TIME_WAIT).
+    async fn bind(addr: SocketAddr) -> TcpListener {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            let socket = TcpSocket::new_v4().unwrap();
+            socket.set_reuseaddr(true).unwrap();
+            match socket.bind(addr).and_then(|()| socket.listen(1024)) {
+                Ok(l) => return l,
+                Err(e) => {
+                    assert!(tokio::time::Instant::now() < deadline, "cannot listen on {addr}: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
+    /// The accept loop owns its connections: aborting it drops the JoinSet, which aborts them all.
+    fn serve(listener: TcpListener, name: String, state: Arc<State>) -> JoinHandle<()> {
+        let name: Arc<str> = name.into();
+        tokio::spawn(async move {
+            let mut conns = JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            continue;
+                        };
+                        state.accepted.fetch_add(1, Ordering::SeqCst);
+                        let gauge = Gauge::new(&state, false);
+                        conns.spawn(connection(stream, name.clone(), state.clone(), gauge));
+                    }
+                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                }
+            }
+        })
+    }
+
+    async fn connection(stream: TcpStream, name: Arc<str>, state: Arc<State>, _open: Gauge) {
+        let _ = stream.set_nodelay(true);
+        let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let (name, state) = (name.clone(), state.clone());
+            async move { answer(req, &name, &state).await }
+        });
+        let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+    }
+
+    async fn answer(
+        req: hyper::Request<hyper::body::Incoming>,
+        name: &str,
+        state: &Arc<State>,
+    ) -> Result<hyper::Response<Full<Bytes>>, std::io::Error> {
+        let status = if req.uri().path() == "/healthz" {
+            state.health.load(Ordering::SeqCst)
+        } else {
+            state.hits.fetch_add(1, Ordering::SeqCst);
+            let _in_flight = Gauge::new(state, true);
+            if state.reset.load(Ordering::SeqCst) {
+                // hyper closes the connection without writing anything when the service fails.
+                return Err(std::io::Error::other("reset mode"));
+            }
+            let body = req.into_body().collect().await.map_err(std::io::Error::other)?.to_bytes();
+            let delay = state.delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            let mut resp =
+                hyper::Response::new(Full::new(Bytes::from(format!("backend={name}\nbody_len={}\n", body.len()))));
+            *resp.status_mut() = hyper::StatusCode::from_u16(state.status.load(Ordering::SeqCst)).unwrap();
+            return Ok(resp);
+        };
+        let mut resp = hyper::Response::new(Full::new(Bytes::from(format!("backend={name}\n"))));
+        *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+        Ok(resp)
+    }
+
+    /// The `backend=` line of an answer ("" if none).
+    pub fn backend_of(r: &RawResponse) -> String {
+        r.body.lines().find_map(|l| l.strip_prefix("backend=")).unwrap_or("").to_string()
+    }
+
+    /// One request with extra headers and a body (`Content-Length` when not empty) on a fresh
+    /// connection, `Host: x` unless given.
+    pub async fn send_once(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> RawResponse {
+        let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            head.push_str("Host: x\r\n");
+        }
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !body.is_empty() {
+            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(body);
+        raw(addr, &bytes).await
+    }
+
+    /// Waits until `addr` accepts TCP connections (without sending a request anywhere).
+    pub async fn wait_listener(addr: SocketAddr) {
+        eventually(&format!("listener {addr} up"), || async { TcpStream::connect(addr).await.ok().map(drop) }).await;
+    }
+
+    /// The value of the first `/metrics` series `name{…}` carrying all of `labels`.
+    pub async fn metric(node: &Node, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let text = admin(node, "/metrics").await.body;
+        metric_in(&text, name, labels)
+    }
+
+    pub fn metric_in(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            let matches = n == name && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            if matches {
+                value.parse().ok()
+            } else {
+                None
+            }
+        })
+    }
+
+    /// A keep-alive HTTP/1.1 client: one connection, reopened after any error.
+    pub struct Client {
+        addr: SocketAddr,
+        sender: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
+    }
+
+    impl Client {
+        pub fn new(addr: SocketAddr) -> Client {
+            Client { addr, sender: None }
+        }
+
+        pub async fn get(&mut self, path: &str) -> Result<RawResponse, String> {
+            self.send("GET", path, &[], b"").await
+        }
+
+        /// One exchange, bounded by 10 s; `Err` is a transport failure (the connection is then dropped).
+        pub async fn send(
+            &mut self,
+            method: &str,
+            path: &str,
+            headers: &[(&str, &str)],
+            body: &[u8],
+        ) -> Result<RawResponse, String> {
+            let r =
+                match tokio::time::timeout(Duration::from_secs(10), self.exchange(method, path, headers, body)).await {
+                    Ok(r) => r,
+                    Err(_) => Err("timed out after 10 s".to_string()),
+                };
+            if r.is_err() {
+                self.sender = None;
+            }
+            r
+        }
+
+        async fn exchange(
+            &mut self,
+            method: &str,
+            path: &str,
+            headers: &[(&str, &str)],
+            body: &[u8],
+        ) -> Result<RawResponse, String> {
+            if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
+                let stream = TcpStream::connect(self.addr).await.map_err(|e| format!("connect: {e}"))?;
+                let _ = stream.set_nodelay(true);
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| format!("handshake: {e}"))?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                self.sender = Some(sender);
+            }
+            let sender = self.sender.as_mut().unwrap();
+            sender.ready().await.map_err(|e| format!("connection: {e}"))?;
+            let mut req = hyper::Request::builder().method(method).uri(path);
+            if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+                req = req.header("host", "x");
+            }
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let req = req.body(Full::new(Bytes::copy_from_slice(body))).map_err(|e| e.to_string())?;
+            let resp = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+            let (parts, incoming) = resp.into_parts();
+            let body = incoming.collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
+            let body = String::from_utf8_lossy(&body).to_string();
+            let mut headers = BTreeMap::new();
+            let mut raw = format!("HTTP/1.1 {}\r\n", parts.status);
+            for (k, v) in &parts.headers {
+                let v = v.to_str().unwrap_or("?").to_string();
+                raw.push_str(&format!("{k}: {v}\r\n"));
+                headers.insert(k.as_str().to_string(), v);
+            }
+            raw.push_str("\r\n");
+            raw.push_str(&body);
+            if parts.headers.get("connection").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close")) {
+                self.sender = None;
+            }
+            Ok(RawResponse { status: parts.status.as_u16(), headers, body, raw })
+        }
+    }
+}

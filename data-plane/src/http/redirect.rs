@@ -1,0 +1,45 @@
+//! A route's `https_redirect`: plain HTTP answered with a redirect to the same URL over https.
+
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode, Uri};
+use sluice_shared::model::HttpsRedirect;
+
+use super::body::ProxyBody;
+
+/// The redirect for a request to `host` (as normalized for routing: no port) and `uri`. `None`
+/// when the request names no host: there is nothing to redirect to (the caller answers 400).
+pub fn to_https(redirect: &HttpsRedirect, host: Option<&str>, uri: &Uri) -> Option<Response<ProxyBody>> {
+    let host = host.filter(|h| !h.is_empty())?;
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = match redirect.port {
+        443 => format!("https://{host}{path}"),
+        port => format!("https://{host}:{port}{path}"),
+    };
+    let location = HeaderValue::try_from(location).ok()?;
+    let status = StatusCode::from_u16(redirect.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+    let mut resp = Response::new(ProxyBody::Empty);
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::LOCATION, location);
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    Some(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn location(r: HttpsRedirect, host: &str, uri: &str) -> (u16, String) {
+        let resp = to_https(&r, Some(host), &uri.parse().unwrap()).unwrap();
+        (resp.status().as_u16(), resp.headers()[header::LOCATION].to_str().unwrap().to_string())
+    }
+
+    #[test]
+    fn keeps_host_path_and_query_and_names_non_default_ports() {
+        let r = HttpsRedirect { port: 443, status: 301 };
+        assert_eq!(location(r, "myshop.com", "/a/b?x=1"), (301, "https://myshop.com/a/b?x=1".into()));
+        let r = HttpsRedirect { port: 8443, status: 308 };
+        assert_eq!(location(r, "myshop.com", "http://myshop.com:8080/"), (308, "https://myshop.com:8443/".into()));
+        assert!(to_https(&r, None, &"/".parse().unwrap()).is_none());
+    }
+}
