@@ -6,6 +6,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(files, [root])?;
-    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        // Secrets: their Debug impls (in proto.rs) redact them.
+        .skip_debug([".sluice.config.v1.Certificate", ".sluice.config.v1.Snapshot"])
+        .compile_fds(fds)?;
     Ok(())
 }

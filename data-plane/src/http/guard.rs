@@ -29,6 +29,9 @@ enum State {
     Refused(Box<Refusal>),
     /// The body framing broke: the bad byte went to hyper (which fails the same way), nothing more.
     Broken,
+    /// After an upgrade request: the bytes may belong to another protocol and pass unchecked
+    /// (the connection closes after the response unless the protocol switched).
+    Passthrough,
 }
 
 /// The answer to a refused head, and the lingering close after it: the client's unread bytes are
@@ -84,6 +87,7 @@ impl<S> GuardedIo<S> {
                         Framing::Empty => State::Head,
                         Framing::Length(n) => State::Length(n),
                         Framing::Chunked => State::Chunked(ChunkScan::default()),
+                        Framing::Upgrade => State::Passthrough,
                     };
                     true
                 }
@@ -105,7 +109,7 @@ impl<S> GuardedIo<S> {
                     true
                 }
             },
-            State::Length(_) | State::Chunked(_) => {
+            State::Length(_) | State::Chunked(_) | State::Passthrough => {
                 self.released += follow_body(&mut self.state, unchecked);
                 true
             }
@@ -138,6 +142,7 @@ fn follow_body(state: &mut State, data: &[u8]) -> usize {
                 k + 1
             }
         },
+        State::Passthrough => data.len(),
         _ => 0,
     }
 }
@@ -159,7 +164,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<S> {
             if this.classify_pending() {
                 continue;
             }
-            let in_body = matches!(this.state, State::Length(_) | State::Chunked(_));
+            let in_body = matches!(this.state, State::Length(_) | State::Chunked(_) | State::Passthrough);
             if in_body && this.pending.is_empty() {
                 // Body bytes go straight into hyper's buffer; anything past the body's end is
                 // taken back into `pending` to be checked as the next head.

@@ -64,6 +64,10 @@ pub enum Framing {
     Empty,
     Length(u64),
     Chunked,
+    /// An HTTP/1.1 request without a body asking to switch protocols (`Upgrade`): what follows
+    /// may be another protocol's bytes (a WebSocket), which are not HTTP heads to check. The proxy
+    /// closes the connection after the response unless the endpoint switched (101).
+    Upgrade,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +125,7 @@ fn framing(version: u8, headers: &[httparse::Header<'_>]) -> Result<Framing, Rej
     let mut chunked_count = 0;
     let mut last_coding_chunked = false;
     let mut hosts = 0;
+    let mut upgrade = false;
     for h in headers {
         if h.name.eq_ignore_ascii_case("content-length") {
             let v = parse_length(h.value).ok_or(Reject::BadRequest("invalid Content-Length"))?;
@@ -136,6 +141,8 @@ fn framing(version: u8, headers: &[httparse::Header<'_>]) -> Result<Framing, Rej
             }
         } else if h.name.eq_ignore_ascii_case("host") {
             hosts += 1;
+        } else if h.name.eq_ignore_ascii_case("upgrade") {
+            upgrade = true;
         }
     }
     if hosts > 1 {
@@ -146,6 +153,7 @@ fn framing(version: u8, headers: &[httparse::Header<'_>]) -> Result<Framing, Rej
     }
     if !transfer_encoding {
         return Ok(match length {
+            None | Some(0) if upgrade && version >= 1 => Framing::Upgrade,
             None | Some(0) => Framing::Empty,
             Some(n) => Framing::Length(n),
         });
@@ -293,6 +301,12 @@ mod tests {
             Ok(Framing::Chunked)
         );
         assert_eq!(complete("GET / HTTP/1.0\r\n\r\n"), Ok(Framing::Empty));
+        let ws = "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+        assert_eq!(complete(ws), Ok(Framing::Upgrade));
+        // With a body, or in HTTP/1.0, there is no switch: the next head is checked as usual.
+        let with_body = "POST / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nContent-Length: 2\r\n\r\nhi";
+        assert_eq!(complete(with_body), Ok(Framing::Length(2)));
+        assert_eq!(complete("GET / HTTP/1.0\r\nUpgrade: websocket\r\n\r\n"), Ok(Framing::Empty));
         assert_eq!(check(b"GET / HTTP/1.1\r\nHost: a\r\n"), Ok(Head::Partial));
     }
 

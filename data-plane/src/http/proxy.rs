@@ -14,6 +14,8 @@ use http::{Method, Request, Response, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use sluice_shared::model::{LbPolicy, RetryOn};
 
 use super::body::ProxyBody;
@@ -142,7 +144,7 @@ impl TryFailure {
 const MAX_REPLAY_BODY: u64 = 64 * 1024;
 
 async fn forward(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     down: &Downstream,
     installed: &Installed,
     route: &RouteEntry,
@@ -167,9 +169,16 @@ async fn forward(
     };
     let hash_key = hash_key(route, cluster, req.headers(), down);
     route.deposit_retry_budget();
+    // A protocol switch (WebSocket): the head guard treats the same requests as upgrades.
+    let upgrade = upgrade_protocol(&req);
+    let downstream_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
     prepare_headers(&mut parts.headers, parts.uri.authority(), down);
+    if let Some(protocol) = &upgrade {
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, protocol.clone());
+    }
     let mut uri = origin_form(parts.uri);
     let deadline = tokio::time::Instant::now() + route.timeout().unwrap_or(DEFAULT_TIMEOUT);
 
@@ -248,7 +257,12 @@ async fn forward(
             None => deadline,
         };
         let started = Instant::now();
-        let sent = conn.shared.client.request(addr, upstream_tls, cluster.breaker(), upstream);
+        let sent = async {
+            match upgrade {
+                Some(_) => conn.shared.client.request_upgrade(addr, upstream_tls, upstream).await,
+                None => conn.shared.client.request(addr, upstream_tls, cluster.breaker(), upstream).await,
+            }
+        };
         let failure = match tokio::time::timeout_at(try_deadline, sent).await {
             Err(_) if try_deadline >= deadline => {
                 tracing::debug!(route = route.name(), %addr, "upstream timeout");
@@ -270,6 +284,9 @@ async fn forward(
                         let value = installed.sticky.issue(cluster.name(), addr, s.ttl_s)?;
                         sticky::set_cookie(&s.cookie, &value, s.ttl_s, conn.scheme == "https")
                     });
+                    if let Some(on) = downstream_upgrade {
+                        return switch_protocols(resp, on, endpoint, permit, cookie);
+                    }
                     return respond(resp, lease, endpoint, permit, cookie);
                 }
                 TryFailure::Status5xx
@@ -331,6 +348,63 @@ fn respond(
     };
     let body = ProxyBody::Upstream { body: incoming, endpoint: Some(endpoint), lease, permit };
     Response::from_parts(head, body)
+}
+
+/// The protocol an HTTP/1.1 request without a body asks to switch to (`Upgrade`), as
+/// `head::framing` decides for the guard.
+fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 || !req.body().is_end_stream() {
+        return None;
+    }
+    req.headers().get(header::UPGRADE).cloned()
+}
+
+/// The endpoint's answer to an upgrade request. A 101 goes to the client with its `Upgrade`, and
+/// once both sides have switched a task splices the two connections until either closes (holding
+/// the endpoint's active count and the breaker's request permit). Any other answer is an ordinary
+/// response that closes the client connection: bytes after an upgrade request are never checked
+/// as HTTP (see `head::Framing::Upgrade`).
+fn switch_protocols(
+    mut resp: Response<Incoming>,
+    downstream: OnUpgrade,
+    endpoint: EndpointGuard,
+    permit: Option<RequestPermit>,
+    cookie: Option<HeaderValue>,
+) -> Response<ProxyBody> {
+    if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        let (mut head, incoming) = resp.into_parts();
+        strip_hop_by_hop(&mut head.headers);
+        head.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        if let Some(c) = cookie {
+            head.headers.append(header::SET_COOKIE, c);
+        }
+        let body = ProxyBody::Upstream { body: incoming, endpoint: Some(endpoint), lease: None, permit };
+        return Response::from_parts(head, body);
+    }
+    let upstream = hyper::upgrade::on(&mut resp);
+    let (mut head, _) = resp.into_parts();
+    let protocol = head.headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut head.headers);
+    head.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Some(p) = protocol {
+        head.headers.insert(header::UPGRADE, p);
+    }
+    if let Some(c) = cookie {
+        head.headers.append(header::SET_COOKIE, c);
+    }
+    tokio::spawn(async move {
+        let _held = (endpoint, permit);
+        match tokio::join!(downstream, upstream) {
+            (Ok(d), Ok(u)) => {
+                let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
+                if let Err(e) = tokio::io::copy_bidirectional(&mut d, &mut u).await {
+                    tracing::debug!(error = %e, "upgraded connection ended with an error");
+                }
+            }
+            (d, u) => tracing::debug!(downstream = d.is_ok(), upstream = u.is_ok(), "protocol switch failed"),
+        }
+    });
+    Response::from_parts(head, ProxyBody::Empty)
 }
 
 /// RFC 9110 §9.2.2: methods a client may repeat without changing the outcome.

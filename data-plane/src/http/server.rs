@@ -43,7 +43,8 @@ where
     });
     let down = Arc::new(super::proxy::Downstream::new(conn));
     let svc = service_fn(move |req| super::proxy::handle(req, down.clone()));
-    let served = builder.serve_connection(TokioIo::new(io), svc);
+    // Upgrades (WebSockets) hand the connection over to a tunnel task (see proxy.rs).
+    let served = builder.serve_connection(TokioIo::new(io), svc).with_upgrades();
     tokio::pin!(served);
     let mut draining = false;
     if *phase.borrow_and_update() != Phase::Serving {

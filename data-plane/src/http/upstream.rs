@@ -260,6 +260,26 @@ fn evict_one(breaker: &Arc<Breaker>) -> bool {
 }
 
 impl UpstreamClient {
+    /// Sends an upgrade request (a WebSocket handshake) on a new connection of its own, which
+    /// becomes the tunnel when the endpoint answers 101. (It counts in the breaker's requests in
+    /// flight for as long as it is open, not in its connections.)
+    pub async fn request_upgrade(
+        &self,
+        endpoint: SocketAddr,
+        tls: Option<&UpstreamTlsConfig>,
+        req: Request<ProxyBody>,
+    ) -> Result<(Response<Incoming>, Lease), Failed> {
+        let addr: PoolKey = (endpoint, tls.map_or(0, UpstreamTlsConfig::id));
+        let mut sender = match connect(endpoint, tls, None, true).await {
+            Ok(s) => s,
+            Err(e) => return Err(Failed::unsent(e, req)),
+        };
+        match sender.send_request(req).await {
+            Ok(resp) => Ok((resp, Lease { addr, sender, limited: None })),
+            Err(e) => Err(Failed::sent(UpstreamError::Request(e))),
+        }
+    }
+
     /// Sends `req` (origin-form URI, `Host` set) to `endpoint` on a pooled or new connection,
     /// over TLS when the cluster has upstream TLS settings (`tls`), within the connection limit
     /// of the cluster's circuit breaker (`breaker`) if it has one.
@@ -307,7 +327,7 @@ impl UpstreamClient {
                 }
             },
         };
-        let mut sender = match connect(endpoint, tls, permit).await {
+        let mut sender = match connect(endpoint, tls, permit, false).await {
             Ok(s) => s,
             Err(e) => return Err(Failed::unsent(e, req)),
         };
@@ -321,11 +341,13 @@ impl UpstreamClient {
 /// Pooled connections per endpoint and TLS settings (0: plaintext), see `UpstreamTlsConfig::id`.
 type PoolKey = (SocketAddr, u64);
 
-/// `permit`: the breaker permit the connection holds until it closes.
+/// `permit`: the breaker permit the connection holds until it closes; `upgrades`: the connection
+/// may switch protocols (see [`UpstreamClient::request_upgrade`]).
 async fn connect(
     addr: SocketAddr,
     tls: Option<&UpstreamTlsConfig>,
     permit: Option<OwnedSemaphorePermit>,
+    upgrades: bool,
 ) -> Result<SendRequest<ProxyBody>, UpstreamError> {
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(r) => r.map_err(UpstreamError::Connect)?,
@@ -335,15 +357,16 @@ async fn connect(
     let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE));
     if let Some(tls) = tls {
         let stream = tls.connect(addr, stream).await.map_err(UpstreamError::Connect)?;
-        return handshake(addr, stream, permit).await;
+        return handshake(addr, stream, permit, upgrades).await;
     }
-    handshake(addr, stream, permit).await
+    handshake(addr, stream, permit, upgrades).await
 }
 
 async fn handshake<S>(
     addr: SocketAddr,
     stream: S,
     permit: Option<OwnedSemaphorePermit>,
+    upgrades: bool,
 ) -> Result<SendRequest<ProxyBody>, UpstreamError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -351,7 +374,8 @@ where
     let (sender, conn) =
         http1::Builder::new().writev(false).handshake(TokioIo::new(stream)).await.map_err(UpstreamError::Handshake)?;
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        let ended = if upgrades { conn.with_upgrades().await } else { conn.await };
+        if let Err(e) = ended {
             tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
         }
         drop(permit);
