@@ -75,6 +75,8 @@ pub struct DevArgs {
     /// Address of the demo's TCP echo listener.
     #[arg(long, default_value = "127.0.0.1:15432", requires = "demo")]
     pub demo_tcp_addr: SocketAddr,
+    #[command(flatten)]
+    pub audit: AuditArgs,
 }
 
 #[derive(Debug, Args)]
@@ -95,6 +97,29 @@ pub struct ControlPlaneArgs {
     /// CA (PEM) that node client certificates must chain to.
     #[arg(long, requires = "grpc_tls_cert")]
     pub grpc_client_ca: Option<PathBuf>,
+    #[command(flatten)]
+    pub audit: AuditArgs,
+}
+
+/// What the audit log keeps (refused calls are recorded too, so it is bounded by count as well).
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Audit entries older than this many days are deleted (0: kept whatever their age).
+    #[arg(long, default_value_t = 90)]
+    pub audit_retention_days: u64,
+    /// Only the newest this many audit entries are kept (0: no limit).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub audit_max_entries: u64,
+}
+
+impl AuditArgs {
+    pub fn retention(&self) -> sluice_control_plane::AuditRetention {
+        sluice_control_plane::AuditRetention {
+            max_age: (self.audit_retention_days > 0)
+                .then(|| std::time::Duration::from_secs(self.audit_retention_days.saturating_mul(24 * 3600))),
+            max_entries: (self.audit_max_entries > 0).then_some(self.audit_max_entries),
+        }
+    }
 }
 
 #[derive(Debug, Args)]

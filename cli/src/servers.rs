@@ -36,6 +36,7 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
         admin_token: token,
         control_plane_id: None,
         grpc_tls,
+        audit_retention: args.audit.retention(),
     })
     .await
     .map_err(|e| anyhow::anyhow!("starting the control plane: {e}"))?;
@@ -94,6 +95,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         admin_token: token.value.clone(),
         control_plane_id: None,
         grpc_tls: None,
+        audit_retention: args.audit.retention(),
     })
     .await
     .map_err(|e| anyhow::anyhow!("starting the control plane: {e}"))?;

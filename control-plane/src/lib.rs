@@ -8,3 +8,4 @@ pub mod store;
 pub mod stream;
 
 pub use server::{ControlPlane, ControlPlaneError, ControlPlaneOptions};
+pub use store::AuditRetention;

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
 use crate::api::{self, ApiState};
-use crate::store::{Store, StoreError};
+use crate::store::{AuditRetention, Store, StoreError};
 use crate::stream::{ConfigStreamService, StreamOptions};
 
 /// How long shutdown waits for node streams and open HTTP connections before cutting them.
@@ -31,6 +31,8 @@ pub struct ControlPlaneOptions {
     pub control_plane_id: Option<String>,
     /// mTLS on the config stream (issue 5); `None`: plaintext gRPC.
     pub grpc_tls: Option<GrpcTls>,
+    /// What the audit log keeps (pruned at start and every ten minutes).
+    pub audit_retention: AuditRetention,
 }
 
 /// The config stream's server certificate and the CA that node client certificates must chain to
@@ -77,6 +79,7 @@ impl Default for ControlPlaneOptions {
             admin_token: String::new(),
             control_plane_id: None,
             grpc_tls: None,
+            audit_retention: AuditRetention::default(),
         }
     }
 }
@@ -141,6 +144,7 @@ impl ControlPlane {
                 }
             }
         });
+        let audit_task = tokio::spawn(prune_audit(store.clone(), opts.audit_retention, stopped.clone()));
         let grpc_task = tokio::spawn({
             let service = stream.clone().into_server();
             async move {
@@ -158,7 +162,7 @@ impl ControlPlane {
             }
         });
         tracing::info!(%api_addr, %grpc_addr, %control_plane_id, "control plane started");
-        let tasks = vec![("REST API", api_task), ("gRPC", grpc_task)];
+        let tasks = vec![("REST API", api_task), ("gRPC", grpc_task), ("audit pruning", audit_task)];
         Ok(ControlPlane { store, api_addr, grpc_addr, stream, stop, tasks })
     }
 
@@ -222,6 +226,26 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Contr
 
 fn local_addr(what: &'static str, addr: SocketAddr, l: &TcpListener) -> Result<SocketAddr, ControlPlaneError> {
     l.local_addr().map_err(|source| ControlPlaneError::Bind { what, addr, source })
+}
+
+/// Keeps the audit log within `retention` until the control plane stops. Every replica prunes;
+/// the deletes are idempotent.
+async fn prune_audit(store: Store, retention: AuditRetention, mut stopped: watch::Receiver<bool>) {
+    const EVERY: Duration = Duration::from_secs(600);
+    loop {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        match store.prune_audit(retention, now_ms).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "audit log pruned"),
+            Err(e) => tracing::warn!(error = %e, "pruning the audit log failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(EVERY) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 async fn wait_for(mut stopped: watch::Receiver<bool>) {

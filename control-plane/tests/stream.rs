@@ -36,7 +36,7 @@ impl Harness {
             grpc_addr: "127.0.0.1:0".parse().unwrap(),
             admin_token: "test-token".into(),
             control_plane_id: Some("cp-test".into()),
-            grpc_tls: None,
+            ..Default::default()
         };
         let cp = ControlPlane::start(opts).await.unwrap();
         assert_ne!(cp.grpc_addr().port(), 0);

@@ -95,7 +95,7 @@ async fn reported_health_shows_per_endpoint_and_clears_on_disconnect() {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         admin_token: TOKEN.into(),
         control_plane_id: Some("cp-test".into()),
-        grpc_tls: None,
+        ..Default::default()
     })
     .await
     .unwrap();

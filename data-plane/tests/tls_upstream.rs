@@ -111,3 +111,53 @@ async fn upstream_mtls_verifies_the_backend_and_presents_the_client_certificate(
     node.shutdown().await;
     cp.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_speak_the_clusters_tls() {
+    let backend_ca = Ca::new("backend CA");
+    let client_ca = Ca::new("client CA");
+    let server = backend_ca.leaf(&["backend.internal"]);
+    let client = client_ca.leaf(&["sluice-proxy"]);
+    let (backend, hits, _task) = mtls_backend(&server, &client_ca).await;
+    let listener = free_addr();
+    let with_check = |tls: serde_json::Value| {
+        let mut cfg = config_for(listener, backend, tls, Some(&client));
+        let check = json!({"http": {"path": "/healthz"}, "interval_ms": 100, "timeout_ms": 1000,
+                           "healthy_threshold": 1, "unhealthy_threshold": 1});
+        cfg.clusters.get_mut("secure").unwrap().health_check = Some(serde_json::from_value(check).unwrap());
+        cfg
+    };
+    let endpoint = backend.to_string();
+    async fn healthy(node: &sluice_data_plane::Node, endpoint: &str) -> Option<f64> {
+        metric(node, "sluice_endpoint_healthy", &[("cluster", "secure"), ("endpoint", endpoint)]).await
+    }
+
+    // Probes verify the backend and present the client certificate, like requests: healthy, and
+    // the backend saw them (a plaintext probe would fail its TLS handshake).
+    let tls = json!({"ca_pem": backend_ca.pem.cert, "server_name": "backend.internal", "client_certificate": "backend-client"});
+    let cp = ControlPlane::start(Some(snapshot(&with_check(tls), 1))).await;
+    let node = start_node(vec![cp.url()], None).await;
+    cp.expect_ack(1).await;
+    eventually("probes to pass over mTLS", || async {
+        (hits.load(Ordering::SeqCst) >= 2 && healthy(&node, &endpoint).await == Some(1.0)).then_some(())
+    })
+    .await;
+    assert_eq!(get(listener, "any", "/").await.status, 200);
+
+    // A CA the backend's certificate does not chain to: probes fail, the endpoint turns unhealthy
+    // and requests get the fast 503 instead of a 502 per request.
+    let tls = json!({"ca_pem": Ca::new("other CA").pem.cert, "server_name": "backend.internal",
+                     "client_certificate": "backend-client"});
+    cp.send_snapshot(snapshot(&with_check(tls), 2)).await;
+    cp.expect_ack(2).await;
+    eventually("probes to fail verification", || async {
+        (healthy(&node, &endpoint).await == Some(0.0)).then_some(())
+    })
+    .await;
+    let r = get(listener, "any", "/").await;
+    assert_eq!(r.status, 503, "{}", r.raw);
+    assert!(r.body.contains("no healthy endpoint"), "{}", r.body);
+
+    node.shutdown().await;
+    cp.stop().await;
+}

@@ -22,7 +22,47 @@ pub struct AuditEntry {
     pub status: u16,
 }
 
+/// How much of the audit log to keep. Anyone can add entries (refused calls are recorded too), so
+/// the log needs a bound on its size as well as on its age.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditRetention {
+    /// Entries older than this go; `None`: no age limit.
+    pub max_age: Option<std::time::Duration>,
+    /// Only the newest this many stay; `None`: no count limit.
+    pub max_entries: Option<u64>,
+}
+
+impl Default for AuditRetention {
+    fn default() -> Self {
+        AuditRetention { max_age: Some(std::time::Duration::from_secs(90 * 24 * 3600)), max_entries: Some(1_000_000) }
+    }
+}
+
 impl Store {
+    /// Deletes what `retention` does not keep, as of `now_ms`; returns how many entries went.
+    pub async fn prune_audit(&self, retention: AuditRetention, now_ms: i64) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        if let Some(age) = retention.max_age {
+            let cutoff = now_ms.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX));
+            let done = sqlx::query("DELETE FROM audit WHERE at_ms < $1")
+                .bind(cutoff)
+                .execute(&self.inner.pool)
+                .await
+                .map_err(unavailable)?;
+            deleted += done.rows_affected();
+        }
+        if let Some(max) = retention.max_entries {
+            // Ids ascend with insertion, so the newest `max` are the ids above MAX(id) - max.
+            let done = sqlx::query("DELETE FROM audit WHERE id <= (SELECT MAX(id) FROM audit) - $1")
+                .bind(i64::try_from(max).unwrap_or(i64::MAX))
+                .execute(&self.inner.pool)
+                .await
+                .map_err(unavailable)?;
+            deleted += done.rows_affected();
+        }
+        Ok(deleted)
+    }
+
     pub async fn record_audit(&self, e: &AuditEntry) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO audit (at_ms, who, method, path, revision_before, revision_after, status) \

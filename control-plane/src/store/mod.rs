@@ -31,7 +31,7 @@ use tokio::sync::{watch, Mutex};
 
 use crate::nodes::NodeRecord;
 
-pub use audit::AuditEntry;
+pub use audit::{AuditEntry, AuditRetention};
 pub use db::Backend;
 pub use health::{EndpointHealth, HealthUpdate};
 pub use tokens::{Scope, TokenRecord};

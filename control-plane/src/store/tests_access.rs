@@ -74,3 +74,28 @@ async fn audit_entries_come_back_newest_first() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn audit_pruning_keeps_the_newest_within_age_and_count() {
+    each_backend(|url, _| async move {
+        let store = Store::open(&url).await.unwrap();
+        let day_ms = 24 * 3600 * 1000;
+        let now_ms = 400 * day_ms;
+        // Ten entries a day apart, the oldest 9 days old.
+        for i in 0..10i64 {
+            let mut e = entry(&format!("who{i}"), 200, 0, 0);
+            e.at_ms = now_ms - (9 - i) * day_ms;
+            store.record_audit(&e).await.unwrap();
+        }
+        let keep_all = AuditRetention { max_age: None, max_entries: None };
+        assert_eq!(store.prune_audit(keep_all, now_ms).await.unwrap(), 0);
+        let week = AuditRetention { max_age: Some(std::time::Duration::from_secs(7 * 24 * 3600)), max_entries: None };
+        assert_eq!(store.prune_audit(week, now_ms).await.unwrap(), 2, "the entries 8 and 9 days old");
+        let five = AuditRetention { max_age: None, max_entries: Some(5) };
+        assert_eq!(store.prune_audit(five, now_ms).await.unwrap(), 3);
+        let left: Vec<_> = store.audit(100).await.unwrap().into_iter().map(|e| e.who).collect();
+        assert_eq!(left, ["who9", "who8", "who7", "who6", "who5"]);
+        store.close().await;
+    })
+    .await;
+}
