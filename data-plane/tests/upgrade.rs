@@ -110,3 +110,22 @@ async fn a_refused_switch_answers_and_closes_the_connection() {
     node.shutdown().await;
     cp.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_upgrade_is_ignored_and_the_connection_stays_http() {
+    let (cp, node, listener, mut heads) = setup().await;
+    let mut c = TcpStream::connect(listener).await.unwrap();
+    let req = "GET / HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+               HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n";
+    for _ in 0..2 {
+        c.write_all(req.as_bytes()).await.unwrap();
+        let head = read_head(&mut c).await;
+        assert!(head.starts_with("HTTP/1.1 400"), "served as plain HTTP/1.1: {head}");
+        let mut body = [0u8; 2];
+        c.read_exact(&mut body).await.unwrap();
+        let seen = heads.recv().await.unwrap().to_ascii_lowercase();
+        assert!(!seen.contains("upgrade") && !seen.contains("http2-settings"), "{seen}");
+    }
+    node.shutdown().await;
+    cp.stop().await;
+}

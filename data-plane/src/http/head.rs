@@ -142,7 +142,7 @@ fn framing(version: u8, headers: &[httparse::Header<'_>]) -> Result<Framing, Rej
         } else if h.name.eq_ignore_ascii_case("host") {
             hosts += 1;
         } else if h.name.eq_ignore_ascii_case("upgrade") {
-            upgrade = true;
+            upgrade = super::switches_protocol(h.value);
         }
     }
     if hosts > 1 {
@@ -307,6 +307,8 @@ mod tests {
         let with_body = "POST / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nContent-Length: 2\r\n\r\nhi";
         assert_eq!(complete(with_body), Ok(Framing::Length(2)));
         assert_eq!(complete("GET / HTTP/1.0\r\nUpgrade: websocket\r\n\r\n"), Ok(Framing::Empty));
+        // h2c is not passed through: the request is served as HTTP/1.1, routed per request.
+        assert_eq!(complete("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\n\r\n"), Ok(Framing::Empty));
         assert_eq!(check(b"GET / HTTP/1.1\r\nHost: a\r\n"), Ok(Head::Partial));
     }
 

@@ -9,3 +9,11 @@ pub mod redirect;
 pub mod server;
 pub mod sticky;
 pub mod upstream;
+
+/// Whether an `Upgrade` value makes the proxy switch protocols with the endpoint (a WebSocket and
+/// the like). Not `h2c`: the proxy speaks HTTP/1.1 to endpoints and routes every request, so an
+/// HTTP/2 upgrade is ignored (the request is served as HTTP/1.1), as RFC 9110 §7.8 allows.
+pub(crate) fn switches_protocol(upgrade: &[u8]) -> bool {
+    let v = upgrade.trim_ascii();
+    !v.is_empty() && !v.eq_ignore_ascii_case(b"h2c")
+}

@@ -356,7 +356,7 @@ fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
     if req.version() != Version::HTTP_11 || !req.body().is_end_stream() {
         return None;
     }
-    req.headers().get(header::UPGRADE).cloned()
+    req.headers().get(header::UPGRADE).filter(|v| super::switches_protocol(v.as_bytes())).cloned()
 }
 
 /// The endpoint's answer to an upgrade request. A 101 goes to the client with its `Upgrade`, and
