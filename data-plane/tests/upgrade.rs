@@ -58,7 +58,8 @@ async fn setup() -> (ControlPlane, sluice_data_plane::Node, SocketAddr, tokio::s
     let cfg = config(json!({
         "clusters": {"ws": {"endpoints": [{"address": backend.to_string()}]}},
         "listeners": {"main": {"address": listener.to_string(), "protocol": "http"}},
-        "routes": {"ws": {"listener": "main", "backends": [{"cluster": "ws"}], "timeout_ms": 2000}}
+        "routes": {"ws": {"listener": "main", "match": {"hosts": ["ws.test"]}, "backends": [{"cluster": "ws"}],
+                          "timeout_ms": 2000}}
     }));
     let cp = ControlPlane::start(Some(snapshot(&cfg, 1))).await;
     let node = start_node(vec![cp.url()], None).await;
@@ -107,6 +108,18 @@ async fn a_refused_switch_answers_and_closes_the_connection() {
     let text = String::from_utf8_lossy(&all).to_ascii_lowercase();
     assert!(text.starts_with("http/1.1 400"), "{text}");
     assert!(text.contains("connection: close"), "{text}");
+
+    // The same for an answer of the proxy's own (no route): the connection closes after it, so
+    // the "upgraded" bytes that follow are never taken for another request.
+    let mut c = TcpStream::connect(listener).await.unwrap();
+    let sneaky = "GET / HTTP/1.1\r\nHost: nowhere.test\r\nUpgrade: echo\r\n\r\n\
+                  GET / HTTP/1.1\r\nHost: ws.test\r\n\r\n";
+    c.write_all(sneaky.as_bytes()).await.unwrap();
+    let mut all = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut all)).await.unwrap();
+    let text = String::from_utf8_lossy(&all).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 404") && text.contains("connection: close"), "{text}");
+    assert_eq!(text.matches("http/1.1").count(), 1, "the bytes after the upgrade request were served: {text}");
     node.shutdown().await;
     cp.stop().await;
 }

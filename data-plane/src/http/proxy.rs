@@ -66,11 +66,18 @@ impl Downstream {
 
 pub async fn handle(req: Request<Incoming>, down: Arc<Downstream>) -> Result<Response<ProxyBody>, Infallible> {
     let conn = &down.ctx;
+    let switching = upgrade_protocol(&req).is_some();
     // The table is loaded once and kept until this request is answered, whatever is installed meanwhile.
-    let Some(installed) = conn.shared.installed.load_full() else {
-        return Ok(answer(&conn.shared.metrics.unrouted, ProxyError::NotReady));
+    let mut resp = match conn.shared.installed.load_full() {
+        Some(installed) => route_and_forward(req, &down, &installed).await,
+        None => answer(&conn.shared.metrics.unrouted, ProxyError::NotReady),
     };
-    Ok(route_and_forward(req, &down, &installed).await)
+    // The head guard lets the bytes after an upgrade request through unchecked (they may be a
+    // WebSocket's): unless the protocol switched, nothing more may be read on this connection.
+    if switching && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(resp)
 }
 
 async fn route_and_forward(req: Request<Incoming>, down: &Downstream, installed: &Installed) -> Response<ProxyBody> {
@@ -372,9 +379,9 @@ fn switch_protocols(
     cookie: Option<HeaderValue>,
 ) -> Response<ProxyBody> {
     if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        // `handle` marks the answer `connection: close`.
         let (mut head, incoming) = resp.into_parts();
         strip_hop_by_hop(&mut head.headers);
-        head.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         if let Some(c) = cookie {
             head.headers.append(header::SET_COOKIE, c);
         }
