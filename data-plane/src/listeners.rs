@@ -321,6 +321,7 @@ impl Acceptor {
                         peer,
                         scheme: "https",
                         shared: self.shared.clone(),
+                        connections: self.connections.clone(),
                     });
                     let http = self.http.clone();
                     self.connections.spawn(
@@ -337,6 +338,7 @@ impl Acceptor {
                         peer,
                         scheme: "http",
                         shared: self.shared.clone(),
+                        connections: self.connections.clone(),
                     });
                     let http = self.http.clone();
                     self.connections.spawn(

@@ -57,7 +57,7 @@ async fn setup() -> (ControlPlane, sluice_data_plane::Node, SocketAddr, tokio::s
     let listener = free_addr();
     let cfg = config(json!({
         "clusters": {"ws": {"endpoints": [{"address": backend.to_string()}]}},
-        "listeners": {"main": {"address": listener.to_string(), "protocol": "http"}},
+        "listeners": {"main": {"address": listener.to_string(), "protocol": "http", "drain_ms": 300}},
         "routes": {"ws": {"listener": "main", "match": {"hosts": ["ws.test"]}, "backends": [{"cluster": "ws"}],
                           "timeout_ms": 2000}}
     }));
@@ -139,6 +139,28 @@ async fn an_h2c_upgrade_is_ignored_and_the_connection_stays_http() {
         let seen = heads.recv().await.unwrap().to_ascii_lowercase();
         assert!(!seen.contains("upgrade") && !seen.contains("http2-settings"), "{seen}");
     }
+    node.shutdown().await;
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_outlives_a_drain_but_not_its_listener() {
+    let (cp, node, listener, _heads) = setup().await;
+    let mut c = TcpStream::connect(listener).await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: ws.test\r\nUpgrade: echo\r\n\r\n").await.unwrap();
+    assert!(read_head(&mut c).await.starts_with("HTTP/1.1 101"));
+    // The listener goes away (drain_ms 300): the tunnel keeps working while it drains...
+    let cfg = config(json!({"clusters": {"ws": {"endpoints": []}}}));
+    cp.send_snapshot(snapshot(&cfg, 2)).await;
+    cp.expect_ack(2).await;
+    c.write_all(b"still here").await.unwrap();
+    let mut back = [0u8; 10];
+    tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut back)).await.unwrap().unwrap();
+    assert_eq!(&back, b"still here");
+    // ...and is cut once the drain is over.
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest)).await;
+    assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "the tunnel was not cut: {n:?}");
     node.shutdown().await;
     cp.stop().await;
 }

@@ -17,11 +17,13 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use sluice_shared::model::{LbPolicy, RetryOn};
+use tokio::sync::watch;
 
 use super::body::ProxyBody;
 use super::errors::ProxyError;
 use super::upstream::{Failed, Lease, UpstreamError};
 use super::{redirect, sticky};
+use crate::listeners::Phase;
 use crate::metrics::ResponseCounts;
 use crate::state::{ConnCtx, Installed};
 use crate::table::{
@@ -53,14 +55,16 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 /// One downstream connection, with what its requests share.
 pub struct Downstream {
     pub ctx: Arc<ConnCtx>,
+    /// The listener's phase: an upgraded connection (tunnel) is cut when the listener aborts.
+    phase: watch::Receiver<Phase>,
     /// The client's address as an `x-forwarded-for` value: formatted once per connection.
     peer_ip: HeaderValue,
 }
 
 impl Downstream {
-    pub fn new(ctx: Arc<ConnCtx>) -> Downstream {
+    pub fn new(ctx: Arc<ConnCtx>, phase: watch::Receiver<Phase>) -> Downstream {
         let peer_ip = HeaderValue::try_from(ctx.peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
-        Downstream { ctx, peer_ip }
+        Downstream { ctx, phase, peer_ip }
     }
 }
 
@@ -292,7 +296,8 @@ async fn forward(
                         sticky::set_cookie(&s.cookie, &value, s.ttl_s, conn.scheme == "https")
                     });
                     if let Some(on) = downstream_upgrade {
-                        return switch_protocols(resp, on, endpoint, permit, cookie);
+                        let tunnel = Tunnel { phase: down.phase.clone(), tracked: conn.connections.token() };
+                        return switch_protocols(resp, on, endpoint, permit, cookie, tunnel);
                     }
                     return respond(resp, lease, endpoint, permit, cookie);
                 }
@@ -377,6 +382,7 @@ fn switch_protocols(
     endpoint: EndpointGuard,
     permit: Option<RequestPermit>,
     cookie: Option<HeaderValue>,
+    tunnel: Tunnel,
 ) -> Response<ProxyBody> {
     if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
         // `handle` marks the answer `connection: close`.
@@ -399,19 +405,33 @@ fn switch_protocols(
     if let Some(c) = cookie {
         head.headers.append(header::SET_COOKIE, c);
     }
+    let Tunnel { mut phase, tracked } = tunnel;
     tokio::spawn(async move {
-        let _held = (endpoint, permit);
+        let _held = (endpoint, permit, tracked);
         match tokio::join!(downstream, upstream) {
             (Ok(d), Ok(u)) => {
                 let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
-                if let Err(e) = tokio::io::copy_bidirectional(&mut d, &mut u).await {
-                    tracing::debug!(error = %e, "upgraded connection ended with an error");
+                // Like an L4 connection: it outlives a drain, not the listener's removal.
+                tokio::select! {
+                    copied = tokio::io::copy_bidirectional(&mut d, &mut u) => {
+                        if let Err(e) = copied {
+                            tracing::debug!(error = %e, "upgraded connection ended with an error");
+                        }
+                    }
+                    _ = phase.wait_for(|p| *p == Phase::Abort) => {}
                 }
             }
             (d, u) => tracing::debug!(downstream = d.is_ok(), upstream = u.is_ok(), "protocol switch failed"),
         }
     });
     Response::from_parts(head, ProxyBody::Empty)
+}
+
+/// What ties an upgraded connection to its listener: counted among the connections a drain waits
+/// for, and cut when the drain times out.
+struct Tunnel {
+    phase: watch::Receiver<Phase>,
+    tracked: tokio_util::task::task_tracker::TaskTrackerToken,
 }
 
 /// RFC 9110 §9.2.2: methods a client may repeat without changing the outcome.

@@ -41,7 +41,7 @@ where
     let io = GuardedIo::new(stream, move |reject| {
         metrics_conn.shared.metrics.unrouted.record(reject.status());
     });
-    let down = Arc::new(super::proxy::Downstream::new(conn));
+    let down = Arc::new(super::proxy::Downstream::new(conn, phase.clone()));
     let svc = service_fn(move |req| super::proxy::handle(req, down.clone()));
     // Upgrades (WebSockets) hand the connection over to a tunnel task (see proxy.rs).
     let served = builder.serve_connection(TokioIo::new(io), svc).with_upgrades();
