@@ -201,3 +201,43 @@ async fn retries_go_to_another_endpoint() {
     node.shutdown().await;
     cp.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_the_routes_limit_get_413_and_never_reach_the_backend() {
+    let api = Backend::start("api").await;
+    let listener = free_addr();
+    let cfg = config(json!({
+        "clusters": {"api": {"endpoints": [{"address": api.addr.to_string()}]}},
+        "listeners": {"main": {"address": listener.to_string(), "protocol": "http"}},
+        "routes": {"upload": {"listener": "main", "backends": [{"cluster": "api"}], "max_request_body_bytes": 10}}
+    }));
+    let cp = ControlPlane::start(Some(snapshot(&cfg, 1))).await;
+    let node = start_node(vec![cp.url()], None).await;
+    cp.expect_ack(1).await;
+    eventually("listener up", || async { try_get(listener, "a.test", "/").await }).await;
+    let hits = api.hits();
+
+    // Within the limit, announced or chunked: forwarded.
+    let ok = raw(listener, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n0123456789").await;
+    assert_eq!(ok.status, 200, "{}", ok.raw);
+    let ok =
+        raw(listener, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n01234\r\n0\r\n\r\n").await;
+    assert_eq!(ok.status, 200, "{}", ok.raw);
+    assert_eq!(api.hits(), hits + 2);
+
+    // Announced over the limit: 413 before anything is sent upstream, and the connection closes.
+    let r = raw(listener, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n0123456789A").await;
+    assert_eq!(r.status, 413, "{}", r.raw);
+    assert!(r.body.contains("request body too large") && r.raw.to_ascii_lowercase().contains("connection: close"));
+    assert_eq!(api.hits(), hits + 2);
+
+    // Chunked past the limit: the stream to the endpoint is cut and the client gets 413.
+    let r = raw(
+        listener,
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n01234567\r\n8\r\n89ABCDEF\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 413, "{}", r.raw);
+    node.shutdown().await;
+    cp.stop().await;
+}

@@ -153,6 +153,7 @@ pub fn route_to_pb(name: &str, r: &Route) -> pb::Route {
         https_redirect: r
             .https_redirect
             .map(|h| pb::HttpsRedirect { port: u32::from(h.port), status: u32::from(h.status) }),
+        max_request_body_bytes: r.max_request_body_bytes,
     }
 }
 
@@ -358,6 +359,7 @@ pub fn route_from_pb(r: pb::Route) -> Result<Route> {
                     .map_err(|_| ValidationError::invalid("https_redirect.status", "must be 301, 302, 307 or 308"))?,
             }),
         },
+        max_request_body_bytes: r.max_request_body_bytes,
     })
 }
 

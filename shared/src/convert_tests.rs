@@ -53,7 +53,7 @@ fn full() -> Config {
             "query":[{"name":"debug","present":true},{"name":"q","exact":"v"},{"name":"r","regex":"[0-9]+"}]},
             "backends":[{"cluster":"api","weight":90},{"cluster":"web","weight":10}],"timeout_ms":15000,
             "sticky":{"cookie":"s","ttl_s":60},"hash_on":{"header":"x-user"},"retries":{"attempts":2,"on":["connect_failure","reset","5xx"],
-            "per_try_timeout_ms":250,"budget":{"percent":10,"min_per_s":0}}}"#,
+            "per_try_timeout_ms":250,"budget":{"percent":10,"min_per_s":0}},"max_request_body_bytes":1048576}"#,
         ),
         (
             "login",

@@ -260,6 +260,10 @@ pub struct Route {
     /// On plain http listeners: answer with a redirect to the same URL over https.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub https_redirect: Option<HttpsRedirect>,
+    /// Request bodies over this size are refused with 413 (like nginx's `client_max_body_size`);
+    /// unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_body_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

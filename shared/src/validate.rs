@@ -422,6 +422,9 @@ impl Route {
                 }
             }
         }
+        if self.max_request_body_bytes == Some(0) {
+            return Err(ValidationError::invalid("max_request_body_bytes", "must be at least 1"));
+        }
         if let Some(h) = &self.https_redirect {
             if h.port == 0 {
                 return Err(ValidationError::invalid("https_redirect.port", "must be a port (1-65535)"));

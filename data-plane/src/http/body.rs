@@ -10,6 +10,13 @@ use hyper::body::Incoming;
 use super::upstream::Lease;
 use crate::table::{EndpointGuard, RequestPermit};
 
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body went past its route's `max_request_body_bytes` while streaming.
+#[derive(Debug, thiserror::Error)]
+#[error("request body over {0} bytes")]
+pub struct BodyTooLarge(pub u64);
+
 pub enum ProxyBody {
     /// No body (a retried bodyless request, an empty answer).
     Empty,
@@ -17,6 +24,9 @@ pub enum ProxyBody {
     Static(Option<Bytes>),
     /// A request body streamed from the client.
     Incoming(Incoming),
+    /// A request body streamed from the client that may carry at most `left` more bytes (of a
+    /// limit of `max`); past it the stream fails with [`BodyTooLarge`].
+    Capped { body: Incoming, left: u64, max: u64 },
     /// A response body streamed from an endpoint; the guard counts the request as active on that
     /// endpoint until the body is finished or dropped. The connection goes back to the pool when
     /// the body ends (dropped unfinished, it is closed: it cannot carry another exchange). The
@@ -34,13 +44,24 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Empty => Poll::Ready(None),
             ProxyBody::Static(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Incoming(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Incoming(b) => boxed(Pin::new(b).poll_frame(cx)),
+            ProxyBody::Capped { body, left, max } => {
+                let polled = Pin::new(body).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &polled {
+                    let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                    match left.checked_sub(len) {
+                        Some(l) => *left = l,
+                        None => return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*max))))),
+                    }
+                }
+                boxed(polled)
+            }
             ProxyBody::Buffered(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Upstream { body, endpoint, lease, permit } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
@@ -66,7 +87,7 @@ impl Body for ProxyBody {
                         l.release();
                     }
                 }
-                polled
+                boxed(polled)
             }
         }
     }
@@ -75,7 +96,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Empty => true,
             ProxyBody::Static(b) | ProxyBody::Buffered(b) => b.is_none(),
-            ProxyBody::Incoming(b) => b.is_end_stream(),
+            ProxyBody::Incoming(b) | ProxyBody::Capped { body: b, .. } => b.is_end_stream(),
             ProxyBody::Upstream { body, .. } => body.is_end_stream(),
         }
     }
@@ -86,8 +107,12 @@ impl Body for ProxyBody {
             ProxyBody::Static(b) | ProxyBody::Buffered(b) => {
                 SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
             }
-            ProxyBody::Incoming(b) => b.size_hint(),
+            ProxyBody::Incoming(b) | ProxyBody::Capped { body: b, .. } => b.size_hint(),
             ProxyBody::Upstream { body, .. } => body.size_hint(),
         }
     }
+}
+
+fn boxed(p: Poll<Option<Result<Frame<Bytes>, hyper::Error>>>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    p.map(|f| f.map(|r| r.map_err(BoxError::from)))
 }

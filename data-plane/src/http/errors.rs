@@ -21,6 +21,8 @@ pub enum ProxyError {
     ClientBody,
     /// A plain-http request to a redirecting route that names no host.
     NoHost,
+    /// The request body is over the route's `max_request_body_bytes`.
+    BodyTooLarge,
 }
 
 impl ProxyError {
@@ -33,6 +35,7 @@ impl ProxyError {
             ProxyError::UpstreamConnect | ProxyError::UpstreamFailed => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ClientBody | ProxyError::NoHost => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -49,6 +52,7 @@ impl ProxyError {
             ProxyError::NotReady => "no configuration installed\n",
             ProxyError::ClientBody => "request body could not be read\n",
             ProxyError::NoHost => "no host to redirect to\n",
+            ProxyError::BodyTooLarge => "request body too large\n",
         }
     }
 

@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use sluice_shared::model::{LbPolicy, RetryOn};
 use tokio::sync::watch;
 
-use super::body::ProxyBody;
+use super::body::{BodyTooLarge, ProxyBody};
 use super::errors::ProxyError;
 use super::upstream::{Failed, Lease, UpstreamError};
 use super::{redirect, sticky};
@@ -193,6 +193,10 @@ async fn forward(
     let mut uri = origin_form(parts.uri);
     let deadline = tokio::time::Instant::now() + route.timeout().unwrap_or(DEFAULT_TIMEOUT);
 
+    let max_body = route.max_request_body();
+    if max_body.is_some_and(|max| content_length(&parts.headers).is_some_and(|n| n > max)) {
+        return too_large(counts);
+    }
     let policy = route.retries();
     let attempts = policy.map_or(0, |p| p.attempts);
     let idempotent = is_idempotent(&parts.method);
@@ -207,6 +211,8 @@ async fn forward(
             }
             Ok(Err(_)) | Err(_) => return answer(counts, ProxyError::ClientBody),
         }
+    } else if let Some(max) = max_body {
+        (ProxyBody::Capped { body, left: max, max }, None)
     } else {
         (ProxyBody::Incoming(body), None)
     };
@@ -306,6 +312,7 @@ async fn forward(
             Ok(Err(Failed { error: UpstreamError::Overflow(o), .. })) => {
                 return answer(counts, ProxyError::Overflow(o))
             }
+            Ok(Err(Failed { error, .. })) if caused_by::<BodyTooLarge>(&error) => return too_large(counts),
             Ok(Err(Failed { error, unsent: back })) => {
                 tracing::debug!(route = route.name(), %addr, error = %error, "upstream request failed");
                 if error.is_connect() {
@@ -442,12 +449,31 @@ fn is_idempotent(m: &Method) -> bool {
 /// A body announced by Content-Length (chunked ones have no size to check up front) that is
 /// small enough to keep for a retry.
 fn fits_replay(headers: &HeaderMap) -> bool {
-    !headers.contains_key(header::TRANSFER_ENCODING)
-        && headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .is_some_and(|n| n <= MAX_REPLAY_BODY)
+    !headers.contains_key(header::TRANSFER_ENCODING) && content_length(headers).is_some_and(|n| n <= MAX_REPLAY_BODY)
+}
+
+/// The announced body size (the head guard already refused conflicting or malformed ones).
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+}
+
+/// 413, and the connection closes: the rest of the body is not read.
+fn too_large(counts: &ResponseCounts) -> Response<ProxyBody> {
+    let mut resp = answer(counts, ProxyError::BodyTooLarge);
+    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// Whether `E` is somewhere in the error's chain of causes.
+fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut e = Some(error);
+    while let Some(cause) = e {
+        if cause.is::<E>() {
+            return true;
+        }
+        e = cause.source();
+    }
+    false
 }
 
 /// The key `ring_hash` and `maglev` clusters hash, by the route's `hash_on`: a header's or a

@@ -150,6 +150,7 @@ fn compile_route(
         sticky: r.sticky.clone(),
         hash_on: r.hash_on.clone(),
         https_redirect: r.https_redirect,
+        max_request_body: r.max_request_body_bytes,
         stats,
     })
 }

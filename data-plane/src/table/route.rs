@@ -77,6 +77,7 @@ pub struct RouteEntry {
     pub(crate) sticky: Option<Sticky>,
     pub(crate) hash_on: Option<HashOn>,
     pub(crate) https_redirect: Option<HttpsRedirect>,
+    pub(crate) max_request_body: Option<u64>,
     pub(crate) stats: Arc<RouteStats>,
 }
 
@@ -128,6 +129,11 @@ impl RouteEntry {
 
     pub fn hash_on(&self) -> Option<&HashOn> {
         self.hash_on.as_ref()
+    }
+
+    /// Request bodies over this many bytes get a 413; `None`: no limit.
+    pub fn max_request_body(&self) -> Option<u64> {
+        self.max_request_body
     }
 
     /// On plain http listeners: answer with a redirect to https instead of forwarding.

@@ -83,6 +83,7 @@ fn random_route(rng: &mut Rng) -> Route {
         hash_on: None,
         retries: None,
         https_redirect: None,
+        max_request_body_bytes: None,
     }
 }
 
