@@ -146,3 +146,42 @@ async fn https_redirect_answers_plain_http_without_a_backend() {
     assert_eq!((status.as_u16(), body["error"]["field"].as_str()), (422, Some("backends")), "{body}");
     assert_eq!(api.revision().await, Some(before));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_has_a_line_per_request_only_when_asked() {
+    let app = Backend::start("app").await;
+    for access_log in [true, false] {
+        let extra: Vec<String> = if access_log { vec!["--access-log".into()] } else { vec![] };
+        let dev = sluice_e2e::Sluice::dev(BIN, &extra).await;
+        let api = dev.api();
+        api.put("clusters", "app", json!({"endpoints": [{"address": app.address.to_string()}]})).await;
+        let web = free_addr();
+        api.put("listeners", "web", json!({"address": web.to_string(), "protocol": "http"})).await;
+        api.put(
+            "routes",
+            "shop",
+            json!({"listener": "web", "match": {"hosts": ["shop.test"]},
+                                          "backends": [{"cluster": "app"}]}),
+        )
+        .await;
+        wait_acked(&api, &["dev"], api.revision().await.unwrap()).await;
+        let http = client();
+        let resp = http.get(format!("http://{web}/cart?item=7")).header("host", "shop.test").send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let resp = http.get(format!("http://{web}/")).header("host", "nowhere.test").send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 404);
+        let log = dev.log();
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains("sluice::access")).collect();
+        if !access_log {
+            assert!(lines.is_empty(), "access lines without --access-log: {lines:?}");
+            continue;
+        }
+        let served = lines.iter().find(|l| l.contains("/cart?item=7")).unwrap_or_else(|| panic!("{log}"));
+        for field in ["status=200", "route=\"shop\"", "cluster=\"app\"", "tries=1", "method=GET"] {
+            assert!(served.contains(field), "{field} missing: {served}");
+        }
+        assert!(served.contains(&app.address.to_string()), "{served}");
+        let unrouted = lines.iter().find(|l| l.contains("status=404")).unwrap_or_else(|| panic!("{log}"));
+        assert!(unrouted.contains("route=\"-\""), "{unrouted}");
+    }
+}

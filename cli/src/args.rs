@@ -77,6 +77,9 @@ pub struct DevArgs {
     pub demo_tcp_addr: SocketAddr,
     #[command(flatten)]
     pub audit: AuditArgs,
+    /// Log one line per request of the in-process node (see `sluice proxy --help`).
+    #[arg(long)]
+    pub access_log: bool,
 }
 
 #[derive(Debug, Args)]
@@ -148,6 +151,10 @@ pub struct ProxyArgs {
     /// Private key (PEM) of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Log one line per request (target `sluice::access`: listener, client, method, host, target,
+    /// status, route, cluster, endpoint, tries, request id, ms), with the other logs on stderr.
+    #[arg(long)]
+    pub access_log: bool,
 }
 
 #[derive(Debug, Args)]

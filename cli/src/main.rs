@@ -45,7 +45,12 @@ impl std::error::Error for Failure {}
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let server = matches!(cli.command, Command::Dev(_) | Command::ControlPlane(_) | Command::Proxy(_));
-    init_tracing(server);
+    let access_log = match &cli.command {
+        Command::Dev(a) => a.access_log,
+        Command::Proxy(a) => a.access_log,
+        _ => false,
+    };
+    init_tracing(server, access_log);
     let runtime = if server {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
@@ -86,9 +91,29 @@ async fn run(command: Command) -> anyhow::Result<()> {
 }
 
 /// RUST_LOG decides; the default is `info` for the servers and `warn` for the client commands.
-fn init_tracing(server: bool) {
-    let default = if server { "info" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+/// The access log (target `sluice::access`) is off unless `--access-log` asks for it or RUST_LOG
+/// names that target.
+fn init_tracing(server: bool, access_log: bool) {
+    let spec = std::env::var("RUST_LOG").ok().filter(|s| !s.trim().is_empty());
+    let names_access = spec.as_deref().is_some_and(|s| s.contains("sluice::access"));
+    let spec = spec.unwrap_or_else(|| if server { "info" } else { "warn" }.to_string());
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&spec)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if server { "info" } else { "warn" }));
+    let access = match (access_log, names_access) {
+        (true, _) => Some("sluice::access=info"),
+        (false, false) => Some("sluice::access=off"),
+        (false, true) => None,
+    };
+    if let Some(directive) = access.and_then(|d| d.parse().ok()) {
+        filter = filter.add_directive(directive);
+    }
+    // Colours only on a terminal: a log file or journald must not get escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    // One JSON object per line for log pipelines.
+    let _ = if std::env::var("SLUICE_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        fmt.json().flatten_event(true).try_init()
+    } else {
+        fmt.try_init()
+    };
 }

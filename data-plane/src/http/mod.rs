@@ -1,5 +1,6 @@
 //! The L7 proxy: HTTP/1.1 on hyper, with strict request-head checks in front of it.
 
+pub mod access_log;
 pub mod body;
 pub mod errors;
 pub mod guard;

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use super::body::{BodyTooLarge, ProxyBody};
 use super::errors::ProxyError;
 use super::upstream::{Failed, Lease, UpstreamError};
-use super::{redirect, sticky};
+use super::{access_log, redirect, sticky};
 use crate::listeners::Phase;
 use crate::metrics::ResponseCounts;
 use crate::state::{ConnCtx, Installed};
@@ -90,6 +90,8 @@ async fn route_and_forward(req: Request<Incoming>, down: &Downstream, installed:
     let Some(listener) = installed.table.listener(&conn.listener) else {
         return answer(unrouted, ProxyError::NoRoute);
     };
+    let log = access_log::enabled()
+        .then(|| access_log::Entry::start(&req, req.headers().get(header::HOST).and_then(|v| v.to_str().ok())));
     // RFC 9112 §3.2.2: an absolute-form target's authority wins over the Host header.
     let raw_host = req
         .uri()
@@ -105,7 +107,11 @@ async fn route_and_forward(req: Request<Incoming>, down: &Downstream, installed:
         headers: req.headers(),
     };
     let Some(route) = listener.find(&view) else {
-        return answer(unrouted, ProxyError::NoRoute);
+        let resp = answer(unrouted, ProxyError::NoRoute);
+        if let Some(entry) = log {
+            entry.finish(&conn.listener, conn.peer, None, &resp);
+        }
+        return resp;
     };
     route.stats().record_request();
     let resp = match route.https_redirect().filter(|_| conn.scheme == "http") {
@@ -116,6 +122,9 @@ async fn route_and_forward(req: Request<Incoming>, down: &Downstream, installed:
         None => forward(req, down, installed, route).await,
     };
     route.stats().record_response(resp.status().as_u16());
+    if let Some(entry) = log {
+        entry.finish(&conn.listener, conn.peer, Some(route.name()), &resp);
+    }
     resp
 }
 
@@ -186,6 +195,7 @@ async fn forward(
 
     let (mut parts, body) = req.into_parts();
     prepare_headers(&mut parts.headers, parts.uri.authority(), down);
+    let request_id = access_log::enabled().then(|| parts.headers.get(&X_REQUEST_ID).cloned()).flatten();
     if let Some(protocol) = &upgrade {
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, protocol.clone());
@@ -301,11 +311,23 @@ async fn forward(
                         let value = installed.sticky.issue(cluster.name(), addr, s.ttl_s)?;
                         sticky::set_cookie(&s.cookie, &value, s.ttl_s, conn.scheme == "https")
                     });
-                    if let Some(on) = downstream_upgrade {
-                        let tunnel = Tunnel { phase: down.phase.clone(), tracked: conn.connections.token() };
-                        return switch_protocols(resp, on, endpoint, permit, cookie, tunnel);
+                    let served = access_log::enabled().then(|| access_log::Served {
+                        cluster: cluster.name().to_string(),
+                        endpoint: addr,
+                        tries: attempt + 1,
+                        request_id: request_id.clone(),
+                    });
+                    let mut resp = match downstream_upgrade {
+                        Some(on) => {
+                            let tunnel = Tunnel { phase: down.phase.clone(), tracked: conn.connections.token() };
+                            switch_protocols(resp, on, endpoint, permit, cookie, tunnel)
+                        }
+                        None => respond(resp, lease, endpoint, permit, cookie),
+                    };
+                    if let Some(s) = served {
+                        resp.extensions_mut().insert(s);
                     }
-                    return respond(resp, lease, endpoint, permit, cookie);
+                    return resp;
                 }
                 TryFailure::Status5xx
             }
