@@ -16,6 +16,7 @@ mod l4_stats;
 mod listeners;
 mod metrics;
 mod node;
+mod spread;
 mod state;
 mod stream_client;
 pub mod table;

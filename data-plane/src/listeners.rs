@@ -3,6 +3,8 @@
 //!
 //! Each listener binds one `SO_REUSEPORT` socket per worker thread so the kernel spreads accepts over
 //! them; that also lets a changed listener bind its address again while the old sockets still run.
+//! The kernel's spread ignores load, so a worker may hand an accepted connection to a less loaded
+//! one (`spread.rs`).
 
 use std::collections::HashMap;
 use std::io;
@@ -13,14 +15,15 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use sluice_shared::model::Protocol;
 use socket2::{Domain, Socket, Type};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::l4_stats::L4Stats;
-use crate::metrics::ActiveConnection;
+use crate::metrics::{ActiveConnection, ConnectionCounts};
+use crate::spread::{Handed, Spread};
 use crate::state::{ConnCtx, Shared};
 use crate::table::Table;
 use crate::workers::Workers;
@@ -166,8 +169,9 @@ impl Listeners {
                     Vec::new()
                 }
             };
-            let mut accept_tasks = Vec::with_capacity(sockets.len());
-            for (i, socket) in sockets.into_iter().enumerate() {
+            let mut accept_tasks = Vec::with_capacity(2 * sockets.len());
+            let (spread, handoffs) = Spread::new(sockets.len());
+            for (i, (socket, handoff)) in sockets.into_iter().zip(handoffs).enumerate() {
                 if let Err(e) = socket.set_nonblocking(true) {
                     tracing::error!(listener = %name, error = %e, "cannot register listening socket");
                     continue;
@@ -180,7 +184,11 @@ impl Listeners {
                     phase: phase.subscribe(),
                     connections: connections.clone(),
                     l4: stats.clone(),
+                    counts: shared.metrics.connections(&name),
+                    worker: i,
+                    spread: spread.clone(),
                 };
+                accept_tasks.push(self.workers.spawn(i, acceptor.clone().adopt(handoff)));
                 // One socket per worker; it registers with that worker's reactor, so converts there.
                 accept_tasks.push(self.workers.spawn(i, async move {
                     match TcpListener::from_std(socket) {
@@ -261,6 +269,7 @@ fn bind_reuseport(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::Tc
     Ok(out)
 }
 
+#[derive(Clone)]
 struct Acceptor {
     name: Arc<str>,
     protocol: Protocol,
@@ -269,11 +278,15 @@ struct Acceptor {
     phase: watch::Receiver<Phase>,
     connections: TaskTracker,
     l4: Arc<L4Stats>,
+    /// Accepted and open connections (`/metrics`).
+    counts: Arc<ConnectionCounts>,
+    /// The worker thread this acceptor runs on.
+    worker: usize,
+    spread: Arc<Spread>,
 }
 
 impl Acceptor {
     async fn run(mut self, listener: TcpListener) {
-        let counts = self.shared.metrics.connections(&self.name);
         loop {
             let (stream, peer) = tokio::select! {
                 _ = self.phase.changed() => return,
@@ -287,68 +300,106 @@ impl Acceptor {
                     }
                 },
             };
-            let _ = stream.set_nodelay(true);
-            let active = ActiveConnection::new(&counts);
-            let span = tracing::debug_span!("conn", listener = %self.name, %peer);
-            let phase = self.phase.clone();
-            match self.protocol {
-                Protocol::Tcp => {
-                    let shared = self.shared.clone();
-                    let name = self.name.clone();
-                    let l4 = self.l4.clone();
-                    self.connections.spawn(
-                        async move {
-                            crate::tcp::serve(stream, peer, &name, &shared, &l4, phase).await;
-                            drop(active);
-                        }
-                        .instrument(span),
-                    );
+            let to = self.spread.choose(self.worker);
+            if to != self.worker {
+                // The socket moves to the other worker's reactor; on any failure it stays here.
+                let handed = match stream.into_std() {
+                    Ok(s) => {
+                        self.spread.hand(to, Handed { stream: s, peer }).map_err(|h| TcpStream::from_std(h.stream))
+                    }
+                    Err(e) => Err(Err(e)),
+                };
+                match handed {
+                    Ok(()) => continue,
+                    Err(Ok(stream)) => self.serve(stream, peer),
+                    Err(Err(e)) => tracing::debug!(listener = %self.name, error = %e, "hand-off failed"),
                 }
-                Protocol::Tls => {
-                    let shared = self.shared.clone();
-                    let name = self.name.clone();
-                    self.connections.spawn(
-                        async move {
-                            crate::tls::passthrough::serve(stream, &name, &shared, phase).await;
-                            drop(active);
-                        }
-                        .instrument(span),
-                    );
-                }
-                Protocol::Https => {
-                    let conn = Arc::new(ConnCtx {
-                        listener: self.name.clone(),
-                        peer,
-                        scheme: "https",
-                        shared: self.shared.clone(),
-                        connections: self.connections.clone(),
-                    });
-                    let http = self.http.clone();
-                    self.connections.spawn(
-                        async move {
-                            crate::tls::terminate::serve(stream, conn, &http, phase).await;
-                            drop(active);
-                        }
-                        .instrument(span),
-                    );
-                }
-                _ => {
-                    let conn = Arc::new(ConnCtx {
-                        listener: self.name.clone(),
-                        peer,
-                        scheme: "http",
-                        shared: self.shared.clone(),
-                        connections: self.connections.clone(),
-                    });
-                    let http = self.http.clone();
-                    self.connections.spawn(
-                        async move {
-                            crate::http::server::serve(stream, conn, &http, phase).await;
-                            drop(active);
-                        }
-                        .instrument(span),
-                    );
-                }
+                continue;
+            }
+            self.serve(stream, peer);
+        }
+    }
+
+    /// Serves the connections other workers hand to this one, until the listener stops.
+    async fn adopt(mut self, mut handoff: mpsc::UnboundedReceiver<Handed>) {
+        loop {
+            let handed = tokio::select! {
+                _ = self.phase.changed() => return,
+                h = handoff.recv() => match h {
+                    Some(h) => h,
+                    None => return,
+                },
+            };
+            match TcpStream::from_std(handed.stream) {
+                Ok(stream) => self.serve(stream, handed.peer),
+                Err(e) => tracing::debug!(listener = %self.name, error = %e, "cannot adopt a connection"),
+            }
+        }
+    }
+
+    /// Serves one accepted connection on this worker.
+    fn serve(&self, stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let active = (ActiveConnection::new(&self.counts), self.spread.opened(self.worker));
+        let span = tracing::debug_span!("conn", listener = %self.name, %peer);
+        let phase = self.phase.clone();
+        match self.protocol {
+            Protocol::Tcp => {
+                let shared = self.shared.clone();
+                let name = self.name.clone();
+                let l4 = self.l4.clone();
+                self.connections.spawn(
+                    async move {
+                        crate::tcp::serve(stream, peer, &name, &shared, &l4, phase).await;
+                        drop(active);
+                    }
+                    .instrument(span),
+                );
+            }
+            Protocol::Tls => {
+                let shared = self.shared.clone();
+                let name = self.name.clone();
+                self.connections.spawn(
+                    async move {
+                        crate::tls::passthrough::serve(stream, &name, &shared, phase).await;
+                        drop(active);
+                    }
+                    .instrument(span),
+                );
+            }
+            Protocol::Https => {
+                let conn = Arc::new(ConnCtx {
+                    listener: self.name.clone(),
+                    peer,
+                    scheme: "https",
+                    shared: self.shared.clone(),
+                    connections: self.connections.clone(),
+                });
+                let http = self.http.clone();
+                self.connections.spawn(
+                    async move {
+                        crate::tls::terminate::serve(stream, conn, &http, phase).await;
+                        drop(active);
+                    }
+                    .instrument(span),
+                );
+            }
+            _ => {
+                let conn = Arc::new(ConnCtx {
+                    listener: self.name.clone(),
+                    peer,
+                    scheme: "http",
+                    shared: self.shared.clone(),
+                    connections: self.connections.clone(),
+                });
+                let http = self.http.clone();
+                self.connections.spawn(
+                    async move {
+                        crate::http::server::serve(stream, conn, &http, phase).await;
+                        drop(active);
+                    }
+                    .instrument(span),
+                );
             }
         }
     }
