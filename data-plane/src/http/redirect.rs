@@ -9,7 +9,8 @@ use super::body::ProxyBody;
 /// The redirect for a request to `host` (as normalized for routing: no port) and `uri`. `None`
 /// when the request names no host: there is nothing to redirect to (the caller answers 400).
 pub fn to_https(redirect: &HttpsRedirect, host: Option<&str>, uri: &Uri) -> Option<Response<ProxyBody>> {
-    let host = host.filter(|h| !h.is_empty())?;
+    // Only a plain host name or IP literal goes into the Location (no `@`, `/` or the like).
+    let host = host.filter(|h| is_host(h))?;
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let location = match redirect.port {
         443 => format!("https://{host}{path}"),
@@ -23,6 +24,14 @@ pub fn to_https(redirect: &HttpsRedirect, host: Option<&str>, uri: &Uri) -> Opti
     h.insert(header::LOCATION, location);
     h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     Some(resp)
+}
+
+fn is_host(h: &str) -> bool {
+    let literal = h.strip_prefix('[').and_then(|r| r.strip_suffix(']'));
+    match literal {
+        Some(v6) => !v6.is_empty() && v6.bytes().all(|c| c.is_ascii_hexdigit() || c == b':' || c == b'.'),
+        None => !h.is_empty() && h.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.'),
+    }
 }
 
 #[cfg(test)]
@@ -41,5 +50,9 @@ mod tests {
         let r = HttpsRedirect { port: 8443, status: 308 };
         assert_eq!(location(r, "myshop.com", "http://myshop.com:8080/"), (308, "https://myshop.com:8443/".into()));
         assert!(to_https(&r, None, &"/".parse().unwrap()).is_none());
+        for odd in ["", "a.com@evil.com", "a.com/x", "a b", "[zz]"] {
+            assert!(to_https(&r, Some(odd), &"/".parse().unwrap()).is_none(), "{odd}");
+        }
+        assert_eq!(location(r, "[::1]", "/"), (308, "https://[::1]:8443/".into()));
     }
 }
