@@ -5,10 +5,12 @@ pub mod body;
 pub mod errors;
 pub mod guard;
 pub mod head;
+pub mod headers;
 pub mod proxy;
 pub mod redirect;
 pub mod server;
 pub mod sticky;
+pub mod tunnel;
 pub mod upstream;
 
 /// Whether an `Upgrade` value makes the proxy switch protocols with the endpoint (a WebSocket and

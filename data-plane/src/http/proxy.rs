@@ -8,19 +8,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery};
-use http::{Method, Request, Response, Uri, Version};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::Authority;
+use http::{Method, Request, Response, Version};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use sluice_shared::model::{LbPolicy, RetryOn};
 use tokio::sync::watch;
 
 use super::body::{BodyTooLarge, ProxyBody};
 use super::errors::ProxyError;
+use super::headers::{content_length, origin_form, prepare_headers, strip_hop_by_hop, X_REQUEST_ID};
+use super::tunnel::{switch_protocols, upgrade_protocol, Tunnel};
 use super::upstream::{Failed, Lease, UpstreamError};
 use super::{access_log, redirect, sticky};
 use crate::listeners::Phase;
@@ -32,25 +32,6 @@ use crate::table::{
 
 /// Used when a route sets no `timeout_ms`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
-
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// Headers that belong to one hop and are never forwarded (RFC 9110 §7.6.1).
-/// Names, not strings: removing by `&str` parses the name again on every request.
-static HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("proxy-connection"),
-    HeaderName::from_static("keep-alive"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-];
 
 /// One downstream connection, with what its requests share.
 pub struct Downstream {
@@ -194,7 +175,7 @@ async fn forward(
     let downstream_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
-    prepare_headers(&mut parts.headers, parts.uri.authority(), down);
+    prepare_headers(&mut parts.headers, parts.uri.authority(), &down.peer_ip, conn.scheme);
     let request_id = access_log::enabled().then(|| parts.headers.get(&X_REQUEST_ID).cloned()).flatten();
     if let Some(protocol) = &upgrade {
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -391,78 +372,6 @@ fn respond(
     Response::from_parts(head, body)
 }
 
-/// The protocol an HTTP/1.1 request without a body asks to switch to (`Upgrade`), as
-/// `head::framing` decides for the guard.
-fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
-    if req.version() != Version::HTTP_11 || !req.body().is_end_stream() {
-        return None;
-    }
-    req.headers().get(header::UPGRADE).filter(|v| super::switches_protocol(v.as_bytes())).cloned()
-}
-
-/// The endpoint's answer to an upgrade request. A 101 goes to the client with its `Upgrade`, and
-/// once both sides have switched a task splices the two connections until either closes (holding
-/// the endpoint's active count and the breaker's request permit). Any other answer is an ordinary
-/// response that closes the client connection: bytes after an upgrade request are never checked
-/// as HTTP (see `head::Framing::Upgrade`).
-fn switch_protocols(
-    mut resp: Response<Incoming>,
-    downstream: OnUpgrade,
-    endpoint: EndpointGuard,
-    permit: Option<RequestPermit>,
-    cookie: Option<HeaderValue>,
-    tunnel: Tunnel,
-) -> Response<ProxyBody> {
-    if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-        // `handle` marks the answer `connection: close`.
-        let (mut head, incoming) = resp.into_parts();
-        strip_hop_by_hop(&mut head.headers);
-        if let Some(c) = cookie {
-            head.headers.append(header::SET_COOKIE, c);
-        }
-        let body = ProxyBody::Upstream { body: incoming, endpoint: Some(endpoint), lease: None, permit };
-        return Response::from_parts(head, body);
-    }
-    let upstream = hyper::upgrade::on(&mut resp);
-    let (mut head, _) = resp.into_parts();
-    let protocol = head.headers.get(header::UPGRADE).cloned();
-    strip_hop_by_hop(&mut head.headers);
-    head.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    if let Some(p) = protocol {
-        head.headers.insert(header::UPGRADE, p);
-    }
-    if let Some(c) = cookie {
-        head.headers.append(header::SET_COOKIE, c);
-    }
-    let Tunnel { mut phase, tracked } = tunnel;
-    tokio::spawn(async move {
-        let _held = (endpoint, permit, tracked);
-        match tokio::join!(downstream, upstream) {
-            (Ok(d), Ok(u)) => {
-                let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
-                // Like an L4 connection: it outlives a drain, not the listener's removal.
-                tokio::select! {
-                    copied = tokio::io::copy_bidirectional(&mut d, &mut u) => {
-                        if let Err(e) = copied {
-                            tracing::debug!(error = %e, "upgraded connection ended with an error");
-                        }
-                    }
-                    _ = phase.wait_for(|p| *p == Phase::Abort) => {}
-                }
-            }
-            (d, u) => tracing::debug!(downstream = d.is_ok(), upstream = u.is_ok(), "protocol switch failed"),
-        }
-    });
-    Response::from_parts(head, ProxyBody::Empty)
-}
-
-/// What ties an upgraded connection to its listener: counted among the connections a drain waits
-/// for, and cut when the drain times out.
-struct Tunnel {
-    phase: watch::Receiver<Phase>,
-    tracked: tokio_util::task::task_tracker::TaskTrackerToken,
-}
-
 /// RFC 9110 §9.2.2: methods a client may repeat without changing the outcome.
 fn is_idempotent(m: &Method) -> bool {
     matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
@@ -472,11 +381,6 @@ fn is_idempotent(m: &Method) -> bool {
 /// small enough to keep for a retry.
 fn fits_replay(headers: &HeaderMap) -> bool {
     !headers.contains_key(header::TRANSFER_ENCODING) && content_length(headers).is_some_and(|n| n <= MAX_REPLAY_BODY)
-}
-
-/// The announced body size (the head guard already refused conflicting or malformed ones).
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
 }
 
 /// 413, and the connection closes: the rest of the body is not read.
@@ -518,108 +422,4 @@ fn hash_key(route: &RouteEntry, cluster: &ClusterLb, headers: &HeaderMap, down: 
 fn answer(counts: &ResponseCounts, err: ProxyError) -> Response<ProxyBody> {
     counts.record(err.status().as_u16());
     err.response()
-}
-
-/// The request target as sent to an endpoint: origin-form (`/path?query`). An origin-form target
-/// (the usual case) is passed on as it is; an absolute-form one loses its scheme and authority.
-fn origin_form(uri: Uri) -> Uri {
-    if uri.scheme().is_none() && uri.authority().is_none() && uri.path_and_query().is_some() {
-        return uri;
-    }
-    let path = uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-    Uri::from(path)
-}
-
-/// Hop-by-hop headers out, forwarding headers in.
-fn prepare_headers(headers: &mut HeaderMap, authority: Option<&Authority>, down: &Downstream) {
-    strip_hop_by_hop(headers);
-    let conn = &*down.ctx;
-
-    let mut prior = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok());
-    let xff = match prior.next() {
-        None => Some(down.peer_ip.clone()),
-        Some(first) => {
-            let mut v = first.to_string();
-            for p in prior {
-                v.push_str(", ");
-                v.push_str(p);
-            }
-            v.push_str(", ");
-            v.push_str(down.peer_ip.to_str().unwrap_or_default());
-            HeaderValue::try_from(v).ok()
-        }
-    };
-    if let Some(v) = xff {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(conn.scheme));
-    let host = match authority {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => headers.get(header::HOST).cloned(),
-    };
-    if let Some(host) = host {
-        if authority.is_some() {
-            // The backend sees the host the client asked for, not the endpoint's address.
-            headers.insert(header::HOST, host.clone());
-        }
-        headers.insert(X_FORWARDED_HOST.clone(), host);
-    }
-    if !headers.contains_key(&X_REQUEST_ID) {
-        // `Uuid::new_v4` asks the OS for randomness (a syscall per request); the thread-local
-        // generator gives the same v4 ids from user space.
-        let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
-        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        if let Ok(v) = HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf)) {
-            headers.insert(X_REQUEST_ID.clone(), v);
-        }
-    }
-}
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named by `Connection` are hop-by-hop too (but never the ones routing relies on).
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .filter(|n| n != header::HOST && n != header::CONTENT_LENGTH)
-            .collect();
-        for n in named {
-            headers.remove(n);
-        }
-    }
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hop_by_hop_and_connection_named_headers_go() {
-        let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret, host"));
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-        h.insert(header::HOST, HeaderValue::from_static("a"));
-        h.insert("x-keep", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
-        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
-        names.sort();
-        assert_eq!(names, vec!["host", "x-keep"]);
-    }
-
-    #[test]
-    fn origin_form_keeps_path_and_query() {
-        let u = origin_form("/a/b?x=1".parse().unwrap());
-        assert_eq!(u.to_string(), "/a/b?x=1");
-        let u = origin_form("http://example.com:8080/a/b?x=1".parse().unwrap());
-        assert_eq!(u.to_string(), "/a/b?x=1");
-        assert_eq!(origin_form("http://example.com".parse().unwrap()).to_string(), "/");
-    }
 }

@@ -1,0 +1,138 @@
+//! What the proxy does to request and response headers: hop-by-hop headers out (RFC 9110
+//! §7.6.1), forwarding headers in, the request target in origin-form.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery};
+use http::Uri;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Headers that belong to one hop and are never forwarded (RFC 9110 §7.6.1).
+/// Names, not strings: removing by `&str` parses the name again on every request.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// The request target as sent to an endpoint: origin-form (`/path?query`). An origin-form target
+/// (the usual case) is passed on as it is; an absolute-form one loses its scheme and authority.
+pub fn origin_form(uri: Uri) -> Uri {
+    if uri.scheme().is_none() && uri.authority().is_none() && uri.path_and_query().is_some() {
+        return uri;
+    }
+    let path = uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Uri::from(path)
+}
+
+/// Hop-by-hop headers out, forwarding headers in.
+pub fn prepare_headers(
+    headers: &mut HeaderMap,
+    authority: Option<&Authority>,
+    peer_ip: &HeaderValue,
+    scheme: &'static str,
+) {
+    strip_hop_by_hop(headers);
+
+    let mut prior = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok());
+    let xff = match prior.next() {
+        None => Some(peer_ip.clone()),
+        Some(first) => {
+            let mut v = first.to_string();
+            for p in prior {
+                v.push_str(", ");
+                v.push_str(p);
+            }
+            v.push_str(", ");
+            v.push_str(peer_ip.to_str().unwrap_or_default());
+            HeaderValue::try_from(v).ok()
+        }
+    };
+    if let Some(v) = xff {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
+    let host = match authority {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => headers.get(header::HOST).cloned(),
+    };
+    if let Some(host) = host {
+        if authority.is_some() {
+            // The backend sees the host the client asked for, not the endpoint's address.
+            headers.insert(header::HOST, host.clone());
+        }
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+    if !headers.contains_key(&X_REQUEST_ID) {
+        // `Uuid::new_v4` asks the OS for randomness (a syscall per request); the thread-local
+        // generator gives the same v4 ids from user space.
+        let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        if let Ok(v) = HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf)) {
+            headers.insert(X_REQUEST_ID.clone(), v);
+        }
+    }
+}
+
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named by `Connection` are hop-by-hop too (but never the ones routing relies on).
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| n != header::HOST && n != header::CONTENT_LENGTH)
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    for h in &HOP_BY_HOP {
+        headers.remove(h);
+    }
+}
+
+/// The announced body size (the head guard already refused conflicting or malformed ones).
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret, host"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::HOST, HeaderValue::from_static("a"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, vec!["host", "x-keep"]);
+    }
+
+    #[test]
+    fn origin_form_keeps_path_and_query() {
+        let u = origin_form("/a/b?x=1".parse().unwrap());
+        assert_eq!(u.to_string(), "/a/b?x=1");
+        let u = origin_form("http://example.com:8080/a/b?x=1".parse().unwrap());
+        assert_eq!(u.to_string(), "/a/b?x=1");
+        assert_eq!(origin_form("http://example.com".parse().unwrap()).to_string(), "/");
+    }
+}
