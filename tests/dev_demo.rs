@@ -42,6 +42,17 @@ async fn demo_serves_the_seed_routes_and_tcp_echo() {
     }
     assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["api-1", "api-2"]);
 
+    // /login is sticky: the cookie keeps a client on the backend that served it first.
+    let web = reqwest::Client::new();
+    let first = web.get(format!("http://{http}/login")).header("host", "myshop.com").send().await.unwrap();
+    let cookie = first.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    assert!(cookie.starts_with("sluice_sticky="), "{cookie}");
+    let pinned = first.text().await.unwrap();
+    for _ in 0..6 {
+        let r = web.get(format!("http://{http}/login")).header("host", "myshop.com").header("cookie", &cookie);
+        assert_eq!(r.send().await.unwrap().text().await.unwrap(), pinned);
+    }
+
     assert_eq!(http_get(http, "other.example", "/api/x").await.map(|r| r.0), Some(404), "other hosts match nothing");
     assert_eq!(http_get(http, "myshop.com", "/login/extra").await.map(|r| r.0), Some(404), "/login is exact");
 

@@ -1,5 +1,6 @@
 //! `sluice dev --demo`: built-in backends on ephemeral loopback ports and the seed config of
-//! DESIGN.md §2 (host myshop.com with five routes, plus a TCP echo listener).
+//! DESIGN.md §2 (host myshop.com with five routes, plus a TCP echo listener). The api service shows
+//! health checks, outlier ejection and retries; /login is sticky.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -112,7 +113,13 @@ pub fn seed(b: &Backends, http_addr: SocketAddr, tcp_addr: SocketAddr) -> Vec<(&
         |addrs: &[SocketAddr]| addrs.iter().map(|a| json!({"address": a.to_string(), "weight": 1})).collect::<Vec<_>>();
     let mut out = Vec::new();
     for (service, addrs) in &b.http {
-        out.push(("clusters", service.to_string(), json!({"lb_policy": "round_robin", "endpoints": endpoints(addrs)})));
+        let mut cluster = json!({"lb_policy": "round_robin", "endpoints": endpoints(addrs)});
+        if *service == "api" {
+            // The failover kit: active checks, passive ejection (the route adds retries).
+            cluster["health_check"] = json!({"http": {"path": "/healthz"}, "interval_ms": 2000});
+            cluster["outlier_detection"] = json!({"consecutive_failures": 3, "ejection_ms": 10000});
+        }
+        out.push(("clusters", service.to_string(), cluster));
     }
     out.push(("clusters", "echo".to_string(), json!({"lb_policy": "round_robin", "endpoints": endpoints(&b.tcp)})));
     out.push(("listeners", "web".to_string(), json!({"address": http_addr.to_string(), "protocol": "http"})));
@@ -129,12 +136,15 @@ pub fn seed(b: &Backends, http_addr: SocketAddr, tcp_addr: SocketAddr) -> Vec<(&
         ("admin", json!({"prefix": "/admin"}), "admin"),
     ];
     for (name, path, cluster) in routes {
-        out.push((
-            "routes",
-            name.to_string(),
-            json!({"listener": "web", "match": {"hosts": [HOST], "path": path},
-                   "backends": [{"cluster": cluster, "weight": 1}]}),
-        ));
+        let mut route = json!({"listener": "web", "match": {"hosts": [HOST], "path": path},
+                               "backends": [{"cluster": cluster, "weight": 1}]});
+        match name {
+            "api" => route["retries"] = json!({"attempts": 1, "on": ["connect_failure", "reset", "5xx"]}),
+            // A login session stays on the backend that started it.
+            "login" => route["sticky"] = json!({"cookie": "sluice_sticky", "ttl_s": 3600}),
+            _ => {}
+        }
+        out.push(("routes", name.to_string(), route));
     }
     out
 }
@@ -158,6 +168,9 @@ pub fn instructions(http_addr: SocketAddr, tcp_addr: SocketAddr) -> String {
     for path in ["/api/orders", "/login", "/products", "/images/logo.png", "/admin"] {
         s.push_str(&format!("  curl -H 'Host: {HOST}' http://{http_addr}{path}\n"));
     }
+    s.push_str(&format!(
+        "  curl -i -H 'Host: {HOST}' http://{http_addr}/login    # Set-Cookie: sluice_sticky=... pins you\n"
+    ));
     s.push_str(&format!("  nc {} {}    # TCP echo, greets with its backend's name\n", tcp_addr.ip(), tcp_addr.port()));
     s
 }
