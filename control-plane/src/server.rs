@@ -208,6 +208,7 @@ impl Drop for ControlPlane {
 
 /// The tonic TLS settings: our identity, and client certificates required, verified against the CA.
 fn server_tls(tls: &GrpcTls) -> Result<tonic::transport::ServerTlsConfig, ControlPlaneError> {
+    sluice_shared::certs::ensure_default_crypto_provider();
     use tonic::transport::{Certificate, Identity, ServerTlsConfig};
     let invalid = |what: &str, e: sluice_shared::ValidationError| ControlPlaneError::GrpcTls(format!("{what}: {e}"));
     let cert = sluice_shared::model::Certificate { cert_pem: tls.cert_pem.clone(), key_pem: tls.key_pem.clone() };

@@ -179,6 +179,7 @@ pub fn endpoint(url: &str, tls: Option<&ControlPlaneTls>) -> Result<Endpoint, En
     let https = e.uri().scheme_str() == Some("https");
     match (https, tls) {
         (true, Some(tls)) => {
+            sluice_shared::certs::ensure_default_crypto_provider();
             let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
             if let Some((cert, key)) = &tls.client {
                 config = config.identity(Identity::from_pem(cert, key));

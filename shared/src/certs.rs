@@ -169,6 +169,14 @@ fn server_names(leaf: &X509Certificate<'_>) -> Vec<String> {
     names
 }
 
+/// Makes aws-lc-rs the process-wide rustls provider if none is set yet. rustls picks one by itself
+/// only when a single provider is compiled in; this workspace has two (ring for certificate
+/// checks and tests, aws-lc-rs for the data plane's TLS), and tonic's TLS uses the process
+/// default. Idempotent; call before building a tonic TLS config.
+pub fn ensure_default_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
 #[cfg(test)]
 pub(crate) mod testing {
     //! Certificates made on the spot with rcgen, for this crate's tests.
