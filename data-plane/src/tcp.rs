@@ -50,7 +50,7 @@ pub async fn serve(
 ) {
     // The table is read once, to connect; the connection holds only its endpoint guard after that,
     // so later revisions neither cut it nor stay in memory because of it.
-    let (upstream, guard, idle, _admitted) = {
+    let (upstream, guard, idle, tls, _admitted) = {
         let Some(installed) = shared.installed.load_full() else { return };
         let Some(table) = installed.table.listener(listener) else { return };
         let Some(cluster) = table.cluster() else {
@@ -68,11 +68,22 @@ pub async fn serve(
             stats.no_endpoint.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        (upstream, guard, table.idle_timeout(), admitted)
+        let tls = installed.tls.upstream(cluster.name()).cloned();
+        (upstream, guard, table.idle_timeout(), tls, admitted)
     };
     let _ = upstream.set_nodelay(true);
     tracing::debug!(endpoint = %guard.address(), "connected upstream");
-    splice(client, upstream, idle, stats, phase).await;
+    match tls {
+        // The cluster speaks TLS: the client's plaintext goes to the endpoint encrypted.
+        Some(tls) => match tls.connect(guard.address(), upstream).await {
+            Ok(upstream) => splice_tls(client, upstream, idle, stats, phase).await,
+            Err(e) => {
+                tracing::debug!(endpoint = %guard.address(), error = %e, "upstream TLS handshake failed");
+                stats.connect_failed(guard.address());
+            }
+        },
+        None => splice(client, upstream, idle, stats, phase).await,
+    }
     drop(guard);
 }
 
@@ -126,8 +137,60 @@ pub async fn splice(
     phase: watch::Receiver<Phase>,
 ) {
     let failed = {
-        let (mut cr, mut cw) = client.split();
-        let (mut ur, mut uw) = upstream.split();
+        let (cr, cw) = client.split();
+        let (ur, uw) = upstream.split();
+        copy_both_ways((cr, cw), (ur, uw), idle, stats, phase).await
+    };
+    if let Some(e) = failed {
+        tracing::debug!(error = %e, "tcp proxy ended with an error");
+        reset_both_on_reset(&e, &client, &upstream);
+    }
+}
+
+/// [`splice`] to an endpoint reached over TLS (a tcp listener whose cluster has `tls`).
+async fn splice_tls(
+    mut client: TcpStream,
+    upstream: tokio_rustls::client::TlsStream<TcpStream>,
+    idle: Option<Duration>,
+    stats: &L4Stats,
+    phase: watch::Receiver<Phase>,
+) {
+    let (ur, uw) = tokio::io::split(upstream);
+    let failed = {
+        let (cr, cw) = client.split();
+        copy_both_ways((cr, cw), (ur, uw), idle, stats, phase).await
+    };
+    if let Some(e) = failed {
+        tracing::debug!(error = %e, "tcp proxy (upstream TLS) ended with an error");
+        if e.kind() == io::ErrorKind::ConnectionReset {
+            let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
+        }
+    }
+}
+
+/// A reset on one side becomes a reset on the other, rather than a clean end of stream.
+fn reset_both_on_reset(e: &io::Error, client: &TcpStream, upstream: &TcpStream) {
+    if e.kind() == io::ErrorKind::ConnectionReset {
+        let _ = socket2::SockRef::from(client).set_linger(Some(Duration::ZERO));
+        let _ = socket2::SockRef::from(upstream).set_linger(Some(Duration::ZERO));
+    }
+}
+
+/// The loop of [`splice`] over any two (read, write) halves; `Some` is the error that ended it.
+async fn copy_both_ways<CR, CW, UR, UW>(
+    (mut cr, mut cw): (CR, CW),
+    (mut ur, mut uw): (UR, UW),
+    idle: Option<Duration>,
+    stats: &L4Stats,
+    phase: watch::Receiver<Phase>,
+) -> Option<io::Error>
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    UR: AsyncRead + Unpin,
+    UW: AsyncWrite + Unpin,
+{
+    {
         let mut to_upstream = Pump::new(&stats.bytes_from_clients);
         let mut to_client = Pump::new(&stats.bytes_to_clients);
         // Draining leaves established connections alone; only abort (or a gone listener) cuts.
@@ -179,14 +242,6 @@ pub async fn splice(
             Poll::Pending
         })
         .await
-    };
-    if let Some(e) = failed {
-        tracing::debug!(error = %e, "tcp proxy ended with an error");
-        // A reset on one side becomes a reset on the other, rather than a clean end of stream.
-        if e.kind() == io::ErrorKind::ConnectionReset {
-            let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
-            let _ = socket2::SockRef::from(&upstream).set_linger(Some(Duration::ZERO));
-        }
     }
 }
 
@@ -198,6 +253,8 @@ struct Pump<'a> {
     len: usize,
     eof: bool,
     done: bool,
+    /// Written since the last flush.
+    unflushed: bool,
     bytes: Meter<'a>,
 }
 
@@ -209,6 +266,7 @@ impl<'a> Pump<'a> {
             len: 0,
             eof: false,
             done: false,
+            unflushed: false,
             bytes: Meter::new(bytes),
         }
     }
@@ -236,6 +294,7 @@ impl<'a> Pump<'a> {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
                 self.pos += n;
+                self.unflushed = true;
             }
             if self.len > 0 {
                 self.bytes.add(self.len);
@@ -251,7 +310,14 @@ impl<'a> Pump<'a> {
                 return Poll::Ready(Ok(()));
             }
             let mut read = ReadBuf::new(&mut self.buf);
-            ready!(Pin::new(&mut *from).poll_read(cx, &mut read))?;
+            if Pin::new(&mut *from).poll_read(cx, &mut read)?.is_pending() {
+                // Nothing more to read for now: a TLS writer may still hold what was written
+                // (a no-op on a plain socket).
+                if self.unflushed && Pin::new(&mut *to).poll_flush(cx)?.is_ready() {
+                    self.unflushed = false;
+                }
+                return Poll::Pending;
+            }
             match read.filled().len() {
                 0 => self.eof = true,
                 n => self.len = n,

@@ -161,3 +161,50 @@ async fn health_checks_speak_the_clusters_tls() {
     node.shutdown().await;
     cp.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_listener_speaks_tls_to_a_tls_cluster() {
+    let backend_ca = Ca::new("backend CA");
+    let client_ca = Ca::new("client CA");
+    let server = backend_ca.leaf(&["backend.internal"]);
+    let client = client_ca.leaf(&["sluice-proxy"]);
+    let (backend, hits, _task) = mtls_backend(&server, &client_ca).await;
+    let listener = free_addr();
+    let tcp_config = |ca: &str| {
+        let mut cfg = config(json!({
+            "clusters": {"secure": {"endpoints": [{"address": backend.to_string()}],
+                                    "tls": {"ca_pem": ca, "server_name": "backend.internal",
+                                            "client_certificate": "backend-client"}}},
+            "listeners": {"db": {"address": listener.to_string(), "protocol": "tcp", "cluster": "secure"}}
+        }));
+        cfg.certificates.insert("backend-client".into(), serde_json::from_value(client.json()).unwrap());
+        cfg
+    };
+    let cp = ControlPlane::start(Some(snapshot(&tcp_config(&backend_ca.pem.cert), 1))).await;
+    let node = start_node(vec![cp.url()], None).await;
+    cp.expect_ack(1).await;
+
+    // The client speaks plaintext; the endpoint only accepts mTLS: the proxy encrypts for it.
+    // (No half-close from the client: the backend would take it as the end of the connection.)
+    async fn exchange(addr: SocketAddr) -> RawResponse {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: db\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "the connection was not closed");
+        parse(&String::from_utf8_lossy(&buf))
+    }
+    let r = exchange(listener).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "secure"), "{}", r.raw);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+
+    // An endpoint certificate the cluster's CA does not sign: no handshake, the client is closed.
+    cp.send_snapshot(snapshot(&tcp_config(&Ca::new("other CA").pem.cert), 2)).await;
+    cp.expect_ack(2).await;
+    let r = exchange(listener).await;
+    assert!(r.raw.is_empty(), "nothing may come back: {}", r.raw);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    node.shutdown().await;
+    cp.stop().await;
+}

@@ -49,8 +49,9 @@ pub struct Cluster {
     /// rather than answer 503. Off by default.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub panic_mode: bool,
-    /// TLS to the endpoints for HTTP(S) routes; `None`: plaintext. (`tcp` and `tls` listeners
-    /// forward the client's bytes as they are.)
+    /// TLS to the endpoints, for HTTP(S) routes and `tcp` listeners (which then encrypt the
+    /// client's plaintext); `None`: plaintext. `tls` passthrough listeners forward the client's own
+    /// TLS as it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTls>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
