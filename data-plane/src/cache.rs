@@ -53,8 +53,15 @@ impl SnapshotCache {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(dir)?;
         let tmp = self.path.with_extension("bin.tmp");
+        // A leftover from a crash would keep its own permissions.
+        let _ = fs::remove_file(&tmp);
         {
-            let mut f = fs::File::create(&tmp)?;
+            // The snapshot holds private keys (certificates, the sticky-cookie key): owner only.
+            let mut open = fs::OpenOptions::new();
+            open.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+            let mut f = open.open(&tmp)?;
             f.write_all(&encode(snapshot))?;
             f.sync_all()?;
         }
@@ -107,6 +114,17 @@ mod tests {
             clusters: vec![pb::Cluster { name: "api".into(), ..Default::default() }],
             ..Default::default()
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_cache_file_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = SnapshotCache::new(dir.path(), "default");
+        cache.store(&pb::Snapshot { revision: 3, ..Default::default() }).unwrap();
+        let file = fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+        assert_eq!(fs::metadata(file).unwrap().permissions().mode() & 0o777, 0o600);
     }
 
     #[test]

@@ -79,6 +79,17 @@ fn sqlite_url(url: &str) -> Result<String, StoreError> {
         std::fs::create_dir_all(parent)
             .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", parent.display())))?;
     }
+    // The database holds private keys, token hashes and the sticky-cookie key: a new file is the
+    // owner's only (SQLite gives its -wal and -shm files the same permissions).
+    let mut create = std::fs::OpenOptions::new();
+    create.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut create, 0o600);
+    match create.open(path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(StoreError::Unavailable(format!("cannot create {path}: {e}"))),
+    }
     let sep = if query.is_empty() { "?" } else { "&" };
     Ok(format!("{url}{sep}mode=rwc"))
 }
@@ -276,6 +287,14 @@ mod tests {
         let url = format!("sqlite://{}/a/b.db", dir.display());
         assert_eq!(sqlite_url(&url).unwrap(), format!("{url}?mode=rwc"));
         assert!(dir.join("a").is_dir());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.join("a/b.db")).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "the database is the owner's only");
+        }
+        // An existing database is opened as it is.
+        assert_eq!(sqlite_url(&url).unwrap(), format!("{url}?mode=rwc"));
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(sqlite_url("sqlite::memory:").unwrap(), "sqlite::memory:");
         assert_eq!(sqlite_url("sqlite://x.db?mode=ro").unwrap(), "sqlite://x.db?mode=ro");
