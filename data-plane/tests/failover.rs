@@ -79,7 +79,8 @@ async fn get_ok(addr: SocketAddr) -> RawResponse {
 async fn connect_failures_are_retried_for_any_method() {
     let live = Controlled::start("live").await;
     let listener = free_addr();
-    let cluster = json!({"endpoints": endpoints(&[free_addr(), live.addr])});
+    let (dead, _dead) = refusing_addr();
+    let cluster = json!({"endpoints": endpoints(&[dead, live.addr])});
     let route = json!({"retries": {"attempts": 2, "on": ["connect_failure"], "budget": ample()}});
     let s = Setup::start(listener, single(listener, cluster, route)).await;
 

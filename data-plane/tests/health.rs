@@ -292,7 +292,7 @@ async fn outlier_detection_ejects_a_failing_endpoint_without_health_checks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outlier_detection_counts_connect_failures() {
     let a = Switchable::start("a").await;
-    let closed = free_addr();
+    let (closed, _closed) = refusing_addr();
     let od = json!({"consecutive_failures": 2, "ejection_ms": 30000});
     let s = setup(json!({"endpoints": endpoints(&[a.addr, closed]), "outlier_detection": od})).await;
     let mut bad = 0;

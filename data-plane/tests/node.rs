@@ -173,9 +173,10 @@ async fn corrupt_cache_is_ignored() {
 async fn tcp_listener_forwards_bytes_both_ways() {
     let (echo, _task) = echo_backend().await;
     let listener = free_addr();
+    let (dead, _dead) = refusing_addr();
     let cfg = config(json!({
         "clusters": {"echo": {"endpoints": [
-            {"address": free_addr().to_string()},
+            {"address": dead.to_string()},
             {"address": echo.to_string()}
         ]}},
         "listeners": {"pg": {"address": listener.to_string(), "protocol": "tcp", "cluster": "echo"}}

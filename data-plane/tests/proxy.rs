@@ -15,17 +15,20 @@ struct Setup {
     listener: SocketAddr,
     api: Backend,
     web: Backend,
+    /// Keeps the "dead" cluster's port refusing (see `refusing_addr`).
+    _dead: socket2::Socket,
 }
 
 async fn setup() -> Setup {
     let api = Backend::start("api").await;
     let web = Backend::start("web").await;
     let listener = free_addr();
+    let (dead, dead_socket) = refusing_addr();
     let cfg = config(json!({
         "clusters": {
             "api": {"endpoints": [{"address": api.addr.to_string()}]},
             "web": {"endpoints": [{"address": web.addr.to_string()}]},
-            "dead": {"endpoints": [{"address": free_addr().to_string()}]},
+            "dead": {"endpoints": [{"address": dead.to_string()}]},
             "empty": {"endpoints": []}
         },
         "listeners": {"main": {"address": listener.to_string(), "protocol": "http"}},
@@ -43,7 +46,7 @@ async fn setup() -> Setup {
     let node = start_node(vec![cp.url()], None).await;
     assert!(matches!(cp.reply_to(1).await, pb::node_message::Msg::Ack(_)));
     eventually("listener up", || async { try_get(listener, "myshop.com", "/").await }).await;
-    Setup { cp, node, listener, api, web }
+    Setup { cp, node, listener, api, web, _dead: dead_socket }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,9 +183,10 @@ async fn keep_alive_pipelining_and_a_bad_request_after_good_ones() {
 async fn retries_go_to_another_endpoint() {
     let live = Backend::start("live").await;
     let listener = free_addr();
+    let (dead, _dead) = refusing_addr();
     let cfg = config(json!({
         "clusters": {"mixed": {"endpoints": [
-            {"address": free_addr().to_string()},
+            {"address": dead.to_string()},
             {"address": live.addr.to_string()}
         ]}},
         "listeners": {"main": {"address": listener.to_string(), "protocol": "http"}},

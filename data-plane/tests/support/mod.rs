@@ -191,6 +191,17 @@ pub fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
+/// An address where connections are refused for as long as the returned socket lives: it is
+/// bound (so no other test can take the port) but not listening. A released `free_addr` can be
+/// handed to another test's listener meanwhile, which turns "refused" into "answered".
+#[allow(dead_code)]
+pub fn refusing_addr() -> (SocketAddr, socket2::Socket) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    (addr, socket)
+}
+
 // ------------------------------------------------------------------------------------ backends
 
 /// An HTTP backend that answers `name` plus the request's headers, and counts its requests.
