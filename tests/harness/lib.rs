@@ -17,8 +17,27 @@ pub use api::Api;
 pub use backends::{http_get, HttpBackend, TcpEcho};
 pub use process::{cli, cli_in, cli_with_env, write_file, CliOutput, Sluice, ADMIN_TOKEN};
 
-/// A loopback address with a port that was free a moment ago (bind to port 0, then release it).
+/// Ports handed out by [`free_addr`]: below the kernel's ephemeral range (32768 and up here), so
+/// that no outgoing connection of a running test can be using one as its source port by the time
+/// a listener binds it (bind-to-port-0 ports come from that range and raced exactly so).
+const PORTS: std::ops::Range<u32> = 20_000..32_000;
+
+/// A loopback address whose port was free (TCP and UDP) a moment ago and that this process has not
+/// handed out before.
 pub fn free_addr() -> SocketAddr {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = PORTS.end - PORTS.start;
+    // Test binaries run one after another: each starts at its own offset.
+    let _ = NEXT.compare_exchange(0, 1 + (std::process::id() * 7_919) % span, Ordering::Relaxed, Ordering::Relaxed);
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (PORTS.start + n % span) as u16;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if TcpListener::bind(addr).is_ok() && std::net::UdpSocket::bind(addr).is_ok() {
+            return addr;
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
     l.local_addr().expect("local_addr")
 }

@@ -188,7 +188,7 @@ pub async fn start_node(cps: Vec<String>, cache_dir: Option<std::path::PathBuf>)
 
 /// A port that was free a moment ago (for listener addresses in snapshots).
 pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    sluice_e2e::free_addr()
 }
 
 /// An address where connections are refused for as long as the returned socket lives: it is
