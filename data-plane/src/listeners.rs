@@ -337,6 +337,17 @@ impl Acceptor {
         }
     }
 
+    /// What an HTTP(S) connection's requests share.
+    fn conn_ctx(&self, peer: SocketAddr, scheme: &'static str) -> Arc<ConnCtx> {
+        Arc::new(ConnCtx {
+            listener: self.name.clone(),
+            peer,
+            scheme,
+            shared: self.shared.clone(),
+            connections: self.connections.clone(),
+        })
+    }
+
     /// Serves one accepted connection on this worker.
     fn serve(&self, stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
@@ -368,13 +379,7 @@ impl Acceptor {
                 );
             }
             Protocol::Https => {
-                let conn = Arc::new(ConnCtx {
-                    listener: self.name.clone(),
-                    peer,
-                    scheme: "https",
-                    shared: self.shared.clone(),
-                    connections: self.connections.clone(),
-                });
+                let conn = self.conn_ctx(peer, "https");
                 let http = self.http.clone();
                 self.connections.spawn(
                     async move {
@@ -385,13 +390,7 @@ impl Acceptor {
                 );
             }
             _ => {
-                let conn = Arc::new(ConnCtx {
-                    listener: self.name.clone(),
-                    peer,
-                    scheme: "http",
-                    shared: self.shared.clone(),
-                    connections: self.connections.clone(),
-                });
+                let conn = self.conn_ctx(peer, "http");
                 let http = self.http.clone();
                 self.connections.spawn(
                     async move {

@@ -143,7 +143,7 @@ pub async fn splice(
     };
     if let Some(e) = failed {
         tracing::debug!(error = %e, "tcp proxy ended with an error");
-        reset_both_on_reset(&e, &client, &upstream);
+        pass_reset_on(&e, &[&client, &upstream]);
     }
 }
 
@@ -162,17 +162,17 @@ async fn splice_tls(
     };
     if let Some(e) = failed {
         tracing::debug!(error = %e, "tcp proxy (upstream TLS) ended with an error");
-        if e.kind() == io::ErrorKind::ConnectionReset {
-            let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
-        }
+        pass_reset_on(&e, &[&client]);
     }
 }
 
-/// A reset on one side becomes a reset on the other, rather than a clean end of stream.
-fn reset_both_on_reset(e: &io::Error, client: &TcpStream, upstream: &TcpStream) {
+/// A reset on one side becomes a reset on the other, rather than a clean end of stream: the
+/// `sockets` close with RST.
+fn pass_reset_on(e: &io::Error, sockets: &[&TcpStream]) {
     if e.kind() == io::ErrorKind::ConnectionReset {
-        let _ = socket2::SockRef::from(client).set_linger(Some(Duration::ZERO));
-        let _ = socket2::SockRef::from(upstream).set_linger(Some(Duration::ZERO));
+        for s in sockets {
+            let _ = socket2::SockRef::from(*s).set_linger(Some(Duration::ZERO));
+        }
     }
 }
 

@@ -55,6 +55,27 @@ async fn mtls_backend(server: &Pem, client_ca: &Ca) -> (SocketAddr, Arc<AtomicUs
     (addr, hits, task)
 }
 
+/// An mTLS-only backend named `backend.internal`, the CA that signed it, and a client
+/// certificate it accepts (to be registered as `backend-client`).
+struct MtlsBackend {
+    backend_ca: Ca,
+    client: Pem,
+    backend: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl MtlsBackend {
+    async fn start() -> MtlsBackend {
+        let backend_ca = Ca::new("backend CA");
+        let client_ca = Ca::new("client CA");
+        let server = backend_ca.leaf(&["backend.internal"]);
+        let client = client_ca.leaf(&["sluice-proxy"]);
+        let (backend, hits, _task) = mtls_backend(&server, &client_ca).await;
+        MtlsBackend { backend_ca, client, backend, hits, _task }
+    }
+}
+
 fn config_for(listener: SocketAddr, backend: SocketAddr, tls: serde_json::Value, client: Option<&Pem>) -> Config {
     let mut cfg = config(json!({
         "clusters": {"secure": {"endpoints": [{"address": backend.to_string()}], "tls": tls}},
@@ -69,12 +90,8 @@ fn config_for(listener: SocketAddr, backend: SocketAddr, tls: serde_json::Value,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_mtls_verifies_the_backend_and_presents_the_client_certificate() {
-    let backend_ca = Ca::new("backend CA");
-    let client_ca = Ca::new("client CA");
+    let MtlsBackend { backend_ca, client, backend, hits, _task } = MtlsBackend::start().await;
     let other_ca = Ca::new("other CA");
-    let server = backend_ca.leaf(&["backend.internal"]);
-    let client = client_ca.leaf(&["sluice-proxy"]);
-    let (backend, hits, _task) = mtls_backend(&server, &client_ca).await;
     let listener = free_addr();
 
     // Verified by name, with the client certificate: served.
@@ -114,11 +131,7 @@ async fn upstream_mtls_verifies_the_backend_and_presents_the_client_certificate(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_checks_speak_the_clusters_tls() {
-    let backend_ca = Ca::new("backend CA");
-    let client_ca = Ca::new("client CA");
-    let server = backend_ca.leaf(&["backend.internal"]);
-    let client = client_ca.leaf(&["sluice-proxy"]);
-    let (backend, hits, _task) = mtls_backend(&server, &client_ca).await;
+    let MtlsBackend { backend_ca, client, backend, hits, _task } = MtlsBackend::start().await;
     let listener = free_addr();
     let with_check = |tls: serde_json::Value| {
         let mut cfg = config_for(listener, backend, tls, Some(&client));
@@ -164,11 +177,7 @@ async fn health_checks_speak_the_clusters_tls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_listener_speaks_tls_to_a_tls_cluster() {
-    let backend_ca = Ca::new("backend CA");
-    let client_ca = Ca::new("client CA");
-    let server = backend_ca.leaf(&["backend.internal"]);
-    let client = client_ca.leaf(&["sluice-proxy"]);
-    let (backend, hits, _task) = mtls_backend(&server, &client_ca).await;
+    let MtlsBackend { backend_ca, client, backend, hits, _task } = MtlsBackend::start().await;
     let listener = free_addr();
     let tcp_config = |ca: &str| {
         let mut cfg = config(json!({

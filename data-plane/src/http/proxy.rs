@@ -51,10 +51,12 @@ impl Downstream {
 
 pub async fn handle(req: Request<Incoming>, down: Arc<Downstream>) -> Result<Response<ProxyBody>, Infallible> {
     let conn = &down.ctx;
-    let switching = upgrade_protocol(&req).is_some();
+    // A protocol switch (WebSocket): the head guard treats the same requests as upgrades.
+    let upgrade = upgrade_protocol(&req);
+    let switching = upgrade.is_some();
     // The table is loaded once and kept until this request is answered, whatever is installed meanwhile.
     let mut resp = match conn.shared.installed.load_full() {
-        Some(installed) => route_and_forward(req, &down, &installed).await,
+        Some(installed) => route_and_forward(req, upgrade, &down, &installed).await,
         None => answer(&conn.shared.metrics.unrouted, ProxyError::NotReady),
     };
     // The head guard lets the bytes after an upgrade request through unchecked (they may be a
@@ -65,7 +67,12 @@ pub async fn handle(req: Request<Incoming>, down: Arc<Downstream>) -> Result<Res
     Ok(resp)
 }
 
-async fn route_and_forward(req: Request<Incoming>, down: &Downstream, installed: &Installed) -> Response<ProxyBody> {
+async fn route_and_forward(
+    req: Request<Incoming>,
+    upgrade: Option<HeaderValue>,
+    down: &Downstream,
+    installed: &Installed,
+) -> Response<ProxyBody> {
     let conn = &*down.ctx;
     let unrouted = &conn.shared.metrics.unrouted;
     let Some(listener) = installed.table.listener(&conn.listener) else {
@@ -100,7 +107,7 @@ async fn route_and_forward(req: Request<Incoming>, down: &Downstream, installed:
             Some(resp) => resp,
             None => answer(unrouted, ProxyError::NoHost),
         },
-        None => forward(req, down, installed, route).await,
+        None => forward(req, upgrade, log.is_some(), down, installed, route).await,
     };
     route.stats().record_response(resp.status().as_u16());
     if let Some(entry) = log {
@@ -144,8 +151,11 @@ impl TryFailure {
 /// them again; larger ones stream and are only retried when none of them was sent.
 const MAX_REPLAY_BODY: u64 = 64 * 1024;
 
+/// `upgrade`: the protocol the request asks to switch to; `logging`: the access log is on.
 async fn forward(
     mut req: Request<Incoming>,
+    upgrade: Option<HeaderValue>,
+    logging: bool,
     down: &Downstream,
     installed: &Installed,
     route: &RouteEntry,
@@ -170,13 +180,11 @@ async fn forward(
     };
     let hash_key = hash_key(route, cluster, req.headers(), down);
     route.deposit_retry_budget();
-    // A protocol switch (WebSocket): the head guard treats the same requests as upgrades.
-    let upgrade = upgrade_protocol(&req);
     let downstream_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
     prepare_headers(&mut parts.headers, parts.uri.authority(), &down.peer_ip, conn.scheme);
-    let request_id = access_log::enabled().then(|| parts.headers.get(&X_REQUEST_ID).cloned()).flatten();
+    let request_id = logging.then(|| parts.headers.get(&X_REQUEST_ID).cloned()).flatten();
     if let Some(protocol) = &upgrade {
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, protocol.clone());
@@ -185,7 +193,9 @@ async fn forward(
     let deadline = tokio::time::Instant::now() + route.timeout().unwrap_or(DEFAULT_TIMEOUT);
 
     let max_body = route.max_request_body();
-    if max_body.is_some_and(|max| content_length(&parts.headers).is_some_and(|n| n > max)) {
+    // Transfer-Encoding is gone (hop-by-hop): chunked bodies announce no size here.
+    let announced = content_length(&parts.headers);
+    if max_body.is_some_and(|max| announced.is_some_and(|n| n > max)) {
         return too_large(counts);
     }
     let policy = route.retries();
@@ -194,7 +204,7 @@ async fn forward(
     // What a retry after a sent try can send again: no body, or a small one kept in memory.
     let (body, replay) = if body.is_end_stream() {
         (ProxyBody::Empty, Some(None))
-    } else if attempts > 0 && idempotent && fits_replay(&parts.headers) {
+    } else if attempts > 0 && idempotent && announced.is_some_and(|n| n <= MAX_REPLAY_BODY) {
         match tokio::time::timeout_at(deadline, Limited::new(body, MAX_REPLAY_BODY as usize).collect()).await {
             Ok(Ok(b)) => {
                 let b = b.to_bytes();
@@ -292,7 +302,7 @@ async fn forward(
                         let value = installed.sticky.issue(cluster.name(), addr, s.ttl_s)?;
                         sticky::set_cookie(&s.cookie, &value, s.ttl_s, conn.scheme == "https")
                     });
-                    let served = access_log::enabled().then(|| access_log::Served {
+                    let served = logging.then(|| access_log::Served {
                         cluster: cluster.name().to_string(),
                         endpoint: addr,
                         tries: attempt + 1,
@@ -375,12 +385,6 @@ fn respond(
 /// RFC 9110 §9.2.2: methods a client may repeat without changing the outcome.
 fn is_idempotent(m: &Method) -> bool {
     matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
-}
-
-/// A body announced by Content-Length (chunked ones have no size to check up front) that is
-/// small enough to keep for a retry.
-fn fits_replay(headers: &HeaderMap) -> bool {
-    !headers.contains_key(header::TRANSFER_ENCODING) && content_length(headers).is_some_and(|n| n <= MAX_REPLAY_BODY)
 }
 
 /// 413, and the connection closes: the rest of the body is not read.

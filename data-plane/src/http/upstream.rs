@@ -246,17 +246,16 @@ fn checkout_shared(addr: PoolKey) -> Option<SendRequest<ProxyBody>> {
     std::iter::from_fn(|| idle.pop()).find(|c| c.idle.usable()).map(|c| c.idle.sender)
 }
 
-/// Closes one idle connection holding a permit of `breaker` (to any endpoint), so that a request
-/// waiting for a connection to another endpoint gets its permit. `false`: none was idle.
-fn evict_one(breaker: &Arc<Breaker>) -> bool {
+/// Closes one idle connection holding a permit of `breaker` (to any endpoint), if there is one,
+/// so that a request waiting for a connection to another endpoint gets its permit.
+fn evict_one(breaker: &Arc<Breaker>) {
     let mut pool = SHARED_POOL.lock().unwrap_or_else(|e| e.into_inner());
     for idle in pool.values_mut() {
         if let Some(i) = idle.iter().position(|c| Arc::ptr_eq(&c.breaker, breaker)) {
             idle.remove(i);
-            return true;
+            return;
         }
     }
-    false
 }
 
 impl UpstreamClient {
@@ -270,14 +269,8 @@ impl UpstreamClient {
         req: Request<ProxyBody>,
     ) -> Result<(Response<Incoming>, Lease), Failed> {
         let addr: PoolKey = (endpoint, tls.map_or(0, UpstreamTlsConfig::id));
-        let mut sender = match connect(endpoint, tls, None, true).await {
-            Ok(s) => s,
-            Err(e) => return Err(Failed::unsent(e, req)),
-        };
-        match sender.send_request(req).await {
-            Ok(resp) => Ok((resp, Lease { addr, sender, limited: None })),
-            Err(e) => Err(Failed::sent(UpstreamError::Request(e))),
-        }
+        let (resp, sender) = send_on_new(endpoint, tls, None, true, req).await?;
+        Ok((resp, Lease { addr, sender, limited: None }))
     }
 
     /// Sends `req` (origin-form URI, `Host` set) to `endpoint` on a pooled or new connection,
@@ -327,14 +320,26 @@ impl UpstreamClient {
                 }
             },
         };
-        let mut sender = match connect(endpoint, tls, permit, false).await {
-            Ok(s) => s,
-            Err(e) => return Err(Failed::unsent(e, req)),
-        };
-        match sender.send_request(req).await {
-            Ok(resp) => Ok((resp, lease(sender))),
-            Err(e) => Err(Failed::sent(UpstreamError::Request(e))),
-        }
+        let (resp, sender) = send_on_new(endpoint, tls, permit, false, req).await?;
+        Ok((resp, lease(sender)))
+    }
+}
+
+/// Opens a connection (see [`connect`]) and sends `req` on it; a failed connect gives it back.
+async fn send_on_new(
+    endpoint: SocketAddr,
+    tls: Option<&UpstreamTlsConfig>,
+    permit: Option<OwnedSemaphorePermit>,
+    upgrades: bool,
+    req: Request<ProxyBody>,
+) -> Result<(Response<Incoming>, SendRequest<ProxyBody>), Failed> {
+    let mut sender = match connect(endpoint, tls, permit, upgrades).await {
+        Ok(s) => s,
+        Err(e) => return Err(Failed::unsent(e, req)),
+    };
+    match sender.send_request(req).await {
+        Ok(resp) => Ok((resp, sender)),
+        Err(e) => Err(Failed::sent(UpstreamError::Request(e))),
     }
 }
 
