@@ -608,4 +608,52 @@ mod tests {
         let l: Listener = parse_json(br#"{"address":"localhost:9","protocol":"http"}"#).unwrap();
         assert_eq!(l.validate().unwrap_err().field.as_deref(), Some("address"));
     }
+
+    #[test]
+    fn failover_fields_name_the_field() {
+        let cluster =
+            |json: &str| parse_json::<Cluster>(json.as_bytes()).unwrap().validate().err().and_then(|e| e.field);
+        let eps = r#""endpoints":[{"address":"127.0.0.1:1","name":"a-1"},{"address":"127.0.0.1:2","name":"a-2"}]"#;
+        assert_eq!(cluster(&format!(r#"{{{eps},"circuit_breaker":{{"max_connections":1,"max_pending":0}}}}"#)), None);
+        assert_eq!(
+            cluster(r#"{"endpoints":[{"address":"127.0.0.1:1","name":"a"},{"address":"127.0.0.1:2","name":"a"}]}"#)
+                .as_deref(),
+            Some("endpoints[1].name")
+        );
+        assert_eq!(
+            cluster(r#"{"endpoints":[{"address":"127.0.0.1:1","name":"_a"}]}"#).as_deref(),
+            Some("endpoints[0].name")
+        );
+        for (cb, f) in
+            [("max_connections", "circuit_breaker.max_connections"), ("max_requests", "circuit_breaker.max_requests")]
+        {
+            assert_eq!(cluster(&format!(r#"{{"circuit_breaker":{{"{cb}":0}}}}"#)).as_deref(), Some(f));
+        }
+
+        let route = |extra: &str| {
+            let json = format!(r#"{{"listener":"web","backends":[{{"cluster":"a"}}]{extra}}}"#);
+            parse_json::<Route>(json.as_bytes()).unwrap().validate().err().and_then(|e| e.field)
+        };
+        let ok = r#","retries":{"attempts":2,"on":["reset"],"per_try_timeout_ms":100,"budget":{"percent":0,"min_per_s":1}},"max_request_body_bytes":10"#;
+        assert_eq!(route(ok), None);
+        assert_eq!(
+            route(r#","retries":{"attempts":1,"per_try_timeout_ms":0}"#).as_deref(),
+            Some("retries.per_try_timeout_ms")
+        );
+        assert_eq!(
+            route(r#","retries":{"attempts":1,"budget":{"percent":0,"min_per_s":0}}"#).as_deref(),
+            Some("retries.budget")
+        );
+        assert_eq!(
+            route(r#","retries":{"attempts":1,"budget":{"percent":1001}}"#).as_deref(),
+            Some("retries.budget.percent")
+        );
+        assert_eq!(route(r#","max_request_body_bytes":0"#).as_deref(), Some("max_request_body_bytes"));
+        assert_eq!(route(r#","https_redirect":{"status":303}"#).as_deref(), Some("https_redirect.status"));
+        // Only a redirecting route may name no backend.
+        let r: Route = parse_json(br#"{"listener":"web","backends":[],"https_redirect":{}}"#).unwrap();
+        assert!(r.validate().is_ok());
+        let r: Route = parse_json(br#"{"listener":"web","backends":[]}"#).unwrap();
+        assert_eq!(r.validate().unwrap_err().field.as_deref(), Some("backends"));
+    }
 }
