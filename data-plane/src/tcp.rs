@@ -17,9 +17,9 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -127,8 +127,9 @@ pub async fn connect(cluster: &ClusterLb, key: Option<u64>, stats: &L4Stats) -> 
 ///
 /// One hand-written poll loop instead of `select!` over `try_join!` of two copy futures: a wake-up
 /// costs one read (and one write) per direction with data and nothing else; the phase's change
-/// future is only polled when the phase's version moved (one atomic load otherwise) and the idle
-/// timeout is one timer per connection, re-armed only when it fires before the real deadline.
+/// future is only polled when its own waker fired (one atomic swap otherwise, see [`PhaseWake`])
+/// and the idle timeout is one timer per connection, re-armed only when it fires before the real
+/// deadline.
 pub async fn splice(
     mut client: TcpStream,
     mut upstream: TcpStream,
@@ -194,7 +195,6 @@ where
         let mut to_upstream = Pump::new(&stats.bytes_from_clients);
         let mut to_client = Pump::new(&stats.bytes_to_clients);
         // Draining leaves established connections alone; only abort (or a gone listener) cuts.
-        let mut seen = phase.clone();
         let mut phase = phase;
         let aborted = async move {
             loop {
@@ -204,17 +204,25 @@ where
             }
         };
         tokio::pin!(aborted);
-        // The waker `aborted` was last polled with (it stays registered with that one).
-        let mut aborted_waker: Option<std::task::Waker> = None;
+        // `aborted` is polled with its own waker, which records that it fired.
+        let mut phase_wake: Option<(Arc<PhaseWake>, Waker)> = None;
         // Idle: the time of the last byte moved, read against one timer.
         let mut last_activity = idle.map(|_| Instant::now());
         let mut idle_timer = idle.map(|d| (d, Box::pin(tokio::time::sleep(d))));
         std::future::poll_fn(|cx| {
-            let phase_moved = seen.has_changed().unwrap_or(true);
-            if phase_moved || !aborted_waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                seen.mark_unchanged();
-                aborted_waker = Some(cx.waker().clone());
-                if aborted.as_mut().poll(cx).is_ready() {
+            // Polled only when its waker fired (a phase change, or a cooperative yield): a wake-up
+            // it asked for and was not polled after would leave nothing registered for the next
+            // phase change, and a later `Abort` would never reach this connection.
+            let poll_aborted = match &phase_wake {
+                Some((wake, _)) if wake.task.will_wake(cx.waker()) => wake.take(),
+                _ => {
+                    let wake = Arc::new(PhaseWake { fired: AtomicBool::new(false), task: cx.waker().clone() });
+                    phase_wake = Some((wake.clone(), Waker::from(wake)));
+                    true
+                }
+            };
+            if let (true, Some((_, waker))) = (poll_aborted, &phase_wake) {
+                if aborted.as_mut().poll(&mut Context::from_waker(waker)).is_ready() {
                     return Poll::Ready(None);
                 }
             }
@@ -242,6 +250,32 @@ where
             Poll::Pending
         })
         .await
+    }
+}
+
+/// The waker the phase's change future is polled with: it marks that it fired, then wakes the
+/// connection's task. The poll loop polls that future again only then, instead of on every wake-up
+/// (data moved), and never misses a wake-up the future asked for.
+struct PhaseWake {
+    fired: AtomicBool,
+    task: Waker,
+}
+
+impl PhaseWake {
+    /// Whether the waker fired since the last call (then the future must be polled).
+    fn take(&self) -> bool {
+        self.fired.swap(false, Ordering::AcqRel)
+    }
+}
+
+impl Wake for PhaseWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.task.wake_by_ref();
     }
 }
 
@@ -354,5 +388,52 @@ impl Drop for Meter<'_> {
         if self.pending > 0 {
             self.shared.fetch_add(self.pending, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The phase future's wake-ups must never be swallowed: here its first poll finds the task's
+    /// budget spent (tokio then wakes the task instead of registering with the channel), so only
+    /// polling it again on that wake-up registers it. A loop that skipped it then (no new phase
+    /// version, same task waker) never heard of the `Abort` sent while it waited.
+    #[tokio::test]
+    async fn abort_reaches_a_splice_whose_phase_wakeup_was_a_yield() {
+        let (client, _client_peer) = tokio::io::duplex(64);
+        let (upstream, _upstream_peer) = tokio::io::duplex(64);
+        let (tx, rx) = watch::channel(Phase::Serving);
+        let stats = L4Stats::default();
+        let splice = copy_both_ways(tokio::io::split(client), tokio::io::split(upstream), None, &stats, rx);
+        tokio::pin!(splice);
+        std::future::poll_fn(|cx| {
+            while let Poll::Ready(p) = tokio::task::coop::poll_proceed(cx) {
+                p.made_progress();
+            }
+            assert!(splice.as_mut().poll(cx).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        // Polled again on that wake-up, with a fresh budget: no byte to move, no new phase.
+        tokio::task::yield_now().await;
+        std::future::poll_fn(|cx| {
+            assert!(splice.as_mut().poll(cx).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        // The listener drains and runs out while this task waits on the splice alone.
+        tokio::spawn(async move {
+            tx.send(Phase::Draining).unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tx.send(Phase::Abort).unwrap();
+            std::future::pending::<()>().await;
+        });
+        let ended = tokio::select! {
+            biased;
+            _ = tokio::time::sleep(Duration::from_secs(2)) => false,
+            _ = splice.as_mut() => true,
+        };
+        assert!(ended, "Abort did not end the splice");
     }
 }
