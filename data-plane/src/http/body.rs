@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::upstream::Lease;
+use super::upstream_conn::ResponseBody;
 use crate::table::{EndpointGuard, RequestPermit};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -28,10 +28,9 @@ pub enum ProxyBody {
     /// limit of `max`); past it the stream fails with [`BodyTooLarge`].
     Capped { body: Incoming, left: u64, max: u64 },
     /// A response body streamed from an endpoint; the guard counts the request as active on that
-    /// endpoint until the body is finished or dropped. The connection goes back to the pool when
-    /// the body ends (dropped unfinished, it is closed: it cannot carry another exchange). The
-    /// circuit breaker counts the request in flight until then too (`permit`).
-    Upstream { body: Incoming, endpoint: Option<EndpointGuard>, lease: Option<Lease>, permit: Option<RequestPermit> },
+    /// endpoint until the body is finished or dropped, and the circuit breaker counts it in flight
+    /// until then too (`permit`). (The body itself hands its connection back to the pool.)
+    Upstream { body: ResponseBody, endpoint: Option<EndpointGuard>, permit: Option<RequestPermit> },
     /// A request body read in full so that a retry can send it again.
     Buffered(Option<Bytes>),
 }
@@ -63,31 +62,14 @@ impl Body for ProxyBody {
                 boxed(polled)
             }
             ProxyBody::Buffered(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Upstream { body, endpoint, lease, permit } => {
+            ProxyBody::Upstream { body, endpoint, permit } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
-                let over = match &polled {
-                    Poll::Ready(None) => true,
-                    // hyper stops polling once `is_end_stream` says the body is over (a
-                    // Content-Length body right after its last bytes): that is the end too.
-                    Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
-                    Poll::Ready(Some(Err(_))) => {
-                        endpoint.take();
-                        lease.take();
-                        permit.take();
-                        false
-                    }
-                    Poll::Pending => false,
-                };
-                if over {
-                    // The exchange is over: the endpoint is no longer busy with it, and the
-                    // connection can carry the next one.
+                if matches!(polled, Poll::Ready(None | Some(Err(_)))) || body.is_end_stream() {
+                    // The exchange is over: the endpoint is no longer busy with it.
                     endpoint.take();
                     permit.take();
-                    if let Some(l) = lease.take() {
-                        l.release();
-                    }
                 }
-                boxed(polled)
+                polled
             }
         }
     }

@@ -17,7 +17,8 @@ use std::task::{ready, Context, Poll};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::head::{self, ChunkScan, Framing, Head, Reject, Scanned};
+use super::chunked::{ChunkScan, Scanned};
+use super::head::{self, Framing, Head, Reject};
 
 /// How far into the client's byte stream the wrapper is.
 #[derive(Debug)]

@@ -170,108 +170,19 @@ fn framing(version: u8, headers: &[httparse::Header<'_>]) -> Result<Framing, Rej
     Ok(Framing::Chunked)
 }
 
-fn trim(v: &[u8]) -> &[u8] {
+pub(super) fn trim(v: &[u8]) -> &[u8] {
     let start = v.iter().position(|b| !matches!(b, b' ' | b'\t')).unwrap_or(v.len());
     let end = v.iter().rposition(|b| !matches!(b, b' ' | b'\t')).map_or(start, |i| i + 1);
     &v[start..end]
 }
 
 /// `1*DIGIT` and nothing else: no sign, no list, no hex; at most 18 digits so it cannot overflow.
-fn parse_length(v: &[u8]) -> Option<u64> {
+pub(super) fn parse_length(v: &[u8]) -> Option<u64> {
     let v = trim(v);
     if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
     Some(v.iter().fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0')))
-}
-
-/// Follows a chunked body byte by byte to find where it ends, with the same grammar as hyper's
-/// decoder (so both agree on where the next head starts).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ChunkScan {
-    state: ChunkState,
-    size: u64,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-enum ChunkState {
-    #[default]
-    Start,
-    Size,
-    SizeLws,
-    Extension,
-    SizeLf,
-    Body,
-    BodyCr,
-    BodyLf,
-    Trailer,
-    TrailerLf,
-    EndCr,
-    EndLf,
-}
-
-/// What [`ChunkScan::scan`] found in the bytes it was given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scanned {
-    /// All bytes belong to the body, which goes on.
-    More,
-    /// The body ends after this many bytes.
-    End(usize),
-    /// The byte at this index breaks the chunked framing.
-    Bad(usize),
-}
-
-impl ChunkScan {
-    pub fn scan(&mut self, data: &[u8]) -> Scanned {
-        use ChunkState::*;
-        let mut i = 0;
-        while i < data.len() {
-            if self.state == Body {
-                let take = usize::try_from(self.size).unwrap_or(usize::MAX).min(data.len() - i);
-                i += take;
-                self.size -= take as u64;
-                if self.size == 0 {
-                    self.state = BodyCr;
-                }
-                continue;
-            }
-            let b = data[i];
-            let next = match (self.state, b) {
-                (Start | Size, b) if b.is_ascii_hexdigit() => match self.push_digit(b) {
-                    Some(()) => Size,
-                    None => return Scanned::Bad(i),
-                },
-                (Size | SizeLws, b'\t' | b' ') => SizeLws,
-                (Size | SizeLws, b';') => Extension,
-                (Size | SizeLws | Extension, b'\r') => SizeLf,
-                (Extension, b'\n') => return Scanned::Bad(i),
-                (Extension, _) => Extension,
-                (SizeLf, b'\n') if self.size == 0 => EndCr,
-                (SizeLf, b'\n') => Body,
-                (BodyCr, b'\r') => BodyLf,
-                (BodyLf, b'\n') => Start,
-                (Trailer, b'\r') => TrailerLf,
-                (Trailer, _) => Trailer,
-                (TrailerLf, b'\n') => EndCr,
-                (EndCr, b'\r') => EndLf,
-                (EndCr, _) => Trailer,
-                (EndLf, b'\n') => {
-                    *self = ChunkScan::default();
-                    return Scanned::End(i + 1);
-                }
-                _ => return Scanned::Bad(i),
-            };
-            self.state = next;
-            i += 1;
-        }
-        Scanned::More
-    }
-
-    fn push_digit(&mut self, b: u8) -> Option<()> {
-        let d = (b as char).to_digit(16)?;
-        self.size = self.size.checked_mul(16)?.checked_add(u64::from(d))?;
-        Some(())
-    }
 }
 
 #[cfg(test)]
@@ -359,31 +270,5 @@ mod tests {
 
         let big = format!("GET / HTTP/1.1\r\nHost: a\r\nx-big: {}\r\n", "b".repeat(MAX_HEAD));
         assert!(matches!(check(big.as_bytes()), Err(Reject::HeadTooLarge(_))), "partial and too large");
-    }
-
-    #[test]
-    fn chunk_scan_finds_the_end() {
-        let body = b"5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\nx-trailer: 1\r\n\r\nGET /next";
-        let end = body.len() - "GET /next".len();
-        assert_eq!(ChunkScan::default().scan(body), Scanned::End(end));
-        // Byte by byte gives the same answer.
-        let mut scan = ChunkScan::default();
-        let mut found = None;
-        for (i, b) in body.iter().enumerate() {
-            match scan.scan(std::slice::from_ref(b)) {
-                Scanned::More => {}
-                Scanned::End(1) => {
-                    found = Some(i + 1);
-                    break;
-                }
-                other => panic!("{other:?} at {i}"),
-            }
-        }
-        assert_eq!(found, Some(end));
-        assert_eq!(ChunkScan::default().scan(b"0\r\n\r\n"), Scanned::End(5));
-        assert_eq!(ChunkScan::default().scan(b"zz\r\n"), Scanned::Bad(0));
-        assert_eq!(ChunkScan::default().scan(b"2\r\nabX"), Scanned::Bad(5));
-        assert_eq!(ChunkScan::default().scan(b"2;a\nb"), Scanned::Bad(3));
-        assert_eq!(ChunkScan::default().scan(b"fffffffffffffffff\r\n"), Scanned::Bad(16));
     }
 }

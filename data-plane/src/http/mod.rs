@@ -2,6 +2,7 @@
 
 pub mod access_log;
 pub mod body;
+pub mod chunked;
 pub mod errors;
 pub mod guard;
 pub mod head;
@@ -12,6 +13,9 @@ pub mod server;
 pub mod sticky;
 pub mod tunnel;
 pub mod upstream;
+pub mod upstream_conn;
+#[cfg(test)]
+mod upstream_tests;
 
 /// Whether an `Upgrade` value makes the proxy switch protocols with the endpoint (a WebSocket and
 /// the like). Not `h2c`: the proxy speaks HTTP/1.1 to endpoints and routes every request, so an

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::Authority;
-use http::{Method, Request, Response, Version};
+use http::{Request, Response, Version};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -21,7 +21,8 @@ use super::body::{BodyTooLarge, ProxyBody};
 use super::errors::ProxyError;
 use super::headers::{content_length, origin_form, prepare_headers, strip_hop_by_hop, X_REQUEST_ID};
 use super::tunnel::{switch_protocols, upgrade_protocol, Tunnel};
-use super::upstream::{Failed, Lease, UpstreamError};
+use super::upstream::{Failed, UpstreamError};
+use super::upstream_conn::{is_idempotent, ResponseBody};
 use super::{access_log, redirect, sticky};
 use crate::listeners::Phase;
 use crate::metrics::ResponseCounts;
@@ -290,7 +291,7 @@ async fn forward(
                 cluster.record_outcome(&endpoint, true);
                 TryFailure::Timeout
             }
-            Ok(Ok((resp, lease))) => {
+            Ok(Ok(resp)) => {
                 if let Some(h) = latency {
                     h.observe(started.elapsed());
                 }
@@ -313,7 +314,7 @@ async fn forward(
                             let tunnel = Tunnel { phase: down.phase.clone(), tracked: conn.connections.token() };
                             switch_protocols(resp, on, endpoint, permit, cookie, tunnel)
                         }
-                        None => respond(resp, lease, endpoint, permit, cookie),
+                        None => respond(resp, endpoint, permit, cookie),
                     };
                     if let Some(s) = served {
                         resp.extensions_mut().insert(s);
@@ -360,31 +361,17 @@ fn may_retry(route: &RouteEntry, failure: TryFailure, attempt: u32, resendable: 
 
 /// The endpoint's answer on its way to the client, holding what the exchange still occupies.
 fn respond(
-    resp: Response<Incoming>,
-    lease: Lease,
+    resp: Response<ResponseBody>,
     endpoint: EndpointGuard,
     permit: Option<RequestPermit>,
     cookie: Option<HeaderValue>,
 ) -> Response<ProxyBody> {
-    let (mut head, incoming) = resp.into_parts();
+    let (mut head, body) = resp.into_parts();
     strip_hop_by_hop(&mut head.headers);
     if let Some(c) = cookie {
         head.headers.append(header::SET_COOKIE, c);
     }
-    // hyper may never poll a body that is already over: the connection is free now.
-    let lease = if incoming.is_end_stream() {
-        lease.release();
-        None
-    } else {
-        Some(lease)
-    };
-    let body = ProxyBody::Upstream { body: incoming, endpoint: Some(endpoint), lease, permit };
-    Response::from_parts(head, body)
-}
-
-/// RFC 9110 §9.2.2: methods a client may repeat without changing the outcome.
-fn is_idempotent(m: &Method) -> bool {
-    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+    Response::from_parts(head, ProxyBody::Upstream { body, endpoint: Some(endpoint), permit })
 }
 
 /// 413, and the connection closes: the rest of the body is not read.

@@ -7,10 +7,12 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use super::body::ProxyBody;
 use super::headers::strip_hop_by_hop;
+use super::upstream_conn::ResponseBody;
 use crate::listeners::Phase;
 use crate::table::{EndpointGuard, RequestPermit};
 
@@ -29,7 +31,7 @@ pub fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
 /// response that closes the client connection: bytes after an upgrade request are never checked
 /// as HTTP (see `head::Framing::Upgrade`).
 pub fn switch_protocols(
-    mut resp: Response<Incoming>,
+    resp: Response<ResponseBody>,
     downstream: OnUpgrade,
     endpoint: EndpointGuard,
     permit: Option<RequestPermit>,
@@ -38,16 +40,16 @@ pub fn switch_protocols(
 ) -> Response<ProxyBody> {
     if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
         // `handle` marks the answer `connection: close`.
-        let (mut head, incoming) = resp.into_parts();
+        let (mut head, body) = resp.into_parts();
         strip_hop_by_hop(&mut head.headers);
         if let Some(c) = cookie {
             head.headers.append(header::SET_COOKIE, c);
         }
-        let body = ProxyBody::Upstream { body: incoming, endpoint: Some(endpoint), lease: None, permit };
+        let body = ProxyBody::Upstream { body, endpoint: Some(endpoint), permit };
         return Response::from_parts(head, body);
     }
-    let upstream = hyper::upgrade::on(&mut resp);
-    let (mut head, _) = resp.into_parts();
+    let (mut head, body) = resp.into_parts();
+    let upstream = body.into_upgraded();
     let protocol = head.headers.get(header::UPGRADE).cloned();
     strip_hop_by_hop(&mut head.headers);
     head.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -60,9 +62,13 @@ pub fn switch_protocols(
     let Tunnel { mut phase, tracked } = tunnel;
     tokio::spawn(async move {
         let _held = (endpoint, permit, tracked);
-        match tokio::join!(downstream, upstream) {
-            (Ok(d), Ok(u)) => {
-                let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
+        match (downstream.await, upstream) {
+            (Ok(d), Some((mut u, early))) => {
+                let mut d = TokioIo::new(d);
+                // What the endpoint sent right behind its 101 was read with the head.
+                if !early.is_empty() && d.write_all(&early).await.is_err() {
+                    return;
+                }
                 // Like an L4 connection: it outlives a drain, not the listener's removal.
                 tokio::select! {
                     copied = tokio::io::copy_bidirectional(&mut d, &mut u) => {
@@ -73,7 +79,7 @@ pub fn switch_protocols(
                     _ = phase.wait_for(|p| *p == Phase::Abort) => {}
                 }
             }
-            (d, u) => tracing::debug!(downstream = d.is_ok(), upstream = u.is_ok(), "protocol switch failed"),
+            (d, u) => tracing::debug!(downstream = d.is_ok(), upstream = u.is_some(), "protocol switch failed"),
         }
     });
     Response::from_parts(head, ProxyBody::Empty)

@@ -1,0 +1,567 @@
+//! One HTTP/1.1 connection to an endpoint, driven by the task of the request it carries: it
+//! writes the request head and body, parses the response head once (straight into the
+//! `HeaderMap` the client gets, values sharing the read buffer), and decodes the response body
+//! as the downstream side takes it. There is no task per upstream connection and no channel
+//! between the proxy and the connection: with hyper's client those cost about a third of the
+//! proxy's instructions per request (see docs/BENCHMARKS.md).
+//!
+//! ```text
+//!  send(req) ──▶ head [+ body in memory] in one write ──▶ stream the rest of the body ─┐
+//!                                                        read + parse the head ◀───────┘ (both at once:
+//!                                                                                 an early answer wins)
+//!  ResponseBody::poll_frame ──▶ Content-Length / chunked / until-close ──▶ done: back to the pool
+//! ```
+
+use std::future::poll_fn;
+use std::io::{self, Write as _};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::response::Parts;
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
+use tokio_util::io::poll_read_buf;
+
+use super::body::{BoxError, ProxyBody};
+use super::chunked::{ChunkScan, Decoded};
+use super::head::{parse_length, trim, MAX_HEAD, MAX_HEADERS};
+use super::upstream::Lease;
+
+/// A connection to an endpoint, plaintext or TLS.
+pub type Stream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
+
+/// Room made in the read buffer before each read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Why an exchange failed once the request started going out.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error("connection closed before a response")]
+    Closed,
+    #[error("invalid response: {0}")]
+    BadResponse(&'static str),
+    /// The request body failed while streaming (the client went away, or it passed its limit).
+    #[error("request body: {0}")]
+    Body(#[source] BoxError),
+}
+
+/// A failed [`Conn::send`].
+pub enum SendError {
+    /// Not a byte was written (the connection was closed meanwhile): the request can go elsewhere.
+    Unsent(Request<ProxyBody>, io::Error),
+    /// An idempotent request held whole in memory met a connection that closed before a byte of
+    /// answer: on a pooled connection that is the endpoint closing it as idle just as the request
+    /// left (RFC 9112 §9.3.1 lets such a request be sent again).
+    Dropped(Request<ProxyBody>, ExchangeError),
+    Failed(ExchangeError),
+}
+
+pub struct Conn {
+    stream: Stream,
+    /// Bytes read from the endpoint and not yet consumed.
+    rbuf: BytesMut,
+    /// The request head (and a body kept in memory, and chunk framing) on its way out.
+    wbuf: Vec<u8>,
+    /// The last response allows another exchange on this connection.
+    keep_alive: bool,
+    /// A circuit breaker's `max_connections` permit, held as long as the connection lives.
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// How the response body is delimited, and how far it has been read.
+#[derive(Debug)]
+enum BodyState {
+    Length(u64),
+    Chunked(ChunkScan),
+    /// No length: the body ends when the endpoint closes (the connection cannot be reused).
+    UntilClose,
+    /// A 101: no body, and the connection now carries another protocol (see `into_upgraded`).
+    Switched,
+    Done,
+}
+
+impl Conn {
+    pub fn new(stream: Stream, permit: Option<OwnedSemaphorePermit>) -> Conn {
+        Conn { stream, rbuf: BytesMut::new(), wbuf: Vec::new(), keep_alive: false, _permit: permit }
+    }
+
+    /// Whether an idle connection can carry a request: the endpoint has neither closed it nor
+    /// sent anything unasked. Never waits, and costs no syscall unless the runtime has seen the
+    /// socket become readable (then one `read` tells what came). A FIN the runtime has not yet
+    /// seen passes: the request then meets a closed connection, and an idempotent one is sent
+    /// again on another (see [`SendError::Dropped`]); servers close idle connections after
+    /// seconds, by when the runtime has long seen it.
+    pub fn is_idle_open(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
+        self.rbuf.is_empty() && Pin::new(&mut self.stream).poll_read(&mut cx, &mut buf).is_pending()
+    }
+
+    /// Whether the connection can go back to the pool after a finished response.
+    fn reusable(&self) -> bool {
+        self.keep_alive && self.rbuf.is_empty()
+    }
+
+    /// The connection as a raw byte stream after a protocol switch, with the bytes the endpoint
+    /// sent after its 101 (already read).
+    pub fn into_upgraded(self) -> (Stream, Bytes) {
+        (self.stream, self.rbuf.freeze())
+    }
+
+    /// Sends `req` (origin-form target, `Host` set) and reads the response head; the body is read
+    /// through the [`ResponseBody`] the caller builds with [`ResponseBody::new`].
+    pub async fn send(&mut self, req: Request<ProxyBody>) -> Result<(Parts, BodyFraming), SendError> {
+        self.keep_alive = false;
+        self.rbuf.clear();
+        self.wbuf.clear();
+        let chunked = encode_head(&mut self.wbuf, &req);
+        let mut body_done = req.body().is_end_stream();
+        if let ProxyBody::Buffered(Some(b)) | ProxyBody::Static(Some(b)) = req.body() {
+            // Already in memory (and announced by Content-Length): out with the head in one write.
+            if !chunked {
+                self.wbuf.extend_from_slice(b);
+                body_done = true;
+            }
+        }
+        let written = match poll_fn(|cx| Pin::new(&mut self.stream).poll_write(cx, &self.wbuf)).await {
+            Ok(0) => return Err(SendError::Unsent(req, io::ErrorKind::WriteZero.into())),
+            Ok(n) => n,
+            Err(e) => return Err(SendError::Unsent(req, e)),
+        };
+        let expect =
+            Expect { head_only: req.method() == Method::HEAD, upgrade: req.headers().contains_key(header::UPGRADE) };
+        let mut out = Outgoing { written, chunked, body_done, flushed: false, failed: None };
+        if body_done {
+            // The whole request is in the write buffer: keep it for a resend.
+            let result = poll_fn(|cx| self.poll_exchange(cx, &mut ProxyBody::Empty, &mut out, expect)).await;
+            return match result {
+                Err(e) if e.is_dropped_connection() && is_idempotent(req.method()) => Err(SendError::Dropped(req, e)),
+                r => r.map_err(SendError::Failed),
+            };
+        }
+        let mut body = req.into_body();
+        poll_fn(|cx| self.poll_exchange(cx, &mut body, &mut out, expect)).await.map_err(SendError::Failed)
+    }
+
+    /// Writes what is left of the request and reads the response head, whichever can progress.
+    fn poll_exchange(
+        &mut self,
+        cx: &mut Context<'_>,
+        body: &mut ProxyBody,
+        out: &mut Outgoing,
+        expect: Expect,
+    ) -> Poll<Result<(Parts, BodyFraming), ExchangeError>> {
+        let mut unparsed = !self.rbuf.is_empty();
+        loop {
+            let mut progressed = false;
+            if out.failed.is_none() && !out.flushed {
+                progressed = self.poll_write_request(cx, body, out)?;
+            }
+            if unparsed {
+                if let Some(head) = self.parse_head(expect)? {
+                    // An answer before the whole request went out: the rest of it is dropped,
+                    // and the connection with it.
+                    if !out.flushed {
+                        self.keep_alive = false;
+                    }
+                    return Poll::Ready(Ok(head));
+                }
+            }
+            self.rbuf.reserve(READ_CHUNK);
+            match poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.rbuf) {
+                Poll::Ready(Ok(0)) if !self.rbuf.is_empty() => {
+                    return Poll::Ready(Err(ExchangeError::BadResponse("connection closed in the response head")))
+                }
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(out.failed.take().map_or(ExchangeError::Closed, ExchangeError::Io)))
+                }
+                Poll::Ready(Ok(_)) => {
+                    unparsed = true;
+                    progressed = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(ExchangeError::Io(e))),
+                Poll::Pending => {}
+            }
+            if !progressed {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// One step of writing the request: pending bytes, else the next body frame, else the final
+    /// flush. Returns whether it progressed; a write error is kept in `out.failed` (the response
+    /// may already be there to read).
+    fn poll_write_request(
+        &mut self,
+        cx: &mut Context<'_>,
+        body: &mut ProxyBody,
+        out: &mut Outgoing,
+    ) -> Result<bool, ExchangeError> {
+        let stream = Pin::new(&mut self.stream);
+        if out.written < self.wbuf.len() {
+            return Ok(match stream.poll_write(cx, &self.wbuf[out.written..]) {
+                Poll::Ready(Ok(0)) => {
+                    out.failed = Some(io::ErrorKind::WriteZero.into());
+                    false
+                }
+                Poll::Ready(Ok(n)) => {
+                    out.written += n;
+                    true
+                }
+                Poll::Ready(Err(e)) => {
+                    out.failed = Some(e);
+                    false
+                }
+                Poll::Pending => false,
+            });
+        }
+        if !out.body_done {
+            return match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    // Trailers are not forwarded.
+                    if let Some(data) = frame.data_ref().filter(|d| !d.is_empty()) {
+                        self.wbuf.clear();
+                        out.written = 0;
+                        if out.chunked {
+                            let _ = write!(self.wbuf, "{:x}\r\n", data.len());
+                            self.wbuf.extend_from_slice(data);
+                            self.wbuf.extend_from_slice(b"\r\n");
+                        } else {
+                            self.wbuf.extend_from_slice(data);
+                        }
+                    }
+                    Ok(true)
+                }
+                Poll::Ready(Some(Err(e))) => Err(ExchangeError::Body(e)),
+                Poll::Ready(None) => {
+                    out.body_done = true;
+                    if out.chunked {
+                        self.wbuf.clear();
+                        self.wbuf.extend_from_slice(b"0\r\n\r\n");
+                        out.written = 0;
+                    }
+                    Ok(true)
+                }
+                Poll::Pending => Ok(false),
+            };
+        }
+        // TLS keeps records in its own buffer until flushed; on a plain socket this is free.
+        Ok(match stream.poll_flush(cx) {
+            Poll::Ready(Ok(())) => {
+                out.flushed = true;
+                true
+            }
+            Poll::Ready(Err(e)) => {
+                out.failed = Some(e);
+                false
+            }
+            Poll::Pending => false,
+        })
+    }
+
+    /// Parses the response head at the start of the read buffer, skipping interim (1xx) answers.
+    /// `Ok(None)`: more bytes are needed.
+    fn parse_head(&mut self, expect: Expect) -> Result<Option<(Parts, BodyFraming)>, ExchangeError> {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut parsed = httparse::Response::new(&mut headers);
+            let len = match parsed.parse(&self.rbuf) {
+                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Partial) if self.rbuf.len() > MAX_HEAD => {
+                    return Err(ExchangeError::BadResponse("response head too large"))
+                }
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(httparse::Error::TooManyHeaders) => {
+                    return Err(ExchangeError::BadResponse("too many response header fields"))
+                }
+                Err(_) => return Err(ExchangeError::BadResponse("malformed response head")),
+            };
+            let code = parsed.code.unwrap_or(0);
+            if (100..200).contains(&code) && code != 101 {
+                // 100 Continue, 103 Early Hints: the final answer follows.
+                self.rbuf.advance(len);
+                if self.rbuf.is_empty() {
+                    return Ok(None);
+                }
+                continue;
+            }
+            if code == 101 && !expect.upgrade {
+                return Err(ExchangeError::BadResponse("101 to a request that asked for no protocol switch"));
+            }
+            let status = StatusCode::from_u16(code).map_err(|_| ExchangeError::BadResponse("invalid status code"))?;
+            let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+            let mut meta = Meta::default();
+            let base = self.rbuf.as_ptr() as usize;
+            let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+            let count = parsed.headers.len();
+            for (h, span) in parsed.headers.iter().zip(spans.iter_mut()) {
+                meta.see(h)?;
+                let name = h.name.as_ptr() as usize - base;
+                let value = h.value.as_ptr() as usize - base;
+                // Offsets fit: the head is at most MAX_HEAD (64 KiB) long.
+                *span = (name as u32, h.name.len() as u32, value as u32, h.value.len() as u32);
+            }
+            let head = self.rbuf.split_to(len).freeze();
+            let mut map = HeaderMap::with_capacity(count);
+            for &(n, nl, v, vl) in &spans[..count] {
+                let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
+                let name = HeaderName::from_bytes(&head[n..n + nl])
+                    .map_err(|_| ExchangeError::BadResponse("invalid header name"))?;
+                let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
+                    .map_err(|_| ExchangeError::BadResponse("invalid header value"))?;
+                map.append(name, value);
+            }
+            let framing = if code == 101 {
+                BodyFraming(BodyState::Switched)
+            } else if expect.head_only || code == 204 || code == 304 {
+                BodyFraming(BodyState::Length(0))
+            } else if meta.transfer_encoding {
+                if meta.length.is_some() {
+                    // RFC 9112 §6.3: Transfer-Encoding wins; the length must not reach the client.
+                    map.remove(header::CONTENT_LENGTH);
+                    meta.close = true;
+                }
+                match meta.chunked_last {
+                    true => BodyFraming(BodyState::Chunked(ChunkScan::default())),
+                    false => BodyFraming(BodyState::UntilClose),
+                }
+            } else {
+                match meta.length {
+                    Some(n) => BodyFraming(BodyState::Length(n)),
+                    None => BodyFraming(BodyState::UntilClose),
+                }
+            };
+            self.keep_alive = !meta.close
+                && (version == Version::HTTP_11 || meta.keep_alive)
+                && !matches!(framing.0, BodyState::UntilClose)
+                && code != 101;
+            let mut resp = Response::new(());
+            *resp.status_mut() = status;
+            *resp.version_mut() = version;
+            *resp.headers_mut() = map;
+            return Ok(Some((resp.into_parts().0, framing)));
+        }
+    }
+}
+
+impl ExchangeError {
+    /// The connection closed or was reset before any answer (a pooled connection the endpoint
+    /// dropped as idle, typically).
+    fn is_dropped_connection(&self) -> bool {
+        match self {
+            ExchangeError::Closed => true,
+            ExchangeError::Io(e) => matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// RFC 9110 §9.2.2: methods a client may repeat without changing the outcome.
+pub fn is_idempotent(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+}
+
+/// What the request leads the response to be.
+#[derive(Debug, Clone, Copy)]
+struct Expect {
+    /// A HEAD request: the response has no body whatever its headers say.
+    head_only: bool,
+    /// The request asks to switch protocols: a 101 is a valid answer.
+    upgrade: bool,
+}
+
+/// How far the request has gone out.
+struct Outgoing {
+    /// Bytes of the write buffer already written.
+    written: usize,
+    chunked: bool,
+    body_done: bool,
+    flushed: bool,
+    failed: Option<io::Error>,
+}
+
+/// What the framing and connection headers of a response say.
+#[derive(Default)]
+struct Meta {
+    length: Option<u64>,
+    transfer_encoding: bool,
+    chunked_last: bool,
+    close: bool,
+    keep_alive: bool,
+}
+
+impl Meta {
+    fn see(&mut self, h: &httparse::Header<'_>) -> Result<(), ExchangeError> {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n = parse_length(h.value).ok_or(ExchangeError::BadResponse("invalid Content-Length"))?;
+            if self.length.is_some_and(|prev| prev != n) {
+                return Err(ExchangeError::BadResponse("conflicting Content-Length headers"));
+            }
+            self.length = Some(n);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            self.transfer_encoding = true;
+            for coding in tokens(h.value) {
+                self.chunked_last = coding.eq_ignore_ascii_case(b"chunked");
+            }
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            for token in tokens(h.value) {
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|&b| b == b',').map(trim).filter(|t| !t.is_empty())
+}
+
+/// Writes the request line and headers; returns whether the body goes chunked (a body of unknown
+/// length: the client sent it chunked).
+fn encode_head(buf: &mut Vec<u8>, req: &Request<ProxyBody>) -> bool {
+    buf.extend_from_slice(req.method().as_str().as_bytes());
+    buf.push(b' ');
+    buf.extend_from_slice(req.uri().path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    buf.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers() {
+        buf.extend_from_slice(name.as_str().as_bytes());
+        buf.extend_from_slice(b": ");
+        buf.extend_from_slice(value.as_bytes());
+        buf.extend_from_slice(b"\r\n");
+    }
+    let chunked = !req.body().is_end_stream() && !req.headers().contains_key(header::CONTENT_LENGTH);
+    if chunked {
+        buf.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    buf.extend_from_slice(b"\r\n");
+    chunked
+}
+
+/// How a response's body is delimited (opaque to callers; see [`ResponseBody::new`]).
+#[derive(Debug)]
+pub struct BodyFraming(BodyState);
+
+/// An endpoint's response body, read from its connection as the client takes it. Once it is
+/// over the connection goes back to its pool; dropped before that, the connection closes (it
+/// cannot carry another exchange).
+pub struct ResponseBody {
+    lease: Option<Lease>,
+    state: BodyState,
+}
+
+impl ResponseBody {
+    pub fn new(lease: Lease, framing: BodyFraming) -> ResponseBody {
+        let mut body = ResponseBody { lease: Some(lease), state: framing.0 };
+        if matches!(body.state, BodyState::Length(0)) {
+            body.finish();
+        }
+        body
+    }
+
+    /// The connection of a 101 answer, for the tunnel, with the bytes read past the head.
+    pub fn into_upgraded(mut self) -> Option<(Stream, Bytes)> {
+        Some(self.lease.take()?.conn.into_upgraded())
+    }
+
+    /// Marks the body over and hands the connection back to its pool if it can be reused.
+    fn finish(&mut self) {
+        self.state = BodyState::Done;
+        if let Some(lease) = self.lease.take() {
+            if lease.conn.reusable() {
+                lease.release();
+            }
+        }
+    }
+
+    fn fail(&mut self, e: impl Into<BoxError>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.state = BodyState::Done;
+        self.lease = None;
+        Poll::Ready(Some(Err(e.into())))
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(conn) = this.lease.as_mut().map(|l| &mut l.conn) else {
+                return Poll::Ready(None);
+            };
+            if !conn.rbuf.is_empty() {
+                let data = match &mut this.state {
+                    BodyState::Done | BodyState::Switched => return Poll::Ready(None),
+                    BodyState::Length(left) => {
+                        let take = usize::try_from(*left).unwrap_or(usize::MAX).min(conn.rbuf.len());
+                        *left -= take as u64;
+                        let data = conn.rbuf.split_to(take).freeze();
+                        if *left == 0 {
+                            this.finish();
+                        }
+                        data
+                    }
+                    BodyState::UntilClose => conn.rbuf.split().freeze(),
+                    BodyState::Chunked(scan) => match scan.decode(&conn.rbuf) {
+                        Decoded::Data { skip, len } => {
+                            conn.rbuf.advance(skip);
+                            conn.rbuf.split_to(len).freeze()
+                        }
+                        Decoded::More => {
+                            conn.rbuf.clear();
+                            continue;
+                        }
+                        Decoded::End(k) => {
+                            conn.rbuf.advance(k);
+                            this.finish();
+                            return Poll::Ready(None);
+                        }
+                        Decoded::Bad(_) => return this.fail(ExchangeError::BadResponse("malformed chunked body")),
+                    },
+                };
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            if let BodyState::Done | BodyState::Switched = this.state {
+                return Poll::Ready(None);
+            }
+            conn.rbuf.reserve(READ_CHUNK);
+            match poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.rbuf) {
+                Poll::Ready(Ok(0)) if matches!(this.state, BodyState::UntilClose) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Ok(0)) => return this.fail(io::Error::from(io::ErrorKind::UnexpectedEof)),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return this.fail(e),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, BodyState::Done | BodyState::Switched)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            BodyState::Length(n) => SizeHint::with_exact(n),
+            BodyState::Done | BodyState::Switched => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
