@@ -9,6 +9,7 @@
 
 mod admin;
 mod cache;
+mod fast_hash;
 mod health;
 mod http;
 mod install;

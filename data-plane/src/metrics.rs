@@ -5,7 +5,9 @@
 //! request path reaches its counters through a [`StatsIndex`] built with the table, so it takes no
 //! lock. Counters are keyed by name and reused across revisions, so they never reset on a change.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use crate::fast_hash::FastMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -106,8 +108,8 @@ pub struct Metrics {
 #[derive(Default)]
 pub struct StatsIndex {
     /// route -> [(cluster, counts)], a short list scanned by name.
-    routes: HashMap<String, Vec<(String, Arc<ResponseCounts>)>>,
-    clusters: HashMap<String, Arc<Latency>>,
+    routes: FastMap<String, Vec<(String, Arc<ResponseCounts>)>>,
+    clusters: FastMap<String, Arc<Latency>>,
 }
 
 impl StatsIndex {

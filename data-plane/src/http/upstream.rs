@@ -17,7 +17,7 @@
 //! waiting for another endpoint).
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -30,6 +30,7 @@ use tokio_util::either::Either;
 
 use super::body::ProxyBody;
 use super::upstream_conn::{Conn, ExchangeError, ResponseBody, SendError};
+use crate::fast_hash::FastMap;
 use crate::table::{Breaker, Overflow};
 use crate::tls::upstream::UpstreamTlsConfig;
 
@@ -169,13 +170,13 @@ impl AsRef<Idle> for SharedIdle {
 }
 
 thread_local! {
-    static POOL: RefCell<HashMap<PoolKey, Vec<Idle>>> = RefCell::new(HashMap::new());
+    static POOL: RefCell<FastMap<PoolKey, Vec<Idle>>> = RefCell::new(FastMap::default());
 }
 
-static SHARED_POOL: LazyLock<Mutex<HashMap<PoolKey, Vec<SharedIdle>>>> = LazyLock::new(Default::default);
+static SHARED_POOL: LazyLock<Mutex<FastMap<PoolKey, Vec<SharedIdle>>>> = LazyLock::new(Default::default);
 
 /// Requests of connection-limited clusters waiting for a connection to an endpoint, oldest first.
-static WAITING: LazyLock<Mutex<HashMap<PoolKey, VecDeque<Handoff>>>> = LazyLock::new(Default::default);
+static WAITING: LazyLock<Mutex<FastMap<PoolKey, VecDeque<Handoff>>>> = LazyLock::new(Default::default);
 
 /// Where a finished exchange hands its connection to a waiting request.
 type Handoff = oneshot::Sender<Conn>;

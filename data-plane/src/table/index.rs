@@ -12,8 +12,9 @@
 //! count, the path length, the priority levels of the visited buckets and their regex routes, not
 //! with the route count.
 
-use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::BTreeMap;
+
+use crate::fast_hash::FastMap;
 
 use super::matcher::PathMatcher;
 use super::request::RequestView;
@@ -34,40 +35,6 @@ impl<'a> HostKey<'a> {
             Some(suffix) => HostKey::Wildcard(suffix),
             None => HostKey::Exact(pattern),
         }
-    }
-}
-
-/// Maps probed on every request with host names and paths. The tables' content comes from the
-/// config, not from clients, so a fast non-keyed hash cannot be steered into long probe chains.
-type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
-
-/// The Firefox/rustc hash: one multiply per 8 bytes.
-#[derive(Default)]
-struct FxHasher(u64);
-
-impl FxHasher {
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-impl Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            self.add(u64::from_le_bytes(c.try_into().expect("8 bytes")));
-        }
-        let mut tail = [0u8; 8];
-        tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
-        self.add(u64::from_le_bytes(tail));
-    }
-
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
     }
 }
 
