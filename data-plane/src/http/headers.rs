@@ -84,6 +84,12 @@ pub fn prepare_headers(
     }
 }
 
+/// Whether a raw header name is one of the fixed hop-by-hop headers (not those a `Connection`
+/// header names), for a parser that leaves them out of the map in the first place.
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP.iter().any(|h| h.as_str().len() == name.len() && h.as_str().as_bytes().eq_ignore_ascii_case(name))
+}
+
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names finds which hop-by-hop headers are there (usually none on requests,
     // `connection` alone on responses): a removal per absent name would hash it for nothing
@@ -157,6 +163,16 @@ mod tests {
         h.insert(header::UPGRADE, HeaderValue::from_static("x"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-a"]);
+    }
+
+    #[test]
+    fn fixed_hop_by_hop_names_in_any_case() {
+        for n in ["connection", "Keep-Alive", "TRANSFER-ENCODING", "proxy-connection", "te", "upgrade"] {
+            assert!(is_hop_by_hop(n.as_bytes()), "{n}");
+        }
+        for n in ["content-length", "x-connection", "t", "set-cookie", "host"] {
+            assert!(!is_hop_by_hop(n.as_bytes()), "{n}");
+        }
     }
 
     #[test]

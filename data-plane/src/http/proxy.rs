@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use super::body::{BodyTooLarge, ProxyBody};
 use super::errors::ProxyError;
-use super::headers::{content_length, origin_form, prepare_headers, strip_hop_by_hop, X_REQUEST_ID};
+use super::headers::{content_length, origin_form, prepare_headers, X_REQUEST_ID};
 use super::tunnel::{switch_protocols, upgrade_protocol, Tunnel};
 use super::upstream::{Failed, UpstreamError};
 use super::upstream_conn::{is_idempotent, ResponseBody};
@@ -366,8 +366,8 @@ fn respond(
     permit: Option<RequestPermit>,
     cookie: Option<HeaderValue>,
 ) -> Response<ProxyBody> {
+    // The upstream client left the hop-by-hop headers out.
     let (mut head, body) = resp.into_parts();
-    strip_hop_by_hop(&mut head.headers);
     if let Some(c) = cookie {
         head.headers.append(header::SET_COOKIE, c);
     }

@@ -40,8 +40,8 @@ pub fn switch_protocols(
 ) -> Response<ProxyBody> {
     if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
         // `handle` marks the answer `connection: close`.
+        // The upstream client left the hop-by-hop headers out of anything but a 101.
         let (mut head, body) = resp.into_parts();
-        strip_hop_by_hop(&mut head.headers);
         if let Some(c) = cookie {
             head.headers.append(header::SET_COOKIE, c);
         }

@@ -32,6 +32,7 @@ use tokio_util::io::poll_read_buf;
 use super::body::{BoxError, ProxyBody};
 use super::chunked::{ChunkScan, Decoded};
 use super::head::{parse_length, trim, MAX_HEAD, MAX_HEADERS};
+use super::headers::{is_hop_by_hop, strip_hop_by_hop};
 use super::upstream::Lease;
 
 /// A connection to an endpoint, plaintext or TLS.
@@ -118,8 +119,9 @@ impl Conn {
         (self.stream, self.rbuf.freeze())
     }
 
-    /// Sends `req` (origin-form target, `Host` set) and reads the response head; the body is read
-    /// through the [`ResponseBody`] the caller builds with [`ResponseBody::new`].
+    /// Sends `req` (origin-form target, `Host` set) and reads the response head, without its
+    /// hop-by-hop headers (RFC 9110 §7.6.1) unless it is a 101; the body is read through the
+    /// [`ResponseBody`] the caller builds with [`ResponseBody::new`].
     pub async fn send(&mut self, req: Request<ProxyBody>) -> Result<(Parts, BodyFraming), SendError> {
         self.keep_alive = false;
         self.rbuf.clear();
@@ -312,14 +314,24 @@ impl Conn {
                 *span = (name as u32, h.name.len() as u32, value as u32, h.value.len() as u32);
             }
             let head = self.rbuf.split_to(len).freeze();
+            // Hop-by-hop headers never enter the map (cheaper than removing them after), except
+            // when `Connection` names others (rare: the map is then stripped as a whole) and in a
+            // 101, whose `Upgrade` the tunnel forwards.
+            let skip_hop_by_hop = code != 101 && !meta.names_headers;
             let mut map = HeaderMap::with_capacity(count);
             for &(n, nl, v, vl) in &spans[..count] {
                 let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
+                if skip_hop_by_hop && is_hop_by_hop(&head[n..n + nl]) {
+                    continue;
+                }
                 let name = HeaderName::from_bytes(&head[n..n + nl])
                     .map_err(|_| ExchangeError::BadResponse("invalid header name"))?;
                 let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
                     .map_err(|_| ExchangeError::BadResponse("invalid header value"))?;
                 map.append(name, value);
+            }
+            if code != 101 && meta.names_headers {
+                strip_hop_by_hop(&mut map);
             }
             let framing = if code == 101 {
                 BodyFraming(BodyState::Switched)
@@ -401,6 +413,8 @@ struct Meta {
     chunked_last: bool,
     close: bool,
     keep_alive: bool,
+    /// `Connection` names headers other than its own tokens (they are hop-by-hop too).
+    names_headers: bool,
 }
 
 impl Meta {
@@ -418,8 +432,11 @@ impl Meta {
             }
         } else if h.name.eq_ignore_ascii_case("connection") {
             for token in tokens(h.value) {
-                self.close |= token.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                let close = token.eq_ignore_ascii_case(b"close");
+                let keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
+                self.close |= close;
+                self.keep_alive |= keep_alive;
+                self.names_headers |= !close && !keep_alive && !is_hop_by_hop(token);
             }
         }
         Ok(())

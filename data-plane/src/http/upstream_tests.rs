@@ -298,3 +298,22 @@ async fn an_idempotent_request_dropped_by_a_pooled_connection_is_sent_again() {
     assert!(send(e.addr, request(Method::POST, Some("b"))).await.is_err());
     assert_eq!(e.accepted(), 1);
 }
+
+#[tokio::test]
+async fn hop_by_hop_headers_do_not_reach_the_response() {
+    let e = Endpoint::start(vec![
+        Step::Answer(&[b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nx-a: 1\r\ncontent-length: 1\r\n\r\n1"]),
+        // Headers named by `Connection` are hop-by-hop too, wherever they come.
+        Step::Answer(&[b"HTTP/1.1 200 OK\r\nx-secret: s\r\nConnection: x-secret, keep-alive\r\nx-b: 2\r\ncontent-length: 1\r\n\r\n2"]),
+    ])
+    .await;
+    let (_, headers, _) = exchange(e.addr, request(Method::GET, None)).await;
+    let mut names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["content-length", "x-a"]);
+    let (_, headers, _) = exchange(e.addr, request(Method::GET, None)).await;
+    let mut names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["content-length", "x-b"]);
+    assert_eq!(e.accepted(), 1);
+}
