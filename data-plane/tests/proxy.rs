@@ -245,3 +245,36 @@ async fn bodies_over_the_routes_limit_get_413_and_never_reach_the_backend() {
     node.shutdown().await;
     cp.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_stream_both_ways() {
+    let s = setup().await;
+    // 2 MiB announced by Content-Length, then 1 MiB sent chunked in 64 KiB chunks: the backend
+    // echoes each, so both directions go through many reads and partial writes.
+    let body: String = (0..2 << 20).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let mut req = format!(
+        "POST /api/big HTTP/1.1\r\nHost: myshop.com\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body.as_bytes());
+    let r = raw(s.listener, &req).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains(&format!("body={body}\n")), "got {} bytes", r.body.len());
+
+    let half = &body[..1 << 20];
+    let mut req =
+        b"POST /api/chunked HTTP/1.1\r\nHost: myshop.com\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            .to_vec();
+    for piece in half.as_bytes().chunks(64 * 1024) {
+        req.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        req.extend_from_slice(piece);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    let r = raw(s.listener, &req).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains(&format!("body={half}\n")), "got {} bytes", r.body.len());
+    assert!(r.body.contains("transfer-encoding: chunked"), "sent on chunked: {}", &r.body[..300]);
+    s.node.shutdown().await;
+}
