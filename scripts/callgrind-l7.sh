@@ -20,7 +20,7 @@ cleanup() {
 trap cleanup EXIT
 
 for _ in $(seq 100); do   # a previous run may still be letting go of the ports
-  ss -ltn | grep -qE ":($port|$backend) " || break
+  ss -ltn | grep -qE ":($port|$((port + 1))|$((port + 2))|$((port + 3))|$backend) " || break
   sleep 0.1
 done
 

@@ -1,7 +1,7 @@
 //! What the proxy does to request and response headers: hop-by-hop headers out (RFC 9110
 //! §7.6.1), forwarding headers in, the request target in origin-form.
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
 use http::Uri;
 
@@ -43,23 +43,31 @@ pub fn prepare_headers(
     scheme: &'static str,
 ) {
     strip_hop_by_hop(headers);
+    // Up to four headers go in: one growth of the map instead of one per insert (hyper sizes it
+    // to the headers the client sent).
+    headers.reserve(4);
 
-    let mut prior = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok());
-    let xff = match prior.next() {
-        None => Some(peer_ip.clone()),
-        Some(first) => {
-            let mut v = first.to_string();
-            for p in prior {
-                v.push_str(", ");
-                v.push_str(p);
-            }
-            v.push_str(", ");
-            v.push_str(peer_ip.to_str().unwrap_or_default());
-            HeaderValue::try_from(v).ok()
+    // One lookup per name: the entry both reads the prior values and replaces them.
+    match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Vacant(e) => {
+            e.insert(peer_ip.clone());
         }
-    };
-    if let Some(v) = xff {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+        Entry::Occupied(mut e) => {
+            let mut v = String::new();
+            for p in e.iter().filter_map(|v| v.to_str().ok()) {
+                v.push_str(p);
+                v.push_str(", ");
+            }
+            v.push_str(peer_ip.to_str().unwrap_or_default());
+            match HeaderValue::try_from(v) {
+                Ok(v) => {
+                    e.insert(v);
+                }
+                Err(_) => {
+                    e.remove();
+                }
+            }
+        }
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
     let host = match authority {
@@ -73,13 +81,13 @@ pub fn prepare_headers(
         }
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
-    if !headers.contains_key(&X_REQUEST_ID) {
+    if let Entry::Vacant(e) = headers.entry(&X_REQUEST_ID) {
         // `Uuid::new_v4` asks the OS for randomness (a syscall per request); the thread-local
         // generator gives the same v4 ids from user space.
         let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
         let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
         if let Ok(v) = HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf)) {
-            headers.insert(X_REQUEST_ID.clone(), v);
+            e.insert(v);
         }
     }
 }
@@ -163,6 +171,31 @@ mod tests {
         h.insert(header::UPGRADE, HeaderValue::from_static("x"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-a"]);
+    }
+
+    #[test]
+    fn forwarding_headers_are_appended_or_replaced() {
+        let peer = HeaderValue::from_static("127.0.0.1");
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("shop.test"));
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.2, 10.0.0.3"));
+        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("req-1"));
+        prepare_headers(&mut h, None, &peer, "http");
+        let all = |n: &HeaderName| h.get_all(n).iter().map(|v| v.to_str().unwrap()).collect::<Vec<_>>();
+        assert_eq!(all(&X_FORWARDED_FOR), ["10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1"]);
+        assert_eq!(all(&X_FORWARDED_PROTO), ["http"], "a client cannot claim https");
+        assert_eq!(all(&X_FORWARDED_HOST), ["shop.test"]);
+        assert_eq!(all(&X_REQUEST_ID), ["req-1"], "kept");
+
+        let mut h = HeaderMap::new();
+        let authority: Authority = "abs.test:8080".parse().unwrap();
+        prepare_headers(&mut h, Some(&authority), &peer, "https");
+        assert_eq!(h[&X_FORWARDED_FOR], "127.0.0.1");
+        assert_eq!(h[header::HOST], "abs.test:8080");
+        assert_eq!(h[&X_FORWARDED_HOST], "abs.test:8080");
+        assert_eq!(h[&X_REQUEST_ID].len(), 36, "generated");
     }
 
     #[test]
