@@ -135,7 +135,7 @@ fn framing(version: u8, headers: &[httparse::Header<'_>]) -> Result<Framing, Rej
             length = Some(v);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             transfer_encoding = true;
-            for coding in h.value.split(|&b| b == b',').map(trim).filter(|c| !c.is_empty()) {
+            for coding in tokens(h.value) {
                 last_coding_chunked = coding.eq_ignore_ascii_case(b"chunked");
                 chunked_count += usize::from(last_coding_chunked);
             }
@@ -170,7 +170,12 @@ fn framing(version: u8, headers: &[httparse::Header<'_>]) -> Result<Framing, Rej
     Ok(Framing::Chunked)
 }
 
-pub(super) fn trim(v: &[u8]) -> &[u8] {
+/// The non-empty items of a comma-separated header value, trimmed.
+pub(super) fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|&b| b == b',').map(trim).filter(|t| !t.is_empty())
+}
+
+fn trim(v: &[u8]) -> &[u8] {
     let start = v.iter().position(|b| !matches!(b, b' ' | b'\t')).unwrap_or(v.len());
     let end = v.iter().rposition(|b| !matches!(b, b' ' | b'\t')).map_or(start, |i| i + 1);
     &v[start..end]

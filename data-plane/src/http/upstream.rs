@@ -209,22 +209,10 @@ async fn wait_for_connection(breaker: &Arc<Breaker>, addr: PoolKey) -> Option<Wa
     }
 }
 
-enum Sent {
-    Answered(Response<ResponseBody>),
-    /// Never written: the connection closed under it.
-    Unsent(Request<ProxyBody>, io::Error),
-    /// Written whole, and the connection closed before any answer (see `SendError::Dropped`).
-    Dropped(Request<ProxyBody>, ExchangeError),
-    Failed(ExchangeError),
-}
-
-async fn send_on(mut lease: Lease, req: Request<ProxyBody>) -> Sent {
-    match lease.conn.send(req).await {
-        Ok((head, framing)) => Sent::Answered(Response::from_parts(head, ResponseBody::new(lease, framing))),
-        Err(SendError::Unsent(r, e)) => Sent::Unsent(r, e),
-        Err(SendError::Dropped(r, e)) => Sent::Dropped(r, e),
-        Err(SendError::Failed(e)) => Sent::Failed(e),
-    }
+/// Sends `req` on the leased connection; the response body carries the lease.
+async fn send_on(mut lease: Lease, req: Request<ProxyBody>) -> Result<Response<ResponseBody>, SendError> {
+    let (head, framing) = lease.conn.send(req).await?;
+    Ok(Response::from_parts(head, ResponseBody::new(lease, framing)))
 }
 
 /// The most recently used live idle connection to `addr` in this thread's pool, if any.
@@ -286,9 +274,9 @@ impl UpstreamClient {
         // Bounded: every turn takes one connection out of the pool.
         while let Some(conn) = if limited.is_some() { checkout_shared(addr) } else { checkout(addr) } {
             match send_on(lease(conn), req).await {
-                Sent::Answered(resp) => return Ok(resp),
-                Sent::Unsent(r, _) | Sent::Dropped(r, _) => req = r,
-                Sent::Failed(e) => return Err(Failed::sent(e)),
+                Ok(resp) => return Ok(resp),
+                Err(SendError::Unsent(r, _) | SendError::Dropped(r, _)) => req = r,
+                Err(SendError::Failed(e)) => return Err(Failed::sent(e)),
             }
         }
         let permit = match limited {
@@ -304,9 +292,9 @@ impl UpstreamClient {
                         match wait_for_connection(b, addr).await {
                             Some(Waited::Permit(p)) => break Some(p),
                             Some(Waited::Connection(conn)) => match send_on(lease(conn), req).await {
-                                Sent::Answered(resp) => return Ok(resp),
-                                Sent::Unsent(r, _) | Sent::Dropped(r, _) => req = r,
-                                Sent::Failed(e) => return Err(Failed::sent(e)),
+                                Ok(resp) => return Ok(resp),
+                                Err(SendError::Unsent(r, _) | SendError::Dropped(r, _)) => req = r,
+                                Err(SendError::Failed(e)) => return Err(Failed::sent(e)),
                             },
                             None => {
                                 let o = b.overflowed(Overflow::Connections);
@@ -333,13 +321,12 @@ async fn send_on_new(
         Ok(c) => c,
         Err(e) => return Err(Failed::unsent(UpstreamError::Connect(e), req)),
     };
-    match send_on(Lease { addr, conn, limited }, req).await {
-        Sent::Answered(resp) => Ok(resp),
+    send_on(Lease { addr, conn, limited }, req).await.map_err(|e| match e {
         // A connection just opened and closed before the first byte: the endpoint refused it.
-        Sent::Unsent(r, e) => Err(Failed::unsent(UpstreamError::Connect(e), r)),
+        SendError::Unsent(r, e) => Failed::unsent(UpstreamError::Connect(e), r),
         // A new connection has no idle race to excuse: the endpoint dropped this request.
-        Sent::Dropped(_, e) | Sent::Failed(e) => Err(Failed::sent(e)),
-    }
+        SendError::Dropped(_, e) | SendError::Failed(e) => Failed::sent(e),
+    })
 }
 
 /// Pooled connections per endpoint and TLS settings (0: plaintext), see `UpstreamTlsConfig::id`.

@@ -31,7 +31,7 @@ use tokio_util::io::poll_read_buf;
 
 use super::body::{BoxError, ProxyBody};
 use super::chunked::{ChunkScan, Decoded};
-use super::head::{parse_length, trim, MAX_HEAD, MAX_HEADERS};
+use super::head::{parse_length, tokens, MAX_HEAD, MAX_HEADERS};
 use super::headers::{is_hop_by_hop, strip_hop_by_hop};
 use super::upstream::Lease;
 
@@ -169,7 +169,8 @@ impl Conn {
             if out.failed.is_none() && !out.flushed {
                 progressed = self.poll_write_request(cx, body, out)?;
             }
-            if unparsed {
+            if std::mem::take(&mut unparsed) {
+                // Parsed again only once more bytes came in.
                 if let Some(head) = self.parse_head(expect)? {
                     // An answer before the whole request went out: the rest of it is dropped,
                     // and the connection with it.
@@ -441,10 +442,6 @@ impl Meta {
         }
         Ok(())
     }
-}
-
-fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
-    v.split(|&b| b == b',').map(trim).filter(|t| !t.is_empty())
 }
 
 /// Writes the request line and headers; returns whether the body goes chunked (a body of unknown

@@ -307,13 +307,12 @@ async fn hop_by_hop_headers_do_not_reach_the_response() {
         Step::Answer(&[b"HTTP/1.1 200 OK\r\nx-secret: s\r\nConnection: x-secret, keep-alive\r\nx-b: 2\r\ncontent-length: 1\r\n\r\n2"]),
     ])
     .await;
-    let (_, headers, _) = exchange(e.addr, request(Method::GET, None)).await;
-    let mut names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
-    names.sort();
-    assert_eq!(names, ["content-length", "x-a"]);
-    let (_, headers, _) = exchange(e.addr, request(Method::GET, None)).await;
-    let mut names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
-    names.sort();
-    assert_eq!(names, ["content-length", "x-b"]);
+    let names = |headers: http::HeaderMap| {
+        let mut names: Vec<_> = headers.keys().map(|k| k.to_string()).collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(exchange(e.addr, request(Method::GET, None)).await.1), ["content-length", "x-a"]);
+    assert_eq!(names(exchange(e.addr, request(Method::GET, None)).await.1), ["content-length", "x-b"]);
     assert_eq!(e.accepted(), 1);
 }
