@@ -17,6 +17,7 @@ mod l4_stats;
 mod listeners;
 mod metrics;
 mod node;
+mod phase_watch;
 mod spread;
 mod state;
 mod stream_client;

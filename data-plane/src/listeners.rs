@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
 use sluice_shared::model::Protocol;
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
@@ -84,7 +83,6 @@ struct Running {
 pub struct Listeners {
     running: HashMap<String, Running>,
     sockets_per_listener: usize,
-    http: Arc<http1::Builder>,
     /// The threads the accept loops and their connections run on (see `workers.rs`).
     workers: Workers,
 }
@@ -102,7 +100,6 @@ impl Listeners {
         Listeners {
             running: HashMap::new(),
             sockets_per_listener: threads.clamp(1, 16),
-            http: Arc::new(crate::http::server::builder()),
             workers: Workers::new(threads.clamp(1, 16)),
         }
     }
@@ -180,7 +177,6 @@ impl Listeners {
                     name: name.clone(),
                     protocol: b.spec.protocol,
                     shared: shared.clone(),
-                    http: self.http.clone(),
                     phase: phase.subscribe(),
                     connections: connections.clone(),
                     l4: stats.clone(),
@@ -274,7 +270,6 @@ struct Acceptor {
     name: Arc<str>,
     protocol: Protocol,
     shared: Arc<Shared>,
-    http: Arc<http1::Builder>,
     phase: watch::Receiver<Phase>,
     connections: TaskTracker,
     l4: Arc<L4Stats>,
@@ -339,13 +334,7 @@ impl Acceptor {
 
     /// What an HTTP(S) connection's requests share.
     fn conn_ctx(&self, peer: SocketAddr, scheme: &'static str) -> Arc<ConnCtx> {
-        Arc::new(ConnCtx {
-            listener: self.name.clone(),
-            peer,
-            scheme,
-            shared: self.shared.clone(),
-            connections: self.connections.clone(),
-        })
+        Arc::new(ConnCtx { listener: self.name.clone(), peer, scheme, shared: self.shared.clone() })
     }
 
     /// Serves one accepted connection on this worker.
@@ -380,10 +369,9 @@ impl Acceptor {
             }
             Protocol::Https => {
                 let conn = self.conn_ctx(peer, "https");
-                let http = self.http.clone();
                 self.connections.spawn(
                     async move {
-                        crate::tls::terminate::serve(stream, conn, &http, phase).await;
+                        crate::tls::terminate::serve(stream, conn, phase).await;
                         drop(active);
                     }
                     .instrument(span),
@@ -391,10 +379,9 @@ impl Acceptor {
             }
             _ => {
                 let conn = self.conn_ctx(peer, "http");
-                let http = self.http.clone();
                 self.connections.spawn(
                     async move {
-                        crate::http::server::serve(stream, conn, &http, phase).await;
+                        crate::http::server::serve(tokio_util::either::Either::Left(stream), conn, phase).await;
                         drop(active);
                     }
                     .instrument(span),

@@ -50,6 +50,4 @@ pub struct ConnCtx {
     /// `x-forwarded-proto`.
     pub scheme: &'static str,
     pub shared: Arc<Shared>,
-    /// The listener's open connections, which a drain waits for; a WebSocket tunnel joins them.
-    pub connections: tokio_util::task::TaskTracker,
 }

@@ -17,9 +17,9 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll, Wake, Waker};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -29,6 +29,7 @@ use tokio::time::Instant;
 
 use crate::l4_stats::L4Stats;
 use crate::listeners::Phase;
+use crate::phase_watch::PhaseWatch;
 use crate::state::Shared;
 use crate::table::{hash_ip, ClusterLb, EndpointGuard};
 
@@ -127,7 +128,7 @@ pub async fn connect(cluster: &ClusterLb, key: Option<u64>, stats: &L4Stats) -> 
 ///
 /// One hand-written poll loop instead of `select!` over `try_join!` of two copy futures: a wake-up
 /// costs one read (and one write) per direction with data and nothing else; the phase's change
-/// future is only polled when its own waker fired (one atomic swap otherwise, see [`PhaseWake`])
+/// stream is only polled when its own waker fired (one atomic swap otherwise, see [`PhaseWatch`])
 /// and the idle timeout is one timer per connection, re-armed only when it fires before the real
 /// deadline.
 pub async fn splice(
@@ -195,36 +196,13 @@ where
         let mut to_upstream = Pump::new(&stats.bytes_from_clients);
         let mut to_client = Pump::new(&stats.bytes_to_clients);
         // Draining leaves established connections alone; only abort (or a gone listener) cuts.
-        let mut phase = phase;
-        let aborted = async move {
-            loop {
-                if phase.changed().await.is_err() || *phase.borrow_and_update() == Phase::Abort {
-                    return;
-                }
-            }
-        };
-        tokio::pin!(aborted);
-        // `aborted` is polled with its own waker, which records that it fired.
-        let mut phase_wake: Option<(Arc<PhaseWake>, Waker)> = None;
+        let mut phase = PhaseWatch::new(phase);
         // Idle: the time of the last byte moved, read against one timer.
         let mut last_activity = idle.map(|_| Instant::now());
         let mut idle_timer = idle.map(|d| (d, Box::pin(tokio::time::sleep(d))));
         std::future::poll_fn(|cx| {
-            // Polled only when its waker fired (a phase change, or a cooperative yield): a wake-up
-            // it asked for and was not polled after would leave nothing registered for the next
-            // phase change, and a later `Abort` would never reach this connection.
-            let poll_aborted = match &phase_wake {
-                Some((wake, _)) if wake.task.will_wake(cx.waker()) => wake.take(),
-                _ => {
-                    let wake = Arc::new(PhaseWake { fired: AtomicBool::new(false), task: cx.waker().clone() });
-                    phase_wake = Some((wake.clone(), Waker::from(wake)));
-                    true
-                }
-            };
-            if let (true, Some((_, waker))) = (poll_aborted, &phase_wake) {
-                if aborted.as_mut().poll(&mut Context::from_waker(waker)).is_ready() {
-                    return Poll::Ready(None);
-                }
+            if phase.poll(cx) == Phase::Abort {
+                return Poll::Ready(None);
             }
             // The first error ends both directions: both sockets are then closed below.
             if let Poll::Ready(Err(e)) = to_upstream.poll_copy(cx, &mut cr, &mut uw, &mut last_activity) {
@@ -250,32 +228,6 @@ where
             Poll::Pending
         })
         .await
-    }
-}
-
-/// The waker the phase's change future is polled with: it marks that it fired, then wakes the
-/// connection's task. The poll loop polls that future again only then, instead of on every wake-up
-/// (data moved), and never misses a wake-up the future asked for.
-struct PhaseWake {
-    fired: AtomicBool,
-    task: Waker,
-}
-
-impl PhaseWake {
-    /// Whether the waker fired since the last call (then the future must be polled).
-    fn take(&self) -> bool {
-        self.fired.swap(false, Ordering::AcqRel)
-    }
-}
-
-impl Wake for PhaseWake {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.fired.store(true, Ordering::Release);
-        self.task.wake_by_ref();
     }
 }
 

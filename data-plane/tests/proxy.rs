@@ -278,3 +278,102 @@ async fn large_bodies_stream_both_ways() {
     assert!(r.body.contains("transfer-encoding: chunked"), "sent on chunked: {}", &r.body[..300]);
     s.node.shutdown().await;
 }
+
+/// Reads from `s` until `what` has come (bounded by 10 s); returns everything read.
+async fn read_until(s: &mut tokio::net::TcpStream, what: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !String::from_utf8_lossy(&got).contains(what) {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf)).await.expect("timed out").unwrap();
+        assert!(n > 0, "closed before {what:?}: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8(got).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_split_anywhere_are_read_whole_and_answered_in_order() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup().await;
+    let pipelined: &[u8] =
+        b"POST /api/a HTTP/1.1\r\nHost: myshop.com\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+GET /api/b HTTP/1.1\r\nHost: myshop.com\r\n\r\n\
+POST /api/c HTTP/1.1\r\nHost: myshop.com\r\nContent-Length: 4\r\n\r\nGET \
+GET /api/d HTTP/1.1\r\nHost: myshop.com\r\nConnection: close\r\n\r\n";
+    for piece in [1, 7, 4096] {
+        let mut c = tokio::net::TcpStream::connect(s.listener).await.unwrap();
+        c.set_nodelay(true).unwrap();
+        for part in pipelined.chunks(piece) {
+            c.write_all(part).await.unwrap();
+            if piece < 10 {
+                tokio::task::yield_now().await;
+            }
+        }
+        let mut all = String::new();
+        tokio::time::timeout(std::time::Duration::from_secs(10), c.read_to_string(&mut all)).await.unwrap().unwrap();
+        let statuses: Vec<&str> = all.match_indices("HTTP/1.1 ").map(|(i, _)| &all[i + 9..i + 12]).collect();
+        assert_eq!(statuses, ["200"; 4], "pieces of {piece}: {all}");
+        let order: Vec<&str> = all.match_indices("path=/api/").map(|(i, _)| &all[i + 10..i + 11]).collect();
+        assert_eq!(order, ["a", "b", "c", "d"], "pieces of {piece}");
+        assert!(all.contains("body=abc\n") && all.contains("body=GET \n"), "{all}");
+    }
+    s.node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continue_head_http10_and_date() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup().await;
+    // Expect: 100-continue: the interim answer comes before the body is sent, then the answer.
+    let mut c = tokio::net::TcpStream::connect(s.listener).await.unwrap();
+    c.write_all(b"POST /api/up HTTP/1.1\r\nHost: myshop.com\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .await
+        .unwrap();
+    let interim = read_until(&mut c, "\r\n\r\n").await;
+    assert!(interim.starts_with("HTTP/1.1 100 Continue\r\n\r\n"), "{interim}");
+    c.write_all(b"hello").await.unwrap();
+    let answer = read_until(&mut c, "body=hello\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+
+    // HEAD: the head only, and the connection carries on with the next request.
+    c.write_all(b"HEAD /api/h HTTP/1.1\r\nHost: myshop.com\r\n\r\nGET /api/after HTTP/1.1\r\nHost: myshop.com\r\n\r\n")
+        .await
+        .unwrap();
+    let both = read_until(&mut c, "path=/api/after").await;
+    assert_eq!(both.matches("HTTP/1.1 200 OK").count(), 2, "{both}");
+    assert!(!both.contains("path=/api/h"), "a HEAD answer has no body: {both}");
+    let head = parse(&both);
+    assert!(head.headers.contains_key("content-length"), "{both}");
+    // The backend's date, or ours: always there.
+    assert!(head.headers.get("date").is_some_and(|d| d.ends_with("GMT")), "{both}");
+
+    // HTTP/1.0: closed after the answer unless the client asked for keep-alive.
+    let mut old = tokio::net::TcpStream::connect(s.listener).await.unwrap();
+    old.write_all(b"GET /api/one HTTP/1.0\r\nHost: myshop.com\r\n\r\n").await.unwrap();
+    let mut all = String::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), old.read_to_string(&mut all)).await.unwrap().unwrap();
+    assert!(all.contains("path=/api/one"), "{all}");
+    let mut kept = tokio::net::TcpStream::connect(s.listener).await.unwrap();
+    kept.write_all(b"GET /api/k1 HTTP/1.0\r\nHost: myshop.com\r\nConnection: keep-alive\r\n\r\n").await.unwrap();
+    let first = read_until(&mut kept, "path=/api/k1").await;
+    assert!(first.to_ascii_lowercase().contains("connection: keep-alive"), "{first}");
+    kept.write_all(b"GET /api/k2 HTTP/1.0\r\nHost: myshop.com\r\n\r\n").await.unwrap();
+    read_until(&mut kept, "path=/api/k2").await;
+    s.node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_chunked_body_ends_the_connection() {
+    let s = setup().await;
+    let r = raw(
+        s.listener,
+        b"POST /api/x HTTP/1.1\r\nHost: myshop.com\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n\
+          GET /api/never HTTP/1.1\r\nHost: myshop.com\r\n\r\n",
+    )
+    .await;
+    assert_ne!(r.status, 200, "{}", r.raw);
+    assert!(!r.raw.contains("path=/api/never"), "bytes after a broken body are never a request: {}", r.raw);
+    s.node.shutdown().await;
+}

@@ -3,12 +3,12 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-
+use super::request_body::RequestBody;
+use super::tunnel::Switched;
 use super::upstream_conn::ResponseBody;
 use crate::table::{EndpointGuard, RequestPermit};
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -23,16 +23,19 @@ pub enum ProxyBody {
     /// A short answer written by the proxy itself.
     Static(Option<Bytes>),
     /// A request body streamed from the client.
-    Incoming(Incoming),
+    Incoming(RequestBody),
     /// A request body streamed from the client that may carry at most `left` more bytes (of a
     /// limit of `max`); past it the stream fails with [`BodyTooLarge`].
-    Capped { body: Incoming, left: u64, max: u64 },
+    Capped { body: RequestBody, left: u64, max: u64 },
     /// A response body streamed from an endpoint; the guard counts the request as active on that
     /// endpoint until the body is finished or dropped, and the circuit breaker counts it in flight
     /// until then too (`permit`). (The body itself hands its connection back to the pool.)
     Upstream { body: ResponseBody, endpoint: Option<EndpointGuard>, permit: Option<RequestPermit> },
     /// A request body read in full so that a retry can send it again.
     Buffered(Option<Bytes>),
+    /// The "body" of a 101: the endpoint's connection, which the server splices with the
+    /// client's once the 101 is written (see `tunnel.rs`).
+    Switched(Box<Switched>),
 }
 
 impl ProxyBody {
@@ -47,9 +50,9 @@ impl Body for ProxyBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ProxyBody::Empty => Poll::Ready(None),
+            ProxyBody::Empty | ProxyBody::Switched(_) => Poll::Ready(None),
             ProxyBody::Static(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Incoming(b) => boxed(Pin::new(b).poll_frame(cx)),
+            ProxyBody::Incoming(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Capped { body, left, max } => {
                 let polled = Pin::new(body).poll_frame(cx);
                 if let Poll::Ready(Some(Ok(frame))) = &polled {
@@ -59,7 +62,7 @@ impl Body for ProxyBody {
                         None => return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*max))))),
                     }
                 }
-                boxed(polled)
+                polled
             }
             ProxyBody::Buffered(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Upstream { body, endpoint, permit } => {
@@ -76,7 +79,7 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Empty => true,
+            ProxyBody::Empty | ProxyBody::Switched(_) => true,
             ProxyBody::Static(b) | ProxyBody::Buffered(b) => b.is_none(),
             ProxyBody::Incoming(b) | ProxyBody::Capped { body: b, .. } => b.is_end_stream(),
             ProxyBody::Upstream { body, .. } => body.is_end_stream(),
@@ -85,7 +88,7 @@ impl Body for ProxyBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Empty => SizeHint::with_exact(0),
+            ProxyBody::Empty | ProxyBody::Switched(_) => SizeHint::with_exact(0),
             ProxyBody::Static(b) | ProxyBody::Buffered(b) => {
                 SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
             }
@@ -93,8 +96,4 @@ impl Body for ProxyBody {
             ProxyBody::Upstream { body, .. } => body.size_hint(),
         }
     }
-}
-
-fn boxed(p: Poll<Option<Result<Frame<Bytes>, hyper::Error>>>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-    p.map(|f| f.map(|r| r.map_err(BoxError::from)))
 }

@@ -1,9 +1,9 @@
-//! The chunked transfer coding (RFC 9112 §7.1), one grammar for both directions: the head guard
-//! follows a client's chunked body to find where it ends ([`ChunkScan::scan`]), and the upstream
-//! client decodes an endpoint's chunked response ([`ChunkScan::decode`]).
+//! The chunked transfer coding (RFC 9112 §7.1), one grammar for both directions: the server
+//! decodes a client's chunked request body, and the upstream client an endpoint's chunked
+//! response ([`ChunkScan::decode`], both).
 
 /// Follows a chunked body, a byte at a time or a slice at a time, with the same grammar as hyper's
-/// decoder (so both agree on where the next head starts).
+/// decoder.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ChunkScan {
     state: ChunkState,
@@ -28,6 +28,7 @@ enum ChunkState {
 }
 
 /// What [`ChunkScan::scan`] found in the bytes it was given.
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scanned {
     /// All bytes belong to the body, which goes on.
@@ -52,7 +53,8 @@ pub enum Decoded {
 }
 
 impl ChunkScan {
-    /// Follows `data` to the end of the body, if it is in there.
+    /// Follows `data` to the end of the body, if it is in there (tests of the grammar).
+    #[cfg(test)]
     pub fn scan(&mut self, data: &[u8]) -> Scanned {
         let mut i = 0;
         while i < data.len() {

@@ -1,10 +1,13 @@
-//! Strict checks of a raw HTTP/1.1 request head, run before hyper parses it (see `guard.rs`).
+//! Parsing a raw HTTP/1.1 request head, once, with strict checks (see `server.rs`).
 //!
-//! hyper alone lets some ambiguous requests through: with both `Content-Length` and
-//! `Transfer-Encoding` it silently prefers chunked (and the `Content-Length` header disappears, so a
-//! service cannot even see the conflict), it allows request lines up to 64 KiB, and it accepts a
-//! request without `Host` or with several. Request smuggling lives in exactly those gaps, so every
-//! head is checked here, on the bytes, and refused heads never reach hyper nor a backend.
+//! Lenient parsers let some ambiguous requests through: with both `Content-Length` and
+//! `Transfer-Encoding` they silently prefer chunked, they allow request lines up to 64 KiB, and
+//! they accept a request without `Host` or with several. Request smuggling lives in exactly those
+//! gaps, so every head is checked here, on the bytes, and refused heads never reach a backend.
+
+use bytes::BytesMut;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Uri, Version};
 
 /// Longest accepted request line (method, target and version), without the line ending.
 pub const MAX_REQUEST_LINE: usize = 8 * 1024;
@@ -41,7 +44,7 @@ impl Reject {
         }
     }
 
-    /// The complete response, written by hand because hyper never saw the request.
+    /// The complete response, which closes the connection.
     pub fn response(self) -> Vec<u8> {
         let (status, phrase) = match self {
             Reject::BadRequest(_) => (400, "Bad Request"),
@@ -70,37 +73,90 @@ pub enum Framing {
     Upgrade,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Head {
-    /// More bytes are needed to see the end of the head.
-    Partial,
-    /// The head is `len` bytes long and acceptable; its body is framed as given.
-    Complete { len: usize, framing: Framing },
+/// A checked request head, parsed into what the proxy works with.
+#[derive(Debug)]
+pub struct RequestHead {
+    /// Method, target, version and headers (values share the head's bytes).
+    pub parts: http::request::Parts,
+    pub framing: Framing,
+    /// The client allows another request on the connection: HTTP/1.1 without `Connection:
+    /// close`, or HTTP/1.0 with `keep-alive`.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue` on an HTTP/1.1 request with a body: the client may wait for an
+    /// interim `100 Continue` before it sends the body.
+    pub expect_continue: bool,
 }
 
-/// Checks the head at the start of `buf` (which may hold more than the head).
-pub fn check(buf: &[u8]) -> Result<Head, Reject> {
+/// Checks and parses the head at the start of `buf` (which may hold more than the head). On
+/// success the head's bytes are split off `buf`; `Ok(None)`: more bytes are needed.
+pub fn parse(buf: &mut BytesMut) -> Result<Option<RequestHead>, Reject> {
     check_request_line(buf)?;
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    match req.parse(buf) {
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => Err(Reject::HeadTooLarge("request head too large")),
-        Ok(httparse::Status::Partial) => Ok(Head::Partial),
-        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => Err(Reject::HeadTooLarge("request head too large")),
-        Ok(httparse::Status::Complete(len)) => {
-            let framing = framing(req.version.unwrap_or(1), req.headers)?;
-            Ok(Head::Complete { len, framing })
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+            return Err(Reject::HeadTooLarge("request head too large"))
         }
-        Err(httparse::Error::TooManyHeaders) => Err(Reject::HeadTooLarge("too many header fields")),
-        Err(e) => Err(Reject::BadRequest(match e {
-            httparse::Error::HeaderName => "invalid header name",
-            httparse::Error::HeaderValue => "invalid byte in header value",
-            httparse::Error::NewLine => "invalid line ending",
-            httparse::Error::Version => "invalid HTTP version",
-            httparse::Error::Token => "invalid method or request target",
-            _ => "malformed request head",
-        })),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
+            return Err(Reject::HeadTooLarge("request head too large"))
+        }
+        Ok(httparse::Status::Complete(len)) => len,
+        Err(httparse::Error::TooManyHeaders) => return Err(Reject::HeadTooLarge("too many header fields")),
+        Err(e) => {
+            return Err(Reject::BadRequest(match e {
+                httparse::Error::HeaderName => "invalid header name",
+                httparse::Error::HeaderValue => "invalid byte in header value",
+                httparse::Error::NewLine => "invalid line ending",
+                httparse::Error::Version => "invalid HTTP version",
+                httparse::Error::Token => "invalid method or request target",
+                _ => "malformed request head",
+            }))
+        }
+    };
+    let version = req.version.unwrap_or(1);
+    let meta = meta(version, req.headers)?;
+    let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
+        .map_err(|_| Reject::BadRequest("invalid method"))?;
+    // Offsets into the head (at most MAX_HEAD long), to slice it once it is split off `buf`.
+    let base = buf.as_ptr() as usize;
+    let offset = |s: &str| s.as_ptr() as usize - base;
+    let path = req.path.unwrap_or_default();
+    let target = (offset(path), path.len());
+    let count = req.headers.len();
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    for (h, span) in req.headers.iter().zip(spans.iter_mut()) {
+        *span = (
+            offset(h.name) as u32,
+            h.name.len() as u32,
+            (h.value.as_ptr() as usize - base) as u32,
+            h.value.len() as u32,
+        );
     }
+    let head = buf.split_to(len).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
+        .map_err(|_| Reject::BadRequest("invalid request target"))?;
+    let mut map = HeaderMap::with_capacity(count);
+    for &(n, nl, v, vl) in &spans[..count] {
+        let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
+        let name = HeaderName::from_bytes(&head[n..n + nl]).map_err(|_| Reject::BadRequest("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
+            .map_err(|_| Reject::BadRequest("invalid byte in header value"))?;
+        map.append(name, value);
+    }
+    let mut parts = http::Request::new(()).into_parts().0;
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = if version == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
+    parts.headers = map;
+    let keep_alive = if version == 0 { meta.keep_alive && !meta.close } else { !meta.close };
+    let has_body = matches!(meta.framing, Framing::Length(_) | Framing::Chunked);
+    Ok(Some(RequestHead {
+        parts,
+        framing: meta.framing,
+        keep_alive,
+        expect_continue: meta.expect_continue && version >= 1 && has_body,
+    }))
 }
 
 fn check_request_line(buf: &[u8]) -> Result<(), Reject> {
@@ -118,14 +174,24 @@ fn check_request_line(buf: &[u8]) -> Result<(), Reject> {
     }
 }
 
-/// The body framing of a complete head, refusing every ambiguous combination.
-fn framing(version: u8, headers: &[httparse::Header<'_>]) -> Result<Framing, Reject> {
+/// What a complete head's headers say about the connection.
+struct Meta {
+    framing: Framing,
+    close: bool,
+    keep_alive: bool,
+    expect_continue: bool,
+}
+
+/// The body framing and connection options of a complete head, refusing every ambiguous
+/// combination.
+fn meta(version: u8, headers: &[httparse::Header<'_>]) -> Result<Meta, Reject> {
     let mut length: Option<u64> = None;
     let mut transfer_encoding = false;
     let mut chunked_count = 0;
     let mut last_coding_chunked = false;
     let mut hosts = 0;
     let mut upgrade = false;
+    let (mut close, mut keep_alive, mut expect_continue) = (false, false, false);
     for h in headers {
         if h.name.eq_ignore_ascii_case("content-length") {
             let v = parse_length(h.value).ok_or(Reject::BadRequest("invalid Content-Length"))?;
@@ -143,8 +209,28 @@ fn framing(version: u8, headers: &[httparse::Header<'_>]) -> Result<Framing, Rej
             hosts += 1;
         } else if h.name.eq_ignore_ascii_case("upgrade") {
             upgrade = super::switches_protocol(h.value);
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            for token in tokens(h.value) {
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if h.name.eq_ignore_ascii_case("expect") {
+            expect_continue = h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         }
     }
+    let framing =
+        framing(version, length, transfer_encoding, last_coding_chunked && chunked_count == 1, upgrade, hosts)?;
+    Ok(Meta { framing, close, keep_alive, expect_continue })
+}
+
+fn framing(
+    version: u8,
+    length: Option<u64>,
+    transfer_encoding: bool,
+    single_chunked_last: bool,
+    upgrade: bool,
+    hosts: usize,
+) -> Result<Framing, Reject> {
     if hosts > 1 {
         return Err(Reject::BadRequest("multiple Host headers"));
     }
@@ -164,7 +250,7 @@ fn framing(version: u8, headers: &[httparse::Header<'_>]) -> Result<Framing, Rej
     if version == 0 {
         return Err(Reject::BadRequest("Transfer-Encoding in an HTTP/1.0 request"));
     }
-    if !last_coding_chunked || chunked_count != 1 {
+    if !single_chunked_last {
         return Err(Reject::BadRequest("Transfer-Encoding must end with a single chunked"));
     }
     Ok(Framing::Chunked)
@@ -194,13 +280,14 @@ pub(super) fn parse_length(v: &[u8]) -> Option<u64> {
 mod tests {
     use super::*;
 
+    fn check(raw: &[u8]) -> Result<Option<RequestHead>, Reject> {
+        parse(&mut BytesMut::from(raw))
+    }
+
     fn complete(raw: &str) -> Result<Framing, Reject> {
         match check(raw.as_bytes())? {
-            Head::Complete { len, framing } => {
-                assert!(len <= raw.len());
-                Ok(framing)
-            }
-            Head::Partial => panic!("partial: {raw:?}"),
+            Some(head) => Ok(head.framing),
+            None => panic!("partial: {raw:?}"),
         }
     }
 
@@ -225,7 +312,7 @@ mod tests {
         assert_eq!(complete("GET / HTTP/1.0\r\nUpgrade: websocket\r\n\r\n"), Ok(Framing::Empty));
         // h2c is not passed through: the request is served as HTTP/1.1, routed per request.
         assert_eq!(complete("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\n\r\n"), Ok(Framing::Empty));
-        assert_eq!(check(b"GET / HTTP/1.1\r\nHost: a\r\n"), Ok(Head::Partial));
+        assert!(matches!(check(b"GET / HTTP/1.1\r\nHost: a\r\n"), Ok(None)));
     }
 
     #[test]
@@ -263,11 +350,11 @@ mod tests {
     #[test]
     fn limits() {
         let long = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(MAX_REQUEST_LINE));
-        assert_eq!(check(long.as_bytes()), Err(Reject::UriTooLong));
+        assert!(matches!(check(long.as_bytes()), Err(Reject::UriTooLong)));
         // Refused before the line even ends.
-        assert_eq!(check(&long.as_bytes()[..MAX_REQUEST_LINE + 5]), Err(Reject::UriTooLong));
+        assert!(matches!(check(&long.as_bytes()[..MAX_REQUEST_LINE + 5]), Err(Reject::UriTooLong)));
         let fits = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(MAX_REQUEST_LINE - 20));
-        assert!(matches!(check(fits.as_bytes()), Ok(Head::Complete { .. })));
+        assert!(matches!(check(fits.as_bytes()), Ok(Some(_))));
 
         let many: String = (0..MAX_HEADERS).map(|i| format!("x-{i}: 1\r\n")).collect();
         let raw = format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n");
@@ -275,5 +362,36 @@ mod tests {
 
         let big = format!("GET / HTTP/1.1\r\nHost: a\r\nx-big: {}\r\n", "b".repeat(MAX_HEAD));
         assert!(matches!(check(big.as_bytes()), Err(Reject::HeadTooLarge(_))), "partial and too large");
+    }
+
+    #[test]
+    fn parses_once_into_the_request_and_leaves_what_follows() {
+        let mut buf = BytesMut::from(
+            &b"POST /a/b?x=1 HTTP/1.1\r\nHost: shop.test\r\nX-Two: 1\r\nx-two: 2\r\nContent-Length: 3\r\n\
+               Expect: 100-continue\r\n\r\nabcGET /next"[..],
+        );
+        let head = parse(&mut buf).unwrap().unwrap();
+        assert_eq!(&buf[..], b"abcGET /next", "only the head is taken");
+        assert_eq!(head.parts.method, Method::POST);
+        assert_eq!(head.parts.uri.path(), "/a/b");
+        assert_eq!(head.parts.uri.query(), Some("x=1"));
+        assert_eq!(head.parts.version, Version::HTTP_11);
+        assert_eq!(head.parts.headers["host"], "shop.test");
+        let two: Vec<_> = head.parts.headers.get_all("x-two").iter().collect();
+        assert_eq!(two, ["1", "2"]);
+        assert_eq!(head.framing, Framing::Length(3));
+        assert!(head.keep_alive && head.expect_continue);
+
+        let close = check(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, close\r\n\r\n").unwrap().unwrap();
+        assert!(!close.keep_alive);
+        let old = check(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert!(!old.keep_alive && old.parts.version == Version::HTTP_10);
+        let old_kept = check(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap().unwrap();
+        assert!(old_kept.keep_alive);
+        // Without a body there is nothing to wait for.
+        let bodiless = check(b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n").unwrap().unwrap();
+        assert!(!bodiless.expect_continue);
+        let absolute = check(b"GET http://a.test:8080/p HTTP/1.1\r\nHost: b\r\n\r\n").unwrap().unwrap();
+        assert_eq!(absolute.parts.uri.authority().map(|a| a.as_str()), Some("a.test:8080"));
     }
 }

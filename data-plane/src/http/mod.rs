@@ -1,14 +1,15 @@
-//! The L7 proxy: HTTP/1.1 on hyper, with strict request-head checks in front of it.
+//! The L7 proxy: HTTP/1.1 with strict request-head checks, our own server and upstream client.
 
 pub mod access_log;
 pub mod body;
 pub mod chunked;
 pub mod errors;
-pub mod guard;
 pub mod head;
 pub mod headers;
 pub mod proxy;
 pub mod redirect;
+pub mod request_body;
+pub mod response_head;
 pub mod server;
 pub mod sticky;
 pub mod tunnel;

@@ -3,7 +3,6 @@
 //! forwarding headers, the upstream tries with their timeouts, retries within the route's budget,
 //! and the answer.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,18 +12,16 @@ use http::uri::Authority;
 use http::{Request, Response, Version};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use sluice_shared::model::{LbPolicy, RetryOn};
-use tokio::sync::watch;
 
 use super::body::{BodyTooLarge, ProxyBody};
 use super::errors::ProxyError;
 use super::headers::{content_length, origin_form, prepare_headers, X_REQUEST_ID};
-use super::tunnel::{switch_protocols, upgrade_protocol, Tunnel};
+use super::request_body::RequestBody;
+use super::tunnel::{switch_protocols, upgrade_protocol};
 use super::upstream::{Failed, UpstreamError};
 use super::upstream_conn::{is_idempotent, ResponseBody};
 use super::{access_log, redirect, sticky};
-use crate::listeners::Phase;
 use crate::metrics::ResponseCounts;
 use crate::state::{ConnCtx, Installed};
 use crate::table::{
@@ -37,39 +34,37 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 /// One downstream connection, with what its requests share.
 pub struct Downstream {
     pub ctx: Arc<ConnCtx>,
-    /// The listener's phase: an upgraded connection (tunnel) is cut when the listener aborts.
-    phase: watch::Receiver<Phase>,
     /// The client's address as an `x-forwarded-for` value: formatted once per connection.
     peer_ip: HeaderValue,
 }
 
 impl Downstream {
-    pub fn new(ctx: Arc<ConnCtx>, phase: watch::Receiver<Phase>) -> Downstream {
+    pub fn new(ctx: Arc<ConnCtx>) -> Downstream {
         let peer_ip = HeaderValue::try_from(ctx.peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
-        Downstream { ctx, phase, peer_ip }
+        Downstream { ctx, peer_ip }
     }
 }
 
-pub async fn handle(req: Request<Incoming>, down: Arc<Downstream>) -> Result<Response<ProxyBody>, Infallible> {
+pub async fn handle(req: Request<RequestBody>, down: &Downstream) -> Response<ProxyBody> {
     let conn = &down.ctx;
-    // A protocol switch (WebSocket): the head guard treats the same requests as upgrades.
+    // A protocol switch (WebSocket): `head::parse` frames the same requests as upgrades.
     let upgrade = upgrade_protocol(&req);
     let switching = upgrade.is_some();
     // The table is loaded once and kept until this request is answered, whatever is installed meanwhile.
     let mut resp = match conn.shared.installed.load_full() {
-        Some(installed) => route_and_forward(req, upgrade, &down, &installed).await,
+        Some(installed) => route_and_forward(req, upgrade, down, &installed).await,
         None => answer(&conn.shared.metrics.unrouted, ProxyError::NotReady),
     };
-    // The head guard lets the bytes after an upgrade request through unchecked (they may be a
-    // WebSocket's): unless the protocol switched, nothing more may be read on this connection.
+    // The bytes after an upgrade request may be a WebSocket's, never checked as HTTP: unless the
+    // protocol switched, nothing more may be read on this connection.
     if switching && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    Ok(resp)
+    resp
 }
 
 async fn route_and_forward(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     upgrade: Option<HeaderValue>,
     down: &Downstream,
     installed: &Installed,
@@ -154,7 +149,7 @@ const MAX_REPLAY_BODY: u64 = 64 * 1024;
 
 /// `upgrade`: the protocol the request asks to switch to; `logging`: the access log is on.
 async fn forward(
-    mut req: Request<Incoming>,
+    req: Request<RequestBody>,
     upgrade: Option<HeaderValue>,
     logging: bool,
     down: &Downstream,
@@ -181,7 +176,6 @@ async fn forward(
     };
     let hash_key = hash_key(route, cluster, req.headers(), down);
     route.deposit_retry_budget();
-    let downstream_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
     prepare_headers(&mut parts.headers, parts.uri.authority(), &down.peer_ip, conn.scheme);
@@ -309,11 +303,8 @@ async fn forward(
                         tries: attempt + 1,
                         request_id: request_id.clone(),
                     });
-                    let mut resp = match downstream_upgrade {
-                        Some(on) => {
-                            let tunnel = Tunnel { phase: down.phase.clone(), tracked: conn.connections.token() };
-                            switch_protocols(resp, on, endpoint, permit, cookie, tunnel)
-                        }
+                    let mut resp = match upgrade {
+                        Some(_) => switch_protocols(resp, endpoint, permit, cookie),
                         None => respond(resp, endpoint, permit, cookie),
                     };
                     if let Some(s) = served {

@@ -1,78 +1,360 @@
-//! Serving one downstream HTTP/1.1 connection with hyper, behind the head guard.
+//! Serving one client connection, HTTP/1.1: each head is read, checked and parsed once
+//! (`head::parse`), answered by the proxy (`proxy::handle`), and the response written with its
+//! framing; keep-alive, pipelining, `100 Continue`, protocol switches and drains are handled here.
+//!
+//! ```text
+//!  read ──▶ head::parse ──▶ refused: 400/414/431 written, lingering close
+//!               │ ok
+//!               ▼
+//!  Request { parts, RequestBody (reads this connection on demand) } ──▶ proxy::handle ──▶ Response
+//!                                                                                          │
+//!  next head ◀── keep-alive? ◀── body frames, coalesced with the head ◀── response_head::encode
+//!                                          └─ a 101: the connection becomes a tunnel (tunnel.rs)
+//! ```
+//!
+//! The whole exchange runs in the connection's task: no task or channel per request, and the
+//! head's bytes are parsed once, straight into the request (values share the read buffer).
 
-use std::sync::Arc;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body as _;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+use tokio_util::io::poll_read_buf;
 
-use super::guard::GuardedIo;
+use super::body::ProxyBody;
+use super::head::{self, Framing, Reject, RequestHead};
+use super::proxy::{self, Downstream};
+use super::request_body::{lock, ClientStream, RequestBody, SharedWire, Wire, READ_CHUNK};
+use super::response_head::{self, BodyOut, HeadOptions};
+use super::tunnel;
 use crate::listeners::Phase;
+use crate::phase_watch::PhaseWatch;
 use crate::state::ConnCtx;
 
-/// A client gets this long to send a complete request head.
+/// A client gets this long to send a complete request head (an idle keep-alive connection too).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Response bytes gathered before a write: the head and the frames already there go out together.
+const COALESCE: usize = 64 * 1024;
+/// Before closing on a client that may still be sending, its bytes are read and dropped for a
+/// moment: closing with unread bytes resets the connection, which can destroy the answer before
+/// the client reads it.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1 << 20;
 
-/// The hyper server settings for proxied connections.
-pub fn builder() -> http1::Builder {
-    let mut b = http1::Builder::new();
-    b.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .keep_alive(true)
-        // A refused head ends the stream early (see guard.rs); with half-close hyper still finishes
-        // and answers the requests before it.
-        .half_close(true)
-        // Heads and small bodies are copied into one buffer and written with one `write`: cheaper
-        // than queuing them for `writev` (hyper's default on sockets).
-        .writev(false)
-        .max_headers(super::head::MAX_HEADERS);
-    b
+/// Serves `stream` (a plain TCP connection, or a terminated TLS one for https listeners) until
+/// the client or the listener ends it.
+pub async fn serve(stream: ClientStream, conn: Arc<ConnCtx>, phase: watch::Receiver<Phase>) {
+    let down = Downstream::new(conn);
+    let server = Server {
+        wire: Arc::new(Mutex::new(Wire::new(stream))),
+        phase: PhaseWatch::new(phase),
+        out: Vec::new(),
+        head_timer: HeadTimer { sleep: None, deadline: Instant::now() },
+    };
+    server.run(&down).await;
 }
 
-/// Serves `stream` (a plain TCP connection, or a terminated TLS one for https listeners).
-pub async fn serve<S>(stream: S, conn: Arc<ConnCtx>, builder: &http1::Builder, mut phase: watch::Receiver<Phase>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let metrics_conn = conn.clone();
-    let io = GuardedIo::new(stream, move |reject| {
-        metrics_conn.shared.metrics.unrouted.record(reject.status());
-    });
-    let down = Arc::new(super::proxy::Downstream::new(conn, phase.clone()));
-    let svc = service_fn(move |req| super::proxy::handle(req, down.clone()));
-    // Upgrades (WebSockets) hand the connection over to a tunnel task (see proxy.rs).
-    let served = builder.serve_connection(TokioIo::new(io), svc).with_upgrades();
-    tokio::pin!(served);
-    let mut draining = false;
-    if *phase.borrow_and_update() != Phase::Serving {
-        draining = true;
-        served.as_mut().graceful_shutdown();
-    }
-    loop {
-        tokio::select! {
-            res = served.as_mut() => {
-                if let Err(e) = res {
-                    tracing::debug!(error = %e, "connection ended with an error");
+struct Server {
+    wire: SharedWire,
+    phase: PhaseWatch,
+    /// Response bytes on their way out.
+    out: Vec<u8>,
+    head_timer: HeadTimer,
+}
+
+enum Next {
+    Head(Box<RequestHead>),
+    Refused(Reject),
+    /// End of stream, an error, the header timeout, or a drain: close.
+    Close,
+}
+
+impl Server {
+    async fn run(mut self, down: &Downstream) {
+        loop {
+            let head = match self.next_head().await {
+                Next::Head(h) => *h,
+                Next::Refused(reject) => {
+                    tracing::debug!(status = reject.status(), reason = reject.reason(), "request head refused");
+                    down.ctx.shared.metrics.unrouted.record(reject.status());
+                    self.out.clear();
+                    self.out.extend_from_slice(&reject.response());
+                    if self.write_out().await {
+                        self.close(true).await;
+                    }
+                    return;
                 }
+                Next::Close => return self.close(false).await,
+            };
+            let RequestHead { parts, framing, keep_alive, expect_continue } = head;
+            let version = parts.version;
+            let head_request = parts.method == Method::HEAD;
+            let body = RequestBody::start(&self.wire, framing, expect_continue);
+            let Some(resp) = self.answer(Request::from_parts(parts, body), down).await else {
+                return; // the listener was removed
+            };
+            let (parts, body) = resp.into_parts();
+            if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+                if let ProxyBody::Switched(switched) = body {
+                    return self.switch(&parts, version, *switched).await;
+                }
+            }
+            // After an upgrade request that did not switch, the bytes may be another protocol's.
+            let keep_alive = keep_alive
+                && framing != Framing::Upgrade
+                && self.phase.now() == Phase::Serving
+                && lock(&self.wire).body_done()
+                && !response_head::says_close(&parts.headers);
+            let opts =
+                HeadOptions { version, no_body: response_head::bodiless(head_request, parts.status), keep_alive };
+            self.out.clear();
+            let (body_out, keep_alive) = response_head::encode(&mut self.out, &parts, body.size_hint(), opts);
+            drop(parts);
+            let written = if opts.no_body { self.write_out().await } else { self.write_body(body, body_out).await };
+            if !written {
                 return;
             }
-            changed = phase.changed() => {
-                // A dropped sender means the listener is gone for good: same as abort.
-                let now = if changed.is_ok() { *phase.borrow_and_update() } else { Phase::Abort };
-                match now {
-                    Phase::Serving => {}
-                    Phase::Draining if !draining => {
-                        // Finish the request in flight, take no new one.
-                        draining = true;
-                        served.as_mut().graceful_shutdown();
-                    }
-                    Phase::Draining => {}
-                    Phase::Abort => return,
-                }
+            if !keep_alive {
+                let unread = !lock(&self.wire).body_done();
+                return self.close(unread).await;
             }
         }
+    }
+
+    /// Reads until a complete head is buffered (or the connection should close).
+    async fn next_head(&mut self) -> Next {
+        self.head_timer.deadline = Instant::now() + HEADER_READ_TIMEOUT;
+        poll_fn(|cx| {
+            // A drain closes idle connections; a pipelined head already here is not taken either.
+            if self.phase.poll(cx) != Phase::Serving {
+                return Poll::Ready(Next::Close);
+            }
+            let mut w = lock(&self.wire);
+            let w = &mut *w;
+            loop {
+                if !w.rbuf.is_empty() {
+                    match head::parse(&mut w.rbuf) {
+                        Ok(Some(h)) => return Poll::Ready(Next::Head(Box::new(h))),
+                        Ok(None) => {}
+                        Err(reject) => return Poll::Ready(Next::Refused(reject)),
+                    }
+                }
+                w.rbuf.reserve(READ_CHUNK);
+                match poll_read_buf(Pin::new(&mut w.io), cx, &mut w.rbuf) {
+                    // End of stream: an incomplete head is dropped.
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Next::Close),
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Pending => break,
+                }
+            }
+            if self.head_timer.expired(cx) {
+                tracing::debug!("request head timeout");
+                return Poll::Ready(Next::Close);
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// The proxy's answer; `None` when the listener is removed meanwhile (the connection is cut).
+    async fn answer(&mut self, req: Request<RequestBody>, down: &Downstream) -> Option<Response<ProxyBody>> {
+        let handling = proxy::handle(req, down);
+        tokio::pin!(handling);
+        let phase = &mut self.phase;
+        poll_fn(|cx| {
+            if phase.poll(cx) == Phase::Abort {
+                return Poll::Ready(None);
+            }
+            handling.as_mut().poll(cx).map(Some)
+        })
+        .await
+    }
+
+    /// Writes the head in `out` and the body after it; returns whether it all went out.
+    async fn write_body(&mut self, mut body: ProxyBody, framing: BodyOut) -> bool {
+        let chunked = framing == BodyOut::Chunked;
+        let mut written = 0;
+        let mut ended = false;
+        let Server { wire, phase, out, .. } = self;
+        poll_fn(|cx| loop {
+            if phase.poll(cx) == Phase::Abort {
+                return Poll::Ready(false);
+            }
+            // Frames that are already there join the bytes waiting to go out.
+            if !ended && out.len() < COALESCE {
+                match Pin::new(&mut body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref().filter(|d| !d.is_empty()) {
+                            push_data(out, data, chunked);
+                        }
+                        continue;
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        // The client must not take a cut body for a whole one: the connection ends.
+                        tracing::debug!(error = %e, "response body failed");
+                        return Poll::Ready(false);
+                    }
+                    Poll::Ready(None) => {
+                        ended = true;
+                        if chunked {
+                            out.extend_from_slice(b"0\r\n\r\n");
+                        }
+                        continue;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            let mut w = lock(wire);
+            if written < out.len() {
+                match Pin::new(&mut w.io).poll_write(cx, &out[written..]) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(false),
+                    Poll::Ready(Ok(n)) => {
+                        written += n;
+                        if written == out.len() {
+                            out.clear();
+                            written = 0;
+                        }
+                        continue;
+                    }
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            if !ended {
+                return Poll::Pending;
+            }
+            // TLS keeps records in its own buffer until flushed; on a plain socket this is free.
+            return Pin::new(&mut w.io).poll_flush(cx).map(|r| r.is_ok());
+        })
+        .await
+    }
+
+    /// Writes all of `out`; returns whether it went.
+    async fn write_out(&mut self) -> bool {
+        let mut written = 0;
+        let Server { wire, out, .. } = self;
+        poll_fn(|cx| {
+            let mut w = lock(wire);
+            while written < out.len() {
+                match Pin::new(&mut w.io).poll_write(cx, &out[written..]) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(false),
+                    Poll::Ready(Ok(n)) => written += n,
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            Pin::new(&mut w.io).poll_flush(cx).map(|r| r.is_ok())
+        })
+        .await
+    }
+
+    /// Writes the 101 and turns the connection into a tunnel to the endpoint.
+    async fn switch(mut self, parts: &http::response::Parts, version: http::Version, switched: tunnel::Switched) {
+        let opts = HeadOptions { version, no_body: true, keep_alive: true };
+        self.out.clear();
+        response_head::encode(&mut self.out, parts, http_body::SizeHint::with_exact(0), opts);
+        if !self.write_out().await {
+            return;
+        }
+        // The request had no body: nothing else holds the wire.
+        let Ok(wire) = Arc::try_unwrap(self.wire).map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner())) else {
+            return;
+        };
+        let Wire { io, rbuf, .. } = wire;
+        tunnel::splice(io, rbuf.freeze(), switched, &mut self.phase).await;
+    }
+
+    /// Ends the connection: our side's FIN, then (`linger`: the client may still be sending)
+    /// its bytes read and dropped for a moment so that closing does not reset the connection.
+    async fn close(self, linger: bool) {
+        let Server { wire, .. } = self;
+        let shut = poll_fn(|cx| Pin::new(&mut lock(&wire).io).poll_shutdown(cx));
+        if tokio::time::timeout(LINGER, shut).await.is_err() || !linger {
+            return;
+        }
+        let mut discarded = 0;
+        let mut scratch = [0u8; 4096];
+        let drain = poll_fn(|cx| {
+            let mut w = lock(&wire);
+            while discarded < LINGER_BYTES {
+                let mut buf = ReadBuf::new(&mut scratch);
+                match Pin::new(&mut w.io).poll_read(cx, &mut buf) {
+                    Poll::Ready(Ok(())) if !buf.filled().is_empty() => discarded += buf.filled().len(),
+                    Poll::Ready(_) => return Poll::Ready(()),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            Poll::Ready(())
+        });
+        let _ = tokio::time::timeout(LINGER, drain).await;
+    }
+}
+
+/// Appends one body frame, in a chunk of its own when the body goes chunked.
+fn push_data(out: &mut Vec<u8>, data: &Bytes, chunked: bool) {
+    if chunked {
+        let mut hex = [0u8; 16];
+        let digits = hex_len(data.len(), &mut hex);
+        out.extend_from_slice(digits);
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    } else {
+        out.extend_from_slice(data);
+    }
+}
+
+fn hex_len(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b"0123456789abcdef"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// The header read timeout on one timer per connection: each head moves the deadline, and the
+/// timer is only re-armed when it fires before it (at most once per timeout, not per request).
+struct HeadTimer {
+    sleep: Option<Pin<Box<Sleep>>>,
+    deadline: Instant,
+}
+
+impl HeadTimer {
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = self.deadline;
+        let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        while sleep.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= deadline {
+                return true;
+            }
+            sleep.as_mut().reset(deadline);
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sizes_are_lowercase_hex() {
+        let mut buf = [0u8; 16];
+        assert_eq!(hex_len(0, &mut buf), b"0");
+        assert_eq!(hex_len(255, &mut buf), b"ff");
+        assert_eq!(hex_len(0x10000, &mut buf), b"10000");
+        let mut out = Vec::new();
+        push_data(&mut out, &Bytes::from_static(b"hello, world"), true);
+        assert_eq!(out, b"c\r\nhello, world\r\n");
     }
 }

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::rustls::ServerConfig;
@@ -15,7 +14,7 @@ use super::HANDSHAKE_TIMEOUT;
 use crate::listeners::Phase;
 use crate::state::ConnCtx;
 
-pub async fn serve(stream: TcpStream, conn: Arc<ConnCtx>, http: &http1::Builder, phase: watch::Receiver<Phase>) {
+pub async fn serve(stream: TcpStream, conn: Arc<ConnCtx>, phase: watch::Receiver<Phase>) {
     // The config of the revision installed now: a later rotation only affects later handshakes,
     // and this connection keeps its session whatever gets installed meanwhile.
     let config = {
@@ -27,7 +26,7 @@ pub async fn serve(stream: TcpStream, conn: Arc<ConnCtx>, http: &http1::Builder,
         config
     };
     let Some(tls) = handshake(config, stream, HANDSHAKE_TIMEOUT).await else { return };
-    crate::http::server::serve(tls, conn, http, phase).await;
+    crate::http::server::serve(tokio_util::either::Either::Right(Box::new(tls)), conn, phase).await;
 }
 
 /// The server side of the handshake; `None` when it fails or takes longer than `limit`.

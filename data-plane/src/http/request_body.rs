@@ -1,0 +1,184 @@
+//! The client connection as the server loop and a request body share it, and the request body:
+//! read from the connection as the proxy forwards it, never buffered whole.
+//!
+//! Both run in the connection's one task, one after the other (the loop reads heads and writes
+//! responses, the body reads while the request is forwarded), so the lock around the connection
+//! is never contended; it only lets both hold it.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_util::either::Either;
+use tokio_util::io::poll_read_buf;
+
+use super::body::BoxError;
+use super::chunked::{ChunkScan, Decoded};
+use super::head::Framing;
+
+/// A client connection, plaintext or TLS-terminated.
+pub type ClientStream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
+
+/// Room made in the read buffer before each read.
+pub const READ_CHUNK: usize = 16 * 1024;
+
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+pub struct Wire {
+    pub io: ClientStream,
+    /// Bytes read from the client and not consumed yet (the rest of a head, a body, the next
+    /// pipelined request).
+    pub rbuf: BytesMut,
+    /// What is left of the current request's body.
+    body: Left,
+    /// `100 Continue` is owed before the body is read: how much of it is written.
+    continue_owed: Option<usize>,
+}
+
+#[derive(Debug)]
+enum Left {
+    Done,
+    Length(u64),
+    Chunked(ChunkScan),
+    /// The body broke (bad framing, the client went away): the connection cannot be reused.
+    Failed,
+}
+
+impl Wire {
+    pub fn new(io: ClientStream) -> Wire {
+        Wire { io, rbuf: BytesMut::new(), body: Left::Done, continue_owed: None }
+    }
+
+    /// Whether the last request's body was read to its end (the next bytes are a new head).
+    pub fn body_done(&self) -> bool {
+        matches!(self.body, Left::Done)
+    }
+}
+
+pub type SharedWire = Arc<Mutex<Wire>>;
+
+pub fn lock(wire: &Mutex<Wire>) -> MutexGuard<'_, Wire> {
+    // A panic cannot leave the wire half-updated in a way that matters: the connection then ends.
+    wire.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A request's body as the client sends it, read from its connection on demand.
+pub struct RequestBody {
+    /// `None`: the request has no body.
+    wire: Option<SharedWire>,
+}
+
+impl RequestBody {
+    pub fn empty() -> RequestBody {
+        RequestBody { wire: None }
+    }
+
+    /// The body of the request whose head was just parsed off `wire`, framed by `framing`.
+    pub fn start(wire: &SharedWire, framing: Framing, expect_continue: bool) -> RequestBody {
+        let left = match framing {
+            Framing::Length(n) if n > 0 => Left::Length(n),
+            Framing::Chunked => Left::Chunked(ChunkScan::default()),
+            Framing::Empty | Framing::Length(_) | Framing::Upgrade => return RequestBody::empty(),
+        };
+        let mut w = lock(wire);
+        w.body = left;
+        w.continue_owed = expect_continue.then_some(0);
+        drop(w);
+        RequestBody { wire: Some(wire.clone()) }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Some(wire) = &self.wire else { return Poll::Ready(None) };
+        let mut guard = lock(wire);
+        let w = &mut *guard;
+        if matches!(w.body, Left::Done | Left::Failed) {
+            return Poll::Ready(None);
+        }
+        if let Some(written) = &mut w.continue_owed {
+            // The client waits for this before sending the body (RFC 9110 §10.1.1).
+            while *written < CONTINUE.len() {
+                match ready!(Pin::new(&mut w.io).poll_write(cx, &CONTINUE[*written..])) {
+                    Ok(0) | Err(_) => return fail(w, io::ErrorKind::WriteZero.into()),
+                    Ok(n) => *written += n,
+                }
+            }
+            if ready!(Pin::new(&mut w.io).poll_flush(cx)).is_err() {
+                return fail(w, io::ErrorKind::BrokenPipe.into());
+            }
+            w.continue_owed = None;
+        }
+        loop {
+            if !w.rbuf.is_empty() {
+                let data = match &mut w.body {
+                    Left::Done | Left::Failed => return Poll::Ready(None),
+                    Left::Length(left) => {
+                        let take = usize::try_from(*left).unwrap_or(usize::MAX).min(w.rbuf.len());
+                        *left -= take as u64;
+                        if *left == 0 {
+                            w.body = Left::Done;
+                        }
+                        w.rbuf.split_to(take).freeze()
+                    }
+                    Left::Chunked(scan) => match scan.decode(&w.rbuf) {
+                        Decoded::Data { skip, len } => {
+                            w.rbuf.advance(skip);
+                            w.rbuf.split_to(len).freeze()
+                        }
+                        Decoded::More => {
+                            w.rbuf.clear();
+                            continue;
+                        }
+                        Decoded::End(k) => {
+                            // What follows is the next request.
+                            w.rbuf.advance(k);
+                            w.body = Left::Done;
+                            return Poll::Ready(None);
+                        }
+                        Decoded::Bad(_) => {
+                            return fail(w, io::Error::new(io::ErrorKind::InvalidData, "malformed chunked body"))
+                        }
+                    },
+                };
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            w.rbuf.reserve(READ_CHUNK);
+            match ready!(poll_read_buf(Pin::new(&mut w.io), cx, &mut w.rbuf)) {
+                Ok(0) => return fail(w, io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => {}
+                Err(e) => return fail(w, e),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.wire.as_ref().is_none_or(|w| matches!(lock(w).body, Left::Done | Left::Failed))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.wire {
+            None => SizeHint::with_exact(0),
+            Some(w) => match lock(w).body {
+                Left::Length(n) => SizeHint::with_exact(n),
+                Left::Done | Left::Failed => SizeHint::with_exact(0),
+                Left::Chunked(_) => SizeHint::default(),
+            },
+        }
+    }
+}
+
+fn fail(w: &mut Wire, e: io::Error) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    w.body = Left::Failed;
+    w.continue_owed = None;
+    Poll::Ready(Some(Err(e.into())))
+}
