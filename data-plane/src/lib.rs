@@ -14,6 +14,7 @@ mod health;
 mod http;
 mod install;
 mod l4_stats;
+mod lazy_timer;
 mod listeners;
 mod metrics;
 mod node;

@@ -35,6 +35,9 @@ pub fn origin_form(uri: Uri) -> Uri {
     Uri::from(path)
 }
 
+/// Headers [`prepare_headers`] may add: x-forwarded-for, -proto, -host, x-request-id.
+pub const ADDED_HEADERS: usize = 4;
+
 /// Hop-by-hop headers out, forwarding headers in.
 pub fn prepare_headers(
     headers: &mut HeaderMap,
@@ -43,9 +46,8 @@ pub fn prepare_headers(
     scheme: &'static str,
 ) {
     strip_hop_by_hop(headers);
-    // Up to four headers go in: one growth of the map instead of one per insert (hyper sizes it
-    // to the headers the client sent).
-    headers.reserve(4);
+    // The request parser leaves room for these; any other map grows once, not once per insert.
+    headers.reserve(ADDED_HEADERS);
 
     // One lookup per name: the entry both reads the prior values and replaces them.
     match headers.entry(&X_FORWARDED_FOR) {
@@ -92,10 +94,24 @@ pub fn prepare_headers(
     }
 }
 
+/// [`HOP_BY_HOP`] as strings, for comparing raw names: `HeaderName::as_str` on a standard name
+/// is a match over every standard header, per call.
+const HOP_BY_HOP_NAMES: [&str; 9] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
 /// Whether a raw header name is one of the fixed hop-by-hop headers (not those a `Connection`
 /// header names), for a parser that leaves them out of the map in the first place.
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    HOP_BY_HOP.iter().any(|h| h.as_str().len() == name.len() && h.as_str().as_bytes().eq_ignore_ascii_case(name))
+    HOP_BY_HOP_NAMES.iter().any(|h| h.len() == name.len() && h.as_bytes().eq_ignore_ascii_case(name))
 }
 
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -215,5 +231,11 @@ mod tests {
         let u = origin_form("http://example.com:8080/a/b?x=1".parse().unwrap());
         assert_eq!(u.to_string(), "/a/b?x=1");
         assert_eq!(origin_form("http://example.com".parse().unwrap()).to_string(), "/");
+    }
+
+    #[test]
+    fn the_name_lists_agree() {
+        let names: Vec<&str> = HOP_BY_HOP.iter().map(HeaderName::as_str).collect();
+        assert_eq!(names, HOP_BY_HOP_NAMES);
     }
 }

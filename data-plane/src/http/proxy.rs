@@ -22,6 +22,7 @@ use super::tunnel::{switch_protocols, upgrade_protocol};
 use super::upstream::{Failed, UpstreamError};
 use super::upstream_conn::{is_idempotent, ResponseBody};
 use super::{access_log, redirect, sticky};
+use crate::lazy_timer::LazyTimer;
 use crate::metrics::ResponseCounts;
 use crate::state::{ConnCtx, Installed};
 use crate::table::{
@@ -45,14 +46,15 @@ impl Downstream {
     }
 }
 
-pub async fn handle(req: Request<RequestBody>, down: &Downstream) -> Response<ProxyBody> {
+/// `timer`: the connection's request deadline timer (see `lazy_timer.rs`).
+pub async fn handle(req: Request<RequestBody>, down: &Downstream, timer: &mut LazyTimer) -> Response<ProxyBody> {
     let conn = &down.ctx;
     // A protocol switch (WebSocket): `head::parse` frames the same requests as upgrades.
     let upgrade = upgrade_protocol(&req);
     let switching = upgrade.is_some();
     // The table is loaded once and kept until this request is answered, whatever is installed meanwhile.
     let mut resp = match conn.shared.installed.load_full() {
-        Some(installed) => route_and_forward(req, upgrade, down, &installed).await,
+        Some(installed) => route_and_forward(req, upgrade, down, &installed, timer).await,
         None => answer(&conn.shared.metrics.unrouted, ProxyError::NotReady),
     };
     // The bytes after an upgrade request may be a WebSocket's, never checked as HTTP: unless the
@@ -68,6 +70,7 @@ async fn route_and_forward(
     upgrade: Option<HeaderValue>,
     down: &Downstream,
     installed: &Installed,
+    timer: &mut LazyTimer,
 ) -> Response<ProxyBody> {
     let conn = &*down.ctx;
     let unrouted = &conn.shared.metrics.unrouted;
@@ -103,7 +106,7 @@ async fn route_and_forward(
             Some(resp) => resp,
             None => answer(unrouted, ProxyError::NoHost),
         },
-        None => forward(req, upgrade, log.is_some(), down, installed, route).await,
+        None => forward(req, upgrade, log.is_some(), down, installed, route, timer).await,
     };
     route.stats().record_response(resp.status().as_u16());
     if let Some(entry) = log {
@@ -155,6 +158,7 @@ async fn forward(
     down: &Downstream,
     installed: &Installed,
     route: &RouteEntry,
+    timer: &mut LazyTimer,
 ) -> Response<ProxyBody> {
     let conn = &*down.ctx;
     let unrouted = &conn.shared.metrics.unrouted;
@@ -200,12 +204,13 @@ async fn forward(
     let (body, replay) = if body.is_end_stream() {
         (ProxyBody::Empty, Some(None))
     } else if attempts > 0 && idempotent && announced.is_some_and(|n| n <= MAX_REPLAY_BODY) {
-        match tokio::time::timeout_at(deadline, Limited::new(body, MAX_REPLAY_BODY as usize).collect()).await {
-            Ok(Ok(b)) => {
+        let collect = std::pin::pin!(Limited::new(body, MAX_REPLAY_BODY as usize).collect());
+        match timer.within(deadline, collect).await {
+            Some(Ok(b)) => {
                 let b = b.to_bytes();
                 (ProxyBody::Buffered(Some(b.clone())), Some(Some(b)))
             }
-            Ok(Err(_)) | Err(_) => return answer(counts, ProxyError::ClientBody),
+            Some(Err(_)) | None => return answer(counts, ProxyError::ClientBody),
         }
     } else if let Some(max) = max_body {
         (ProxyBody::Capped { body, left: max, max }, None)
@@ -272,20 +277,22 @@ async fn forward(
         let started = Instant::now();
         let sent = async {
             match upgrade {
-                Some(_) => conn.shared.client.request_upgrade(addr, upstream_tls, upstream).await,
+                // Boxed: rare, and it would enlarge every request's future (see `request`).
+                Some(_) => Box::pin(conn.shared.client.request_upgrade(addr, upstream_tls, upstream)).await,
                 None => conn.shared.client.request(addr, upstream_tls, cluster.breaker(), upstream).await,
             }
         };
-        let failure = match tokio::time::timeout_at(try_deadline, sent).await {
-            Err(_) if try_deadline >= deadline => {
+        let sent = std::pin::pin!(sent);
+        let failure = match timer.within(try_deadline, sent).await {
+            None if try_deadline >= deadline => {
                 tracing::debug!(route = route.name(), %addr, "upstream timeout");
                 return answer(counts, ProxyError::UpstreamTimeout);
             }
-            Err(_) => {
+            None => {
                 cluster.record_outcome(&endpoint, true);
                 TryFailure::Timeout
             }
-            Ok(Ok(resp)) => {
+            Some(Ok(resp)) => {
                 if let Some(h) = latency {
                     h.observe(started.elapsed());
                 }
@@ -314,11 +321,11 @@ async fn forward(
                 }
                 TryFailure::Status5xx
             }
-            Ok(Err(Failed { error: UpstreamError::Overflow(o), .. })) => {
+            Some(Err(Failed { error: UpstreamError::Overflow(o), .. })) => {
                 return answer(counts, ProxyError::Overflow(o))
             }
-            Ok(Err(Failed { error, .. })) if caused_by::<BodyTooLarge>(&error) => return too_large(counts),
-            Ok(Err(Failed { error, unsent: back })) => {
+            Some(Err(Failed { error, .. })) if caused_by::<BodyTooLarge>(&error) => return too_large(counts),
+            Some(Err(Failed { error, unsent: back })) => {
                 tracing::debug!(route = route.name(), %addr, error = %error, "upstream request failed");
                 if error.is_connect() {
                     cluster.record_outcome(&endpoint, true);

@@ -18,7 +18,7 @@
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,7 +26,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tokio_util::io::poll_read_buf;
 
 use super::body::ProxyBody;
@@ -35,6 +35,7 @@ use super::proxy::{self, Downstream};
 use super::request_body::{lock, ClientStream, RequestBody, SharedWire, Wire, READ_CHUNK};
 use super::response_head::{self, BodyOut, HeadOptions};
 use super::tunnel;
+use crate::lazy_timer::LazyTimer;
 use crate::listeners::Phase;
 use crate::phase_watch::PhaseWatch;
 use crate::state::ConnCtx;
@@ -57,7 +58,8 @@ pub async fn serve(stream: ClientStream, conn: Arc<ConnCtx>, phase: watch::Recei
         wire: Arc::new(Mutex::new(Wire::new(stream))),
         phase: PhaseWatch::new(phase),
         out: Vec::new(),
-        head_timer: HeadTimer { sleep: None, deadline: Instant::now() },
+        head_timer: LazyTimer::default(),
+        request_timer: LazyTimer::default(),
     };
     server.run(&down).await;
 }
@@ -67,7 +69,10 @@ struct Server {
     phase: PhaseWatch,
     /// Response bytes on their way out.
     out: Vec<u8>,
-    head_timer: HeadTimer,
+    /// The header read timeout, and the proxy's request deadlines: one timer each per
+    /// connection, not one per request.
+    head_timer: LazyTimer,
+    request_timer: LazyTimer,
 }
 
 enum Next {
@@ -131,7 +136,7 @@ impl Server {
 
     /// Reads until a complete head is buffered (or the connection should close).
     async fn next_head(&mut self) -> Next {
-        self.head_timer.deadline = Instant::now() + HEADER_READ_TIMEOUT;
+        let deadline = Instant::now() + HEADER_READ_TIMEOUT;
         poll_fn(|cx| {
             // A drain closes idle connections; a pipelined head already here is not taken either.
             if self.phase.poll(cx) != Phase::Serving {
@@ -155,7 +160,7 @@ impl Server {
                     Poll::Pending => break,
                 }
             }
-            if self.head_timer.expired(cx) {
+            if self.head_timer.poll_expired(cx, deadline) {
                 tracing::debug!("request head timeout");
                 return Poll::Ready(Next::Close);
             }
@@ -166,7 +171,7 @@ impl Server {
 
     /// The proxy's answer; `None` when the listener is removed meanwhile (the connection is cut).
     async fn answer(&mut self, req: Request<RequestBody>, down: &Downstream) -> Option<Response<ProxyBody>> {
-        let handling = proxy::handle(req, down);
+        let handling = proxy::handle(req, down, &mut self.request_timer);
         tokio::pin!(handling);
         let phase = &mut self.phase;
         poll_fn(|cx| {
@@ -319,27 +324,6 @@ fn hex_len(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
         if n == 0 {
             return &buf[i..];
         }
-    }
-}
-
-/// The header read timeout on one timer per connection: each head moves the deadline, and the
-/// timer is only re-armed when it fires before it (at most once per timeout, not per request).
-struct HeadTimer {
-    sleep: Option<Pin<Box<Sleep>>>,
-    deadline: Instant,
-}
-
-impl HeadTimer {
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let deadline = self.deadline;
-        let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        while sleep.as_mut().poll(cx).is_ready() {
-            if Instant::now() >= deadline {
-                return true;
-            }
-            sleep.as_mut().reset(deadline);
-        }
-        false
     }
 }
 

@@ -305,7 +305,9 @@ impl UpstreamClient {
                 }
             },
         };
-        send_on_new(addr, tls, permit, limited.cloned(), req).await
+        // Boxed: a new connection is the rare case, and its future (connect, TLS) would otherwise
+        // make every request's future larger, and so every move of it (memcpy) dearer.
+        Box::pin(send_on_new(addr, tls, permit, limited.cloned(), req)).await
     }
 }
 
