@@ -92,7 +92,9 @@ pub fn client() -> UpstreamClient {
 /// response is over.
 pub struct Lease {
     addr: PoolKey,
-    pub(super) conn: Conn,
+    /// Boxed: a lease travels inside every response (and its results and polls) by value, and a
+    /// pointer moves cheaper than the connection; the box lives as long as the connection.
+    pub(super) conn: Box<Conn>,
     /// Set for connections counted by a breaker's `max_connections` (see the module docs).
     limited: Option<Arc<Breaker>>,
 }
@@ -140,7 +142,7 @@ fn trim<T: AsRef<Idle>>(idle: &mut Vec<T>, now: Instant) {
 }
 
 struct Idle {
-    conn: Conn,
+    conn: Box<Conn>,
     since: Instant,
 }
 
@@ -152,7 +154,7 @@ impl AsRef<Idle> for Idle {
 
 impl Idle {
     /// The connection, if it is fresh enough and the endpoint has not closed it meanwhile.
-    fn usable(mut self) -> Option<Conn> {
+    fn usable(mut self) -> Option<Box<Conn>> {
         (self.since.elapsed() <= POOL_IDLE && self.conn.is_idle_open()).then_some(self.conn)
     }
 }
@@ -179,11 +181,11 @@ static SHARED_POOL: LazyLock<Mutex<FastMap<PoolKey, Vec<SharedIdle>>>> = LazyLoc
 static WAITING: LazyLock<Mutex<FastMap<PoolKey, VecDeque<Handoff>>>> = LazyLock::new(Default::default);
 
 /// Where a finished exchange hands its connection to a waiting request.
-type Handoff = oneshot::Sender<Conn>;
+type Handoff = oneshot::Sender<Box<Conn>>;
 
 enum Waited {
     /// A connection handed over by the exchange that finished on it.
-    Connection(Conn),
+    Connection(Box<Conn>),
     /// A permit to open a new connection.
     Permit(OwnedSemaphorePermit),
 }
@@ -216,7 +218,7 @@ async fn send_on(mut lease: Lease, req: Request<ProxyBody>) -> Result<Response<R
 }
 
 /// The most recently used live idle connection to `addr` in this thread's pool, if any.
-fn checkout(addr: PoolKey) -> Option<Conn> {
+fn checkout(addr: PoolKey) -> Option<Box<Conn>> {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         let idle = pool.get_mut(&addr)?;
@@ -225,7 +227,7 @@ fn checkout(addr: PoolKey) -> Option<Conn> {
 }
 
 /// Like [`checkout`], from the shared pool of connection-limited clusters.
-fn checkout_shared(addr: PoolKey) -> Option<Conn> {
+fn checkout_shared(addr: PoolKey) -> Option<Box<Conn>> {
     let mut pool = SHARED_POOL.lock().unwrap_or_else(|e| e.into_inner());
     let idle = pool.get_mut(&addr)?;
     std::iter::from_fn(|| idle.pop()).find_map(|c| c.idle.usable())
@@ -340,7 +342,7 @@ async fn connect(
     addr: SocketAddr,
     tls: Option<&UpstreamTlsConfig>,
     permit: Option<OwnedSemaphorePermit>,
-) -> io::Result<Conn> {
+) -> io::Result<Box<Conn>> {
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(r) => r?,
         Err(_) => return Err(io::ErrorKind::TimedOut.into()),
@@ -351,7 +353,7 @@ async fn connect(
         Some(tls) => Either::Right(Box::new(tls.connect(addr, stream).await?)),
         None => Either::Left(stream),
     };
-    Ok(Conn::new(stream, permit))
+    Ok(Box::new(Conn::new(stream, permit)))
 }
 
 #[cfg(test)]
