@@ -136,8 +136,7 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<RequestHead>, Reject> {
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
         .map_err(|_| Reject::BadRequest("invalid request target"))?;
-    // Room for the forwarding headers the proxy adds: the map never grows (a rehash) on its way.
-    let mut map = HeaderMap::with_capacity(count + super::headers::ADDED_HEADERS);
+    let mut map = HeaderMap::with_capacity(count);
     for &(n, nl, v, vl) in &spans[..count] {
         let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
         let name = HeaderName::from_bytes(&head[n..n + nl]).map_err(|_| Reject::BadRequest("invalid header name"))?;

@@ -1,7 +1,7 @@
 //! What the proxy does to request and response headers: hop-by-hop headers out (RFC 9110
 //! §7.6.1), forwarding headers in, the request target in origin-form.
 
-use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
 use http::Uri;
 
@@ -35,63 +35,100 @@ pub fn origin_form(uri: Uri) -> Uri {
     Uri::from(path)
 }
 
-/// Headers [`prepare_headers`] may add: x-forwarded-for, -proto, -host, x-request-id.
-pub const ADDED_HEADERS: usize = 4;
+/// The forwarding headers of one request, encoded once as header lines; every try writes them
+/// after the request's own headers (`upstream_conn::encode_head`). Kept out of the map: inserting
+/// four headers into it cost about 1,200 instructions a request (callgrind), writing them costs a
+/// copy.
+#[derive(Debug, Default)]
+pub struct Forwarding {
+    lines: Vec<u8>,
+    /// The request id when it was generated here (a client's stays in the map).
+    generated_id: Option<[u8; uuid::fmt::Hyphenated::LENGTH]>,
+}
 
-/// Hop-by-hop headers out, forwarding headers in.
+impl Forwarding {
+    /// The header lines, each ending in CRLF.
+    pub fn lines(&self) -> &[u8] {
+        &self.lines
+    }
+
+    /// The request id the endpoint gets: the client's, or the one generated.
+    pub fn request_id(&self, headers: &HeaderMap) -> Option<HeaderValue> {
+        match &self.generated_id {
+            Some(id) => HeaderValue::from_bytes(id).ok(),
+            None => headers.get(&X_REQUEST_ID).cloned(),
+        }
+    }
+}
+
+/// Hop-by-hop headers out of `headers`; the forwarding headers (x-forwarded-for, -proto, -host,
+/// x-request-id) as lines to send after them. A client's x-forwarded-for is merged into ours, its
+/// x-forwarded-proto and -host are replaced, its x-request-id is kept. An absolute-form target's
+/// authority becomes the Host.
 pub fn prepare_headers(
     headers: &mut HeaderMap,
     authority: Option<&Authority>,
     peer_ip: &HeaderValue,
     scheme: &'static str,
-) {
-    strip_hop_by_hop(headers);
-    // The request parser leaves room for these; any other map grows once, not once per insert.
-    headers.reserve(ADDED_HEADERS);
-
-    // One lookup per name: the entry both reads the prior values and replaces them.
-    match headers.entry(&X_FORWARDED_FOR) {
-        Entry::Vacant(e) => {
-            e.insert(peer_ip.clone());
-        }
-        Entry::Occupied(mut e) => {
-            let mut v = String::new();
-            for p in e.iter().filter_map(|v| v.to_str().ok()) {
-                v.push_str(p);
-                v.push_str(", ");
-            }
-            v.push_str(peer_ip.to_str().unwrap_or_default());
-            match HeaderValue::try_from(v) {
-                Ok(v) => {
-                    e.insert(v);
-                }
-                Err(_) => {
-                    e.remove();
-                }
-            }
-        }
+) -> Forwarding {
+    // One pass over the names finds what needs the map touched (usually nothing): a lookup or
+    // removal per absent name would hash it for nothing.
+    let (mut hop, mut xff, mut xfp, mut xfh, mut id) = (false, false, false, false, false);
+    for name in headers.keys() {
+        hop |= HOP_BY_HOP.contains(name);
+        xff |= name == X_FORWARDED_FOR;
+        xfp |= name == X_FORWARDED_PROTO;
+        xfh |= name == X_FORWARDED_HOST;
+        id |= name == X_REQUEST_ID;
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
-    let host = match authority {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+    if hop {
+        strip_hop_by_hop(headers);
+    }
+    let mut out = Forwarding { lines: Vec::with_capacity(160), generated_id: None };
+    let lines = &mut out.lines;
+    lines.extend_from_slice(b"x-forwarded-for: ");
+    if xff {
+        for v in headers.get_all(&X_FORWARDED_FOR) {
+            lines.extend_from_slice(v.as_bytes());
+            lines.extend_from_slice(b", ");
+        }
+        headers.remove(&X_FORWARDED_FOR);
+    }
+    lines.extend_from_slice(peer_ip.as_bytes());
+    lines.extend_from_slice(b"\r\nx-forwarded-proto: ");
+    lines.extend_from_slice(scheme.as_bytes());
+    lines.extend_from_slice(b"\r\n");
+    if xfp {
+        headers.remove(&X_FORWARDED_PROTO);
+    }
+    if xfh {
+        headers.remove(&X_FORWARDED_HOST);
+    }
+    let host = match authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+        Some(a) => {
+            // The backend sees the host the client asked for, not the endpoint's address.
+            headers.insert(header::HOST, a.clone());
+            Some(a)
+        }
         None => headers.get(header::HOST).cloned(),
     };
     if let Some(host) = host {
-        if authority.is_some() {
-            // The backend sees the host the client asked for, not the endpoint's address.
-            headers.insert(header::HOST, host.clone());
-        }
-        headers.insert(X_FORWARDED_HOST.clone(), host);
+        lines.extend_from_slice(b"x-forwarded-host: ");
+        lines.extend_from_slice(host.as_bytes());
+        lines.extend_from_slice(b"\r\n");
     }
-    if let Entry::Vacant(e) = headers.entry(&X_REQUEST_ID) {
+    if !id {
         // `Uuid::new_v4` asks the OS for randomness (a syscall per request); the thread-local
         // generator gives the same v4 ids from user space.
-        let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+        let uuid = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
         let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        if let Ok(v) = HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf)) {
-            e.insert(v);
-        }
+        uuid.hyphenated().encode_lower(&mut buf);
+        lines.extend_from_slice(b"x-request-id: ");
+        lines.extend_from_slice(&buf);
+        lines.extend_from_slice(b"\r\n");
+        out.generated_id = Some(buf);
     }
+    out
 }
 
 /// [`HOP_BY_HOP`] as strings, for comparing raw names: `HeaderName::as_str` on a standard name
@@ -197,21 +234,34 @@ mod tests {
         h.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
         h.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.2, 10.0.0.3"));
         h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        h.insert(&X_FORWARDED_HOST, HeaderValue::from_static("evil.test"));
         h.insert(&X_REQUEST_ID, HeaderValue::from_static("req-1"));
-        prepare_headers(&mut h, None, &peer, "http");
-        let all = |n: &HeaderName| h.get_all(n).iter().map(|v| v.to_str().unwrap()).collect::<Vec<_>>();
-        assert_eq!(all(&X_FORWARDED_FOR), ["10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1"]);
-        assert_eq!(all(&X_FORWARDED_PROTO), ["http"], "a client cannot claim https");
-        assert_eq!(all(&X_FORWARDED_HOST), ["shop.test"]);
-        assert_eq!(all(&X_REQUEST_ID), ["req-1"], "kept");
+        h.insert(header::CONNECTION, HeaderValue::from_static("x-drop"));
+        h.insert("x-drop", HeaderValue::from_static("1"));
+        let f = prepare_headers(&mut h, None, &peer, "http");
+        assert_eq!(
+            std::str::from_utf8(f.lines()).unwrap(),
+            "x-forwarded-for: 10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: shop.test\r\n",
+            "a client cannot claim https nor another host; its request id is kept"
+        );
+        let mut left: Vec<_> = h.keys().map(HeaderName::as_str).collect();
+        left.sort();
+        assert_eq!(left, ["host", "x-request-id"], "the client's forwarding and hop-by-hop headers are gone");
+        assert_eq!(f.request_id(&h).unwrap(), "req-1");
 
         let mut h = HeaderMap::new();
         let authority: Authority = "abs.test:8080".parse().unwrap();
-        prepare_headers(&mut h, Some(&authority), &peer, "https");
-        assert_eq!(h[&X_FORWARDED_FOR], "127.0.0.1");
+        let f = prepare_headers(&mut h, Some(&authority), &peer, "https");
+        let lines = std::str::from_utf8(f.lines()).unwrap();
+        assert!(lines.starts_with(
+            "x-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: https\r\nx-forwarded-host: abs.test:8080\r\n\
+             x-request-id: "
+        ));
         assert_eq!(h[header::HOST], "abs.test:8080");
-        assert_eq!(h[&X_FORWARDED_HOST], "abs.test:8080");
-        assert_eq!(h[&X_REQUEST_ID].len(), 36, "generated");
+        let id = f.request_id(&h).unwrap();
+        assert_eq!(id.len(), 36, "generated");
+        assert!(lines.ends_with(&format!("{}\r\n", id.to_str().unwrap())));
     }
 
     #[test]

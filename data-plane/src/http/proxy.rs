@@ -16,7 +16,7 @@ use sluice_shared::model::{LbPolicy, RetryOn};
 
 use super::body::{BodyTooLarge, ProxyBody};
 use super::errors::ProxyError;
-use super::headers::{content_length, origin_form, prepare_headers, X_REQUEST_ID};
+use super::headers::{content_length, origin_form, prepare_headers};
 use super::request_body::RequestBody;
 use super::tunnel::{switch_protocols, upgrade_protocol};
 use super::upstream::{Failed, UpstreamError};
@@ -182,8 +182,8 @@ async fn forward(
     route.deposit_retry_budget();
 
     let (mut parts, body) = req.into_parts();
-    prepare_headers(&mut parts.headers, parts.uri.authority(), &down.peer_ip, conn.scheme);
-    let request_id = logging.then(|| parts.headers.get(&X_REQUEST_ID).cloned()).flatten();
+    let forwarding = prepare_headers(&mut parts.headers, parts.uri.authority(), &down.peer_ip, conn.scheme);
+    let request_id = logging.then(|| forwarding.request_id(&parts.headers)).flatten();
     if let Some(protocol) = &upgrade {
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, protocol.clone());
@@ -278,8 +278,15 @@ async fn forward(
         let sent = async {
             match upgrade {
                 // Boxed: rare, and it would enlarge every request's future (see `request`).
-                Some(_) => Box::pin(conn.shared.client.request_upgrade(addr, upstream_tls, upstream)).await,
-                None => conn.shared.client.request(addr, upstream_tls, cluster.breaker(), upstream).await,
+                Some(_) => {
+                    // Boxed: rare, and it would enlarge every request's future (see `request`).
+                    let sending = conn.shared.client.request_upgrade(addr, upstream_tls, upstream, forwarding.lines());
+                    Box::pin(sending).await
+                }
+                None => {
+                    let client = &conn.shared.client;
+                    client.request(addr, upstream_tls, cluster.breaker(), upstream, forwarding.lines()).await
+                }
             }
         };
         let sent = std::pin::pin!(sent);

@@ -212,8 +212,12 @@ async fn wait_for_connection(breaker: &Arc<Breaker>, addr: PoolKey) -> Option<Wa
 }
 
 /// Sends `req` on the leased connection; the response body carries the lease.
-async fn send_on(mut lease: Lease, req: Request<ProxyBody>) -> Result<Response<ResponseBody>, SendError> {
-    let (head, framing) = lease.conn.send(req).await?;
+async fn send_on(
+    mut lease: Lease,
+    req: Request<ProxyBody>,
+    forwarding: &[u8],
+) -> Result<Response<ResponseBody>, SendError> {
+    let (head, framing) = lease.conn.send(req, forwarding).await?;
     Ok(Response::from_parts(head, ResponseBody::new(lease, framing)))
 }
 
@@ -254,12 +258,14 @@ impl UpstreamClient {
         endpoint: SocketAddr,
         tls: Option<&UpstreamTlsConfig>,
         req: Request<ProxyBody>,
+        forwarding: &[u8],
     ) -> Result<Response<ResponseBody>, Failed> {
         let addr: PoolKey = (endpoint, tls.map_or(0, UpstreamTlsConfig::id));
-        send_on_new(addr, tls, None, None, req).await
+        send_on_new(addr, tls, None, None, req, forwarding).await
     }
 
-    /// Sends `req` (origin-form URI, `Host` set) to `endpoint` on a pooled or new connection,
+    /// Sends `req` (origin-form URI, `Host` set) with the header lines `forwarding` after its own
+    /// (see `headers::Forwarding`) to `endpoint` on a pooled or new connection,
     /// over TLS when the cluster has upstream TLS settings (`tls`), within the connection limit
     /// of the cluster's circuit breaker (`breaker`) if it has one. The response body hands the
     /// connection back to the pool when it is over.
@@ -269,13 +275,14 @@ impl UpstreamClient {
         tls: Option<&UpstreamTlsConfig>,
         breaker: Option<&Arc<Breaker>>,
         mut req: Request<ProxyBody>,
+        forwarding: &[u8],
     ) -> Result<Response<ResponseBody>, Failed> {
         let addr: PoolKey = (endpoint, tls.map_or(0, UpstreamTlsConfig::id));
         let limited = breaker.filter(|b| b.limits_connections());
         let lease = |conn| Lease { addr, conn, limited: limited.cloned() };
         // Bounded: every turn takes one connection out of the pool.
         while let Some(conn) = if limited.is_some() { checkout_shared(addr) } else { checkout(addr) } {
-            match send_on(lease(conn), req).await {
+            match send_on(lease(conn), req, forwarding).await {
                 Ok(resp) => return Ok(resp),
                 Err(SendError::Unsent(r, _) | SendError::Dropped(r, _)) => req = r,
                 Err(SendError::Failed(e)) => return Err(Failed::sent(e)),
@@ -293,7 +300,7 @@ impl UpstreamClient {
                     loop {
                         match wait_for_connection(b, addr).await {
                             Some(Waited::Permit(p)) => break Some(p),
-                            Some(Waited::Connection(conn)) => match send_on(lease(conn), req).await {
+                            Some(Waited::Connection(conn)) => match send_on(lease(conn), req, forwarding).await {
                                 Ok(resp) => return Ok(resp),
                                 Err(SendError::Unsent(r, _) | SendError::Dropped(r, _)) => req = r,
                                 Err(SendError::Failed(e)) => return Err(Failed::sent(e)),
@@ -309,7 +316,7 @@ impl UpstreamClient {
         };
         // Boxed: a new connection is the rare case, and its future (connect, TLS) would otherwise
         // make every request's future larger, and so every move of it (memcpy) dearer.
-        Box::pin(send_on_new(addr, tls, permit, limited.cloned(), req)).await
+        Box::pin(send_on_new(addr, tls, permit, limited.cloned(), req, forwarding)).await
     }
 }
 
@@ -320,12 +327,13 @@ async fn send_on_new(
     permit: Option<OwnedSemaphorePermit>,
     limited: Option<Arc<Breaker>>,
     req: Request<ProxyBody>,
+    forwarding: &[u8],
 ) -> Result<Response<ResponseBody>, Failed> {
     let conn = match connect(addr.0, tls, permit).await {
         Ok(c) => c,
         Err(e) => return Err(Failed::unsent(UpstreamError::Connect(e), req)),
     };
-    send_on(Lease { addr, conn, limited }, req).await.map_err(|e| match e {
+    send_on(Lease { addr, conn, limited }, req, forwarding).await.map_err(|e| match e {
         // A connection just opened and closed before the first byte: the endpoint refused it.
         SendError::Unsent(r, e) => Failed::unsent(UpstreamError::Connect(e), r),
         // A new connection has no idle race to excuse: the endpoint dropped this request.
@@ -395,7 +403,7 @@ mod tests {
     /// One exchange, its body read to the end (which returns the connection to the pool).
     async fn get(addr: SocketAddr) -> Bytes {
         let req = Request::builder().uri("/").header("host", "x").body(ProxyBody::Empty).unwrap();
-        let Ok(resp) = client().request(addr, None, None, req).await else { panic!("request failed") };
+        let Ok(resp) = client().request(addr, None, None, req, &[]).await else { panic!("request failed") };
         resp.into_body().collect().await.unwrap().to_bytes()
     }
 

@@ -119,14 +119,19 @@ impl Conn {
         (self.stream, self.rbuf.freeze())
     }
 
-    /// Sends `req` (origin-form target, `Host` set) and reads the response head, without its
-    /// hop-by-hop headers (RFC 9110 §7.6.1) unless it is a 101; the body is read through the
-    /// [`ResponseBody`] the caller builds with [`ResponseBody::new`].
-    pub async fn send(&mut self, req: Request<ProxyBody>) -> Result<(Parts, BodyFraming), SendError> {
+    /// Sends `req` (origin-form target, `Host` set), with the header lines `forwarding` after its
+    /// own headers, and reads the response head, without its hop-by-hop headers (RFC 9110
+    /// §7.6.1) unless it is a 101; the body is read through the [`ResponseBody`] the caller
+    /// builds with [`ResponseBody::new`].
+    pub async fn send(
+        &mut self,
+        req: Request<ProxyBody>,
+        forwarding: &[u8],
+    ) -> Result<(Parts, BodyFraming), SendError> {
         self.keep_alive = false;
         self.rbuf.clear();
         self.wbuf.clear();
-        let chunked = encode_head(&mut self.wbuf, &req);
+        let chunked = encode_head(&mut self.wbuf, &req, forwarding);
         let mut body_done = req.body().is_end_stream();
         if let ProxyBody::Buffered(Some(b)) | ProxyBody::Static(Some(b)) = req.body() {
             // Already in memory (and announced by Content-Length): out with the head in one write.
@@ -444,9 +449,9 @@ impl Meta {
     }
 }
 
-/// Writes the request line and headers; returns whether the body goes chunked (a body of unknown
-/// length: the client sent it chunked).
-fn encode_head(buf: &mut Vec<u8>, req: &Request<ProxyBody>) -> bool {
+/// Writes the request line, the headers and the `forwarding` lines; returns whether the body goes
+/// chunked (a body of unknown length: the client sent it chunked).
+fn encode_head(buf: &mut Vec<u8>, req: &Request<ProxyBody>, forwarding: &[u8]) -> bool {
     buf.extend_from_slice(req.method().as_str().as_bytes());
     buf.push(b' ');
     buf.extend_from_slice(req.uri().path_and_query().map_or("/", |p| p.as_str()).as_bytes());
@@ -457,6 +462,7 @@ fn encode_head(buf: &mut Vec<u8>, req: &Request<ProxyBody>) -> bool {
         buf.extend_from_slice(value.as_bytes());
         buf.extend_from_slice(b"\r\n");
     }
+    buf.extend_from_slice(forwarding);
     let chunked = !req.body().is_end_stream() && !req.headers().contains_key(header::CONTENT_LENGTH);
     if chunked {
         buf.extend_from_slice(b"transfer-encoding: chunked\r\n");

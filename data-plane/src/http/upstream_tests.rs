@@ -135,7 +135,7 @@ fn request(method: Method, body: Option<&'static str>) -> Request<ProxyBody> {
 }
 
 async fn send(addr: SocketAddr, req: Request<ProxyBody>) -> Result<Response<ResponseBody>, Failed> {
-    client().request(addr, None, None, req).await
+    client().request(addr, None, None, req, &[]).await
 }
 
 /// One exchange read to its end: the status, the headers and the body.
