@@ -346,8 +346,12 @@ async fn continue_head_http10_and_date() {
     assert!(!both.contains("path=/api/h"), "a HEAD answer has no body: {both}");
     let head = parse(&both);
     assert!(head.headers.contains_key("content-length"), "{both}");
-    // The backend's date, or ours: always there.
+    // The backend's date, or ours: always there, and once; the backend's length once too.
     assert!(head.headers.get("date").is_some_and(|d| d.ends_with("GMT")), "{both}");
+    let lower = both.to_ascii_lowercase();
+    assert_eq!(lower.matches("\r\ndate: ").count(), 2, "{both}");
+    assert_eq!(lower.matches("\r\ncontent-length: ").count(), 2, "{both}");
+    assert!(!lower.contains("\r\nconnection: "), "the backend's hop-by-hop headers stay behind: {both}");
 
     // HTTP/1.0: closed after the answer unless the client asked for keep-alive.
     let mut old = tokio::net::TcpStream::connect(s.listener).await.unwrap();

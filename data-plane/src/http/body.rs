@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 
 use super::request_body::RequestBody;
 use super::tunnel::Switched;
-use super::upstream_conn::ResponseBody;
+use super::upstream_conn::{PassedHead, ResponseBody};
 use crate::table::{EndpointGuard, RequestPermit};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -41,6 +41,14 @@ pub enum ProxyBody {
 impl ProxyBody {
     pub fn text(s: &'static str) -> Self {
         ProxyBody::Static(Some(Bytes::from_static(s.as_bytes())))
+    }
+
+    /// An endpoint's header lines that go to the client after the response's own headers.
+    pub fn passed_head(&self) -> Option<&PassedHead> {
+        match self {
+            ProxyBody::Upstream { body, .. } => Some(body.passed_head()),
+            _ => None,
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use http::{StatusCode, Version};
 use http_body::SizeHint;
 
 use super::head::tokens;
+use super::upstream_conn::PassedHead;
 
 /// How the body after a head is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +45,14 @@ pub fn says_close(headers: &HeaderMap) -> bool {
 
 /// Appends the head to `out`; returns how the body goes, and whether the connection can stay
 /// open (an HTTP/1.0 client reads a body of unknown length to the connection's end).
-pub fn encode(out: &mut Vec<u8>, parts: &Parts, size: SizeHint, opts: HeadOptions) -> (BodyOut, bool) {
+/// `passed`: an endpoint's header lines, written after the response's own headers.
+pub fn encode(
+    out: &mut Vec<u8>,
+    parts: &Parts,
+    passed: Option<&PassedHead>,
+    size: SizeHint,
+    opts: HeadOptions,
+) -> (BodyOut, bool) {
     let status = parts.status;
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
@@ -61,6 +69,12 @@ pub fn encode(out: &mut Vec<u8>, parts: &Parts, size: SizeHint, opts: HeadOption
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(p) = passed {
+        // Hop-by-hop headers (`connection` among them) were left out of these.
+        out.extend_from_slice(p.lines());
+        has_length |= p.has_length();
+        has_date |= p.has_date();
     }
     let mut keep_alive = opts.keep_alive;
     let mut body = BodyOut::Plain;
@@ -135,7 +149,7 @@ mod tests {
 
     fn text(parts: &Parts, size: SizeHint, opts: HeadOptions) -> (String, BodyOut, bool) {
         let mut out = Vec::new();
-        let (body, keep) = encode(&mut out, parts, size, opts);
+        let (body, keep) = encode(&mut out, parts, None, size, opts);
         (String::from_utf8(out).unwrap(), body, keep)
     }
 

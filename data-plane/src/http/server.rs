@@ -121,7 +121,8 @@ impl Server {
             let opts =
                 HeadOptions { version, no_body: response_head::bodiless(head_request, parts.status), keep_alive };
             self.out.clear();
-            let (body_out, keep_alive) = response_head::encode(&mut self.out, &parts, body.size_hint(), opts);
+            let (body_out, keep_alive) =
+                response_head::encode(&mut self.out, &parts, body.passed_head(), body.size_hint(), opts);
             drop(parts);
             let written = if opts.no_body { self.write_out().await } else { self.write_body(body, body_out).await };
             if !written {
@@ -263,7 +264,7 @@ impl Server {
     async fn switch(mut self, parts: &http::response::Parts, version: http::Version, switched: tunnel::Switched) {
         let opts = HeadOptions { version, no_body: true, keep_alive: true };
         self.out.clear();
-        response_head::encode(&mut self.out, parts, http_body::SizeHint::with_exact(0), opts);
+        response_head::encode(&mut self.out, parts, None, http_body::SizeHint::with_exact(0), opts);
         if !self.write_out().await {
             return;
         }

@@ -319,50 +319,72 @@ impl Conn {
                 // Offsets fit: the head is at most MAX_HEAD (64 KiB) long.
                 *span = (name as u32, h.name.len() as u32, value as u32, h.value.len() as u32);
             }
-            let head = self.rbuf.split_to(len).freeze();
-            // Hop-by-hop headers never enter the map (cheaper than removing them after), except
-            // when `Connection` names others (rare: the map is then stripped as a whole) and in a
-            // 101, whose `Upgrade` the tunnel forwards.
-            let skip_hop_by_hop = code != 101 && !meta.names_headers;
-            let mut map = HeaderMap::with_capacity(count);
-            for &(n, nl, v, vl) in &spans[..count] {
-                let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
-                if skip_hop_by_hop && is_hop_by_hop(&head[n..n + nl]) {
-                    continue;
+            // RFC 9112 §6.3: Transfer-Encoding wins; the length must not reach the client.
+            let drop_length = meta.transfer_encoding && meta.length.is_some();
+            let mut map = HeaderMap::new();
+            let mut passed = PassedHead::default();
+            if code != 101 && !meta.names_headers {
+                // The usual case: the endpoint's headers go to the client as the lines they came
+                // in, hop-by-hop ones left out. No map is built, hashed and dropped per response
+                // (about 1,500 instructions, callgrind).
+                passed.lines.reserve(len);
+                for &(n, nl, v, vl) in &spans[..count] {
+                    let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
+                    let name = &self.rbuf[n..n + nl];
+                    if is_hop_by_hop(name) || (drop_length && name.eq_ignore_ascii_case(b"content-length")) {
+                        continue;
+                    }
+                    passed.lines.extend_from_slice(name);
+                    passed.lines.extend_from_slice(b": ");
+                    passed.lines.extend_from_slice(&self.rbuf[v..v + vl]);
+                    passed.lines.extend_from_slice(b"\r\n");
                 }
-                let name = HeaderName::from_bytes(&head[n..n + nl])
-                    .map_err(|_| ExchangeError::BadResponse("invalid header name"))?;
-                let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
-                    .map_err(|_| ExchangeError::BadResponse("invalid header value"))?;
-                map.append(name, value);
-            }
-            if code != 101 && meta.names_headers {
-                strip_hop_by_hop(&mut map);
-            }
-            let framing = if code == 101 {
-                BodyFraming(BodyState::Switched)
-            } else if expect.head_only || code == 204 || code == 304 {
-                BodyFraming(BodyState::Length(0))
-            } else if meta.transfer_encoding {
-                if meta.length.is_some() {
-                    // RFC 9112 §6.3: Transfer-Encoding wins; the length must not reach the client.
+                passed.has_length = meta.length.is_some() && !drop_length;
+                passed.has_date = meta.date;
+                self.rbuf.advance(len);
+            } else {
+                // A 101 (the tunnel forwards its `Upgrade`), or a `Connection` that names other
+                // headers (rare): into a map, stripped as a whole.
+                let head = self.rbuf.split_to(len).freeze();
+                map.reserve(count);
+                for &(n, nl, v, vl) in &spans[..count] {
+                    let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
+                    let name = HeaderName::from_bytes(&head[n..n + nl])
+                        .map_err(|_| ExchangeError::BadResponse("invalid header name"))?;
+                    let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
+                        .map_err(|_| ExchangeError::BadResponse("invalid header value"))?;
+                    map.append(name, value);
+                }
+                if code != 101 {
+                    strip_hop_by_hop(&mut map);
+                }
+                if drop_length {
                     map.remove(header::CONTENT_LENGTH);
+                }
+            }
+            let state = if code == 101 {
+                BodyState::Switched
+            } else if expect.head_only || code == 204 || code == 304 {
+                BodyState::Length(0)
+            } else if meta.transfer_encoding {
+                if drop_length {
                     meta.close = true;
                 }
                 match meta.chunked_last {
-                    true => BodyFraming(BodyState::Chunked(ChunkScan::default())),
-                    false => BodyFraming(BodyState::UntilClose),
+                    true => BodyState::Chunked(ChunkScan::default()),
+                    false => BodyState::UntilClose,
                 }
             } else {
                 match meta.length {
-                    Some(n) => BodyFraming(BodyState::Length(n)),
-                    None => BodyFraming(BodyState::UntilClose),
+                    Some(n) => BodyState::Length(n),
+                    None => BodyState::UntilClose,
                 }
             };
             self.keep_alive = !meta.close
                 && (version == Version::HTTP_11 || meta.keep_alive)
-                && !matches!(framing.0, BodyState::UntilClose)
+                && !matches!(state, BodyState::UntilClose)
                 && code != 101;
+            let framing = BodyFraming { state, passed };
             let mut resp = Response::new(());
             *resp.status_mut() = status;
             *resp.version_mut() = version;
@@ -421,6 +443,7 @@ struct Meta {
     keep_alive: bool,
     /// `Connection` names headers other than its own tokens (they are hop-by-hop too).
     names_headers: bool,
+    date: bool,
 }
 
 impl Meta {
@@ -436,6 +459,8 @@ impl Meta {
             for coding in tokens(h.value) {
                 self.chunked_last = coding.eq_ignore_ascii_case(b"chunked");
             }
+        } else if h.name.eq_ignore_ascii_case("date") {
+            self.date = true;
         } else if h.name.eq_ignore_ascii_case("connection") {
             for token in tokens(h.value) {
                 let close = token.eq_ignore_ascii_case(b"close");
@@ -471,9 +496,39 @@ fn encode_head(buf: &mut Vec<u8>, req: &Request<ProxyBody>, forwarding: &[u8]) -
     chunked
 }
 
-/// How a response's body is delimited (opaque to callers; see [`ResponseBody::new`]).
+/// How a response's body is delimited, and the header lines that pass through (opaque to
+/// callers; see [`ResponseBody::new`]).
 #[derive(Debug)]
-pub struct BodyFraming(BodyState);
+pub struct BodyFraming {
+    state: BodyState,
+    passed: PassedHead,
+}
+
+/// An endpoint's response headers as they go to the client: its header lines, hop-by-hop ones
+/// left out (empty when they went into the response's map instead).
+#[derive(Debug, Default)]
+pub struct PassedHead {
+    lines: Vec<u8>,
+    has_length: bool,
+    has_date: bool,
+}
+
+impl PassedHead {
+    /// Header lines, each ending in CRLF.
+    pub fn lines(&self) -> &[u8] {
+        &self.lines
+    }
+
+    /// The lines carry a `Content-Length`.
+    pub fn has_length(&self) -> bool {
+        self.has_length
+    }
+
+    /// The lines carry a `Date`.
+    pub fn has_date(&self) -> bool {
+        self.has_date
+    }
+}
 
 /// An endpoint's response body, read from its connection as the client takes it. Once it is
 /// over the connection goes back to its pool; dropped before that, the connection closes (it
@@ -481,15 +536,21 @@ pub struct BodyFraming(BodyState);
 pub struct ResponseBody {
     lease: Option<Lease>,
     state: BodyState,
+    passed: PassedHead,
 }
 
 impl ResponseBody {
     pub fn new(lease: Lease, framing: BodyFraming) -> ResponseBody {
-        let mut body = ResponseBody { lease: Some(lease), state: framing.0 };
+        let mut body = ResponseBody { lease: Some(lease), state: framing.state, passed: framing.passed };
         if matches!(body.state, BodyState::Length(0)) {
             body.finish();
         }
         body
+    }
+
+    /// The endpoint's header lines that go to the client after the response's map.
+    pub fn passed_head(&self) -> &PassedHead {
+        &self.passed
     }
 
     /// The connection of a 101 answer, for the tunnel, with the bytes read past the head.

@@ -138,10 +138,16 @@ async fn send(addr: SocketAddr, req: Request<ProxyBody>) -> Result<Response<Resp
     client().request(addr, None, None, req, &[]).await
 }
 
-/// One exchange read to its end: the status, the headers and the body.
+/// One exchange read to its end: the status, the headers as the client gets them (the map's and
+/// the lines passed through) and the body.
 async fn exchange(addr: SocketAddr, req: Request<ProxyBody>) -> (u16, http::HeaderMap, String) {
     let Ok(resp) = send(addr, req).await else { panic!("request failed") };
-    let (head, body) = resp.into_parts();
+    let (mut head, body) = resp.into_parts();
+    let lines = String::from_utf8(body.passed_head().lines().to_vec()).unwrap();
+    for line in lines.split_terminator("\r\n") {
+        let (name, value) = line.split_once(": ").expect("a header line");
+        head.headers.append(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+    }
     let body = body.collect().await.expect("body").to_bytes();
     (head.status.as_u16(), head.headers, String::from_utf8(body.to_vec()).unwrap())
 }
