@@ -159,6 +159,20 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<RequestHead>, Reject> {
     }))
 }
 
+/// Whether [`parse`] can tell more now than when `buf` held its first `seen` bytes and more were
+/// needed: only a line end among the new bytes, or a limit crossed, can change its answer.
+/// A client sending its head a byte at a time then costs a parse per line (at most
+/// [`MAX_HEADERS`] of them), not one per byte, whose total grows with the square of the head's
+/// length (about 2·10⁹ bytes scanned for a 64 KiB head).
+pub fn worth_parsing(buf: &[u8], seen: usize) -> bool {
+    let line_limit = MAX_REQUEST_LINE + 1;
+    seen == 0
+        || seen > buf.len()
+        || buf.len() > MAX_HEAD
+        || (seen <= line_limit && buf.len() > line_limit)
+        || buf[seen..].contains(&b'\n')
+}
+
 fn check_request_line(buf: &[u8]) -> Result<(), Reject> {
     let window = &buf[..buf.len().min(MAX_REQUEST_LINE + 2)];
     match window.iter().position(|&b| b == b'\n') {
@@ -393,5 +407,31 @@ mod tests {
         assert!(!bodiless.expect_continue);
         let absolute = check(b"GET http://a.test:8080/p HTTP/1.1\r\nHost: b\r\n\r\n").unwrap().unwrap();
         assert_eq!(absolute.parts.uri.authority().map(|a| a.as_str()), Some("a.test:8080"));
+    }
+
+    #[test]
+    fn a_head_is_parsed_again_only_when_new_bytes_can_change_the_answer() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        // Fed a byte at a time: parsed at the first byte and at each line end only.
+        let mut parses = 0;
+        let mut seen = 0;
+        for end in 1..=head.len() {
+            let buf = &head[..end];
+            if worth_parsing(buf, seen) {
+                parses += 1;
+                match check(buf) {
+                    Ok(Some(_)) => break,
+                    Ok(None) => seen = buf.len(),
+                    Err(r) => panic!("{r:?}"),
+                }
+            }
+        }
+        assert_eq!(parses, 4, "first byte, request line, Host line, blank line");
+        // Crossing a limit is worth a parse (it gives the 414 or the 431).
+        let long = vec![b'a'; MAX_REQUEST_LINE + 10];
+        assert!(worth_parsing(&long, MAX_REQUEST_LINE));
+        assert!(!worth_parsing(&long, MAX_REQUEST_LINE + 5), "past the limit already: parsed then");
+        let big = vec![b'a'; MAX_HEAD + 1];
+        assert!(worth_parsing(&big, MAX_HEAD));
     }
 }

@@ -138,6 +138,8 @@ impl Server {
     /// Reads until a complete head is buffered (or the connection should close).
     async fn next_head(&mut self) -> Next {
         let deadline = Instant::now() + HEADER_READ_TIMEOUT;
+        // How much of the buffer the last parse saw, when it needed more.
+        let mut seen = 0;
         poll_fn(|cx| {
             // A drain closes idle connections; a pipelined head already here is not taken either.
             if self.phase.poll(cx) != Phase::Serving {
@@ -146,10 +148,10 @@ impl Server {
             let mut w = lock(&self.wire);
             let w = &mut *w;
             loop {
-                if !w.rbuf.is_empty() {
+                if !w.rbuf.is_empty() && head::worth_parsing(&w.rbuf, seen) {
                     match head::parse(&mut w.rbuf) {
                         Ok(Some(h)) => return Poll::Ready(Next::Head(Box::new(h))),
-                        Ok(None) => {}
+                        Ok(None) => seen = w.rbuf.len(),
                         Err(reject) => return Poll::Ready(Next::Refused(reject)),
                     }
                 }
