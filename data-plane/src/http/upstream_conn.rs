@@ -31,7 +31,7 @@ use tokio_util::io::poll_read_buf;
 
 use super::body::{BoxError, ProxyBody};
 use super::chunked::{ChunkScan, Decoded};
-use super::head::{parse_length, tokens, MAX_HEAD, MAX_HEADERS};
+use super::head::{parse_length, tokens, worth_parsing, MAX_HEAD, MAX_HEADERS};
 use super::headers::{is_hop_by_hop, strip_hop_by_hop};
 use super::upstream::Lease;
 
@@ -147,7 +147,7 @@ impl Conn {
         };
         let expect =
             Expect { head_only: req.method() == Method::HEAD, upgrade: req.headers().contains_key(header::UPGRADE) };
-        let mut out = Outgoing { written, chunked, body_done, flushed: false, failed: None };
+        let mut out = Outgoing { written, chunked, body_done, flushed: false, failed: None, head_seen: 0 };
         if body_done {
             // The whole request is in the write buffer: keep it for a resend.
             let result = poll_fn(|cx| self.poll_exchange(cx, &mut ProxyBody::Empty, &mut out, expect)).await;
@@ -174,9 +174,12 @@ impl Conn {
             if out.failed.is_none() && !out.flushed {
                 progressed = self.poll_write_request(cx, body, out)?;
             }
-            if std::mem::take(&mut unparsed) {
-                // Parsed again only once more bytes came in.
-                if let Some(head) = self.parse_head(expect)? {
+            // Parsed again only once more bytes came in that can change the answer (a line end,
+            // a limit crossed): an endpoint trickling its head costs a parse per line.
+            if std::mem::take(&mut unparsed) && worth_parsing(&self.rbuf, out.head_seen) {
+                let parsed = self.parse_head(expect)?;
+                out.head_seen = self.rbuf.len();
+                if let Some(head) = parsed {
                     // An answer before the whole request went out: the rest of it is dropped,
                     // and the connection with it.
                     if !out.flushed {
@@ -431,6 +434,8 @@ struct Outgoing {
     body_done: bool,
     flushed: bool,
     failed: Option<io::Error>,
+    /// How much of the read buffer the last parse of the response head saw.
+    head_seen: usize,
 }
 
 /// What the framing and connection headers of a response say.

@@ -162,6 +162,23 @@ async fn the_request_goes_out_as_given_with_its_body() {
 }
 
 #[tokio::test]
+async fn a_head_trickled_in_pieces_is_read_whole() {
+    // Cuts inside the status line, inside a name, between CR and LF, and right before the blank
+    // line: the head is parsed again only when a line end comes, and still found complete.
+    let e = Endpoint::start(vec![Step::Answer(&[
+        b"HTTP/1.1 2",
+        b"00 OK\r\ncontent-le",
+        b"ngth: 2\r",
+        b"\nx-a: 1\r\n",
+        b"\r\nok",
+    ])])
+    .await;
+    let (status, headers, body) = exchange(e.addr, request(Method::GET, None)).await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    assert_eq!(headers["x-a"], "1");
+}
+
+#[tokio::test]
 async fn a_chunked_answer_read_in_pieces_is_decoded_and_the_connection_reused() {
     let e = Endpoint::start(vec![
         Step::Answer(&[
