@@ -1,6 +1,93 @@
-//! The chunked transfer coding (RFC 9112 §7.1), one grammar for both directions: the server
-//! decodes a client's chunked request body, and the upstream client an endpoint's chunked
-//! response ([`ChunkScan::decode`], both).
+//! Message bodies on the wire (RFC 9112 §6, §7.1), both directions: [`Framed`] takes a body
+//! delimited by a length or by the chunked coding out of a read buffer (the server's request
+//! bodies, the upstream client's responses), [`push_chunk`] writes the chunked coding.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body::SizeHint;
+
+/// A body delimited by its length or by the chunked coding, as far as it has been taken.
+#[derive(Debug)]
+pub enum Framed {
+    /// Bytes left.
+    Length(u64),
+    Chunked(ChunkScan),
+}
+
+/// What [`Framed::take`] found at the start of a (non-empty) read buffer.
+#[derive(Debug)]
+pub enum Taken {
+    /// Body bytes; the body may have ended with them (see [`Framed::ended`]).
+    Data(Bytes),
+    /// The buffer held chunk framing only, now used up: more bytes are needed.
+    More,
+    /// The body ended here (last chunk and trailers used up); what follows stays in the buffer.
+    End,
+    /// The chunked framing is broken.
+    Bad,
+}
+
+impl Framed {
+    /// Takes the next piece of the body off the front of `buf`, leaving what follows the body.
+    pub fn take(&mut self, buf: &mut BytesMut) -> Taken {
+        match self {
+            Framed::Length(left) => {
+                let n = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
+                *left -= n as u64;
+                Taken::Data(buf.split_to(n).freeze())
+            }
+            Framed::Chunked(scan) => match scan.decode(buf) {
+                Decoded::Data { skip, len } => {
+                    buf.advance(skip);
+                    Taken::Data(buf.split_to(len).freeze())
+                }
+                Decoded::More => {
+                    buf.clear();
+                    Taken::More
+                }
+                Decoded::End(k) => {
+                    buf.advance(k);
+                    Taken::End
+                }
+                Decoded::Bad(_) => Taken::Bad,
+            },
+        }
+    }
+
+    /// Whether a body delimited by its length has all its bytes.
+    pub fn ended(&self) -> bool {
+        matches!(self, Framed::Length(0))
+    }
+
+    pub fn size_hint(&self) -> SizeHint {
+        match self {
+            Framed::Length(n) => SizeHint::with_exact(*n),
+            Framed::Chunked(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// The chunked coding's last chunk, with no trailers.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Appends `data` as one chunk (hex size line, data, CRLF).
+pub fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    let mut n = data.len();
+    loop {
+        i -= 1;
+        digits[i] = HEX[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
 
 /// Follows a chunked body, a byte at a time or a slice at a time, with the same grammar as hyper's
 /// decoder.
@@ -185,5 +272,46 @@ mod tests {
         assert_eq!(decode_all(&bytes), (b"helloabc".to_vec(), Some(end)));
         assert_eq!(ChunkScan::default().decode(b"2\r\nab"), Decoded::Data { skip: 3, len: 2 });
         assert_eq!(ChunkScan::default().decode(b"\r\n"), Decoded::Bad(0));
+    }
+
+    #[test]
+    fn chunks_are_written_with_lowercase_hex_sizes() {
+        let mut out = Vec::new();
+        push_chunk(&mut out, b"hello, world");
+        push_chunk(&mut out, &[b'x'; 255]);
+        out.extend_from_slice(LAST_CHUNK);
+        assert!(out.starts_with(b"c\r\nhello, world\r\nff\r\nxxx"));
+        let mut one = Vec::new();
+        push_chunk(&mut one, b"hello, world");
+        assert_eq!(one, b"c\r\nhello, world\r\n");
+        let mut big = Vec::new();
+        push_chunk(&mut big, &vec![0u8; 0x10000]);
+        assert!(big.starts_with(b"10000\r\n"));
+        let mut empty = Vec::new();
+        push_chunk(&mut empty, b"");
+        assert_eq!(empty, LAST_CHUNK, "a zero size is written as 0");
+        // What is written decodes to what went in.
+        let mut buf = BytesMut::from(&out[..]);
+        let mut framed = Framed::Chunked(ChunkScan::default());
+        let mut got = Vec::new();
+        while !buf.is_empty() {
+            match framed.take(&mut buf) {
+                Taken::Data(d) => got.extend_from_slice(&d),
+                Taken::More => {}
+                Taken::End => break,
+                Taken::Bad => panic!("bad"),
+            }
+        }
+        assert_eq!(got.len(), 12 + 255);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn a_length_body_leaves_what_follows() {
+        let mut buf = BytesMut::from(&b"abcGET /"[..]);
+        let mut framed = Framed::Length(3);
+        assert!(matches!(framed.take(&mut buf), Taken::Data(d) if d == "abc"));
+        assert!(framed.ended());
+        assert_eq!(&buf[..], b"GET /");
     }
 }

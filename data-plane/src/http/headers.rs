@@ -95,9 +95,8 @@ pub fn prepare_headers(
         headers.remove(&X_FORWARDED_FOR);
     }
     lines.extend_from_slice(peer_ip.as_bytes());
-    lines.extend_from_slice(b"\r\nx-forwarded-proto: ");
-    lines.extend_from_slice(scheme.as_bytes());
     lines.extend_from_slice(b"\r\n");
+    push_header(lines, X_FORWARDED_PROTO.as_str().as_bytes(), scheme.as_bytes());
     if xfp {
         headers.remove(&X_FORWARDED_PROTO);
     }
@@ -113,9 +112,7 @@ pub fn prepare_headers(
         None => headers.get(header::HOST).cloned(),
     };
     if let Some(host) = host {
-        lines.extend_from_slice(b"x-forwarded-host: ");
-        lines.extend_from_slice(host.as_bytes());
-        lines.extend_from_slice(b"\r\n");
+        push_header(lines, X_FORWARDED_HOST.as_str().as_bytes(), host.as_bytes());
     }
     if !id {
         // `Uuid::new_v4` asks the OS for randomness (a syscall per request); the thread-local
@@ -123,12 +120,18 @@ pub fn prepare_headers(
         let uuid = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
         let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
         uuid.hyphenated().encode_lower(&mut buf);
-        lines.extend_from_slice(b"x-request-id: ");
-        lines.extend_from_slice(&buf);
-        lines.extend_from_slice(b"\r\n");
+        push_header(lines, X_REQUEST_ID.as_str().as_bytes(), &buf);
         out.generated_id = Some(buf);
     }
     out
+}
+
+/// Appends one header line, `name: value` and CRLF, to a head being written.
+pub fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// [`HOP_BY_HOP`] as strings, for comparing raw names: `HeaderName::as_str` on a standard name

@@ -277,7 +277,6 @@ async fn forward(
         let started = Instant::now();
         let sent = async {
             match upgrade {
-                // Boxed: rare, and it would enlarge every request's future (see `request`).
                 Some(_) => {
                     // Boxed: rare, and it would enlarge every request's future (see `request`).
                     let sending = conn.shared.client.request_upgrade(addr, upstream_tls, upstream, forwarding.lines());
@@ -318,8 +317,10 @@ async fn forward(
                         request_id: request_id.clone(),
                     });
                     let mut resp = match upgrade {
-                        Some(_) => switch_protocols(resp, endpoint, permit, cookie),
-                        None => respond(resp, endpoint, permit, cookie),
+                        Some(_) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+                            switch_protocols(resp, endpoint, permit, cookie)
+                        }
+                        _ => respond(resp, endpoint, permit, cookie),
                     };
                     if let Some(s) = served {
                         resp.extensions_mut().insert(s);

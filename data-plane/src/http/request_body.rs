@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
@@ -19,7 +19,7 @@ use tokio_util::either::Either;
 use tokio_util::io::poll_read_buf;
 
 use super::body::BoxError;
-use super::chunked::{ChunkScan, Decoded};
+use super::chunked::{ChunkScan, Framed, Taken};
 use super::head::Framing;
 
 /// A client connection, plaintext or TLS-terminated.
@@ -44,8 +44,7 @@ pub struct Wire {
 #[derive(Debug)]
 enum Left {
     Done,
-    Length(u64),
-    Chunked(ChunkScan),
+    Body(Framed),
     /// The body broke (bad framing, the client went away): the connection cannot be reused.
     Failed,
 }
@@ -82,8 +81,8 @@ impl RequestBody {
     /// The body of the request whose head was just parsed off `wire`, framed by `framing`.
     pub fn start(wire: &SharedWire, framing: Framing, expect_continue: bool) -> RequestBody {
         let left = match framing {
-            Framing::Length(n) if n > 0 => Left::Length(n),
-            Framing::Chunked => Left::Chunked(ChunkScan::default()),
+            Framing::Length(n) if n > 0 => Left::Body(Framed::Length(n)),
+            Framing::Chunked => Left::Body(Framed::Chunked(ChunkScan::default())),
             Framing::Empty | Framing::Length(_) | Framing::Upgrade => return RequestBody::empty(),
         };
         let mut w = lock(wire);
@@ -120,37 +119,22 @@ impl Body for RequestBody {
         }
         loop {
             if !w.rbuf.is_empty() {
-                let data = match &mut w.body {
-                    Left::Done | Left::Failed => return Poll::Ready(None),
-                    Left::Length(left) => {
-                        let take = usize::try_from(*left).unwrap_or(usize::MAX).min(w.rbuf.len());
-                        *left -= take as u64;
-                        if *left == 0 {
+                let Left::Body(framed) = &mut w.body else { return Poll::Ready(None) };
+                // What follows the body stays in the buffer: the next request.
+                match framed.take(&mut w.rbuf) {
+                    Taken::Data(data) => {
+                        if framed.ended() {
                             w.body = Left::Done;
                         }
-                        w.rbuf.split_to(take).freeze()
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
-                    Left::Chunked(scan) => match scan.decode(&w.rbuf) {
-                        Decoded::Data { skip, len } => {
-                            w.rbuf.advance(skip);
-                            w.rbuf.split_to(len).freeze()
-                        }
-                        Decoded::More => {
-                            w.rbuf.clear();
-                            continue;
-                        }
-                        Decoded::End(k) => {
-                            // What follows is the next request.
-                            w.rbuf.advance(k);
-                            w.body = Left::Done;
-                            return Poll::Ready(None);
-                        }
-                        Decoded::Bad(_) => {
-                            return fail(w, io::Error::new(io::ErrorKind::InvalidData, "malformed chunked body"))
-                        }
-                    },
-                };
-                return Poll::Ready(Some(Ok(Frame::data(data))));
+                    Taken::More => continue,
+                    Taken::End => {
+                        w.body = Left::Done;
+                        return Poll::Ready(None);
+                    }
+                    Taken::Bad => return fail(w, io::Error::new(io::ErrorKind::InvalidData, "malformed chunked body")),
+                }
             }
             w.rbuf.reserve(READ_CHUNK);
             match ready!(poll_read_buf(Pin::new(&mut w.io), cx, &mut w.rbuf)) {
@@ -168,10 +152,9 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match &self.wire {
             None => SizeHint::with_exact(0),
-            Some(w) => match lock(w).body {
-                Left::Length(n) => SizeHint::with_exact(n),
+            Some(w) => match &lock(w).body {
+                Left::Body(framed) => framed.size_hint(),
                 Left::Done | Left::Failed => SizeHint::with_exact(0),
-                Left::Chunked(_) => SizeHint::default(),
             },
         }
     }

@@ -10,6 +10,7 @@ use http::{StatusCode, Version};
 use http_body::SizeHint;
 
 use super::head::tokens;
+use super::headers::push_header;
 use super::upstream_conn::PassedHead;
 
 /// How the body after a head is delimited on the wire.
@@ -65,10 +66,7 @@ pub fn encode(
         has_length |= name == header::CONTENT_LENGTH;
         has_date |= name == header::DATE;
         has_connection |= name == header::CONNECTION;
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_header(out, name.as_str().as_bytes(), value.as_bytes());
     }
     if let Some(p) = passed {
         // Hop-by-hop headers (`connection` among them) were left out of these.
@@ -81,9 +79,7 @@ pub fn encode(
     if !opts.no_body && !has_length {
         match size.exact() {
             Some(n) => {
-                out.extend_from_slice(b"content-length: ");
-                out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-                out.extend_from_slice(b"\r\n");
+                push_header(out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
             }
             None if opts.version == Version::HTTP_11 => {
                 out.extend_from_slice(b"transfer-encoding: chunked\r\n");

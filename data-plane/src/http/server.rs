@@ -21,7 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -30,6 +29,7 @@ use tokio::time::Instant;
 use tokio_util::io::poll_read_buf;
 
 use super::body::ProxyBody;
+use super::chunked::{push_chunk, LAST_CHUNK};
 use super::head::{self, Framing, Reject, RequestHead};
 use super::proxy::{self, Downstream};
 use super::request_body::{lock, ClientStream, RequestBody, SharedWire, Wire, READ_CHUNK};
@@ -200,8 +200,10 @@ impl Server {
             if !ended && out.len() < COALESCE {
                 match Pin::new(&mut body).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
-                        if let Some(data) = frame.data_ref().filter(|d| !d.is_empty()) {
-                            push_data(out, data, chunked);
+                        match frame.data_ref().filter(|d| !d.is_empty()) {
+                            Some(data) if chunked => push_chunk(out, data),
+                            Some(data) => out.extend_from_slice(data),
+                            None => {}
                         }
                         continue;
                     }
@@ -213,7 +215,7 @@ impl Server {
                     Poll::Ready(None) => {
                         ended = true;
                         if chunked {
-                            out.extend_from_slice(b"0\r\n\r\n");
+                            out.extend_from_slice(LAST_CHUNK);
                         }
                         continue;
                     }
@@ -246,20 +248,7 @@ impl Server {
 
     /// Writes all of `out`; returns whether it went.
     async fn write_out(&mut self) -> bool {
-        let mut written = 0;
-        let Server { wire, out, .. } = self;
-        poll_fn(|cx| {
-            let mut w = lock(wire);
-            while written < out.len() {
-                match Pin::new(&mut w.io).poll_write(cx, &out[written..]) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(false),
-                    Poll::Ready(Ok(n)) => written += n,
-                    Poll::Pending => return Poll::Pending,
-                }
-            }
-            Pin::new(&mut w.io).poll_flush(cx).map(|r| r.is_ok())
-        })
-        .await
+        self.write_body(ProxyBody::Empty, BodyOut::Plain).await
     }
 
     /// Writes the 101 and turns the connection into a tunnel to the endpoint.
@@ -301,47 +290,5 @@ impl Server {
             Poll::Ready(())
         });
         let _ = tokio::time::timeout(LINGER, drain).await;
-    }
-}
-
-/// Appends one body frame, in a chunk of its own when the body goes chunked.
-fn push_data(out: &mut Vec<u8>, data: &Bytes, chunked: bool) {
-    if chunked {
-        let mut hex = [0u8; 16];
-        let digits = hex_len(data.len(), &mut hex);
-        out.extend_from_slice(digits);
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(data);
-        out.extend_from_slice(b"\r\n");
-    } else {
-        out.extend_from_slice(data);
-    }
-}
-
-fn hex_len(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b"0123456789abcdef"[n & 15];
-        n >>= 4;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunk_sizes_are_lowercase_hex() {
-        let mut buf = [0u8; 16];
-        assert_eq!(hex_len(0, &mut buf), b"0");
-        assert_eq!(hex_len(255, &mut buf), b"ff");
-        assert_eq!(hex_len(0x10000, &mut buf), b"10000");
-        let mut out = Vec::new();
-        push_data(&mut out, &Bytes::from_static(b"hello, world"), true);
-        assert_eq!(out, b"c\r\nhello, world\r\n");
     }
 }

@@ -37,26 +37,16 @@ pub struct Switched {
     _held: (EndpointGuard, Option<RequestPermit>),
 }
 
-/// The endpoint's answer to an upgrade request. A 101 goes to the client with its `Upgrade` and
-/// the endpoint's connection as its body; any other answer is an ordinary response that closes
-/// the client connection: bytes after an upgrade request are never checked as HTTP (see
-/// `head::Framing::Upgrade`).
+/// The endpoint's 101 to an upgrade request: it goes to the client with its `Upgrade`, and with
+/// the endpoint's connection as its body. (Any other answer to an upgrade request is an ordinary
+/// response, which `handle` marks `connection: close`: bytes after an upgrade request are never
+/// checked as HTTP, see `head::Framing::Upgrade`.)
 pub fn switch_protocols(
     resp: Response<ResponseBody>,
     endpoint: EndpointGuard,
     permit: Option<RequestPermit>,
     cookie: Option<HeaderValue>,
 ) -> Response<ProxyBody> {
-    if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-        // `handle` marks the answer `connection: close`.
-        // The upstream client left the hop-by-hop headers out of anything but a 101.
-        let (mut head, body) = resp.into_parts();
-        if let Some(c) = cookie {
-            head.headers.append(header::SET_COOKIE, c);
-        }
-        let body = ProxyBody::Upstream { body, endpoint: Some(endpoint), permit };
-        return Response::from_parts(head, body);
-    }
     let (mut head, body) = resp.into_parts();
     let Some((upstream, early)) = body.into_upgraded() else {
         return Response::from_parts(head, ProxyBody::Empty);

@@ -13,7 +13,7 @@
 //! ```
 
 use std::future::poll_fn;
-use std::io::{self, Write as _};
+use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
@@ -30,9 +30,9 @@ use tokio_util::either::Either;
 use tokio_util::io::poll_read_buf;
 
 use super::body::{BoxError, ProxyBody};
-use super::chunked::{ChunkScan, Decoded};
+use super::chunked::{push_chunk, ChunkScan, Framed, Taken, LAST_CHUNK};
 use super::head::{parse_length, tokens, worth_parsing, MAX_HEAD, MAX_HEADERS};
-use super::headers::{is_hop_by_hop, strip_hop_by_hop};
+use super::headers::{is_hop_by_hop, push_header, strip_hop_by_hop};
 use super::upstream::Lease;
 
 /// A connection to an endpoint, plaintext or TLS.
@@ -81,8 +81,8 @@ pub struct Conn {
 /// How the response body is delimited, and how far it has been read.
 #[derive(Debug)]
 enum BodyState {
-    Length(u64),
-    Chunked(ChunkScan),
+    /// Delimited by a length or the chunked coding.
+    Framed(Framed),
     /// No length: the body ends when the endpoint closes (the connection cannot be reused).
     UntilClose,
     /// A 101: no body, and the connection now carries another protocol (see `into_upgraded`).
@@ -244,9 +244,7 @@ impl Conn {
                         self.wbuf.clear();
                         out.written = 0;
                         if out.chunked {
-                            let _ = write!(self.wbuf, "{:x}\r\n", data.len());
-                            self.wbuf.extend_from_slice(data);
-                            self.wbuf.extend_from_slice(b"\r\n");
+                            push_chunk(&mut self.wbuf, data);
                         } else {
                             self.wbuf.extend_from_slice(data);
                         }
@@ -258,7 +256,7 @@ impl Conn {
                     out.body_done = true;
                     if out.chunked {
                         self.wbuf.clear();
-                        self.wbuf.extend_from_slice(b"0\r\n\r\n");
+                        self.wbuf.extend_from_slice(LAST_CHUNK);
                         out.written = 0;
                     }
                     Ok(true)
@@ -337,10 +335,7 @@ impl Conn {
                     if is_hop_by_hop(name) || (drop_length && name.eq_ignore_ascii_case(b"content-length")) {
                         continue;
                     }
-                    passed.lines.extend_from_slice(name);
-                    passed.lines.extend_from_slice(b": ");
-                    passed.lines.extend_from_slice(&self.rbuf[v..v + vl]);
-                    passed.lines.extend_from_slice(b"\r\n");
+                    push_header(&mut passed.lines, name, &self.rbuf[v..v + vl]);
                 }
                 passed.has_length = meta.length.is_some() && !drop_length;
                 passed.has_date = meta.date;
@@ -368,18 +363,18 @@ impl Conn {
             let state = if code == 101 {
                 BodyState::Switched
             } else if expect.head_only || code == 204 || code == 304 {
-                BodyState::Length(0)
+                BodyState::Framed(Framed::Length(0))
             } else if meta.transfer_encoding {
                 if drop_length {
                     meta.close = true;
                 }
                 match meta.chunked_last {
-                    true => BodyState::Chunked(ChunkScan::default()),
+                    true => BodyState::Framed(Framed::Chunked(ChunkScan::default())),
                     false => BodyState::UntilClose,
                 }
             } else {
                 match meta.length {
-                    Some(n) => BodyState::Length(n),
+                    Some(n) => BodyState::Framed(Framed::Length(n)),
                     None => BodyState::UntilClose,
                 }
             };
@@ -487,10 +482,7 @@ fn encode_head(buf: &mut Vec<u8>, req: &Request<ProxyBody>, forwarding: &[u8]) -
     buf.extend_from_slice(req.uri().path_and_query().map_or("/", |p| p.as_str()).as_bytes());
     buf.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in req.headers() {
-        buf.extend_from_slice(name.as_str().as_bytes());
-        buf.extend_from_slice(b": ");
-        buf.extend_from_slice(value.as_bytes());
-        buf.extend_from_slice(b"\r\n");
+        push_header(buf, name.as_str().as_bytes(), value.as_bytes());
     }
     buf.extend_from_slice(forwarding);
     let chunked = !req.body().is_end_stream() && !req.headers().contains_key(header::CONTENT_LENGTH);
@@ -547,7 +539,7 @@ pub struct ResponseBody {
 impl ResponseBody {
     pub fn new(lease: Lease, framing: BodyFraming) -> ResponseBody {
         let mut body = ResponseBody { lease: Some(lease), state: framing.state, passed: framing.passed };
-        if matches!(body.state, BodyState::Length(0)) {
+        if matches!(&body.state, BodyState::Framed(f) if f.ended()) {
             body.finish();
         }
         body
@@ -593,31 +585,20 @@ impl Body for ResponseBody {
             if !conn.rbuf.is_empty() {
                 let data = match &mut this.state {
                     BodyState::Done | BodyState::Switched => return Poll::Ready(None),
-                    BodyState::Length(left) => {
-                        let take = usize::try_from(*left).unwrap_or(usize::MAX).min(conn.rbuf.len());
-                        *left -= take as u64;
-                        let data = conn.rbuf.split_to(take).freeze();
-                        if *left == 0 {
-                            this.finish();
-                        }
-                        data
-                    }
                     BodyState::UntilClose => conn.rbuf.split().freeze(),
-                    BodyState::Chunked(scan) => match scan.decode(&conn.rbuf) {
-                        Decoded::Data { skip, len } => {
-                            conn.rbuf.advance(skip);
-                            conn.rbuf.split_to(len).freeze()
+                    BodyState::Framed(framed) => match framed.take(&mut conn.rbuf) {
+                        Taken::Data(data) => {
+                            if framed.ended() {
+                                this.finish();
+                            }
+                            data
                         }
-                        Decoded::More => {
-                            conn.rbuf.clear();
-                            continue;
-                        }
-                        Decoded::End(k) => {
-                            conn.rbuf.advance(k);
+                        Taken::More => continue,
+                        Taken::End => {
                             this.finish();
                             return Poll::Ready(None);
                         }
-                        Decoded::Bad(_) => return this.fail(ExchangeError::BadResponse("malformed chunked body")),
+                        Taken::Bad => return this.fail(ExchangeError::BadResponse("malformed chunked body")),
                     },
                 };
                 return Poll::Ready(Some(Ok(Frame::data(data))));
@@ -644,8 +625,8 @@ impl Body for ResponseBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.state {
-            BodyState::Length(n) => SizeHint::with_exact(n),
+        match &self.state {
+            BodyState::Framed(framed) => framed.size_hint(),
             BodyState::Done | BodyState::Switched => SizeHint::with_exact(0),
             _ => SizeHint::default(),
         }
