@@ -359,9 +359,10 @@ impl Acceptor {
             Protocol::Tls => {
                 let shared = self.shared.clone();
                 let name = self.name.clone();
+                let l4 = self.l4.clone();
                 self.connections.spawn(
                     async move {
-                        crate::tls::passthrough::serve(stream, &name, &shared, phase).await;
+                        crate::tls::passthrough::serve(stream, peer, &name, &shared, &l4, phase).await;
                         drop(active);
                     }
                     .instrument(span),

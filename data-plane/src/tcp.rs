@@ -27,11 +27,11 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::l4_stats::L4Stats;
+use crate::l4_stats::{Admitted, L4Stats};
 use crate::listeners::Phase;
 use crate::phase_watch::PhaseWatch;
 use crate::state::Shared;
-use crate::table::{hash_ip, ClusterLb, EndpointGuard};
+use crate::table::{hash_ip, ClusterLb, EndpointGuard, ListenerTable};
 
 /// Bound on connecting upstream, all endpoint tries together.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -51,41 +51,60 @@ pub async fn serve(
 ) {
     // The table is read once, to connect; the connection holds only its endpoint guard after that,
     // so later revisions neither cut it nor stay in memory because of it.
-    let (upstream, guard, idle, tls, _admitted) = {
+    let (upstream, idle, tls) = {
         let Some(installed) = shared.installed.load_full() else { return };
         let Some(table) = installed.table.listener(listener) else { return };
         let Some(cluster) = table.cluster() else {
             tracing::debug!("listener has no cluster in the installed table");
             return;
         };
-        let Some(admitted) = stats.admit(table.max_connections().unwrap_or(DEFAULT_MAX_CONNECTIONS)) else {
-            tracing::debug!("max_connections reached, closing");
-            return;
-        };
-        // The client IP is the only key raw traffic has: ring_hash and maglev use it even without
-        // `hash_on` (other policies ignore the key).
-        let key = Some(hash_ip(peer.ip()));
-        let Some((upstream, guard)) = connect(cluster, key, stats).await else {
-            stats.no_endpoint.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
+        let Some(upstream) = admit_and_connect(peer, table, cluster, stats).await else { return };
         let tls = installed.tls.upstream(cluster.name()).cloned();
-        (upstream, guard, table.idle_timeout(), tls, admitted)
+        (upstream, table.idle_timeout(), tls)
     };
-    let _ = upstream.set_nodelay(true);
-    tracing::debug!(endpoint = %guard.address(), "connected upstream");
+    let Upstream { stream, endpoint, slot: _slot } = upstream;
     match tls {
         // The cluster speaks TLS: the client's plaintext goes to the endpoint encrypted.
-        Some(tls) => match tls.connect(guard.address(), upstream).await {
-            Ok(upstream) => splice_tls(client, upstream, idle, stats, phase).await,
+        Some(tls) => match tls.connect(endpoint.address(), stream).await {
+            Ok(stream) => splice_tls(client, stream, idle, stats, phase).await,
             Err(e) => {
-                tracing::debug!(endpoint = %guard.address(), error = %e, "upstream TLS handshake failed");
-                stats.connect_failed(guard.address());
+                tracing::debug!(endpoint = %endpoint.address(), error = %e, "upstream TLS handshake failed");
+                stats.connect_failed(endpoint.address());
             }
         },
-        None => splice(client, upstream, idle, stats, phase).await,
+        None => splice(client, stream, idle, stats, phase).await,
     }
-    drop(guard);
+}
+
+/// An admitted client's connection to an endpoint; dropping it releases the endpoint (which
+/// `least_request` counts) and the listener's connection slot.
+pub struct Upstream {
+    pub stream: TcpStream,
+    pub endpoint: EndpointGuard,
+    pub slot: Admitted,
+}
+
+/// Admits a client under the listener's `max_connections` and connects it to an endpoint of
+/// `cluster`; `None` (counted) when the limit is reached or no endpoint could be reached.
+pub async fn admit_and_connect(
+    peer: SocketAddr,
+    table: &ListenerTable,
+    cluster: &ClusterLb,
+    stats: &Arc<L4Stats>,
+) -> Option<Upstream> {
+    let Some(slot) = stats.admit(table.max_connections().unwrap_or(DEFAULT_MAX_CONNECTIONS)) else {
+        tracing::debug!("max_connections reached, closing");
+        return None;
+    };
+    // The client IP is the only key raw traffic has: ring_hash and maglev use it even without
+    // `hash_on` (other policies ignore the key).
+    let Some((stream, endpoint)) = connect(cluster, Some(hash_ip(peer.ip())), stats).await else {
+        stats.no_endpoint.fetch_add(1, Ordering::Relaxed);
+        return None;
+    };
+    let _ = stream.set_nodelay(true);
+    tracing::debug!(endpoint = %endpoint.address(), "connected upstream");
+    Some(Upstream { stream, endpoint, slot })
 }
 
 /// Connects to an endpoint of `cluster` (by `key` for the hashing policies), trying the next one

@@ -244,3 +244,75 @@ async fn passthrough_routes_by_sni_without_terminating() {
     node.shutdown().await;
     cp.stop().await;
 }
+
+/// The bytes a real TLS client opens with, for `server_name` (rustls, in memory).
+fn client_hello(server_name: &str) -> Vec<u8> {
+    let config = any_cert_client_config(&[&rustls::version::TLS13], &[]);
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    hello
+}
+
+/// Once routed by its SNI, a passthrough connection is an L4 connection: the listener's
+/// `max_connections` holds, an endpoint that refuses is skipped for the next one, and the
+/// `sluice_l4_*` series count it. (An echo endpoint: the ClientHello coming back proves it was
+/// replayed and the splice runs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_connections_are_admitted_retried_and_counted_like_tcp() {
+    let (echo, _echo) = echo_backend().await;
+    let (refusing, _held) = refusing_addr();
+    let addr = free_addr();
+    let cfg = config(json!({
+        "clusters": {"c": {"endpoints": [{"address": refusing.to_string()}, {"address": echo.to_string()}]}},
+        "listeners": {"edge": {"address": addr.to_string(), "protocol": "tls", "cluster": "c", "max_connections": 1}}
+    }));
+    let cp = ControlPlane::start(Some(snapshot(&cfg, 1))).await;
+    let node = start_node(vec![cp.url()], None).await;
+    cp.expect_ack(1).await;
+    let hello = client_hello("db.pass.test");
+    let echoed = |mut s: TcpStream| {
+        let hello = hello.clone();
+        async move {
+            s.write_all(&hello).await.unwrap();
+            let mut back = vec![0u8; hello.len()];
+            tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut back)).await.expect("echo").unwrap();
+            assert_eq!(back, hello);
+            s
+        }
+    };
+
+    let held = echoed(TcpStream::connect(addr).await.unwrap()).await;
+    // Over the limit: closed without an answer.
+    let mut refused = TcpStream::connect(addr).await.unwrap();
+    refused.write_all(&hello).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), refused.read_to_end(&mut buf)).await.expect("closed");
+    assert!(buf.is_empty(), "a connection over max_connections got through");
+    drop(held);
+    eventually("the slot is free", || async {
+        (metric(&node, "sluice_l4_active_connections", &[("listener", "edge")]).await == Some(0.0)).then_some(())
+    })
+    .await;
+    // Round robin over [refusing, echo]: of two connections, one is sent to the refusing endpoint
+    // first and goes on to the next.
+    drop(echoed(TcpStream::connect(addr).await.unwrap()).await);
+
+    let m = |name: &'static str| metric(&node, name, &[("listener", "edge")]);
+    assert_eq!(m("sluice_l4_connections_total").await, Some(2.0));
+    assert_eq!(m("sluice_l4_rejected_total").await, Some(1.0));
+    let refusing = refusing.to_string();
+    let failures =
+        metric(&node, "sluice_l4_connect_failures_total", &[("listener", "edge"), ("endpoint", &refusing)]).await;
+    assert!(failures.unwrap_or(0.0) >= 1.0, "the refusing endpoint was never tried");
+    eventually("bytes both ways counted", || async {
+        let sent = m("sluice_l4_sent_bytes_total").await?;
+        let received = m("sluice_l4_received_bytes_total").await?;
+        (sent >= 2.0 * hello.len() as f64 && received >= 2.0 * hello.len() as f64).then_some(())
+    })
+    .await;
+
+    node.shutdown().await;
+    cp.stop().await;
+}

@@ -1,8 +1,11 @@
 //! `tls` passthrough listeners: read the ClientHello's SNI without terminating, pick the cluster
 //! from the listener's `sni` map (exact, then wildcard, else its default `cluster`), connect, replay
-//! the bytes read so far and splice both ways. The TLS session is between client and backend.
+//! the bytes read so far and splice both ways as a tcp listener does (`tcp.rs`: `max_connections`,
+//! `idle_timeout_ms`, the next endpoint on failure, the `sluice_l4_*` metrics). The TLS session is
+//! between client and backend.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,59 +15,42 @@ use tokio::sync::watch;
 
 use super::client_hello;
 use super::HANDSHAKE_TIMEOUT;
+use crate::l4_stats::L4Stats;
 use crate::listeners::Phase;
 use crate::state::Shared;
+use crate::tcp;
 
-/// How long to wait for one endpoint before trying the next.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-pub async fn serve(mut client: TcpStream, listener: &str, shared: &Arc<Shared>, mut phase: watch::Receiver<Phase>) {
+pub async fn serve(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    listener: &str,
+    shared: &Arc<Shared>,
+    stats: &Arc<L4Stats>,
+    phase: watch::Receiver<Phase>,
+) {
     let Some((hello, server_name)) = read_hello(&mut client, HANDSHAKE_TIMEOUT).await else { return };
     // Loaded after the hello: the connection routes by the table current when it is routable.
-    let Some(installed) = shared.installed.load_full() else { return };
-    let Some(cluster) = installed.table.listener(listener).and_then(|l| l.sni_cluster(server_name.as_deref())) else {
-        tracing::debug!(sni = ?server_name, "no cluster for this server name");
-        return;
-    };
-    let mut tried: Vec<SocketAddr> = Vec::new();
-    let (mut upstream, _endpoint) = loop {
-        let Some(endpoint) = cluster.pick_excluding(&tried) else {
-            tracing::debug!(cluster = cluster.name(), tried = tried.len(), "no endpoint to connect to");
+    // From here on it is an L4 connection: admitted under `max_connections`, connected with
+    // retries on the next endpoint, counted and spliced like a tcp listener's.
+    let (upstream, idle) = {
+        let Some(installed) = shared.installed.load_full() else { return };
+        let Some(table) = installed.table.listener(listener) else { return };
+        let Some(cluster) = table.sni_cluster(server_name.as_deref()) else {
+            tracing::debug!(sni = ?server_name, "no cluster for this server name");
             return;
         };
-        let addr = endpoint.address();
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-            Ok(Ok(upstream)) => break (upstream, endpoint),
-            Ok(Err(e)) => tracing::debug!(%addr, error = %e, "upstream connect failed"),
-            Err(_) => tracing::debug!(%addr, "upstream connect timed out"),
-        }
-        tried.push(addr);
+        let Some(upstream) = tcp::admit_and_connect(peer, table, cluster, stats).await else { return };
+        tracing::debug!(sni = ?server_name, cluster = cluster.name(), "passthrough");
+        (upstream, table.idle_timeout())
     };
-    let _ = upstream.set_nodelay(true);
-    tracing::debug!(sni = ?server_name, cluster = cluster.name(), "passthrough");
-    if let Err(e) = upstream.write_all(&hello).await {
+    let tcp::Upstream { mut stream, endpoint: _endpoint, slot: _slot } = upstream;
+    if let Err(e) = stream.write_all(&hello).await {
         tracing::debug!(error = %e, "replaying the ClientHello failed");
         return;
     }
+    stats.bytes_from_clients.fetch_add(hello.len() as u64, Ordering::Relaxed);
     drop(hello);
-    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
-    tokio::pin!(copy);
-    loop {
-        tokio::select! {
-            res = &mut copy => {
-                if let Err(e) = res {
-                    tracing::debug!(error = %e, "tls passthrough ended with an error");
-                }
-                return;
-            }
-            // Draining leaves established connections alone; only abort (or a gone listener) cuts.
-            changed = phase.changed() => {
-                if changed.is_err() || *phase.borrow_and_update() == Phase::Abort {
-                    return;
-                }
-            }
-        }
-    }
+    tcp::splice(client, stream, idle, stats, phase).await;
 }
 
 /// The bytes of the ClientHello (and whatever followed it in the same reads) and its server name;

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# callgrind-l7.sh [SLUICE_BIN] — user-space instructions per proxied L7 request, a figure that
-# machine noise cannot move (same binary, same load: same count).
+# callgrind.sh [SLUICE_BIN] — user-space instructions per proxied request, a figure that machine
+# noise cannot move (same binary, same load: same count). MODE=l7 (default) or MODE=l4; CONNS
+# (default 4) wrk connections.
 #
 # Starts one nginx backend (13-byte answer, as peers.sh's), `sluice dev` under callgrind with
-# counting off, one HTTP listener with a catch-all route (sluice-candidate.sh), then counts only
-# while `wrk -t1 -c4` runs for DURATION seconds. Prints instructions per request and the top
+# counting off, one HTTP listener with a catch-all route or one TCP listener
+# (sluice-candidate.sh), then counts only
+# while `wrk -t1 -cCONNS` runs for DURATION seconds. Prints instructions per request and the top
 # functions (inclusive). Needs valgrind, nginx, wrk (scripts/install-bench-tools.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$(realpath "${1:-target/release/sluice}")
-port=${PORT:-18240} backend=${BACKEND_PORT:-18250} duration=${DURATION:-10}
+mode=${MODE:-l7} conns=${CONNS:-4} port=${PORT:-18240} backend=${BACKEND_PORT:-18250} duration=${DURATION:-10}
 tmp=$(mktemp -d)
 pids=()
 cleanup() {
@@ -27,7 +29,7 @@ done
 cat > "$tmp/nginx.conf" <<EOF
 worker_processes 1; daemon off; pid $tmp/nginx.pid; error_log $tmp/nginx.err;
 events {}
-http { access_log off; server { listen 127.0.0.1:$backend; location / { return 200 "hello, world\n"; } } }
+http { access_log off; keepalive_requests 10000000; server { listen 127.0.0.1:$backend; location / { return 200 "hello, world\n"; } } }
 EOF
 nginx -c "$tmp/nginx.conf" -p "$tmp" & pids+=($!)
 
@@ -37,16 +39,16 @@ exec valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=$tmp/call
 EOF
 chmod +x "$tmp/sluice-under-callgrind"
 SLUICE_BIN="$tmp/sluice-under-callgrind" BENCH_BACKENDS="127.0.0.1:$backend" BENCH_TMP="$tmp" \
-  ../shared/bench/sluice-candidate.sh l7 "$port" > "$tmp/candidate.log" 2>&1 & pids+=($!)
+  ../shared/bench/sluice-candidate.sh "$mode" "$port" > "$tmp/candidate.log" 2>&1 & pids+=($!)
 
 for _ in $(seq 600); do
   curl -sf -o /dev/null "http://127.0.0.1:$port/" && break
   sleep 0.2
 done
 curl -sf -o /dev/null "http://127.0.0.1:$port/" || { cat "$tmp/candidate.log"; exit 1; }
-wrk -t1 -c4 -d2s "http://127.0.0.1:$port/" > /dev/null   # warm the pools
+wrk -t1 -c"$conns" -d2s "http://127.0.0.1:$port/" > /dev/null   # warm the pools
 callgrind_control -i on > /dev/null
-out=$(wrk -t1 -c4 -d"${duration}s" "http://127.0.0.1:$port/")
+out=$(wrk -t1 -c"$conns" -d"${duration}s" "http://127.0.0.1:$port/")
 callgrind_control -i off > /dev/null
 callgrind_control -d > /dev/null
 requests=$(awk '/requests in/ {print $1}' <<< "$out")
@@ -56,5 +58,5 @@ file=$tmp/callgrind.out.1   # the dump taken right after the counted run
 total=$(callgrind_annotate "$file" 2>/dev/null | awk '/PROGRAM TOTALS/ && !t {gsub(",", "", $1); t = $1} END {print t}')
 echo "requests: $requests  instructions: $total  per request: $((total / requests))"
 callgrind_annotate --inclusive=yes "$file" 2>/dev/null | sed -n '/^Ir/,$p' | head -40 || true
-cp "$file" "${OUT:-/tmp/callgrind-l7.out}"
-echo "profile kept in ${OUT:-/tmp/callgrind-l7.out}"
+cp "$file" "${OUT:-/tmp/callgrind-$mode.out}"
+echo "profile kept in ${OUT:-/tmp/callgrind-$mode.out}"
