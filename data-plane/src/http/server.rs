@@ -292,3 +292,75 @@ impl Server {
         let _ = tokio::time::timeout(LINGER, drain).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::state::Shared;
+
+    /// A client connected to [`serve`] on a real socket, with the clock paused: the runtime jumps
+    /// to the next timer whenever nothing else can run.
+    async fn connected() -> (TcpStream, tokio::task::JoinHandle<()>, watch::Sender<Phase>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let conn =
+            Arc::new(ConnCtx { listener: Arc::from("web"), peer, scheme: "http", shared: Arc::new(Shared::new()) });
+        let (tx, rx) = watch::channel(Phase::Serving);
+        (client, tokio::spawn(serve(tokio_util::either::Either::Left(stream), conn, rx)), tx)
+    }
+
+    /// Closed with nothing sent: how long after `started` (virtual time).
+    async fn closed_after(client: &mut TcpStream, started: Instant) -> Duration {
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "nothing is answered to an unfinished head: {rest:?}");
+        started.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_left_unfinished_is_closed_at_the_header_timeout() {
+        let (mut client, server, _phase) = connected().await;
+        let started = Instant::now();
+        client.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        let after = closed_after(&mut client, started).await;
+        assert!(after >= HEADER_READ_TIMEOUT && after < HEADER_READ_TIMEOUT + Duration::from_secs(1), "{after:?}");
+        server.await.unwrap();
+    }
+
+    /// The bound is on the whole head, not on each read: a client trickling a header line every
+    /// 10 s (slowloris) is closed at 30 s all the same. An idle connection gets the same bound.
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_head_and_an_idle_connection_get_the_same_bound() {
+        let (mut client, server, _phase) = connected().await;
+        let started = Instant::now();
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let (mut reader, mut writer) = client.split();
+        let trickle = async {
+            for i in 0.. {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                if writer.write_all(format!("x-line-{i}: 1\r\n").as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        };
+        let closed = async {
+            let mut rest = Vec::new();
+            reader.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty());
+            started.elapsed()
+        };
+        let after = tokio::select! { after = closed => after, () = trickle => unreachable!() };
+        assert!(after >= HEADER_READ_TIMEOUT && after < HEADER_READ_TIMEOUT + Duration::from_secs(1), "{after:?}");
+        server.await.unwrap();
+
+        let (mut idle, server, _phase) = connected().await;
+        let started = Instant::now();
+        let after = closed_after(&mut idle, started).await;
+        assert!(after >= HEADER_READ_TIMEOUT && after < HEADER_READ_TIMEOUT + Duration::from_secs(1), "{after:?}");
+        server.await.unwrap();
+    }
+}
