@@ -313,12 +313,14 @@ mod tests {
         (client, tokio::spawn(serve(tokio_util::either::Either::Left(stream), conn, rx)), tx)
     }
 
-    /// Closed with nothing sent: how long after `started` (virtual time).
-    async fn closed_after(client: &mut TcpStream, started: Instant) -> Duration {
+    /// Waits for the server to close with nothing sent; asserts that came at the header timeout
+    /// after `started` (virtual time).
+    async fn closed_at_the_timeout<R: AsyncRead + Unpin>(client: &mut R, started: Instant) {
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty(), "nothing is answered to an unfinished head: {rest:?}");
-        started.elapsed()
+        let after = started.elapsed();
+        assert!(after >= HEADER_READ_TIMEOUT && after < HEADER_READ_TIMEOUT + Duration::from_secs(1), "{after:?}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -326,8 +328,7 @@ mod tests {
         let (mut client, server, _phase) = connected().await;
         let started = Instant::now();
         client.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
-        let after = closed_after(&mut client, started).await;
-        assert!(after >= HEADER_READ_TIMEOUT && after < HEADER_READ_TIMEOUT + Duration::from_secs(1), "{after:?}");
+        closed_at_the_timeout(&mut client, started).await;
         server.await.unwrap();
     }
 
@@ -347,20 +348,14 @@ mod tests {
                 }
             }
         };
-        let closed = async {
-            let mut rest = Vec::new();
-            reader.read_to_end(&mut rest).await.unwrap();
-            assert!(rest.is_empty());
-            started.elapsed()
-        };
-        let after = tokio::select! { after = closed => after, () = trickle => unreachable!() };
-        assert!(after >= HEADER_READ_TIMEOUT && after < HEADER_READ_TIMEOUT + Duration::from_secs(1), "{after:?}");
+        tokio::select! {
+            () = closed_at_the_timeout(&mut reader, started) => {}
+            () = trickle => unreachable!(),
+        }
         server.await.unwrap();
 
         let (mut idle, server, _phase) = connected().await;
-        let started = Instant::now();
-        let after = closed_after(&mut idle, started).await;
-        assert!(after >= HEADER_READ_TIMEOUT && after < HEADER_READ_TIMEOUT + Duration::from_secs(1), "{after:?}");
+        closed_at_the_timeout(&mut idle, Instant::now()).await;
         server.await.unwrap();
     }
 }
