@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use reqwest::{Method, StatusCode};
 use serde_json::json;
 use sluice_e2e::{eventually, free_addr, Sluice};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -81,6 +82,19 @@ async fn tcp_and_udp_listeners_over_the_api() {
     api.put("listeners", "resolver", json!({"address": udp.to_string(), "protocol": "udp", "cluster": "dns"})).await;
     let (_, got) = api.get("/v1/listeners/db").await;
     assert_eq!((got["max_connections"].as_u64(), got["drain_ms"].as_u64()), (Some(100), Some(2000)), "{got}");
+    // PROXY protocol: an unknown version, or a listener kind that has no connection to start
+    // with a header, is refused with the field named and changes nothing.
+    let before = api.revision().await;
+    let v3 =
+        json!({"address": free_addr().to_string(), "protocol": "tcp", "cluster": "replicas", "proxy_protocol": "v3"});
+    let udp_pp =
+        json!({"address": free_addr().to_string(), "protocol": "udp", "cluster": "dns", "proxy_protocol": "v1"});
+    for bad in [v3, udp_pp] {
+        let (status, err) = api.call(Method::PUT, "/v1/listeners/pp", Some(&bad)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+        assert_eq!(err["error"]["field"], "proxy_protocol", "{err}");
+    }
+    assert_eq!(api.revision().await, before);
 
     // One client IP, one endpoint (maglev on the source IP).
     let (first, mut held) = eventually(WAIT, "the tcp listener", || open(tcp)).await;

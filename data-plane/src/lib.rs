@@ -19,6 +19,7 @@ mod listeners;
 mod metrics;
 mod node;
 mod phase_watch;
+mod proxy_protocol;
 mod spread;
 mod state;
 mod stream_client;

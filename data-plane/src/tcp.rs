@@ -10,6 +10,8 @@
 //! - Endpoint choice: the cluster's policy; `ring_hash`/`maglev` key on the client IP (what
 //!   `hash_on: {"source_ip": true}` says; also the default, raw traffic has no other key). A refused or unreachable endpoint is counted and
 //!   the next one tried, all within [`CONNECT_TIMEOUT`]; then the client is closed.
+//! - `proxy_protocol`: the endpoint gets a PROXY protocol header with the client's address before
+//!   the client's first byte (`proxy_protocol.rs`).
 //! - Config changes never touch an open connection: the table is only read to connect, and the
 //!   endpoint guard (which `least_request` counts) lives as long as the connection.
 
@@ -22,7 +24,8 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use sluice_shared::model::ProxyProtocol;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -30,6 +33,7 @@ use tokio::time::Instant;
 use crate::l4_stats::{Admitted, L4Stats};
 use crate::listeners::Phase;
 use crate::phase_watch::PhaseWatch;
+use crate::proxy_protocol;
 use crate::state::Shared;
 use crate::table::{hash_ip, ClusterLb, EndpointGuard, ListenerTable};
 
@@ -58,7 +62,7 @@ pub async fn serve(
             tracing::debug!("listener has no cluster in the installed table");
             return;
         };
-        let Some(upstream) = admit_and_connect(peer, table, cluster, stats).await else { return };
+        let Some(upstream) = admit_and_connect(&client, peer, table, cluster, stats).await else { return };
         let tls = installed.tls.upstream(cluster.name()).cloned();
         (upstream, table.idle_timeout(), tls)
     };
@@ -85,8 +89,10 @@ pub struct Upstream {
 }
 
 /// Admits a client under the listener's `max_connections` and connects it to an endpoint of
-/// `cluster`; `None` (counted) when the limit is reached or no endpoint could be reached.
+/// `cluster`, then sends the listener's PROXY protocol header (if any) there; `None` (counted)
+/// when the limit is reached or no endpoint could be reached.
 pub async fn admit_and_connect(
+    client: &TcpStream,
     peer: SocketAddr,
     table: &ListenerTable,
     cluster: &ClusterLb,
@@ -104,7 +110,34 @@ pub async fn admit_and_connect(
     };
     let _ = stream.set_nodelay(true);
     tracing::debug!(endpoint = %endpoint.address(), "connected upstream");
-    Some(Upstream { stream, endpoint, slot })
+    let mut upstream = Upstream { stream, endpoint, slot };
+    if let Some(version) = table.proxy_protocol() {
+        send_proxy_header(&mut upstream, version, client, peer, stats).await?;
+    }
+    Some(upstream)
+}
+
+/// Writes the PROXY protocol header first thing on a new upstream connection; an endpoint that
+/// cannot take it (a few dozen bytes on a fresh connection) counts as a failed connect.
+async fn send_proxy_header(
+    upstream: &mut Upstream,
+    version: ProxyProtocol,
+    client: &TcpStream,
+    peer: SocketAddr,
+    stats: &L4Stats,
+) -> Option<()> {
+    let sent = async {
+        let local = client.local_addr()?;
+        upstream.stream.write_all(&proxy_protocol::header(version, peer, local)).await
+    };
+    let why = match tokio::time::timeout(CONNECT_TRY_TIMEOUT, sent).await {
+        Ok(Ok(())) => return Some(()),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "timed out".to_string(),
+    };
+    tracing::debug!(endpoint = %upstream.endpoint.address(), error = why, "sending the PROXY header failed");
+    stats.connect_failed(upstream.endpoint.address());
+    None
 }
 
 /// Connects to an endpoint of `cluster` (by `key` for the hashing policies), trying the next one

@@ -318,3 +318,46 @@ async fn hashing_policies_key_on_the_client_ip_without_hash_on() {
     }
     assert_eq!(used.len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_hands_the_client_address_to_the_endpoint() {
+    let echo = TaggedEcho::start("e").await;
+    let (v1, v2) = (free_addr(), free_addr());
+    let endpoint = json!([{"address": echo.addr.to_string()}]);
+    let cfg = config(json!({
+        "clusters": {"db": {"endpoints": endpoint}},
+        "listeners": {
+            "v1": {"address": v1.to_string(), "protocol": "tcp", "cluster": "db", "proxy_protocol": "v1"},
+            "v2": {"address": v2.to_string(), "protocol": "tcp", "cluster": "db", "proxy_protocol": "v2"},
+        },
+    }));
+    let (_cp, _node) = node_with(&cfg).await;
+
+    // From a client address of our choosing; the echo sends back its greeting, then every byte
+    // it got: the header, then the client's own bytes.
+    let through = |listener: SocketAddr| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(source(7).unwrap(), 0)).unwrap();
+        let mut c = socket.connect(listener).await.unwrap();
+        let client = c.local_addr().unwrap();
+        c.write_all(b"ping").await.unwrap();
+        c.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        tokio::time::timeout(IO_TIMEOUT, c.read_to_end(&mut back)).await.unwrap().unwrap();
+        (client, back)
+    };
+
+    let (client, back) = through(v1).await;
+    let header = format!("PROXY TCP4 {} {} {} {}\r\n", client.ip(), v1.ip(), client.port(), v1.port());
+    assert_eq!(String::from_utf8_lossy(&back), format!("e\n{header}ping"));
+
+    let (client, back) = through(v2).await;
+    let (IpAddr::V4(from), IpAddr::V4(to)) = (client.ip(), v2.ip()) else { unreachable!() };
+    let mut want = b"e\n\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    want.extend_from_slice(&from.octets());
+    want.extend_from_slice(&to.octets());
+    want.extend_from_slice(&client.port().to_be_bytes());
+    want.extend_from_slice(&v2.port().to_be_bytes());
+    want.extend_from_slice(b"ping");
+    assert_eq!(back, want);
+}

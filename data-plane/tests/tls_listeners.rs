@@ -316,3 +316,28 @@ async fn passthrough_connections_are_admitted_retried_and_counted_like_tcp() {
     node.shutdown().await;
     cp.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_sends_the_proxy_header_before_the_client_hello() {
+    let (echo, _echo) = echo_backend().await;
+    let addr = free_addr();
+    let cfg = config(json!({
+        "clusters": {"c": {"endpoints": [{"address": echo.to_string()}]}},
+        "listeners": {"edge": {"address": addr.to_string(), "protocol": "tls", "cluster": "c", "proxy_protocol": "v1"}}
+    }));
+    let cp = ControlPlane::start(Some(snapshot(&cfg, 1))).await;
+    let node = start_node(vec![cp.url()], None).await;
+    cp.expect_ack(1).await;
+    let hello = client_hello("db.pass.test");
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let client = s.local_addr().unwrap();
+    s.write_all(&hello).await.unwrap();
+    let mut want =
+        format!("PROXY TCP4 {} {} {} {}\r\n", client.ip(), addr.ip(), client.port(), addr.port()).into_bytes();
+    want.extend_from_slice(&hello);
+    let mut back = vec![0u8; want.len()];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut back)).await.expect("echo").unwrap();
+    assert_eq!(back, want);
+    node.shutdown().await;
+    cp.stop().await;
+}

@@ -91,6 +91,11 @@ pub fn listener_to_pb(name: &str, l: &Listener) -> pb::Listener {
         hash_on: l.hash_on.as_ref().map(hash_on_to_pb),
         max_connections: l.max_connections,
         drain_ms: l.drain_ms,
+        proxy_protocol: match l.proxy_protocol {
+            None => pb::ProxyProtocol::None,
+            Some(ProxyProtocol::V1) => pb::ProxyProtocol::V1,
+            Some(ProxyProtocol::V2) => pb::ProxyProtocol::V2,
+        } as i32,
     }
 }
 
@@ -305,6 +310,15 @@ pub fn listener_from_pb(l: pb::Listener) -> Result<Listener> {
         Ok(pb::Protocol::Tls) => Protocol::Tls,
         Err(_) => return Err(ValidationError::invalid("protocol", format!("unknown protocol {}", l.protocol))),
     };
+    let proxy_protocol = match pb::ProxyProtocol::try_from(l.proxy_protocol) {
+        Ok(pb::ProxyProtocol::None) => None,
+        Ok(pb::ProxyProtocol::V1) => Some(ProxyProtocol::V1),
+        Ok(pb::ProxyProtocol::V2) => Some(ProxyProtocol::V2),
+        Err(_) => {
+            let why = format!("unknown PROXY protocol version {}", l.proxy_protocol);
+            return Err(ValidationError::invalid("proxy_protocol", why));
+        }
+    };
     Ok(Listener {
         address: l.address,
         protocol,
@@ -316,6 +330,7 @@ pub fn listener_from_pb(l: pb::Listener) -> Result<Listener> {
         hash_on: l.hash_on.map(hash_on_from_pb).transpose().map_err(|e| e.within("hash_on"))?,
         max_connections: l.max_connections,
         drain_ms: l.drain_ms,
+        proxy_protocol,
     })
 }
 

@@ -32,7 +32,7 @@ fn full() -> Config {
         ("secure", r#"{"address":"127.0.0.1:8443","protocol":"https","certificates":["shop"],"group":"edge"}"#),
         (
             "pg",
-            r#"{"address":"127.0.0.1:15432","protocol":"tcp","cluster":"db","idle_timeout_ms":60000,"hash_on":{"source_ip":true}}"#,
+            r#"{"address":"127.0.0.1:15432","protocol":"tcp","cluster":"db","idle_timeout_ms":60000,"hash_on":{"source_ip":true},"proxy_protocol":"v2"}"#,
         ),
         (
             "dns",
@@ -40,7 +40,7 @@ fn full() -> Config {
         ),
         (
             "pass",
-            r#"{"address":"127.0.0.1:9443","protocol":"tls","sni":{"a.example.com":"api","*.example.com":"web"}}"#,
+            r#"{"address":"127.0.0.1:9443","protocol":"tls","sni":{"a.example.com":"api","*.example.com":"web"},"proxy_protocol":"v1"}"#,
         ),
     ] {
         c.listeners.insert(name.into(), parse_json(json.as_bytes()).unwrap());
@@ -144,6 +144,11 @@ fn structural_errors_name_the_field() {
     let i = route(&mut s, "login");
     s.routes[i].hash_on = Some(pb::HashOn { key: None });
     assert_eq!(err_field(s), "routes.login.hash_on");
+
+    let mut s = base.clone();
+    let i = s.listeners.iter().position(|l| l.name == "pg").unwrap();
+    s.listeners[i].proxy_protocol = 3;
+    assert_eq!(err_field(s), "listeners.pg.proxy_protocol");
 
     let mut s = base.clone();
     s.clusters[0].health_check.as_mut().unwrap().kind =

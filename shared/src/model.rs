@@ -219,6 +219,21 @@ pub struct Listener {
     /// are cut; the node's default (30 s) when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_ms: Option<u64>,
+    /// tcp/tls: each upstream connection starts with a PROXY protocol header carrying the
+    /// client's address, which an L4 proxy otherwise hides from the endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// The PROXY protocol version a listener sends to its endpoints (HAProxy's `send-proxy` and
+/// `send-proxy-v2`, nginx's `proxy_protocol on`, which is v1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyProtocol {
+    /// The text header: `PROXY TCP4 <client ip> <local ip> <client port> <local port>\r\n`.
+    V1,
+    /// The binary header.
+    V2,
 }
 
 impl Listener {

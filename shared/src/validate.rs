@@ -332,12 +332,14 @@ impl Listener {
             Protocol::Http => {
                 only("cluster", self.cluster.is_some(), "tcp, udp and tls")?;
                 only("max_connections", self.max_connections.is_some(), "tcp, udp and tls")?;
+                only("proxy_protocol", self.proxy_protocol.is_some(), "tcp and tls")?;
                 only("certificates", !self.certificates.is_empty(), "https")?;
                 only("sni", !self.sni.is_empty(), "tls")?;
             }
             Protocol::Https => {
                 only("cluster", self.cluster.is_some(), "tcp, udp and tls")?;
                 only("max_connections", self.max_connections.is_some(), "tcp, udp and tls")?;
+                only("proxy_protocol", self.proxy_protocol.is_some(), "tcp and tls")?;
                 only("sni", !self.sni.is_empty(), "tls")?;
                 if self.certificates.is_empty() {
                     return Err(ValidationError::invalid(
@@ -355,6 +357,10 @@ impl Listener {
                 only("sni", !self.sni.is_empty(), "tls")?;
                 if self.cluster.is_none() {
                     return Err(ValidationError::invalid("cluster", "a tcp or udp listener needs a cluster"));
+                }
+                // A datagram has no connection to start with a header.
+                if self.protocol == Protocol::Udp {
+                    only("proxy_protocol", self.proxy_protocol.is_some(), "tcp and tls")?;
                 }
             }
             Protocol::Tls => {
@@ -567,6 +573,28 @@ mod tests {
         assert_eq!(field(&format!(r#"{{{tcp},"hash_on":{{"header":"x-user"}}}}"#)).as_deref(), Some("hash_on"));
         let http = r#"{"address":"127.0.0.1:80","protocol":"http","max_connections":5}"#;
         assert_eq!(field(http).as_deref(), Some("max_connections"));
+    }
+
+    #[test]
+    fn proxy_protocol_is_for_connections_to_endpoints() {
+        let field =
+            |json: &str| parse_json::<Listener>(json.as_bytes()).unwrap().validate().err().and_then(|e| e.field);
+        let tcp = r#"{"address":"127.0.0.1:5432","protocol":"tcp","cluster":"db","proxy_protocol":"v2"}"#;
+        let tls = r#"{"address":"127.0.0.1:443","protocol":"tls","cluster":"web","proxy_protocol":"v1"}"#;
+        assert_eq!(field(tcp), None);
+        assert_eq!(field(tls), None);
+        for other in [
+            r#"{"address":"127.0.0.1:53","protocol":"udp","cluster":"dns","proxy_protocol":"v1"}"#,
+            r#"{"address":"127.0.0.1:80","protocol":"http","proxy_protocol":"v1"}"#,
+            r#"{"address":"127.0.0.1:443","protocol":"https","certificates":["c"],"proxy_protocol":"v2"}"#,
+        ] {
+            assert_eq!(field(other).as_deref(), Some("proxy_protocol"), "{other}");
+        }
+        let v3 = r#"{"address":"127.0.0.1:5432","protocol":"tcp","cluster":"db","proxy_protocol":"v3"}"#;
+        match parse_json::<Listener>(v3.as_bytes()) {
+            Err(ParseError::Invalid(e)) => assert_eq!(e.field.as_deref(), Some("proxy_protocol")),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

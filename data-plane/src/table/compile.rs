@@ -80,6 +80,7 @@ pub fn compile(cfg: &Config, previous: Option<&Table>) -> Result<Table, CompileE
                 max_connections: l.max_connections,
                 drain: l.drain_ms.map(Duration::from_millis),
                 hash_source_ip: l.hash_on.as_ref().is_some_and(|h| h.source_ip),
+                proxy_protocol: l.proxy_protocol,
                 sni,
                 routes,
                 index,

@@ -9,7 +9,8 @@
 //! Table::with_revision(self, Revision) -> Table;  Table::revision(&self) -> Revision
 //! Table::listener(&self, name) -> Option<&ListenerTable>;  Table::listeners() -> iter (name, &ListenerTable)
 //! Table::cluster(&self, name) -> Option<&Arc<ClusterLb>>;  Table::clusters() -> iter (name, &Arc<ClusterLb>)
-//! ListenerTable::{name, address, protocol, idle_timeout, max_connections, drain, hash_source_ip, routes}
+//! ListenerTable::{name, address, protocol, idle_timeout, max_connections, drain, hash_source_ip,
+//!   proxy_protocol, routes}
 //! ListenerTable::find(&self, &RequestView) -> Option<&RouteEntry>      no allocation (see below)
 //! ListenerTable::cluster(&self) -> Option<&Arc<ClusterLb>>              tcp/udp (and tls default) cluster
 //! ListenerTable::sni_cluster(&self, Option<&str>) -> Option<&Arc<ClusterLb>>  tls passthrough by SNI
@@ -78,7 +79,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_shared::model::Protocol;
+use sluice_shared::model::{Protocol, ProxyProtocol};
 use sluice_shared::Revision;
 
 pub use breaker::{Breaker, Overflow, PendingGuard, RequestPermit};
@@ -158,6 +159,7 @@ pub struct ListenerTable {
     drain: Option<Duration>,
     /// `hash_on: {"source_ip": true}` (tcp/udp): the client IP is the hashing policies' key.
     hash_source_ip: bool,
+    proxy_protocol: Option<ProxyProtocol>,
     sni: sni::SniMap,
     /// Sorted by name; the index refers to routes by position.
     routes: Vec<RouteEntry>,
@@ -205,6 +207,11 @@ impl ListenerTable {
 
     pub fn hash_source_ip(&self) -> bool {
         self.hash_source_ip
+    }
+
+    /// tcp/tls: the PROXY protocol header each upstream connection starts with, if any.
+    pub fn proxy_protocol(&self) -> Option<ProxyProtocol> {
+        self.proxy_protocol
     }
 
     /// The routes attached to this listener, by name.

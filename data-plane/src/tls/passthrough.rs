@@ -39,7 +39,7 @@ pub async fn serve(
             tracing::debug!(sni = ?server_name, "no cluster for this server name");
             return;
         };
-        let Some(upstream) = tcp::admit_and_connect(peer, table, cluster, stats).await else { return };
+        let Some(upstream) = tcp::admit_and_connect(&client, peer, table, cluster, stats).await else { return };
         tracing::debug!(sni = ?server_name, cluster = cluster.name(), "passthrough");
         (upstream, table.idle_timeout())
     };
