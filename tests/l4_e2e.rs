@@ -164,3 +164,65 @@ async fn tcp_and_udp_listeners_over_the_api() {
     .await;
     assert_eq!(out, "1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l4_connections_get_an_access_line_each_saying_how_they_ended() {
+    let dev = Sluice::dev(BIN, &["--access-log".to_string()]).await;
+    let api = dev.api();
+    let (a, _ta) = tagged_echo("a").await;
+    // Nothing listens there: connects are refused.
+    let refusing = free_addr();
+    api.put("clusters", "replicas", json!({"endpoints": [{"address": a.to_string()}]})).await;
+    api.put("clusters", "down", json!({"endpoints": [{"address": refusing.to_string()}]})).await;
+    let (db, gone) = (free_addr(), free_addr());
+    api.put(
+        "listeners",
+        "db",
+        json!({"address": db.to_string(), "protocol": "tcp", "cluster": "replicas",
+        "max_connections": 1, "idle_timeout_ms": 60000}),
+    )
+    .await;
+    api.put("listeners", "gone", json!({"address": gone.to_string(), "protocol": "tcp", "cluster": "down"})).await;
+
+    let (_, mut held) = eventually(WAIT, "the tcp listener", || open(db)).await;
+    assert_eq!(echo(&mut held, "ping").await.as_deref(), Some("ping"));
+    // Over max_connections: closed at once.
+    let mut refused = TcpStream::connect(db).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), refused.read_to_end(&mut rest)).await;
+    // No reachable endpoint.
+    let mut unreachable =
+        eventually(WAIT, "the second tcp listener", || async { TcpStream::connect(gone).await.ok() }).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), unreachable.read_to_end(&mut rest)).await;
+    // The held one ends cleanly: FIN from the client, the echo answers with its own.
+    held.get_mut().shutdown().await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), held.read_to_end(&mut rest)).await;
+
+    let line = |end: &'static str| {
+        let dev = &dev;
+        async move {
+            let log = dev.log();
+            log.lines()
+                .find(|l| l.contains("sluice::access") && l.contains(&format!("end=\"{end}\"")))
+                .map(str::to_string)
+        }
+    };
+    let closed = eventually(WAIT, "the closed connection's line", || line("closed")).await;
+    let client = held.get_ref().local_addr().unwrap().to_string();
+    for field in [
+        "listener=\"db\"".to_string(),
+        format!("client={client}"),
+        "cluster=\"replicas\"".to_string(),
+        format!("endpoint=\"{a}\""),
+        // "ping" in; "a\n" and "ping" out.
+        "received=4".to_string(),
+        "sent=6".to_string(),
+        "sni=\"-\"".to_string(),
+    ] {
+        assert!(closed.contains(&field), "{field} missing: {closed}");
+    }
+    let rejected = eventually(WAIT, "the rejected connection's line", || line("max_connections")).await;
+    assert!(rejected.contains("endpoint=\"-\"") && rejected.contains("received=0"), "{rejected}");
+    let no_endpoint = eventually(WAIT, "the unreachable connection's line", || line("no_endpoint")).await;
+    assert!(no_endpoint.contains("listener=\"gone\""), "{no_endpoint}");
+}

@@ -7,6 +7,7 @@
 //! the pooled client of `http::upstream`. Life of a config: `stream_client` receives a snapshot,
 //! `install` validates, compiles, binds new listeners, swaps, persists (`cache`) and acknowledges.
 
+mod access_log;
 mod admin;
 mod cache;
 mod fast_hash;

@@ -30,6 +30,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::access_log::L4Entry;
 use crate::l4_stats::{Admitted, L4Stats};
 use crate::listeners::Phase;
 use crate::phase_watch::PhaseWatch;
@@ -53,31 +54,37 @@ pub async fn serve(
     stats: &Arc<L4Stats>,
     phase: watch::Receiver<Phase>,
 ) {
+    let mut log = L4Entry::start(listener, peer);
     // The table is read once, to connect; the connection holds only its endpoint guard after that,
     // so later revisions neither cut it nor stay in memory because of it.
     let (upstream, idle, tls) = {
-        let Some(installed) = shared.installed.load_full() else { return };
-        let Some(table) = installed.table.listener(listener) else { return };
+        let Some(installed) = shared.installed.load_full() else { return log.end("no_config") };
+        let Some(table) = installed.table.listener(listener) else { return log.end("no_listener") };
         let Some(cluster) = table.cluster() else {
             tracing::debug!("listener has no cluster in the installed table");
-            return;
+            return log.end("no_cluster");
         };
-        let Some(upstream) = admit_and_connect(&client, peer, table, cluster, stats).await else { return };
+        let upstream = match admit_and_connect(&client, peer, table, cluster, stats, &mut log).await {
+            Ok(upstream) => upstream,
+            Err(refused) => return log.end(refused.as_str()),
+        };
         let tls = installed.tls.upstream(cluster.name()).cloned();
         (upstream, table.idle_timeout(), tls)
     };
     let Upstream { stream, endpoint, slot: _slot } = upstream;
-    match tls {
+    let spliced = match tls {
         // The cluster speaks TLS: the client's plaintext goes to the endpoint encrypted.
         Some(tls) => match tls.connect(endpoint.address(), stream).await {
             Ok(stream) => splice_tls(client, stream, idle, stats, phase).await,
             Err(e) => {
                 tracing::debug!(endpoint = %endpoint.address(), error = %e, "upstream TLS handshake failed");
                 stats.connect_failed(endpoint.address());
+                return log.end("upstream_tls_failed");
             }
         },
         None => splice(client, stream, idle, stats, phase).await,
-    }
+    };
+    spliced.log_to(&mut log);
 }
 
 /// An admitted client's connection to an endpoint; dropping it releases the endpoint (which
@@ -88,33 +95,56 @@ pub struct Upstream {
     pub slot: Admitted,
 }
 
+/// Why [`admit_and_connect`] gave up on a client (already counted in the listener's stats).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// `max_connections` reached.
+    Limit,
+    /// No endpoint could be connected within [`CONNECT_TIMEOUT`].
+    NoEndpoint,
+    /// The endpoint did not take the PROXY protocol header.
+    ProxyHeader,
+}
+
+impl Refused {
+    /// What the access log says.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refused::Limit => "max_connections",
+            Refused::NoEndpoint => "no_endpoint",
+            Refused::ProxyHeader => "proxy_header_failed",
+        }
+    }
+}
+
 /// Admits a client under the listener's `max_connections` and connects it to an endpoint of
-/// `cluster`, then sends the listener's PROXY protocol header (if any) there; `None` (counted)
-/// when the limit is reached or no endpoint could be reached.
+/// `cluster`, then sends the listener's PROXY protocol header (if any) there.
 pub async fn admit_and_connect(
     client: &TcpStream,
     peer: SocketAddr,
     table: &ListenerTable,
     cluster: &ClusterLb,
     stats: &Arc<L4Stats>,
-) -> Option<Upstream> {
+    log: &mut L4Entry<'_>,
+) -> Result<Upstream, Refused> {
     let Some(slot) = stats.admit(table.max_connections().unwrap_or(DEFAULT_MAX_CONNECTIONS)) else {
         tracing::debug!("max_connections reached, closing");
-        return None;
+        return Err(Refused::Limit);
     };
     // The client IP is the only key raw traffic has: ring_hash and maglev use it even without
     // `hash_on` (other policies ignore the key).
     let Some((stream, endpoint)) = connect(cluster, Some(hash_ip(peer.ip())), stats).await else {
         stats.no_endpoint.fetch_add(1, Ordering::Relaxed);
-        return None;
+        return Err(Refused::NoEndpoint);
     };
     let _ = stream.set_nodelay(true);
     tracing::debug!(endpoint = %endpoint.address(), "connected upstream");
+    log.upstream(cluster.name(), endpoint.address());
     let mut upstream = Upstream { stream, endpoint, slot };
     if let Some(version) = table.proxy_protocol() {
-        send_proxy_header(&mut upstream, version, client, peer, stats).await?;
+        send_proxy_header(&mut upstream, version, client, peer, stats).await.ok_or(Refused::ProxyHeader)?;
     }
-    Some(upstream)
+    Ok(upstream)
 }
 
 /// Writes the PROXY protocol header first thing on a new upstream connection; an endpoint that
@@ -189,16 +219,17 @@ pub async fn splice(
     idle: Option<Duration>,
     stats: &L4Stats,
     phase: watch::Receiver<Phase>,
-) {
-    let failed = {
+) -> Spliced {
+    let spliced = {
         let (cr, cw) = client.split();
         let (ur, uw) = upstream.split();
         copy_both_ways((cr, cw), (ur, uw), idle, stats, phase).await
     };
-    if let Some(e) = failed {
+    if let End::Failed(e) = &spliced.end {
         tracing::debug!(error = %e, "tcp proxy ended with an error");
-        pass_reset_on(&e, &[&client, &upstream]);
+        pass_reset_on(e, &[&client, &upstream]);
     }
+    spliced
 }
 
 /// [`splice`] to an endpoint reached over TLS (a tcp listener whose cluster has `tls`).
@@ -208,15 +239,48 @@ async fn splice_tls(
     idle: Option<Duration>,
     stats: &L4Stats,
     phase: watch::Receiver<Phase>,
-) {
+) -> Spliced {
     let (ur, uw) = tokio::io::split(upstream);
-    let failed = {
+    let spliced = {
         let (cr, cw) = client.split();
         copy_both_ways((cr, cw), (ur, uw), idle, stats, phase).await
     };
-    if let Some(e) = failed {
+    if let End::Failed(e) = &spliced.end {
         tracing::debug!(error = %e, "tcp proxy (upstream TLS) ended with an error");
-        pass_reset_on(&e, &[&client]);
+        pass_reset_on(e, &[&client]);
+    }
+    spliced
+}
+
+/// How a splice ended, and the bytes it moved.
+pub struct Spliced {
+    pub end: End,
+    /// From the client to the endpoint.
+    pub received: u64,
+    /// From the endpoint to the client.
+    pub sent: u64,
+}
+
+pub enum End {
+    /// Both directions ended (FIN each way).
+    Closed,
+    IdleTimeout,
+    /// The listener's drain ran out, or the listener is gone.
+    Aborted,
+    /// A read or write failed (a reset, most often): both sides were closed.
+    Failed(io::Error),
+}
+
+impl Spliced {
+    pub fn log_to(&self, log: &mut L4Entry<'_>) {
+        log.bytes(self.received, self.sent);
+        log.end(match &self.end {
+            End::Closed => "closed",
+            End::IdleTimeout => "idle_timeout",
+            End::Aborted => "drain_aborted",
+            End::Failed(e) if e.kind() == io::ErrorKind::ConnectionReset => "reset",
+            End::Failed(_) => "error",
+        });
     }
 }
 
@@ -230,57 +294,56 @@ fn pass_reset_on(e: &io::Error, sockets: &[&TcpStream]) {
     }
 }
 
-/// The loop of [`splice`] over any two (read, write) halves; `Some` is the error that ended it.
+/// The loop of [`splice`] over any two (read, write) halves.
 async fn copy_both_ways<CR, CW, UR, UW>(
     (mut cr, mut cw): (CR, CW),
     (mut ur, mut uw): (UR, UW),
     idle: Option<Duration>,
     stats: &L4Stats,
     phase: watch::Receiver<Phase>,
-) -> Option<io::Error>
+) -> Spliced
 where
     CR: AsyncRead + Unpin,
     CW: AsyncWrite + Unpin,
     UR: AsyncRead + Unpin,
     UW: AsyncWrite + Unpin,
 {
-    {
-        let mut to_upstream = Pump::new(&stats.bytes_from_clients);
-        let mut to_client = Pump::new(&stats.bytes_to_clients);
-        // Draining leaves established connections alone; only abort (or a gone listener) cuts.
-        let mut phase = PhaseWatch::new(phase);
-        // Idle: the time of the last byte moved, read against one timer.
-        let mut last_activity = idle.map(|_| Instant::now());
-        let mut idle_timer = idle.map(|d| (d, Box::pin(tokio::time::sleep(d))));
-        std::future::poll_fn(|cx| {
-            if phase.poll(cx) == Phase::Abort {
-                return Poll::Ready(None);
-            }
-            // The first error ends both directions: both sockets are then closed below.
-            if let Poll::Ready(Err(e)) = to_upstream.poll_copy(cx, &mut cr, &mut uw, &mut last_activity) {
-                return Poll::Ready(Some(e));
-            }
-            if let Poll::Ready(Err(e)) = to_client.poll_copy(cx, &mut ur, &mut cw, &mut last_activity) {
-                return Poll::Ready(Some(e));
-            }
-            if to_upstream.done && to_client.done {
-                return Poll::Ready(None);
-            }
-            if let (Some((idle, timer)), Some(last)) = (&mut idle_timer, last_activity) {
-                while timer.as_mut().poll(cx).is_ready() {
-                    let deadline = last + *idle;
-                    if Instant::now() >= deadline {
-                        stats.idle_timeouts.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!("idle timeout, closing");
-                        return Poll::Ready(None);
-                    }
-                    timer.as_mut().reset(deadline);
+    let mut to_upstream = Pump::new(&stats.bytes_from_clients);
+    let mut to_client = Pump::new(&stats.bytes_to_clients);
+    // Draining leaves established connections alone; only abort (or a gone listener) cuts.
+    let mut phase = PhaseWatch::new(phase);
+    // Idle: the time of the last byte moved, read against one timer.
+    let mut last_activity = idle.map(|_| Instant::now());
+    let mut idle_timer = idle.map(|d| (d, Box::pin(tokio::time::sleep(d))));
+    let end = std::future::poll_fn(|cx| {
+        if phase.poll(cx) == Phase::Abort {
+            return Poll::Ready(End::Aborted);
+        }
+        // The first error ends both directions: both sockets are then closed by the caller.
+        if let Poll::Ready(Err(e)) = to_upstream.poll_copy(cx, &mut cr, &mut uw, &mut last_activity) {
+            return Poll::Ready(End::Failed(e));
+        }
+        if let Poll::Ready(Err(e)) = to_client.poll_copy(cx, &mut ur, &mut cw, &mut last_activity) {
+            return Poll::Ready(End::Failed(e));
+        }
+        if to_upstream.done && to_client.done {
+            return Poll::Ready(End::Closed);
+        }
+        if let (Some((idle, timer)), Some(last)) = (&mut idle_timer, last_activity) {
+            while timer.as_mut().poll(cx).is_ready() {
+                let deadline = last + *idle;
+                if Instant::now() >= deadline {
+                    stats.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("idle timeout, closing");
+                    return Poll::Ready(End::IdleTimeout);
                 }
+                timer.as_mut().reset(deadline);
             }
-            Poll::Pending
-        })
-        .await
-    }
+        }
+        Poll::Pending
+    })
+    .await;
+    Spliced { end, received: to_upstream.bytes.total, sent: to_client.bytes.total }
 }
 
 /// One direction: read until end of stream, then shut the writer's sending side down (FIN).
@@ -370,17 +433,20 @@ impl<'a> Pump<'a> {
 struct Meter<'a> {
     shared: &'a AtomicU64,
     pending: u64,
+    /// All this connection's bytes in this direction.
+    total: u64,
 }
 
 const METER_BATCH: u64 = 256 * 1024;
 
 impl<'a> Meter<'a> {
     fn new(shared: &'a AtomicU64) -> Meter<'a> {
-        Meter { shared, pending: 0 }
+        Meter { shared, pending: 0, total: 0 }
     }
 
     fn add(&mut self, n: usize) {
         self.pending += n as u64;
+        self.total += n as u64;
         if self.pending >= METER_BATCH {
             self.shared.fetch_add(std::mem::take(&mut self.pending), Ordering::Relaxed);
         }

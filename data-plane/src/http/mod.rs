@@ -1,6 +1,5 @@
 //! The L7 proxy: HTTP/1.1 with strict request-head checks, our own server and upstream client.
 
-pub mod access_log;
 pub mod body;
 pub mod chunked;
 pub mod errors;

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use super::client_hello;
 use super::HANDSHAKE_TIMEOUT;
+use crate::access_log::L4Entry;
 use crate::l4_stats::L4Stats;
 use crate::listeners::Phase;
 use crate::state::Shared;
@@ -28,29 +29,37 @@ pub async fn serve(
     stats: &Arc<L4Stats>,
     phase: watch::Receiver<Phase>,
 ) {
-    let Some((hello, server_name)) = read_hello(&mut client, HANDSHAKE_TIMEOUT).await else { return };
+    let mut log = L4Entry::start(listener, peer);
+    let Some((hello, server_name)) = read_hello(&mut client, HANDSHAKE_TIMEOUT).await else {
+        return log.end("no_client_hello");
+    };
+    log.sni(server_name.as_deref());
     // Loaded after the hello: the connection routes by the table current when it is routable.
     // From here on it is an L4 connection: admitted under `max_connections`, connected with
     // retries on the next endpoint, counted and spliced like a tcp listener's.
     let (upstream, idle) = {
-        let Some(installed) = shared.installed.load_full() else { return };
-        let Some(table) = installed.table.listener(listener) else { return };
+        let Some(installed) = shared.installed.load_full() else { return log.end("no_config") };
+        let Some(table) = installed.table.listener(listener) else { return log.end("no_listener") };
         let Some(cluster) = table.sni_cluster(server_name.as_deref()) else {
             tracing::debug!(sni = ?server_name, "no cluster for this server name");
-            return;
+            return log.end("no_cluster");
         };
-        let Some(upstream) = tcp::admit_and_connect(&client, peer, table, cluster, stats).await else { return };
+        let upstream = match tcp::admit_and_connect(&client, peer, table, cluster, stats, &mut log).await {
+            Ok(upstream) => upstream,
+            Err(refused) => return log.end(refused.as_str()),
+        };
         tracing::debug!(sni = ?server_name, cluster = cluster.name(), "passthrough");
         (upstream, table.idle_timeout())
     };
     let tcp::Upstream { mut stream, endpoint: _endpoint, slot: _slot } = upstream;
     if let Err(e) = stream.write_all(&hello).await {
         tracing::debug!(error = %e, "replaying the ClientHello failed");
-        return;
+        return log.end("error");
     }
     stats.bytes_from_clients.fetch_add(hello.len() as u64, Ordering::Relaxed);
+    log.bytes(hello.len() as u64, 0);
     drop(hello);
-    tcp::splice(client, stream, idle, stats, phase).await;
+    tcp::splice(client, stream, idle, stats, phase).await.log_to(&mut log);
 }
 
 /// The bytes of the ClientHello (and whatever followed it in the same reads) and its server name;
