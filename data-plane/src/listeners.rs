@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,11 +18,13 @@ use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio_util::either::Either;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::l4_stats::L4Stats;
 use crate::metrics::{ActiveConnection, ConnectionCounts};
+use crate::proxy_protocol;
 use crate::spread::{Handed, Spread};
 use crate::state::{ConnCtx, Shared};
 use crate::table::Table;
@@ -332,62 +335,80 @@ impl Acceptor {
         }
     }
 
-    /// What an HTTP(S) connection's requests share.
-    fn conn_ctx(&self, peer: SocketAddr, scheme: &'static str) -> Arc<ConnCtx> {
-        Arc::new(ConnCtx { listener: self.name.clone(), peer, scheme, shared: self.shared.clone() })
-    }
-
-    /// Serves one accepted connection on this worker.
-    fn serve(&self, stream: TcpStream, peer: SocketAddr) {
+    /// Serves one accepted connection on this worker. Each protocol spawns its own future, so a
+    /// connection's task is the size its protocol needs.
+    fn serve(&self, mut stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
         let active = (ActiveConnection::new(&self.counts), self.spread.opened(self.worker));
-        let span = tracing::debug_span!("conn", listener = %self.name, %peer);
+        let span = tracing::debug_span!("conn", listener = %self.name, %peer, client = tracing::field::Empty);
         let phase = self.phase.clone();
+        let origin = self.accepts_proxy_protocol().then(|| self.counts.clone());
         match self.protocol {
-            Protocol::Tcp => {
-                let shared = self.shared.clone();
-                let name = self.name.clone();
-                let l4 = self.l4.clone();
+            Protocol::Tcp | Protocol::Tls => {
+                let (shared, name, l4, tls) =
+                    (self.shared.clone(), self.name.clone(), self.l4.clone(), self.protocol == Protocol::Tls);
                 self.connections.spawn(
                     async move {
-                        crate::tcp::serve(stream, peer, &name, &shared, &l4, phase).await;
+                        let Some((peer, local)) = take_origin(origin, &mut stream, peer).await else { return };
+                        if tls {
+                            crate::tls::passthrough::serve(stream, peer, local, &name, &shared, &l4, phase).await;
+                        } else {
+                            crate::tcp::serve(stream, peer, local, &name, &shared, &l4, phase).await;
+                        }
                         drop(active);
                     }
                     .instrument(span),
                 );
             }
-            Protocol::Tls => {
-                let shared = self.shared.clone();
-                let name = self.name.clone();
-                let l4 = self.l4.clone();
+            Protocol::Https | Protocol::Http | Protocol::Udp => {
+                let (shared, listener, https) =
+                    (self.shared.clone(), self.name.clone(), self.protocol == Protocol::Https);
                 self.connections.spawn(
                     async move {
-                        crate::tls::passthrough::serve(stream, peer, &name, &shared, &l4, phase).await;
+                        let Some((peer, _)) = take_origin(origin, &mut stream, peer).await else { return };
+                        // What the connection's requests share.
+                        let scheme = if https { "https" } else { "http" };
+                        let conn = Arc::new(ConnCtx { listener, peer, scheme, shared });
+                        if https {
+                            crate::tls::terminate::serve(stream, conn, phase).await;
+                        } else {
+                            crate::http::server::serve(Either::Left(stream), conn, phase).await;
+                        }
                         drop(active);
                     }
                     .instrument(span),
                 );
             }
-            Protocol::Https => {
-                let conn = self.conn_ctx(peer, "https");
-                self.connections.spawn(
-                    async move {
-                        crate::tls::terminate::serve(stream, conn, phase).await;
-                        drop(active);
-                    }
-                    .instrument(span),
-                );
-            }
-            _ => {
-                let conn = self.conn_ctx(peer, "http");
-                self.connections.spawn(
-                    async move {
-                        crate::http::server::serve(tokio_util::either::Either::Left(stream), conn, phase).await;
-                        drop(active);
-                    }
-                    .instrument(span),
-                );
-            }
+        }
+    }
+
+    /// Whether this listener's connections start with a PROXY protocol header, as of the table
+    /// installed now (a change applies to the connections accepted after it).
+    fn accepts_proxy_protocol(&self) -> bool {
+        let installed = self.shared.installed.load();
+        installed.as_ref().and_then(|i| i.table.listener(&self.name)).is_some_and(|l| l.accept_proxy_protocol())
+    }
+}
+
+/// The client and, when a header said so, the address it connected to: from the connection's
+/// PROXY protocol header when `origin` is set (the listener's counts then count a bad header),
+/// else `peer` itself. `None`: no valid header, the connection is to be closed.
+async fn take_origin(
+    origin: Option<Arc<ConnectionCounts>>,
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+) -> Option<(SocketAddr, Option<SocketAddr>)> {
+    let Some(counts) = origin else { return Some((peer, None)) };
+    match proxy_protocol::accept(stream).await {
+        Ok(Some(o)) => {
+            tracing::Span::current().record("client", tracing::field::display(o.client));
+            Some((o.client, Some(o.local)))
+        }
+        Ok(None) => Some((peer, None)),
+        Err(e) => {
+            tracing::debug!(error = %e, "closing");
+            counts.proxy_header_errors.fetch_add(1, Ordering::Relaxed);
+            None
         }
     }
 }

@@ -61,6 +61,8 @@ impl Latency {
 pub struct ConnectionCounts {
     pub active: AtomicI64,
     pub accepted: AtomicU64,
+    /// Closed for a missing, malformed or late PROXY protocol header (`accept_proxy_protocol`).
+    pub proxy_header_errors: AtomicU64,
 }
 
 /// Keeps a listener's active-connection gauge up for as long as it lives.
@@ -216,6 +218,20 @@ impl Metrics {
                 "sluice_connections_total{{listener=\"{}\"}} {}",
                 esc(listener),
                 c.accepted.load(Ordering::Relaxed)
+            );
+        }
+        header(
+            &mut out,
+            "sluice_proxy_protocol_errors_total",
+            "counter",
+            "Connections closed for a missing, malformed or late PROXY protocol header, by listener.",
+        );
+        for (listener, c) in &reg.connections {
+            let _ = writeln!(
+                out,
+                "sluice_proxy_protocol_errors_total{{listener=\"{}\"}} {}",
+                esc(listener),
+                c.proxy_header_errors.load(Ordering::Relaxed)
             );
         }
 

@@ -46,9 +46,12 @@ const CONNECT_TRY_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 65_536;
 const BUFFER: usize = 32 * 1024;
 
+/// `peer` is the client (as a PROXY protocol header announced it, on a listener that accepts one);
+/// `local`, where it connected to when a header said so (else the socket's own address).
 pub async fn serve(
     client: TcpStream,
     peer: SocketAddr,
+    local: Option<SocketAddr>,
     listener: &str,
     shared: &Arc<Shared>,
     stats: &Arc<L4Stats>,
@@ -64,7 +67,7 @@ pub async fn serve(
             tracing::debug!("listener has no cluster in the installed table");
             return log.end("no_cluster");
         };
-        let upstream = match admit_and_connect(&client, peer, table, cluster, stats, &mut log).await {
+        let upstream = match admit_and_connect(&client, peer, local, table, cluster, stats, &mut log).await {
             Ok(upstream) => upstream,
             Err(refused) => return log.end(refused.as_str()),
         };
@@ -122,6 +125,7 @@ impl Refused {
 pub async fn admit_and_connect(
     client: &TcpStream,
     peer: SocketAddr,
+    local: Option<SocketAddr>,
     table: &ListenerTable,
     cluster: &ClusterLb,
     stats: &Arc<L4Stats>,
@@ -142,7 +146,8 @@ pub async fn admit_and_connect(
     log.upstream(cluster.name(), endpoint.address());
     let mut upstream = Upstream { stream, endpoint, slot };
     if let Some(version) = table.proxy_protocol() {
-        send_proxy_header(&mut upstream, version, client, peer, stats).await.ok_or(Refused::ProxyHeader)?;
+        let local = local.map_or_else(|| client.local_addr(), Ok);
+        send_proxy_header(&mut upstream, version, peer, local, stats).await.ok_or(Refused::ProxyHeader)?;
     }
     Ok(upstream)
 }
@@ -152,14 +157,11 @@ pub async fn admit_and_connect(
 async fn send_proxy_header(
     upstream: &mut Upstream,
     version: ProxyProtocol,
-    client: &TcpStream,
     peer: SocketAddr,
+    local: io::Result<SocketAddr>,
     stats: &L4Stats,
 ) -> Option<()> {
-    let sent = async {
-        let local = client.local_addr()?;
-        upstream.stream.write_all(&proxy_protocol::header(version, peer, local)).await
-    };
+    let sent = async { upstream.stream.write_all(&proxy_protocol::header(version, peer, local?)).await };
     let why = match tokio::time::timeout(CONNECT_TRY_TIMEOUT, sent).await {
         Ok(Ok(())) => return Some(()),
         Ok(Err(e)) => e.to_string(),

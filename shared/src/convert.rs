@@ -96,6 +96,7 @@ pub fn listener_to_pb(name: &str, l: &Listener) -> pb::Listener {
             Some(ProxyProtocol::V1) => pb::ProxyProtocol::V1,
             Some(ProxyProtocol::V2) => pb::ProxyProtocol::V2,
         } as i32,
+        accept_proxy_protocol: l.accept_proxy_protocol,
     }
 }
 
@@ -331,6 +332,7 @@ pub fn listener_from_pb(l: pb::Listener) -> Result<Listener> {
         max_connections: l.max_connections,
         drain_ms: l.drain_ms,
         proxy_protocol,
+        accept_proxy_protocol: l.accept_proxy_protocol,
     })
 }
 

@@ -223,6 +223,10 @@ pub struct Listener {
     /// client's address, which an L4 proxy otherwise hides from the endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// Behind another L4 balancer: every connection starts with a PROXY protocol header (v1 or
+    /// v2), whose client address stands for the connection's. Not for udp.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accept_proxy_protocol: bool,
 }
 
 /// The PROXY protocol version a listener sends to its endpoints (HAProxy's `send-proxy` and

@@ -361,6 +361,7 @@ impl Listener {
                 // A datagram has no connection to start with a header.
                 if self.protocol == Protocol::Udp {
                     only("proxy_protocol", self.proxy_protocol.is_some(), "tcp and tls")?;
+                    only("accept_proxy_protocol", self.accept_proxy_protocol, "http, https, tcp and tls")?;
                 }
             }
             Protocol::Tls => {
@@ -590,6 +591,15 @@ mod tests {
         ] {
             assert_eq!(field(other).as_deref(), Some("proxy_protocol"), "{other}");
         }
+        for behind_a_balancer in ["http", "tcp"] {
+            let json = format!(
+                r#"{{"address":"127.0.0.1:80","protocol":"{behind_a_balancer}","cluster":"c","accept_proxy_protocol":true}}"#
+            );
+            let json = if behind_a_balancer == "http" { json.replace(r#""cluster":"c","#, "") } else { json };
+            assert_eq!(field(&json), None, "{json}");
+        }
+        let udp = r#"{"address":"127.0.0.1:53","protocol":"udp","cluster":"dns","accept_proxy_protocol":true}"#;
+        assert_eq!(field(udp).as_deref(), Some("accept_proxy_protocol"));
         let v3 = r#"{"address":"127.0.0.1:5432","protocol":"tcp","cluster":"db","proxy_protocol":"v3"}"#;
         match parse_json::<Listener>(v3.as_bytes()) {
             Err(ParseError::Invalid(e)) => assert_eq!(e.field.as_deref(), Some("proxy_protocol")),

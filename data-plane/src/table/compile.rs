@@ -81,6 +81,7 @@ pub fn compile(cfg: &Config, previous: Option<&Table>) -> Result<Table, CompileE
                 drain: l.drain_ms.map(Duration::from_millis),
                 hash_source_ip: l.hash_on.as_ref().is_some_and(|h| h.source_ip),
                 proxy_protocol: l.proxy_protocol,
+                accept_proxy_protocol: l.accept_proxy_protocol,
                 sni,
                 routes,
                 index,

@@ -10,7 +10,7 @@
 //! Table::listener(&self, name) -> Option<&ListenerTable>;  Table::listeners() -> iter (name, &ListenerTable)
 //! Table::cluster(&self, name) -> Option<&Arc<ClusterLb>>;  Table::clusters() -> iter (name, &Arc<ClusterLb>)
 //! ListenerTable::{name, address, protocol, idle_timeout, max_connections, drain, hash_source_ip,
-//!   proxy_protocol, routes}
+//!   proxy_protocol, accept_proxy_protocol, routes}
 //! ListenerTable::find(&self, &RequestView) -> Option<&RouteEntry>      no allocation (see below)
 //! ListenerTable::cluster(&self) -> Option<&Arc<ClusterLb>>              tcp/udp (and tls default) cluster
 //! ListenerTable::sni_cluster(&self, Option<&str>) -> Option<&Arc<ClusterLb>>  tls passthrough by SNI
@@ -160,6 +160,7 @@ pub struct ListenerTable {
     /// `hash_on: {"source_ip": true}` (tcp/udp): the client IP is the hashing policies' key.
     hash_source_ip: bool,
     proxy_protocol: Option<ProxyProtocol>,
+    accept_proxy_protocol: bool,
     sni: sni::SniMap,
     /// Sorted by name; the index refers to routes by position.
     routes: Vec<RouteEntry>,
@@ -212,6 +213,11 @@ impl ListenerTable {
     /// tcp/tls: the PROXY protocol header each upstream connection starts with, if any.
     pub fn proxy_protocol(&self) -> Option<ProxyProtocol> {
         self.proxy_protocol
+    }
+
+    /// Connections start with a PROXY protocol header to take the client's address from.
+    pub fn accept_proxy_protocol(&self) -> bool {
+        self.accept_proxy_protocol
     }
 
     /// The routes attached to this listener, by name.

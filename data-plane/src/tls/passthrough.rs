@@ -24,6 +24,7 @@ use crate::tcp;
 pub async fn serve(
     mut client: TcpStream,
     peer: SocketAddr,
+    local: Option<SocketAddr>,
     listener: &str,
     shared: &Arc<Shared>,
     stats: &Arc<L4Stats>,
@@ -44,7 +45,7 @@ pub async fn serve(
             tracing::debug!(sni = ?server_name, "no cluster for this server name");
             return log.end("no_cluster");
         };
-        let upstream = match tcp::admit_and_connect(&client, peer, table, cluster, stats, &mut log).await {
+        let upstream = match tcp::admit_and_connect(&client, peer, local, table, cluster, stats, &mut log).await {
             Ok(upstream) => upstream,
             Err(refused) => return log.end(refused.as_str()),
         };

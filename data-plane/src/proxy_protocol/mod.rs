@@ -1,15 +1,26 @@
-//! The PROXY protocol header (HAProxy's spec, "The PROXY protocol", versions 1 and 2) that a tcp
-//! or tls listener with `proxy_protocol` writes first on every upstream connection: an L4 proxy
-//! hides the client's address from the endpoint, and this hands it over before the first byte
-//! of the client's stream.
+//! The PROXY protocol (HAProxy's spec, "The PROXY protocol", versions 1 and 2), both ways:
 //!
-//! Addresses are those of the client's connection as the node accepted it: source = the client,
-//! destination = the node's local address (the listener's, or the real one when it binds a
-//! wildcard). IPv4 clients of an IPv6 socket (`::ffff:a.b.c.d`) are sent as IPv4, as HAProxy does.
+//! - **Sent** ([`header`]): a tcp or tls listener with `proxy_protocol` writes it first on every
+//!   upstream connection. An L4 proxy hides the client's address from the endpoint; this hands it
+//!   over before the first byte of the client's stream. Source = the client, destination = the
+//!   node's local address (the listener's, or the real one when it binds a wildcard), or both as
+//!   an incoming header announced them. IPv4 clients of an IPv6 socket (`::ffff:a.b.c.d`) are
+//!   sent as IPv4, as HAProxy does.
+//! - **Accepted** ([`accept`]): a listener with `accept_proxy_protocol` sits behind another L4
+//!   balancer, and every connection must start with a v1 or v2 header (either, detected). Its
+//!   source address then stands for the client everywhere: `X-Forwarded-For`, hashing on the
+//!   source IP, the access log, the header sent on. A connection without a valid, complete header
+//!   within [`ACCEPT_TIMEOUT`] is closed before anything else happens. The header is consumed to
+//!   its last byte and no further (it is peeked, then read exactly), so what follows is the
+//!   client's stream, untouched.
 
 use std::net::{IpAddr, SocketAddr};
 
 use sluice_shared::model::ProxyProtocol;
+
+mod accept;
+
+pub use accept::accept;
 
 /// The 12 bytes every v2 header starts with.
 const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
