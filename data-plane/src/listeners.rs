@@ -344,17 +344,23 @@ impl Acceptor {
         let phase = self.phase.clone();
         let origin = self.accepts_proxy_protocol().then(|| self.counts.clone());
         match self.protocol {
-            Protocol::Tcp | Protocol::Tls => {
-                let (shared, name, l4, tls) =
-                    (self.shared.clone(), self.name.clone(), self.l4.clone(), self.protocol == Protocol::Tls);
+            Protocol::Tcp => {
+                let (shared, name, l4) = (self.shared.clone(), self.name.clone(), self.l4.clone());
                 self.connections.spawn(
                     async move {
                         let Some((peer, local)) = take_origin(origin, &mut stream, peer).await else { return };
-                        if tls {
-                            crate::tls::passthrough::serve(stream, peer, local, &name, &shared, &l4, phase).await;
-                        } else {
-                            crate::tcp::serve(stream, peer, local, &name, &shared, &l4, phase).await;
-                        }
+                        crate::tcp::serve(stream, peer, local, &name, &shared, &l4, phase).await;
+                        drop(active);
+                    }
+                    .instrument(span),
+                );
+            }
+            Protocol::Tls => {
+                let (shared, name, l4) = (self.shared.clone(), self.name.clone(), self.l4.clone());
+                self.connections.spawn(
+                    async move {
+                        let Some((peer, local)) = take_origin(origin, &mut stream, peer).await else { return };
+                        crate::tls::passthrough::serve(stream, peer, local, &name, &shared, &l4, phase).await;
                         drop(active);
                     }
                     .instrument(span),
