@@ -341,3 +341,36 @@ async fn passthrough_sends_the_proxy_header_before_the_client_hello() {
     node.shutdown().await;
     cp.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_behind_a_balancer_takes_the_proxy_header_before_the_handshake() {
+    let backend = Backend::start("app").await;
+    let cert = self_signed(&["api.example.com"]);
+    let addr = free_addr();
+    let mut cfg = https_config(addr, backend.addr, &[("api", &cert)]);
+    cfg.listeners.get_mut("web").unwrap().accept_proxy_protocol = true;
+    let cp = ControlPlane::start(Some(snapshot(&cfg, 1))).await;
+    let node = start_node(vec![cp.url()], None).await;
+    cp.expect_ack(1).await;
+
+    // The header, then the handshake on the same connection: the header was consumed exactly,
+    // or the handshake would fail on its bytes.
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"PROXY TCP4 198.51.100.20 192.0.2.1 1234 443\r\n").await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("api.example.com").unwrap();
+    let mut s = tokio::time::timeout(Duration::from_secs(10), trusting_client(&cert.der).connect(name, tcp))
+        .await
+        .expect("handshake in time")
+        .unwrap();
+    let r = request(&mut s, "api.example.com").await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+    assert!(r.body.contains("x-forwarded-for: 198.51.100.20\n"), "{}", r.body);
+    assert!(r.body.contains("x-forwarded-proto: https"), "{}", r.body);
+
+    // A handshake without the header: closed, nothing handshaken, counted.
+    assert!(tls_connect(&trusting_client(&cert.der), addr, "api.example.com").await.is_err());
+    let m = metric(&node, "sluice_proxy_protocol_errors_total", &[("listener", "web")]).await;
+    assert_eq!(m, Some(1.0));
+    node.shutdown().await;
+    cp.stop().await;
+}
