@@ -89,7 +89,8 @@ impl<'a> L4Entry<'a> {
             endpoint: None,
             received: 0,
             sent: 0,
-            end: "closed",
+            // Until told otherwise: the task was dropped mid-way (the node shutting down).
+            end: "cancelled",
         });
         L4Entry { line }
     }
@@ -116,7 +117,7 @@ impl<'a> L4Entry<'a> {
         }
     }
 
-    /// How the connection ended ("closed" unless told otherwise).
+    /// How the connection ended.
     pub fn end(&mut self, why: &'static str) {
         if let Some(l) = &mut self.line {
             l.end = why;

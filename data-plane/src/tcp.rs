@@ -11,7 +11,7 @@
 //!   `hash_on: {"source_ip": true}` says; also the default, raw traffic has no other key). A refused or unreachable endpoint is counted and
 //!   the next one tried, all within [`CONNECT_TIMEOUT`]; then the client is closed.
 //! - `proxy_protocol`: the endpoint gets a PROXY protocol header with the client's address before
-//!   the client's first byte (`proxy_protocol.rs`).
+//!   the client's first byte (`proxy_protocol/`).
 //! - Config changes never touch an open connection: the table is only read to connect, and the
 //!   endpoint guard (which `least_request` counts) lives as long as the connection.
 
