@@ -71,7 +71,8 @@ async fn tcp_and_udp_listeners_over_the_api() {
     api.put("clusters", "dns", json!({"endpoints": [{"address": udp_addr.to_string()}]})).await;
     let tcp = free_addr();
     let db = json!({"address": tcp.to_string(), "protocol": "tcp", "cluster": "replicas",
-        "hash_on": {"source_ip": true}, "idle_timeout_ms": 60000, "max_connections": 100, "drain_ms": 2000});
+        "hash_on": {"source_ip": true}, "idle_timeout_ms": 60000, "max_connections": 100, "drain_ms": 2000,
+        "tcp_keepalive": {"idle_ms": 30000}});
     api.put("listeners", "db", db).await;
     let udp = loop {
         let a = free_addr();
@@ -82,6 +83,8 @@ async fn tcp_and_udp_listeners_over_the_api() {
     api.put("listeners", "resolver", json!({"address": udp.to_string(), "protocol": "udp", "cluster": "dns"})).await;
     let (_, got) = api.get("/v1/listeners/db").await;
     assert_eq!((got["max_connections"].as_u64(), got["drain_ms"].as_u64()), (Some(100), Some(2000)), "{got}");
+    // Unset keepalive timings come back as the defaults the node applies.
+    assert_eq!(got["tcp_keepalive"], json!({"idle_ms": 30000, "interval_ms": 10000, "probes": 3}), "{got}");
     // PROXY protocol: an unknown version, or a listener kind that has no connection to start
     // with a header, is refused with the field named and changes nothing.
     let before = api.revision().await;

@@ -10,6 +10,9 @@
 //! - Endpoint choice: the cluster's policy; `ring_hash`/`maglev` key on the client IP (what
 //!   `hash_on: {"source_ip": true}` says; also the default, raw traffic has no other key). A refused or unreachable endpoint is counted and
 //!   the next one tried, all within [`CONNECT_TIMEOUT`]; then the client is closed.
+//! - `tcp_keepalive`: keepalive probes on the client's and the endpoint's socket, so a peer gone
+//!   without a FIN or RST is found; without it (and without `idle_timeout_ms`) such a connection
+//!   would be held until the other side writes.
 //! - `proxy_protocol`: the endpoint gets a PROXY protocol header with the client's address before
 //!   the client's first byte (`proxy_protocol/`).
 //! - Config changes never touch an open connection: the table is only read to connect, and the
@@ -24,7 +27,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use sluice_shared::model::ProxyProtocol;
+use sluice_shared::model::{ProxyProtocol, TcpKeepalive};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -142,6 +145,11 @@ pub async fn admit_and_connect(
         return Err(Refused::NoEndpoint);
     };
     let _ = stream.set_nodelay(true);
+    if let Some(k) = table.tcp_keepalive() {
+        for socket in [client, &stream] {
+            set_keepalive(socket, k);
+        }
+    }
     tracing::debug!(endpoint = %endpoint.address(), "connected upstream");
     log.upstream(cluster.name(), endpoint.address());
     let mut upstream = Upstream { stream, endpoint, slot };
@@ -150,6 +158,19 @@ pub async fn admit_and_connect(
         send_proxy_header(&mut upstream, version, peer, local, stats).await.ok_or(Refused::ProxyHeader)?;
     }
     Ok(upstream)
+}
+
+/// Turns TCP keepalive on with the listener's timings (whole seconds, rounded up). A socket that
+/// refuses is left as it is: keepalive finds dead peers, it is not needed to proxy.
+fn set_keepalive(socket: &TcpStream, k: &TcpKeepalive) {
+    let secs = |ms: u64| Duration::from_secs(ms.div_ceil(1000));
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(secs(k.idle_ms))
+        .with_interval(secs(k.interval_ms))
+        .with_retries(k.probes);
+    if let Err(e) = socket2::SockRef::from(socket).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "cannot set TCP keepalive");
+    }
 }
 
 /// Writes the PROXY protocol header first thing on a new upstream connection; an endpoint that

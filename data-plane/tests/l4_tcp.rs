@@ -361,3 +361,59 @@ async fn proxy_protocol_hands_the_client_address_to_the_endpoint() {
     want.extend_from_slice(b"ping");
     assert_eq!(back, want);
 }
+
+/// `/proc/net/tcp`'s timer columns of the established IPv4 sockets whose local (or remote) port
+/// is `port`: `(timer kind, clock ticks left)`; kind 2 is the keepalive timer.
+fn tcp_timers(port: u16, local: bool) -> Vec<(u8, u64)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let port_of = |a: &str| u16::from_str_radix(a.rsplit(':').next()?, 16).ok();
+            let mine = port_of(if local { f[1] } else { f[2] })? == port && f[3] == "01";
+            let (kind, when) = f[5].split_once(':')?;
+            mine.then(|| Some((u8::from_str_radix(kind, 16).ok()?, u64::from_str_radix(when, 16).ok()?))).flatten()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_keepalive_arms_probes_on_both_sides() {
+    let (with, without) = (TaggedEcho::start("k").await, TaggedEcho::start("n").await);
+    let (a, b) = (free_addr(), free_addr());
+    let cfg = config(json!({
+        "clusters": {"with": {"endpoints": [{"address": with.addr.to_string()}]},
+                     "without": {"endpoints": [{"address": without.addr.to_string()}]}},
+        "listeners": {
+            "ka": {"address": a.to_string(), "protocol": "tcp", "cluster": "with",
+                   "tcp_keepalive": {"idle_ms": 6500, "interval_ms": 2000, "probes": 4}},
+            "plain": {"address": b.to_string(), "protocol": "tcp", "cluster": "without"},
+        },
+    }));
+    let (_cp, _node) = node_with(&cfg).await;
+    let (mut held_a, mut held_b) = (Conn::open(a, None).await, Conn::open(b, None).await);
+    assert_eq!(held_a.echo("x").await, "x");
+    assert_eq!(held_b.echo("x").await, "x");
+    // The node's socket toward the client (local port = the listener's) and toward the endpoint
+    // (remote port = the endpoint's), once idle (right after the echo a retransmission timer may
+    // still be the one armed): a keepalive timer due within the 7 s (6.5 s rounded up) asked
+    // for, far below the kernel's default of two hours.
+    let sides = [("client side", a.port(), true), ("endpoint side", with.addr.port(), false)];
+    for (what, port, local) in sides {
+        let ticks = eventually(&format!("{what}: a keepalive timer"), || async {
+            match tcp_timers(port, local)[..] {
+                [(2, ticks)] => Some(ticks),
+                _ => None,
+            }
+        })
+        .await;
+        assert!((1..=700).contains(&ticks), "{what}: due in {ticks} ticks");
+    }
+    // Without the field, no timer at all once the connection is idle.
+    for (port, local) in [(b.port(), true), (without.addr.port(), false)] {
+        eventually("no timer without tcp_keepalive", || async { (tcp_timers(port, local) == [(0, 0)]).then_some(()) })
+            .await;
+    }
+}

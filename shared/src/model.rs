@@ -227,6 +227,39 @@ pub struct Listener {
     /// v2), whose client address stands for the connection's. Not for udp.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub accept_proxy_protocol: bool,
+    /// tcp/tls: TCP keepalive on both sides of every connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_keepalive: Option<TcpKeepalive>,
+}
+
+/// TCP keepalive probes on an L4 listener's client and endpoint sockets, so that a connection
+/// whose peer vanished without a FIN or RST (a host powered off, a cable pulled) is found and
+/// closed instead of held forever; and so that middleboxes keep long idle connections (a
+/// database pool's) mapped. The kernel counts in whole seconds: milliseconds are rounded up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpKeepalive {
+    /// Idle time before the first probe.
+    #[serde(default = "TcpKeepalive::default_idle_ms")]
+    pub idle_ms: u64,
+    /// Between unanswered probes.
+    #[serde(default = "TcpKeepalive::default_interval_ms")]
+    pub interval_ms: u64,
+    /// Unanswered probes before the connection is dropped.
+    #[serde(default = "TcpKeepalive::default_probes")]
+    pub probes: u32,
+}
+
+impl TcpKeepalive {
+    fn default_idle_ms() -> u64 {
+        60_000
+    }
+    fn default_interval_ms() -> u64 {
+        10_000
+    }
+    fn default_probes() -> u32 {
+        3
+    }
 }
 
 /// The PROXY protocol version a listener sends to its endpoints (HAProxy's `send-proxy` and

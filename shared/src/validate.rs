@@ -275,6 +275,22 @@ impl HealthCheck {
     }
 }
 
+impl TcpKeepalive {
+    /// The kernel's bounds (Linux: 1-32,767 s, 1-127 probes), in the API's milliseconds.
+    pub fn validate(&self) -> Result<()> {
+        const MAX_MS: u64 = 32_767_000;
+        for (field, ms) in [("idle_ms", self.idle_ms), ("interval_ms", self.interval_ms)] {
+            if !(1..=MAX_MS).contains(&ms) {
+                return Err(ValidationError::invalid(field, format!("must be between 1 and {MAX_MS} ms")));
+            }
+        }
+        if !(1..=127).contains(&self.probes) {
+            return Err(ValidationError::invalid("probes", "must be between 1 and 127"));
+        }
+        Ok(())
+    }
+}
+
 impl HashOn {
     pub fn validate(&self) -> Result<()> {
         let set = usize::from(self.header.is_some()) + usize::from(self.cookie.is_some()) + usize::from(self.source_ip);
@@ -321,6 +337,9 @@ impl Listener {
         if let Some(ms) = self.drain_ms {
             timeout("drain_ms", ms)?;
         }
+        if let Some(k) = &self.tcp_keepalive {
+            k.validate().map_err(|e| e.within("tcp_keepalive"))?;
+        }
         let only = |field: &str, set: bool, protocols: &str| {
             if set {
                 Err(ValidationError::invalid(field, format!("only {protocols} listeners take this field")))
@@ -333,6 +352,7 @@ impl Listener {
                 only("cluster", self.cluster.is_some(), "tcp, udp and tls")?;
                 only("max_connections", self.max_connections.is_some(), "tcp, udp and tls")?;
                 only("proxy_protocol", self.proxy_protocol.is_some(), "tcp and tls")?;
+                only("tcp_keepalive", self.tcp_keepalive.is_some(), "tcp and tls")?;
                 only("certificates", !self.certificates.is_empty(), "https")?;
                 only("sni", !self.sni.is_empty(), "tls")?;
             }
@@ -340,6 +360,7 @@ impl Listener {
                 only("cluster", self.cluster.is_some(), "tcp, udp and tls")?;
                 only("max_connections", self.max_connections.is_some(), "tcp, udp and tls")?;
                 only("proxy_protocol", self.proxy_protocol.is_some(), "tcp and tls")?;
+                only("tcp_keepalive", self.tcp_keepalive.is_some(), "tcp and tls")?;
                 only("sni", !self.sni.is_empty(), "tls")?;
                 if self.certificates.is_empty() {
                     return Err(ValidationError::invalid(
@@ -362,6 +383,7 @@ impl Listener {
                 if self.protocol == Protocol::Udp {
                     only("proxy_protocol", self.proxy_protocol.is_some(), "tcp and tls")?;
                     only("accept_proxy_protocol", self.accept_proxy_protocol, "http, https, tcp and tls")?;
+                    only("tcp_keepalive", self.tcp_keepalive.is_some(), "tcp and tls")?;
                 }
             }
             Protocol::Tls => {
@@ -600,6 +622,32 @@ mod tests {
         }
         let udp = r#"{"address":"127.0.0.1:53","protocol":"udp","cluster":"dns","accept_proxy_protocol":true}"#;
         assert_eq!(field(udp).as_deref(), Some("accept_proxy_protocol"));
+    }
+
+    #[test]
+    fn tcp_keepalive_is_for_l4_connections_within_the_kernels_bounds() {
+        let field =
+            |json: &str| parse_json::<Listener>(json.as_bytes()).unwrap().validate().err().and_then(|e| e.field);
+        let tcp = |ka: &str| {
+            format!(r#"{{"address":"127.0.0.1:5432","protocol":"tcp","cluster":"db","tcp_keepalive":{ka}}}"#)
+        };
+        assert_eq!(field(&tcp("{}")), None);
+        assert_eq!(field(&tcp(r#"{"idle_ms":1,"interval_ms":32767000,"probes":127}"#)), None);
+        for (ka, at) in [
+            (r#"{"idle_ms":0}"#, "tcp_keepalive.idle_ms"),
+            (r#"{"interval_ms":32767001}"#, "tcp_keepalive.interval_ms"),
+            (r#"{"probes":0}"#, "tcp_keepalive.probes"),
+            (r#"{"probes":128}"#, "tcp_keepalive.probes"),
+        ] {
+            assert_eq!(field(&tcp(ka)).as_deref(), Some(at), "{ka}");
+        }
+        let http = r#"{"address":"127.0.0.1:80","protocol":"http","tcp_keepalive":{}}"#;
+        assert_eq!(field(http).as_deref(), Some("tcp_keepalive"));
+        let udp = r#"{"address":"127.0.0.1:53","protocol":"udp","cluster":"dns","tcp_keepalive":{}}"#;
+        assert_eq!(field(udp).as_deref(), Some("tcp_keepalive"));
+        let defaults: Listener = parse_json(tcp("{}").as_bytes()).unwrap();
+        let k = defaults.tcp_keepalive.unwrap();
+        assert_eq!((k.idle_ms, k.interval_ms, k.probes), (60_000, 10_000, 3));
         let v3 = r#"{"address":"127.0.0.1:5432","protocol":"tcp","cluster":"db","proxy_protocol":"v3"}"#;
         match parse_json::<Listener>(v3.as_bytes()) {
             Err(ParseError::Invalid(e)) => assert_eq!(e.field.as_deref(), Some("proxy_protocol")),

@@ -82,6 +82,7 @@ pub fn compile(cfg: &Config, previous: Option<&Table>) -> Result<Table, CompileE
                 hash_source_ip: l.hash_on.as_ref().is_some_and(|h| h.source_ip),
                 proxy_protocol: l.proxy_protocol,
                 accept_proxy_protocol: l.accept_proxy_protocol,
+                tcp_keepalive: l.tcp_keepalive,
                 sni,
                 routes,
                 index,

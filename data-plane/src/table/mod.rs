@@ -10,7 +10,7 @@
 //! Table::listener(&self, name) -> Option<&ListenerTable>;  Table::listeners() -> iter (name, &ListenerTable)
 //! Table::cluster(&self, name) -> Option<&Arc<ClusterLb>>;  Table::clusters() -> iter (name, &Arc<ClusterLb>)
 //! ListenerTable::{name, address, protocol, idle_timeout, max_connections, drain, hash_source_ip,
-//!   proxy_protocol, accept_proxy_protocol, routes}
+//!   proxy_protocol, accept_proxy_protocol, tcp_keepalive, routes}
 //! ListenerTable::find(&self, &RequestView) -> Option<&RouteEntry>      no allocation (see below)
 //! ListenerTable::cluster(&self) -> Option<&Arc<ClusterLb>>              tcp/udp (and tls default) cluster
 //! ListenerTable::sni_cluster(&self, Option<&str>) -> Option<&Arc<ClusterLb>>  tls passthrough by SNI
@@ -79,7 +79,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_shared::model::{Protocol, ProxyProtocol};
+use sluice_shared::model::{Protocol, ProxyProtocol, TcpKeepalive};
 use sluice_shared::Revision;
 
 pub use breaker::{Breaker, Overflow, PendingGuard, RequestPermit};
@@ -161,6 +161,7 @@ pub struct ListenerTable {
     hash_source_ip: bool,
     proxy_protocol: Option<ProxyProtocol>,
     accept_proxy_protocol: bool,
+    tcp_keepalive: Option<TcpKeepalive>,
     sni: sni::SniMap,
     /// Sorted by name; the index refers to routes by position.
     routes: Vec<RouteEntry>,
@@ -218,6 +219,11 @@ impl ListenerTable {
     /// Connections start with a PROXY protocol header to take the client's address from.
     pub fn accept_proxy_protocol(&self) -> bool {
         self.accept_proxy_protocol
+    }
+
+    /// tcp/tls: keepalive probes on both sides of each connection.
+    pub fn tcp_keepalive(&self) -> Option<&TcpKeepalive> {
+        self.tcp_keepalive.as_ref()
     }
 
     /// The routes attached to this listener, by name.
