@@ -1,6 +1,6 @@
 //! `tls` passthrough listeners: read the ClientHello's SNI without terminating, pick the cluster
 //! from the listener's `sni` map (exact, then wildcard, else its default `cluster`), connect, replay
-//! the bytes read so far and splice both ways as a tcp listener does (`tcp.rs`: `max_connections`,
+//! the bytes read so far and splice both ways as a tcp listener does (`tcp/`: `max_connections`,
 //! `idle_timeout_ms`, the next endpoint on failure, the `sluice_l4_*` metrics). The TLS session is
 //! between client and backend.
 
