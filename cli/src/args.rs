@@ -77,7 +77,8 @@ pub struct DevArgs {
     pub demo_tcp_addr: SocketAddr,
     #[command(flatten)]
     pub audit: AuditArgs,
-    /// Log one line per request of the in-process node (see `sluice proxy --help`).
+    /// Log one line per request and per L4 connection of the in-process node (see `sluice proxy
+    /// --help`).
     #[arg(long)]
     pub access_log: bool,
 }
@@ -152,7 +153,9 @@ pub struct ProxyArgs {
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Log one line per request (target `sluice::access`: listener, client, method, host, target,
-    /// status, route, cluster, endpoint, tries, request id, ms), with the other logs on stderr.
+    /// status, route, cluster, endpoint, tries, request id, ms) and one per tcp or tls-passthrough
+    /// connection when it ends (listener, client, sni, cluster, endpoint, received, sent, end,
+    /// ms), with the other logs on stderr.
     #[arg(long)]
     pub access_log: bool,
 }
