@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_shared::cidr::Cidr;
 use sluice_shared::model::Protocol;
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
@@ -342,7 +343,7 @@ impl Acceptor {
         let active = (ActiveConnection::new(&self.counts), self.spread.opened(self.worker));
         let span = tracing::debug_span!("conn", listener = %self.name, %peer, client = tracing::field::Empty);
         let phase = self.phase.clone();
-        let origin = self.accepts_proxy_protocol().then(|| self.counts.clone());
+        let origin = self.accepts_proxy_protocol().map(|from| ProxyAccept { from, counts: self.counts.clone() });
         match self.protocol {
             Protocol::Tcp => {
                 let (shared, name, l4) = (self.shared.clone(), self.name.clone(), self.l4.clone());
@@ -388,23 +389,36 @@ impl Acceptor {
         }
     }
 
-    /// Whether this listener's connections start with a PROXY protocol header, as of the table
-    /// installed now (a change applies to the connections accepted after it).
-    fn accepts_proxy_protocol(&self) -> bool {
+    /// Whether this listener's connections start with a PROXY protocol header (and from which
+    /// senders), as of the table installed now: a change applies to the connections accepted after it.
+    fn accepts_proxy_protocol(&self) -> Option<Arc<[Cidr]>> {
         let installed = self.shared.installed.load();
-        installed.as_ref().and_then(|i| i.table.listener(&self.name)).is_some_and(|l| l.accept_proxy_protocol())
+        installed.as_ref()?.table.listener(&self.name)?.accept_proxy_protocol().cloned()
     }
 }
 
+/// A listener behind another balancer: who may send the PROXY header, and where a connection
+/// closed for it is counted.
+struct ProxyAccept {
+    /// Empty: any source.
+    from: Arc<[Cidr]>,
+    counts: Arc<ConnectionCounts>,
+}
+
 /// The client and, when a header said so, the address it connected to: from the connection's
-/// PROXY protocol header when `origin` is set (the listener's counts then count a bad header),
-/// else `peer` itself. `None`: no valid header, the connection is to be closed.
+/// PROXY protocol header when `origin` is set, else `peer` itself. `None`: the connection is to
+/// be closed (a sender not trusted, or no valid header), and is counted.
 async fn take_origin(
-    origin: Option<Arc<ConnectionCounts>>,
+    origin: Option<ProxyAccept>,
     stream: &mut TcpStream,
     peer: SocketAddr,
 ) -> Option<(SocketAddr, Option<SocketAddr>)> {
-    let Some(counts) = origin else { return Some((peer, None)) };
+    let Some(ProxyAccept { from, counts }) = origin else { return Some((peer, None)) };
+    if !from.is_empty() && !from.iter().any(|net| net.contains(peer.ip())) {
+        tracing::debug!("not a trusted sender of PROXY headers, closing");
+        counts.proxy_header_errors.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
     match proxy_protocol::accept(stream).await {
         Ok(Some(o)) => {
             tracing::Span::current().record("client", tracing::field::display(o.client));

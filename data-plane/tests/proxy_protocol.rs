@@ -1,6 +1,7 @@
 //! Listeners behind another L4 balancer (`accept_proxy_protocol`): the header's client address
 //! stands for the connection's everywhere (X-Forwarded-For, the header sent on to an endpoint),
-//! and a connection without a valid header is closed before it reaches anything.
+//! and a connection without a valid header, or from a source not trusted to send one
+//! (`proxy_protocol_from`), is closed before it reaches anything.
 
 mod l4_support;
 mod support;
@@ -84,4 +85,35 @@ async fn an_http_listener_forwards_the_announced_client() {
     }
     assert_eq!(app.hits(), hits);
     assert_eq!(metric(&node, "sluice_proxy_protocol_errors_total{listener=\"web\"}").await, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_trusted_balancers_may_send_the_header() {
+    let app = Backend::start("app").await;
+    let addr = free_addr();
+    let cfg = config(json!({
+        "clusters": {"app": {"endpoints": [{"address": app.addr.to_string()}]}},
+        "listeners": {"web": {"address": addr.to_string(), "protocol": "http", "accept_proxy_protocol": true,
+                              "proxy_protocol_from": ["127.0.0.2", "10.0.0.0/8"]}},
+        "routes": {"all": {"listener": "web", "backends": [{"cluster": "app"}]}},
+    }));
+    let (_cp, node) = node_with(&cfg).await;
+    let request =
+        b"PROXY TCP4 198.51.100.9 192.0.2.1 4444 80\r\nGET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    let from = |source: [u8; 4]| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((source, 0))).unwrap();
+        let mut s = socket.connect(addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        let _ = tokio::time::timeout(IO_TIMEOUT, s.read_to_end(&mut back)).await.expect("closed");
+        String::from_utf8_lossy(&back).into_owned()
+    };
+    let trusted = from([127, 0, 0, 2]).await;
+    assert!(trusted.starts_with("HTTP/1.1 200") && trusted.contains("x-forwarded-for: 198.51.100.9\n"), "{trusted}");
+    // The same header from a source not on the list: closed unread, never proxied.
+    assert_eq!(from([127, 0, 0, 3]).await, "");
+    assert_eq!(app.hits(), 1);
+    assert_eq!(metric(&node, "sluice_proxy_protocol_errors_total{listener=\"web\"}").await, 1.0);
 }

@@ -97,6 +97,7 @@ pub fn listener_to_pb(name: &str, l: &Listener) -> pb::Listener {
             Some(ProxyProtocol::V2) => pb::ProxyProtocol::V2,
         } as i32,
         accept_proxy_protocol: l.accept_proxy_protocol,
+        proxy_protocol_from: l.proxy_protocol_from.clone(),
         tcp_keepalive: l.tcp_keepalive.map(|k| pb::TcpKeepalive {
             idle_ms: k.idle_ms,
             interval_ms: k.interval_ms,
@@ -338,6 +339,7 @@ pub fn listener_from_pb(l: pb::Listener) -> Result<Listener> {
         drain_ms: l.drain_ms,
         proxy_protocol,
         accept_proxy_protocol: l.accept_proxy_protocol,
+        proxy_protocol_from: l.proxy_protocol_from,
         tcp_keepalive: l.tcp_keepalive.map(|k| TcpKeepalive {
             idle_ms: k.idle_ms,
             interval_ms: k.interval_ms,

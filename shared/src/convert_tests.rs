@@ -32,7 +32,7 @@ fn full() -> Config {
         ("secure", r#"{"address":"127.0.0.1:8443","protocol":"https","certificates":["shop"],"group":"edge"}"#),
         (
             "pg",
-            r#"{"address":"127.0.0.1:15432","protocol":"tcp","cluster":"db","idle_timeout_ms":60000,"hash_on":{"source_ip":true},"proxy_protocol":"v2","accept_proxy_protocol":true,"tcp_keepalive":{"idle_ms":30000}}"#,
+            r#"{"address":"127.0.0.1:15432","protocol":"tcp","cluster":"db","idle_timeout_ms":60000,"hash_on":{"source_ip":true},"proxy_protocol":"v2","accept_proxy_protocol":true,"tcp_keepalive":{"idle_ms":30000},"proxy_protocol_from":["10.0.0.0/8"]}"#,
         ),
         (
             "dns",

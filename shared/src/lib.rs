@@ -5,6 +5,7 @@
 //! It does no I/O.
 
 pub mod certs;
+pub mod cidr;
 pub mod clock;
 pub mod config;
 pub mod convert;

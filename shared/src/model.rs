@@ -227,6 +227,10 @@ pub struct Listener {
     /// v2), whose client address stands for the connection's. Not for udp.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub accept_proxy_protocol: bool,
+    /// With `accept_proxy_protocol`: the balancers trusted to send the header (networks, as
+    /// `10.0.0.0/8` or one address); connections from elsewhere are closed. Empty: any source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxy_protocol_from: Vec<String>,
     /// tcp/tls: TCP keepalive on both sides of every connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp_keepalive: Option<TcpKeepalive>,

@@ -340,6 +340,17 @@ impl Listener {
         if let Some(k) = &self.tcp_keepalive {
             k.validate().map_err(|e| e.within("tcp_keepalive"))?;
         }
+        for (i, net) in self.proxy_protocol_from.iter().enumerate() {
+            if let Err(e) = net.parse::<crate::cidr::Cidr>() {
+                return Err(ValidationError::invalid(format!("proxy_protocol_from[{i}]"), e.to_string()));
+            }
+        }
+        if !self.proxy_protocol_from.is_empty() && !self.accept_proxy_protocol {
+            return Err(ValidationError::invalid(
+                "proxy_protocol_from",
+                "only a listener with accept_proxy_protocol takes this field",
+            ));
+        }
         let only = |field: &str, set: bool, protocols: &str| {
             if set {
                 Err(ValidationError::invalid(field, format!("only {protocols} listeners take this field")))
@@ -622,6 +633,14 @@ mod tests {
         }
         let udp = r#"{"address":"127.0.0.1:53","protocol":"udp","cluster":"dns","accept_proxy_protocol":true}"#;
         assert_eq!(field(udp).as_deref(), Some("accept_proxy_protocol"));
+        let from = |accept: bool, nets: &str| {
+            format!(
+                r#"{{"address":"127.0.0.1:80","protocol":"http","accept_proxy_protocol":{accept},"proxy_protocol_from":{nets}}}"#
+            )
+        };
+        assert_eq!(field(&from(true, r#"["10.0.0.0/8","2001:db8::/32","192.0.2.7"]"#)), None);
+        assert_eq!(field(&from(true, r#"["10.0.0.0/8","10.0.0.1/8"]"#)).as_deref(), Some("proxy_protocol_from[1]"));
+        assert_eq!(field(&from(false, r#"["10.0.0.0/8"]"#)).as_deref(), Some("proxy_protocol_from"));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_shared::cidr::CidrError;
 use sluice_shared::model::{Cluster, Route};
 use sluice_shared::Config;
 
@@ -54,6 +55,13 @@ pub fn compile(cfg: &Config, previous: Option<&Table>) -> Result<Table, CompileE
             Some(c) => Some(lookup(&clusters, &format!("{field}.cluster"), c)?),
             None => None,
         };
+        let mut proxy_protocol_from = Vec::with_capacity(l.proxy_protocol_from.len());
+        for (i, net) in l.proxy_protocol_from.iter().enumerate() {
+            let net = net.parse().map_err(|e: CidrError| {
+                CompileError::new(format!("{field}.proxy_protocol_from[{i}]"), e.to_string())
+            })?;
+            proxy_protocol_from.push(net);
+        }
         let mut sni = SniMap::default();
         for (host, c) in &l.sni {
             sni.insert(host, lookup(&clusters, &format!("{field}.sni.{host}"), c)?);
@@ -82,6 +90,7 @@ pub fn compile(cfg: &Config, previous: Option<&Table>) -> Result<Table, CompileE
                 hash_source_ip: l.hash_on.as_ref().is_some_and(|h| h.source_ip),
                 proxy_protocol: l.proxy_protocol,
                 accept_proxy_protocol: l.accept_proxy_protocol,
+                proxy_protocol_from: proxy_protocol_from.into(),
                 tcp_keepalive: l.tcp_keepalive,
                 sni,
                 routes,

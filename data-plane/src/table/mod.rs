@@ -79,6 +79,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_shared::cidr::Cidr;
 use sluice_shared::model::{Protocol, ProxyProtocol, TcpKeepalive};
 use sluice_shared::Revision;
 
@@ -161,6 +162,8 @@ pub struct ListenerTable {
     hash_source_ip: bool,
     proxy_protocol: Option<ProxyProtocol>,
     accept_proxy_protocol: bool,
+    /// Sources trusted to send that header; empty: any.
+    proxy_protocol_from: Arc<[Cidr]>,
     tcp_keepalive: Option<TcpKeepalive>,
     sni: sni::SniMap,
     /// Sorted by name; the index refers to routes by position.
@@ -216,9 +219,10 @@ impl ListenerTable {
         self.proxy_protocol
     }
 
-    /// Connections start with a PROXY protocol header to take the client's address from.
-    pub fn accept_proxy_protocol(&self) -> bool {
-        self.accept_proxy_protocol
+    /// Connections start with a PROXY protocol header to take the client's address from: `Some`
+    /// networks its senders must be in (empty: any source), `None` when no header is expected.
+    pub fn accept_proxy_protocol(&self) -> Option<&Arc<[Cidr]>> {
+        self.accept_proxy_protocol.then_some(&self.proxy_protocol_from)
     }
 
     /// tcp/tls: keepalive probes on both sides of each connection.
