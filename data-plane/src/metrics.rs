@@ -211,28 +211,21 @@ impl Metrics {
                 c.active.load(Ordering::Relaxed)
             );
         }
-        header(&mut out, "sluice_connections_total", "counter", "Accepted downstream connections by listener.");
-        for (listener, c) in &reg.connections {
-            let _ = writeln!(
-                out,
-                "sluice_connections_total{{listener=\"{}\"}} {}",
-                esc(listener),
-                c.accepted.load(Ordering::Relaxed)
-            );
-        }
-        header(
-            &mut out,
-            "sluice_proxy_protocol_errors_total",
-            "counter",
-            "Connections closed for a missing, malformed or late PROXY protocol header, by listener.",
-        );
-        for (listener, c) in &reg.connections {
-            let _ = writeln!(
-                out,
-                "sluice_proxy_protocol_errors_total{{listener=\"{}\"}} {}",
-                esc(listener),
-                c.proxy_header_errors.load(Ordering::Relaxed)
-            );
+        type Counter = fn(&ConnectionCounts) -> &AtomicU64;
+        let counters: [(&str, &str, Counter); 2] = [
+            ("sluice_connections_total", "Accepted downstream connections by listener.", |c| &c.accepted),
+            (
+                "sluice_proxy_protocol_errors_total",
+                "Connections closed for a missing, malformed or late PROXY protocol header, by listener.",
+                |c| &c.proxy_header_errors,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            header(&mut out, name, "counter", help);
+            for (listener, c) in &reg.connections {
+                let _ =
+                    writeln!(out, "{name}{{listener=\"{}\"}} {}", esc(listener), counter(c).load(Ordering::Relaxed));
+            }
         }
 
         let gauges = [

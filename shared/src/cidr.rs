@@ -61,10 +61,7 @@ impl Cidr {
     /// Whether `ip` is in this network; an IPv4 address written as IPv6 (`::ffff:a.b.c.d`, as a
     /// dual-stack socket reports IPv4 clients) is matched as the IPv4 address it is.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
+        let ip = ip.to_canonical();
         ip.is_ipv4() == self.network.is_ipv4() && self.mask(ip) == self.network
     }
 

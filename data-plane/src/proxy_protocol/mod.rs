@@ -71,18 +71,12 @@ fn v2(client: SocketAddr, local: SocketAddr) -> Vec<u8> {
 /// Both addresses in one family: IPv4 when both are IPv4 (mapped or not), else IPv6 (a lone
 /// IPv4 address mapped into it; one socket never mixes them, this only keeps the header valid).
 fn same_family(client: SocketAddr, local: SocketAddr) -> (SocketAddr, SocketAddr) {
+    let unmap = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
     let (c, l) = (unmap(client), unmap(local));
     if c.is_ipv4() == l.is_ipv4() {
         (c, l)
     } else {
         (SocketAddr::new(IpAddr::V6(v6(c.ip())), c.port()), SocketAddr::new(IpAddr::V6(v6(l.ip())), l.port()))
-    }
-}
-
-fn unmap(a: SocketAddr) -> SocketAddr {
-    match a.ip() {
-        IpAddr::V6(ip) => ip.to_ipv4_mapped().map_or(a, |v4| SocketAddr::new(IpAddr::V4(v4), a.port())),
-        IpAddr::V4(_) => a,
     }
 }
 

@@ -161,9 +161,8 @@ pub struct ListenerTable {
     /// `hash_on: {"source_ip": true}` (tcp/udp): the client IP is the hashing policies' key.
     hash_source_ip: bool,
     proxy_protocol: Option<ProxyProtocol>,
-    accept_proxy_protocol: bool,
-    /// Sources trusted to send that header; empty: any.
-    proxy_protocol_from: Arc<[Cidr]>,
+    /// `Some` when connections start with a PROXY header: the sources trusted to send it (empty: any).
+    accept_proxy_protocol: Option<Arc<[Cidr]>>,
     tcp_keepalive: Option<TcpKeepalive>,
     sni: sni::SniMap,
     /// Sorted by name; the index refers to routes by position.
@@ -222,7 +221,7 @@ impl ListenerTable {
     /// Connections start with a PROXY protocol header to take the client's address from: `Some`
     /// networks its senders must be in (empty: any source), `None` when no header is expected.
     pub fn accept_proxy_protocol(&self) -> Option<&Arc<[Cidr]>> {
-        self.accept_proxy_protocol.then_some(&self.proxy_protocol_from)
+        self.accept_proxy_protocol.as_ref()
     }
 
     /// tcp/tls: keepalive probes on both sides of each connection.
