@@ -7,7 +7,8 @@
 # counting off, one HTTP listener with a catch-all route or one TCP listener
 # (sluice-candidate.sh), then counts only
 # while `wrk -t1 -cCONNS` runs for DURATION seconds. Prints instructions per request and the top
-# functions (inclusive). Needs valgrind, nginx, wrk (scripts/install-bench-tools.sh).
+# functions (inclusive); KEEP=FILE keeps the profile (for callgrind_annotate). Needs valgrind,
+# nginx, wrk (scripts/install-bench-tools.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$(realpath "${1:-target/release/sluice}")
@@ -55,6 +56,7 @@ requests=$(awk '/requests in/ {print $1}' <<< "$out")
 echo "$out" | grep -E "requests in|Non-2xx|Socket errors" || true
 
 file=$tmp/callgrind.out.1   # the dump taken right after the counted run
+[[ -n ${KEEP:-} ]] && cp "$file" "$KEEP"
 total=$(callgrind_annotate "$file" 2>/dev/null | awk '/PROGRAM TOTALS/ && !t {gsub(",", "", $1); t = $1} END {print t}')
 echo "requests: $requests  instructions: $total  per request: $((total / requests))"
 callgrind_annotate --inclusive=yes "$file" 2>/dev/null | sed -n '/^Ir/,$p' | head -40 || true

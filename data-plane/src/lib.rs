@@ -11,6 +11,7 @@ mod access_log;
 mod admin;
 mod cache;
 mod fast_hash;
+mod flag_waker;
 mod health;
 mod http;
 mod install;

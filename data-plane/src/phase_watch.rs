@@ -1,28 +1,27 @@
 //! A listener's phase as seen from a hand-written poll loop (a TCP splice, an HTTP connection):
-//! one atomic swap per poll unless the phase changed, and never a missed change.
+//! one atomic load per poll unless the phase changed, and never a missed change.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll};
 
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 use tokio_stream::Stream;
 
+use crate::flag_waker::FlagWakers;
 use crate::listeners::Phase;
 
 pub struct PhaseWatch {
     changes: WatchStream<Phase>,
-    /// The waker the change stream is polled with, and the flag it sets when it fires.
-    wake: Option<(Arc<PhaseWake>, Waker)>,
+    /// The waker the change stream is polled with.
+    wake: FlagWakers<1>,
     now: Phase,
 }
 
 impl PhaseWatch {
     pub fn new(rx: watch::Receiver<Phase>) -> PhaseWatch {
         let now = *rx.borrow();
-        PhaseWatch { changes: WatchStream::from_changes(rx), wake: None, now }
+        PhaseWatch { changes: WatchStream::from_changes(rx), wake: FlagWakers::default(), now }
     }
 
     /// The phase now, as of the last poll.
@@ -36,15 +35,8 @@ impl PhaseWatch {
         // The stream is polled only when its own waker fired (a phase change, or a cooperative
         // yield): a wake-up it asked for and was not polled after would leave nothing registered
         // for the next change, and a later `Abort` would never reach this connection.
-        let poll_changes = match &self.wake {
-            Some((wake, _)) if wake.task.will_wake(cx.waker()) => wake.take(),
-            _ => {
-                let wake = Arc::new(PhaseWake { fired: AtomicBool::new(false), task: cx.waker().clone() });
-                self.wake = Some((wake.clone(), Waker::from(wake)));
-                true
-            }
-        };
-        if let (true, Some((_, waker))) = (poll_changes, &self.wake) {
+        let (due, [waker]) = self.wake.take(cx);
+        if due != 0 {
             let mut cx = Context::from_waker(waker);
             loop {
                 match Pin::new(&mut self.changes).poll_next(&mut cx) {
@@ -58,31 +50,6 @@ impl PhaseWatch {
             }
         }
         self.now
-    }
-}
-
-/// The waker the phase's change stream is polled with: it marks that it fired, then wakes the
-/// connection's task.
-struct PhaseWake {
-    fired: AtomicBool,
-    task: Waker,
-}
-
-impl PhaseWake {
-    /// Whether the waker fired since the last call (then the stream must be polled).
-    fn take(&self) -> bool {
-        self.fired.swap(false, Ordering::AcqRel)
-    }
-}
-
-impl Wake for PhaseWake {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.fired.store(true, Ordering::Release);
-        self.task.wake_by_ref();
     }
 }
 

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::access_log::L4Entry;
+use crate::flag_waker::FlagWakers;
 use crate::l4_stats::L4Stats;
 use crate::listeners::Phase;
 use crate::phase_watch::PhaseWatch;
@@ -24,10 +25,10 @@ const BUFFER: usize = 32 * 1024;
 /// `idle`, or the listener's drain ran out (`Phase::Abort`).
 ///
 /// One hand-written poll loop instead of `select!` over `try_join!` of two copy futures: a wake-up
-/// costs one read (and one write) per direction with data and nothing else; the phase's change
-/// stream is only polled when its own waker fired (one atomic swap otherwise, see [`PhaseWatch`])
-/// and the idle timeout is one timer per connection, re-armed only when it fires before the real
-/// deadline.
+/// costs one read (and one write) for the direction that was woken and nothing else. Each
+/// direction and the phase's change stream are polled with a waker of their own and only when it
+/// fired (one atomic load otherwise, see [`FlagWakers`]); the idle timeout is one timer per
+/// connection, re-armed only when it fires before the real deadline.
 pub async fn splice(
     mut client: TcpStream,
     mut upstream: TcpStream,
@@ -38,7 +39,7 @@ pub async fn splice(
     let spliced = {
         let (cr, cw) = client.split();
         let (ur, uw) = upstream.split();
-        copy_both_ways((cr, cw), (ur, uw), idle, stats, phase).await
+        copy_both_ways((cr, cw), (ur, uw), Wakers::PerDirection, idle, stats, phase).await
     };
     if let End::Failed(e) = &spliced.end {
         tracing::debug!(error = %e, "tcp proxy ended with an error");
@@ -58,7 +59,9 @@ pub(super) async fn splice_tls(
     let (ur, uw) = tokio::io::split(upstream);
     let spliced = {
         let (cr, cw) = client.split();
-        copy_both_ways((cr, cw), (ur, uw), idle, stats, phase).await
+        // One TLS stream behind both halves: its two directions may register with one socket's
+        // slot, which keeps only the last waker, so both are polled on every wake-up.
+        copy_both_ways((cr, cw), (ur, uw), Wakers::Task, idle, stats, phase).await
     };
     if let End::Failed(e) = &spliced.end {
         tracing::debug!(error = %e, "tcp proxy (upstream TLS) ended with an error");
@@ -109,10 +112,37 @@ fn pass_reset_on(e: &io::Error, sockets: &[&TcpStream]) {
     }
 }
 
+/// Which waker each direction is polled with.
+#[derive(Clone, Copy)]
+enum Wakers {
+    /// One of [`FlagWakers`] each, and a direction is polled only when its own fired. Only for
+    /// halves whose directions never share a waker slot (plain sockets: one reads the client and
+    /// writes the endpoint, the other the reverse).
+    PerDirection,
+    /// The task's: both directions on every wake-up.
+    Task,
+}
+
+/// Polls one direction if it is `due`, with its own `waker` if it has one. Not due: `Pending`, its
+/// waker is still registered wherever the direction waits.
+fn poll_direction(
+    due: bool,
+    waker: Option<&Waker>,
+    cx: &mut Context<'_>,
+    copy: impl FnOnce(&mut Context<'_>) -> Poll<io::Result<()>>,
+) -> Poll<io::Result<()>> {
+    match (due, waker) {
+        (false, _) => Poll::Pending,
+        (true, Some(waker)) => copy(&mut Context::from_waker(waker)),
+        (true, None) => copy(cx),
+    }
+}
+
 /// The loop of [`splice`] over any two (read, write) halves.
 async fn copy_both_ways<CR, CW, UR, UW>(
     (mut cr, mut cw): (CR, CW),
     (mut ur, mut uw): (UR, UW),
+    wakers: Wakers,
     idle: Option<Duration>,
     stats: &L4Stats,
     phase: watch::Receiver<Phase>,
@@ -125,6 +155,7 @@ where
 {
     let mut to_upstream = Pump::new(&stats.bytes_from_clients);
     let mut to_client = Pump::new(&stats.bytes_to_clients);
+    let mut direction_wakers = FlagWakers::<2>::default();
     // Draining leaves established connections alone; only abort (or a gone listener) cuts.
     let mut phase = PhaseWatch::new(phase);
     // Idle: the time of the last byte moved, read against one timer.
@@ -135,10 +166,23 @@ where
             return Poll::Ready(End::Aborted);
         }
         // The first error ends both directions: both sockets are then closed by the caller.
-        if let Poll::Ready(Err(e)) = to_upstream.poll_copy(cx, &mut cr, &mut uw, &mut last_activity) {
+        let (due, own) = match wakers {
+            Wakers::PerDirection => {
+                let (due, own) = direction_wakers.take(cx);
+                (due, Some(own))
+            }
+            Wakers::Task => (0b11, None),
+        };
+        let up = poll_direction(due & 1 != 0, own.map(|w| &w[0]), cx, |cx| {
+            to_upstream.poll_copy(cx, &mut cr, &mut uw, &mut last_activity)
+        });
+        if let Poll::Ready(Err(e)) = up {
             return Poll::Ready(End::Failed(e));
         }
-        if let Poll::Ready(Err(e)) = to_client.poll_copy(cx, &mut ur, &mut cw, &mut last_activity) {
+        let down = poll_direction(due & 2 != 0, own.map(|w| &w[1]), cx, |cx| {
+            to_client.poll_copy(cx, &mut ur, &mut cw, &mut last_activity)
+        });
+        if let Poll::Ready(Err(e)) = down {
             return Poll::Ready(End::Failed(e));
         }
         if to_upstream.done && to_client.done {
@@ -280,45 +324,130 @@ impl Drop for Meter<'_> {
 mod tests {
     use super::*;
 
-    /// The phase future's wake-ups must never be swallowed: here its first poll finds the task's
-    /// budget spent (tokio then wakes the task instead of registering with the channel), so only
-    /// polling it again on that wake-up registers it. A loop that skipped it then (no new phase
-    /// version, same task waker) never heard of the `Abort` sent while it waited.
+    /// No source's wake-up may be swallowed: here the first poll finds the task's budget spent
+    /// (tokio then wakes the source's waker instead of registering it with the socket or the
+    /// channel), so only polling that source again on that wake-up registers it. A loop that
+    /// skipped it then (no new phase version, no direction's waker fired as far as it knew) never
+    /// heard of the bytes or of the `Abort` sent while it waited. With the task's waker and with a
+    /// waker per direction.
     #[tokio::test]
     async fn abort_reaches_a_splice_whose_phase_wakeup_was_a_yield() {
-        let (client, _client_peer) = tokio::io::duplex(64);
-        let (upstream, _upstream_peer) = tokio::io::duplex(64);
-        let (tx, rx) = watch::channel(Phase::Serving);
-        let stats = L4Stats::default();
-        let splice = copy_both_ways(tokio::io::split(client), tokio::io::split(upstream), None, &stats, rx);
-        tokio::pin!(splice);
-        std::future::poll_fn(|cx| {
-            while let Poll::Ready(p) = tokio::task::coop::poll_proceed(cx) {
-                p.made_progress();
-            }
-            assert!(splice.as_mut().poll(cx).is_pending());
-            Poll::Ready(())
-        })
-        .await;
-        // Polled again on that wake-up, with a fresh budget: no byte to move, no new phase.
-        tokio::task::yield_now().await;
-        std::future::poll_fn(|cx| {
-            assert!(splice.as_mut().poll(cx).is_pending());
-            Poll::Ready(())
-        })
-        .await;
-        // The listener drains and runs out while this task waits on the splice alone.
-        tokio::spawn(async move {
-            tx.send(Phase::Draining).unwrap();
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            tx.send(Phase::Abort).unwrap();
-            std::future::pending::<()>().await;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for wakers in [Wakers::Task, Wakers::PerDirection] {
+            let (client, mut client_peer) = tokio::io::duplex(64);
+            let (upstream, mut upstream_peer) = tokio::io::duplex(64);
+            let (tx, rx) = watch::channel(Phase::Serving);
+            let stats = L4Stats::default();
+            let splice = copy_both_ways(tokio::io::split(client), tokio::io::split(upstream), wakers, None, &stats, rx);
+            tokio::pin!(splice);
+            std::future::poll_fn(|cx| {
+                while let Poll::Ready(p) = tokio::task::coop::poll_proceed(cx) {
+                    p.made_progress();
+                }
+                assert!(splice.as_mut().poll(cx).is_pending());
+                Poll::Ready(())
+            })
+            .await;
+            // Polled again on that wake-up, with a fresh budget: no byte to move, no new phase.
+            tokio::task::yield_now().await;
+            std::future::poll_fn(|cx| {
+                assert!(splice.as_mut().poll(cx).is_pending());
+                Poll::Ready(())
+            })
+            .await;
+            // While this task waits on the splice alone: a byte each way, then the listener
+            // drains and runs out.
+            tokio::spawn(async move {
+                let mut byte = [0u8];
+                client_peer.write_all(b"u").await.unwrap();
+                upstream_peer.read_exact(&mut byte).await.unwrap();
+                upstream_peer.write_all(b"c").await.unwrap();
+                client_peer.read_exact(&mut byte).await.unwrap();
+                tx.send(Phase::Draining).unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                tx.send(Phase::Abort).unwrap();
+                std::future::pending::<()>().await;
+            });
+            let ended = tokio::select! {
+                biased;
+                _ = tokio::time::sleep(Duration::from_secs(2)) => false,
+                _ = splice.as_mut() => true,
+            };
+            assert!(ended, "bytes or the Abort did not reach the splice");
+        }
+    }
+
+    /// Two connected sockets on loopback.
+    async fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let connect = TcpStream::connect(listener.local_addr().unwrap());
+        let (connected, accepted) = tokio::join!(connect, listener.accept());
+        (connected.unwrap(), accepted.unwrap().0)
+    }
+
+    /// Writes `bulk` and reads as many bytes back at once, which must be `bulk`.
+    async fn exchange(socket: &mut TcpStream, bulk: &[u8], who: &str) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut rx, mut tx) = socket.split();
+        let mut got = vec![0u8; bulk.len()];
+        let (sent, read) = tokio::join!(tx.write_all(bulk), rx.read_exact(&mut got));
+        sent.unwrap();
+        read.unwrap();
+        assert!(got == bulk, "bytes to the {who} changed on the way");
+    }
+
+    /// Each direction is polled only when its own waker fired: a direction left alone while the
+    /// other works must still hear of its next bytes, in ping-pong, in both at once, and at the end.
+    #[tokio::test]
+    async fn per_direction_wakers_miss_no_wakeup() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, client_side) = socket_pair().await;
+        let (upstream_side, mut endpoint) = socket_pair().await;
+        let (_tx, rx) = watch::channel(Phase::Serving);
+        let stats = std::sync::Arc::new(L4Stats::default());
+        let splice = tokio::spawn({
+            let stats = stats.clone();
+            async move { splice(client_side, upstream_side, None, &stats, rx).await.received }
         });
-        let ended = tokio::select! {
-            biased;
-            _ = tokio::time::sleep(Duration::from_secs(2)) => false,
-            _ = splice.as_mut() => true,
-        };
-        assert!(ended, "Abort did not end the splice");
+        fn within<F: Future>(f: F) -> tokio::time::Timeout<F> {
+            tokio::time::timeout(Duration::from_secs(10), f)
+        }
+        let mut buf = [0u8; 64];
+        within(async {
+            // One direction busy while the other waits, then the other way round.
+            for i in 0..50u8 {
+                client.write_all(&[i; 10]).await.unwrap();
+                endpoint.read_exact(&mut buf[..10]).await.unwrap();
+                assert_eq!(buf[..10], [i; 10]);
+            }
+            for i in 0..50u8 {
+                endpoint.write_all(&[i; 7]).await.unwrap();
+                client.read_exact(&mut buf[..7]).await.unwrap();
+                assert_eq!(buf[..7], [i; 7]);
+            }
+            // Ping-pong, then both ways at once with more than the sockets buffer.
+            for i in 0..50u8 {
+                client.write_all(&[i]).await.unwrap();
+                endpoint.read_exact(&mut buf[..1]).await.unwrap();
+                endpoint.write_all(&buf[..1]).await.unwrap();
+                client.read_exact(&mut buf[..1]).await.unwrap();
+                assert_eq!(buf[0], i);
+            }
+        })
+        .await
+        .unwrap();
+        let bulk = vec![7u8; 4 << 20];
+        let ((), ()) = within(async {
+            tokio::join!(exchange(&mut client, &bulk, "client"), exchange(&mut endpoint, &bulk, "endpoint"))
+        })
+        .await
+        .unwrap();
+        // The end: FIN from the client reaches the endpoint, then the endpoint's.
+        client.shutdown().await.unwrap();
+        assert_eq!(within(endpoint.read(&mut buf)).await.unwrap().unwrap(), 0);
+        endpoint.shutdown().await.unwrap();
+        assert_eq!(within(client.read(&mut buf)).await.unwrap().unwrap(), 0);
+        let received = within(splice).await.unwrap().unwrap();
+        assert_eq!(received, 500 + 50 + (4 << 20));
     }
 }
