@@ -186,6 +186,21 @@ async fn l4_connections_get_an_access_line_each_saying_how_they_ended() {
     )
     .await;
     api.put("listeners", "gone", json!({"address": gone.to_string(), "protocol": "tcp", "cluster": "down"})).await;
+    // Behind another balancer: one takes a header from anyone, one only from 192.0.2.0/24.
+    let (behind, guarded) = (free_addr(), free_addr());
+    api.put(
+        "listeners",
+        "behind",
+        json!({"address": behind.to_string(), "protocol": "tcp", "cluster": "replicas", "accept_proxy_protocol": true}),
+    )
+    .await;
+    api.put(
+        "listeners",
+        "guarded",
+        json!({"address": guarded.to_string(), "protocol": "tcp", "cluster": "replicas",
+        "accept_proxy_protocol": true, "proxy_protocol_from": ["192.0.2.0/24"]}),
+    )
+    .await;
 
     let (_, mut held) = eventually(WAIT, "the tcp listener", || open(db)).await;
     assert_eq!(echo(&mut held, "ping").await.as_deref(), Some("ping"));
@@ -197,6 +212,14 @@ async fn l4_connections_get_an_access_line_each_saying_how_they_ended() {
     let mut unreachable =
         eventually(WAIT, "the second tcp listener", || async { TcpStream::connect(gone).await.ok() }).await;
     let _ = tokio::time::timeout(Duration::from_secs(10), unreachable.read_to_end(&mut rest)).await;
+    // No PROXY header where one is due, and a header from a sender not listed.
+    let header: &[u8] = b"PROXY TCP4 192.0.2.9 10.0.0.1 5000 5432\r\n";
+    for (addr, sent) in [(behind, &b"hello\r\n"[..]), (guarded, header)] {
+        let mut c =
+            eventually(WAIT, "a listener behind a balancer", || async { TcpStream::connect(addr).await.ok() }).await;
+        let _ = c.write_all(sent).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut rest)).await;
+    }
     // The held one ends cleanly: FIN from the client, the echo answers with its own.
     held.get_mut().shutdown().await.unwrap();
     let _ = tokio::time::timeout(Duration::from_secs(5), held.read_to_end(&mut rest)).await;
@@ -228,4 +251,8 @@ async fn l4_connections_get_an_access_line_each_saying_how_they_ended() {
     assert!(rejected.contains("endpoint=\"-\"") && rejected.contains("received=0"), "{rejected}");
     let no_endpoint = eventually(WAIT, "the unreachable connection's line", || line("no_endpoint")).await;
     assert!(no_endpoint.contains("listener=\"gone\""), "{no_endpoint}");
+    let untrusted = eventually(WAIT, "the untrusted sender's line", || line("proxy_sender_untrusted")).await;
+    assert!(untrusted.contains("listener=\"guarded\"") && untrusted.contains("endpoint=\"-\""), "{untrusted}");
+    let invalid = eventually(WAIT, "the headerless connection's line", || line("proxy_header_invalid")).await;
+    assert!(invalid.contains("listener=\"behind\""), "{invalid}");
 }

@@ -23,6 +23,7 @@ use tokio_util::either::Either;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::access_log::L4Entry;
 use crate::l4_stats::L4Stats;
 use crate::metrics::{ActiveConnection, ConnectionCounts};
 use crate::proxy_protocol;
@@ -349,7 +350,10 @@ impl Acceptor {
                 let (shared, name, l4) = (self.shared.clone(), self.name.clone(), self.l4.clone());
                 self.connections.spawn(
                     async move {
-                        let Some((peer, local)) = take_origin(origin, &mut stream, peer).await else { return };
+                        let (peer, local) = match take_origin(origin, &mut stream, peer).await {
+                            Ok(origin) => origin,
+                            Err(why) => return L4Entry::start(&name, peer).end(why),
+                        };
                         crate::tcp::serve(stream, peer, local, &name, &shared, &l4, phase).await;
                         drop(active);
                     }
@@ -360,7 +364,10 @@ impl Acceptor {
                 let (shared, name, l4) = (self.shared.clone(), self.name.clone(), self.l4.clone());
                 self.connections.spawn(
                     async move {
-                        let Some((peer, local)) = take_origin(origin, &mut stream, peer).await else { return };
+                        let (peer, local) = match take_origin(origin, &mut stream, peer).await {
+                            Ok(origin) => origin,
+                            Err(why) => return L4Entry::start(&name, peer).end(why),
+                        };
                         crate::tls::passthrough::serve(stream, peer, local, &name, &shared, &l4, phase).await;
                         drop(active);
                     }
@@ -372,7 +379,8 @@ impl Acceptor {
                     (self.shared.clone(), self.name.clone(), self.protocol == Protocol::Https);
                 self.connections.spawn(
                     async move {
-                        let Some((peer, _)) = take_origin(origin, &mut stream, peer).await else { return };
+                        // Refused: counted in /metrics (the HTTP access log has a line per request).
+                        let Ok((peer, _)) = take_origin(origin, &mut stream, peer).await else { return };
                         // What the connection's requests share.
                         let scheme = if https { "https" } else { "http" };
                         let conn = Arc::new(ConnCtx { listener, peer, scheme, shared });
@@ -406,29 +414,30 @@ struct ProxyAccept {
 }
 
 /// The client and, when a header said so, the address it connected to: from the connection's
-/// PROXY protocol header when `origin` is set, else `peer` itself. `None`: the connection is to
-/// be closed (a sender not trusted, or no valid header), and is counted.
+/// PROXY protocol header when `origin` is set, else `peer` itself. `Err`: the connection is to be
+/// closed (a sender not trusted, or no valid header), and is counted; the error says which, in
+/// the access log's words.
 async fn take_origin(
     origin: Option<ProxyAccept>,
     stream: &mut TcpStream,
     peer: SocketAddr,
-) -> Option<(SocketAddr, Option<SocketAddr>)> {
-    let Some(ProxyAccept { from, counts }) = origin else { return Some((peer, None)) };
+) -> Result<(SocketAddr, Option<SocketAddr>), &'static str> {
+    let Some(ProxyAccept { from, counts }) = origin else { return Ok((peer, None)) };
     if !from.is_empty() && !from.iter().any(|net| net.contains(peer.ip())) {
         tracing::debug!("not a trusted sender of PROXY headers, closing");
         counts.proxy_header_errors.fetch_add(1, Ordering::Relaxed);
-        return None;
+        return Err("proxy_sender_untrusted");
     }
     match proxy_protocol::accept(stream).await {
         Ok(Some(o)) => {
             tracing::Span::current().record("client", tracing::field::display(o.client));
-            Some((o.client, Some(o.local)))
+            Ok((o.client, Some(o.local)))
         }
-        Ok(None) => Some((peer, None)),
+        Ok(None) => Ok((peer, None)),
         Err(e) => {
             tracing::debug!(error = %e, "closing");
             counts.proxy_header_errors.fetch_add(1, Ordering::Relaxed);
-            None
+            Err("proxy_header_invalid")
         }
     }
 }
