@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -320,24 +320,39 @@ async fn passthrough_connections_are_admitted_retried_and_counted_like_tcp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passthrough_sends_the_proxy_header_before_the_client_hello() {
     let (echo, _echo) = echo_backend().await;
-    let addr = free_addr();
+    let (v1, v2) = (free_addr(), free_addr());
+    let listener = |addr: SocketAddr, version: &str| json!({"address": addr.to_string(), "protocol": "tls", "cluster": "c", "proxy_protocol": version});
     let cfg = config(json!({
         "clusters": {"c": {"endpoints": [{"address": echo.to_string()}]}},
-        "listeners": {"edge": {"address": addr.to_string(), "protocol": "tls", "cluster": "c", "proxy_protocol": "v1"}}
+        "listeners": {"edge1": listener(v1, "v1"), "edge2": listener(v2, "v2")}
     }));
     let cp = ControlPlane::start(Some(snapshot(&cfg, 1))).await;
     let node = start_node(vec![cp.url()], None).await;
     cp.expect_ack(1).await;
     let hello = client_hello("db.pass.test");
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let client = s.local_addr().unwrap();
-    s.write_all(&hello).await.unwrap();
-    let mut want =
-        format!("PROXY TCP4 {} {} {} {}\r\n", client.ip(), addr.ip(), client.port(), addr.port()).into_bytes();
-    want.extend_from_slice(&hello);
-    let mut back = vec![0u8; want.len()];
-    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut back)).await.expect("echo").unwrap();
-    assert_eq!(back, want);
+    for addr in [v1, v2] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let client = s.local_addr().unwrap();
+        s.write_all(&hello).await.unwrap();
+        let mut want = if addr == v1 {
+            format!("PROXY TCP4 {} {} {} {}\r\n", client.ip(), addr.ip(), client.port(), addr.port()).into_bytes()
+        } else {
+            // v2: 12 bytes of addresses and ports, then the server name as PP2_TYPE_AUTHORITY.
+            let mut h = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x1b".to_vec();
+            for ip in [client.ip(), addr.ip()] {
+                let IpAddr::V4(ip) = ip else { panic!("IPv4 loopback") };
+                h.extend_from_slice(&ip.octets());
+            }
+            h.extend_from_slice(&client.port().to_be_bytes());
+            h.extend_from_slice(&addr.port().to_be_bytes());
+            h.extend_from_slice(b"\x02\x00\x0cdb.pass.test");
+            h
+        };
+        want.extend_from_slice(&hello);
+        let mut back = vec![0u8; want.len()];
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut back)).await.expect("echo").unwrap();
+        assert_eq!(back, want, "{addr}");
+    }
     node.shutdown().await;
     cp.stop().await;
 }

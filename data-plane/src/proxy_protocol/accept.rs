@@ -185,8 +185,10 @@ mod tests {
     #[test]
     fn what_we_send_is_what_we_accept() {
         for (client, local) in [("198.51.100.7:40000", "10.0.0.1:5432"), ("[2001:db8::7]:1", "[2001:db8::1]:65535")] {
-            for version in [ProxyProtocol::V1, ProxyProtocol::V2] {
-                let mut h = header(version, addr(client), addr(local));
+            for (version, authority) in
+                [(ProxyProtocol::V1, None), (ProxyProtocol::V2, None), (ProxyProtocol::V2, Some("db.example"))]
+            {
+                let mut h = header(version, addr(client), addr(local), authority);
                 let len = h.len();
                 h.extend_from_slice(b"GET / HTTP/1.1\r\n");
                 assert_eq!(parse(&h).unwrap(), Parsed::Done { len, origin: origin(client, local) }, "{version:?}");
@@ -207,7 +209,7 @@ mod tests {
         let mut local = V2_SIGNATURE.to_vec();
         local.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);
         assert_eq!(parse(&local).unwrap(), Parsed::Done { len: 16, origin: None });
-        let mut local = header(ProxyProtocol::V2, addr("1.2.3.4:5"), addr("5.6.7.8:9"));
+        let mut local = header(ProxyProtocol::V2, addr("1.2.3.4:5"), addr("5.6.7.8:9"), None);
         local[12] = 0x20;
         assert_eq!(parse(&local).unwrap(), Parsed::Done { len: 28, origin: None });
         for family in [0x00, 0x31, 0x32] {
@@ -219,7 +221,7 @@ mod tests {
 
     #[test]
     fn v2_tlvs_are_skipped_and_udp_addresses_taken() {
-        let mut h = header(ProxyProtocol::V2, addr("1.2.3.4:5"), addr("5.6.7.8:9"));
+        let mut h = header(ProxyProtocol::V2, addr("1.2.3.4:5"), addr("5.6.7.8:9"), None);
         h[13] = 0x12;
         h[15] = 12 + 7;
         h.extend_from_slice(&[0x04, 0x00, 0x04, b'n', b'o', b'o', b'p']);
@@ -273,7 +275,7 @@ mod tests {
         let client = tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;
             let mut c = TcpStream::connect(to).await.unwrap();
-            let h = header(ProxyProtocol::V2, addr("203.0.113.9:4444"), addr("192.0.2.1:443"));
+            let h = header(ProxyProtocol::V2, addr("203.0.113.9:4444"), addr("192.0.2.1:443"), None);
             c.write_all(&h[..10]).await.unwrap();
             tokio::time::sleep(Duration::from_millis(30)).await;
             c.write_all(&h[10..]).await.unwrap();

@@ -24,7 +24,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_shared::model::{ProxyProtocol, TcpKeepalive};
+use sluice_shared::model::TcpKeepalive;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -70,7 +70,8 @@ pub async fn serve(
             tracing::debug!("listener has no cluster in the installed table");
             return log.end("no_cluster");
         };
-        let upstream = match admit_and_connect(&client, peer, local, table, cluster, stats, &mut log).await {
+        let downstream = Downstream { stream: &client, peer, local, server_name: None };
+        let upstream = match admit_and_connect(downstream, table, cluster, stats, &mut log).await {
             Ok(upstream) => upstream,
             Err(refused) => return log.end(refused.as_str()),
         };
@@ -123,12 +124,21 @@ impl Refused {
     }
 }
 
+/// The client's side of a connection to admit.
+pub struct Downstream<'a> {
+    pub stream: &'a TcpStream,
+    /// The client, as a PROXY protocol header announced it on a listener that accepts one.
+    pub peer: SocketAddr,
+    /// Where it connected to, when such a header said so (else the socket's own address).
+    pub local: Option<SocketAddr>,
+    /// The TLS server name it asked for (tls passthrough), handed on in a v2 PROXY header.
+    pub server_name: Option<&'a str>,
+}
+
 /// Admits a client under the listener's `max_connections` and connects it to an endpoint of
 /// `cluster`, then sends the listener's PROXY protocol header (if any) there.
 pub async fn admit_and_connect(
-    client: &TcpStream,
-    peer: SocketAddr,
-    local: Option<SocketAddr>,
+    client: Downstream<'_>,
     table: &ListenerTable,
     cluster: &ClusterLb,
     stats: &Arc<L4Stats>,
@@ -140,13 +150,13 @@ pub async fn admit_and_connect(
     };
     // The client IP is the only key raw traffic has: ring_hash and maglev use it even without
     // `hash_on` (other policies ignore the key).
-    let Some((stream, endpoint)) = connect(cluster, Some(hash_ip(peer.ip())), stats).await else {
+    let Some((stream, endpoint)) = connect(cluster, Some(hash_ip(client.peer.ip())), stats).await else {
         stats.no_endpoint.fetch_add(1, Ordering::Relaxed);
         return Err(Refused::NoEndpoint);
     };
     let _ = stream.set_nodelay(true);
     if let Some(k) = table.tcp_keepalive() {
-        for socket in [client, &stream] {
+        for socket in [client.stream, &stream] {
             set_keepalive(socket, k);
         }
     }
@@ -154,8 +164,9 @@ pub async fn admit_and_connect(
     log.upstream(cluster.name(), endpoint.address());
     let mut upstream = Upstream { stream, endpoint, slot };
     if let Some(version) = table.proxy_protocol() {
-        let local = local.map_or_else(|| client.local_addr(), Ok);
-        send_proxy_header(&mut upstream, version, peer, local, stats).await.ok_or(Refused::ProxyHeader)?;
+        let local = client.local.map_or_else(|| client.stream.local_addr(), Ok);
+        let header = local.map(|local| proxy_protocol::header(version, client.peer, local, client.server_name));
+        send_proxy_header(&mut upstream, header, stats).await.ok_or(Refused::ProxyHeader)?;
     }
     Ok(upstream)
 }
@@ -175,14 +186,8 @@ fn set_keepalive(socket: &TcpStream, k: &TcpKeepalive) {
 
 /// Writes the PROXY protocol header first thing on a new upstream connection; an endpoint that
 /// cannot take it (a few dozen bytes on a fresh connection) counts as a failed connect.
-async fn send_proxy_header(
-    upstream: &mut Upstream,
-    version: ProxyProtocol,
-    peer: SocketAddr,
-    local: io::Result<SocketAddr>,
-    stats: &L4Stats,
-) -> Option<()> {
-    let sent = async { upstream.stream.write_all(&proxy_protocol::header(version, peer, local?)).await };
+async fn send_proxy_header(upstream: &mut Upstream, header: io::Result<Vec<u8>>, stats: &L4Stats) -> Option<()> {
+    let sent = async { upstream.stream.write_all(&header?).await };
     let why = match tokio::time::timeout(CONNECT_TRY_TIMEOUT, sent).await {
         Ok(Ok(())) => return Some(()),
         Ok(Err(e)) => e.to_string(),

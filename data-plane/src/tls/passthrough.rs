@@ -45,7 +45,8 @@ pub async fn serve(
             tracing::debug!(sni = ?server_name, "no cluster for this server name");
             return log.end("no_cluster");
         };
-        let upstream = match tcp::admit_and_connect(&client, peer, local, table, cluster, stats, &mut log).await {
+        let downstream = tcp::Downstream { stream: &client, peer, local, server_name: server_name.as_deref() };
+        let upstream = match tcp::admit_and_connect(downstream, table, cluster, stats, &mut log).await {
             Ok(upstream) => upstream,
             Err(refused) => return log.end(refused.as_str()),
         };
