@@ -100,6 +100,25 @@ async fn connect_failures_are_retried_for_any_method() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_endpoint_is_given_up_on_after_the_clusters_connect_timeout() {
+    let live = Controlled::start("live").await;
+    let listener = free_addr();
+    let (silent, _silent) = silent_addr();
+    // Without `connect_timeout_ms`, a connect there takes 5 s to fail.
+    let cluster = json!({"endpoints": endpoints(&[silent, live.addr]), "connect_timeout_ms": 300});
+    let route = json!({"retries": {"attempts": 2, "on": ["connect_failure"], "budget": ample()}});
+    let s = Setup::start(listener, single(listener, cluster, route)).await;
+    for i in 0..4 {
+        let started = std::time::Instant::now();
+        let r = get_ok(s.listener).await;
+        assert_eq!(r.status, 200, "GET {i}: {}", r.raw);
+        assert_eq!(backend_of(&r), "live");
+        assert!(started.elapsed() < Duration::from_millis(1500), "GET {i} took {:?}", started.elapsed());
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundreds_are_retried_only_for_idempotent_requests() {
     let (bad, good) = (Controlled::start("bad").await, Controlled::start("good").await);
     bad.set_status(503);

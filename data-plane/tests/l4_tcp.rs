@@ -11,7 +11,7 @@ use std::time::Duration;
 use l4_support::*;
 use serde_json::{json, Value};
 use sluice_shared::Config;
-use support::{config, eventually, free_addr};
+use support::{config, eventually, free_addr, silent_addr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -303,6 +303,28 @@ async fn no_reachable_endpoint_closes_the_client_promptly() {
         let series = format!("sluice_l4_connect_failures_total{{listener=\"pg\",endpoint=\"{d}\"}}");
         assert_eq!(metric(&node, &series).await, 1.0);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_endpoint_is_given_up_on_after_the_clusters_connect_timeout() {
+    let (silent, _silent) = silent_addr();
+    let a = TaggedEcho::start("a").await;
+    let addr = free_addr();
+    let cfg = config(json!({
+        "clusters": {"db": {"endpoints": [{"address": silent.to_string()}, {"address": a.addr.to_string()}],
+                            "connect_timeout_ms": 300}},
+        "listeners": {"pg": {"address": addr.to_string(), "protocol": "tcp", "cluster": "db"}},
+    }));
+    let (_cp, node) = node_with(&cfg).await;
+    // Round robin starts at least one of two connections on the silent endpoint: it fails over
+    // after 300 ms (2 s per try without the setting).
+    for _ in 0..2 {
+        let started = std::time::Instant::now();
+        assert_eq!(backend_of(addr, None).await, "a");
+        assert!(started.elapsed() < Duration::from_millis(1500), "took {:?}", started.elapsed());
+    }
+    let series = format!("sluice_l4_connect_failures_total{{listener=\"pg\",endpoint=\"{silent}\"}}");
+    assert!(metric(&node, &series).await >= 1.0, "the silent endpoint was never tried");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

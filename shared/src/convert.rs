@@ -75,6 +75,7 @@ pub fn cluster_to_pb(name: &str, c: &Cluster) -> pb::Cluster {
             max_pending: b.max_pending,
             max_requests: b.max_requests,
         }),
+        connect_timeout_ms: c.connect_timeout_ms,
     }
 }
 
@@ -305,6 +306,7 @@ pub fn cluster_from_pb(c: pb::Cluster) -> Result<Cluster> {
             max_pending: b.max_pending,
             max_requests: b.max_requests,
         }),
+        connect_timeout_ms: c.connect_timeout_ms,
     })
 }
 

@@ -21,7 +21,11 @@ fn full() -> Config {
             "outlier_detection":{"consecutive_failures":3,"ejection_ms":1000},"panic_mode":true,
             "circuit_breaker":{"max_connections":100,"max_pending":0,"max_requests":500}}"#,
         ),
-        ("db", r#"{"lb_policy":"maglev","endpoints":[{"address":"127.0.0.1:5432"}],"health_check":{"tcp":{}}}"#),
+        (
+            "db",
+            r#"{"lb_policy":"maglev","endpoints":[{"address":"127.0.0.1:5432"}],"health_check":{"tcp":{}},
+            "connect_timeout_ms":250}"#,
+        ),
         ("web", r#"{"lb_policy":"ring_hash"}"#),
         ("empty", r#"{"lb_policy":"random","endpoints":[]}"#),
     ] {

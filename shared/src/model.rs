@@ -56,6 +56,10 @@ pub struct Cluster {
     pub tls: Option<UpstreamTls>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreaker>,
+    /// Bound on one TCP connect to an endpoint (Envoy's `connect_timeout`, HAProxy's `timeout
+    /// connect`); `None`: 2 s per try on L4 listeners, 5 s for HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_ms: Option<u64>,
 }
 
 /// Per-node limits on what one cluster may be sent; past them the proxy answers 503 at once

@@ -218,6 +218,9 @@ impl Cluster {
                 return Err(ValidationError::invalid("circuit_breaker.max_requests", "must be at least 1"));
             }
         }
+        if let Some(ms) = self.connect_timeout_ms {
+            timeout("connect_timeout_ms", ms)?;
+        }
         Ok(())
     }
 }
@@ -733,6 +736,10 @@ mod tests {
             [("max_connections", "circuit_breaker.max_connections"), ("max_requests", "circuit_breaker.max_requests")]
         {
             assert_eq!(cluster(&format!(r#"{{"circuit_breaker":{{"{cb}":0}}}}"#)).as_deref(), Some(f));
+        }
+        assert_eq!(cluster(&format!(r#"{{{eps},"connect_timeout_ms":250}}"#)), None);
+        for ms in ["0", "86400001"] {
+            assert_eq!(cluster(&format!(r#"{{"connect_timeout_ms":{ms}}}"#)).as_deref(), Some("connect_timeout_ms"));
         }
 
         let route = |extra: &str| {

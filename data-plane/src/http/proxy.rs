@@ -19,7 +19,7 @@ use super::errors::ProxyError;
 use super::headers::{content_length, origin_form, prepare_headers};
 use super::request_body::RequestBody;
 use super::tunnel::{switch_protocols, upgrade_protocol};
-use super::upstream::{Failed, UpstreamError};
+use super::upstream::{Dial, Failed, UpstreamError};
 use super::upstream_conn::{is_idempotent, ResponseBody};
 use super::{redirect, sticky};
 use crate::access_log;
@@ -276,16 +276,17 @@ async fn forward(
             None => deadline,
         };
         let started = Instant::now();
+        let dial = Dial { tls: upstream_tls, connect_timeout: cluster.connect_timeout() };
         let sent = async {
             match upgrade {
                 Some(_) => {
                     // Boxed: rare, and it would enlarge every request's future (see `request`).
-                    let sending = conn.shared.client.request_upgrade(addr, upstream_tls, upstream, forwarding.lines());
+                    let sending = conn.shared.client.request_upgrade(addr, dial, upstream, forwarding.lines());
                     Box::pin(sending).await
                 }
                 None => {
                     let client = &conn.shared.client;
-                    client.request(addr, upstream_tls, cluster.breaker(), upstream, forwarding.lines()).await
+                    client.request(addr, dial, cluster.breaker(), upstream, forwarding.lines()).await
                 }
             }
         };

@@ -256,28 +256,27 @@ impl UpstreamClient {
     pub async fn request_upgrade(
         &self,
         endpoint: SocketAddr,
-        tls: Option<&UpstreamTlsConfig>,
+        dial: Dial<'_>,
         req: Request<ProxyBody>,
         forwarding: &[u8],
     ) -> Result<Response<ResponseBody>, Failed> {
-        let addr: PoolKey = (endpoint, tls.map_or(0, UpstreamTlsConfig::id));
-        send_on_new(addr, tls, None, None, req, forwarding).await
+        let addr: PoolKey = (endpoint, dial.tls.map_or(0, UpstreamTlsConfig::id));
+        send_on_new(addr, dial, None, None, req, forwarding).await
     }
 
     /// Sends `req` (origin-form URI, `Host` set) with the header lines `forwarding` after its own
-    /// (see `headers::Forwarding`) to `endpoint` on a pooled or new connection,
-    /// over TLS when the cluster has upstream TLS settings (`tls`), within the connection limit
-    /// of the cluster's circuit breaker (`breaker`) if it has one. The response body hands the
-    /// connection back to the pool when it is over.
+    /// (see `headers::Forwarding`) to `endpoint` on a pooled or new connection (opened as `dial`
+    /// says), within the connection limit of the cluster's circuit breaker (`breaker`) if it has
+    /// one. The response body hands the connection back to the pool when it is over.
     pub async fn request(
         &self,
         endpoint: SocketAddr,
-        tls: Option<&UpstreamTlsConfig>,
+        dial: Dial<'_>,
         breaker: Option<&Arc<Breaker>>,
         mut req: Request<ProxyBody>,
         forwarding: &[u8],
     ) -> Result<Response<ResponseBody>, Failed> {
-        let addr: PoolKey = (endpoint, tls.map_or(0, UpstreamTlsConfig::id));
+        let addr: PoolKey = (endpoint, dial.tls.map_or(0, UpstreamTlsConfig::id));
         let limited = breaker.filter(|b| b.limits_connections());
         let lease = |conn| Lease { addr, conn, limited: limited.cloned() };
         // Bounded: every turn takes one connection out of the pool.
@@ -316,20 +315,20 @@ impl UpstreamClient {
         };
         // Boxed: a new connection is the rare case, and its future (connect, TLS) would otherwise
         // make every request's future larger, and so every move of it (memcpy) dearer.
-        Box::pin(send_on_new(addr, tls, permit, limited.cloned(), req, forwarding)).await
+        Box::pin(send_on_new(addr, dial, permit, limited.cloned(), req, forwarding)).await
     }
 }
 
 /// Opens a connection (see [`connect`]) and sends `req` on it; a failed connect gives it back.
 async fn send_on_new(
     addr: PoolKey,
-    tls: Option<&UpstreamTlsConfig>,
+    dial: Dial<'_>,
     permit: Option<OwnedSemaphorePermit>,
     limited: Option<Arc<Breaker>>,
     req: Request<ProxyBody>,
     forwarding: &[u8],
 ) -> Result<Response<ResponseBody>, Failed> {
-    let conn = match connect(addr.0, tls, permit).await {
+    let conn = match connect(addr.0, dial, permit).await {
         Ok(c) => c,
         Err(e) => return Err(Failed::unsent(UpstreamError::Connect(e), req)),
     };
@@ -341,23 +340,28 @@ async fn send_on_new(
     })
 }
 
+/// How a new connection to an endpoint of a cluster is opened: over TLS when the cluster has
+/// upstream TLS settings, and within its `connect_timeout_ms` ([`CONNECT_TIMEOUT`] when unset).
+#[derive(Clone, Copy, Default)]
+pub struct Dial<'a> {
+    pub tls: Option<&'a UpstreamTlsConfig>,
+    pub connect_timeout: Option<Duration>,
+}
+
 /// Pooled connections per endpoint and TLS settings (0: plaintext), see `UpstreamTlsConfig::id`.
 type PoolKey = (SocketAddr, u64);
 
-/// A new connection to `addr` (TCP, then TLS if the cluster has it), holding `permit` (a breaker's
-/// connection permit) until it closes.
-async fn connect(
-    addr: SocketAddr,
-    tls: Option<&UpstreamTlsConfig>,
-    permit: Option<OwnedSemaphorePermit>,
-) -> io::Result<Box<Conn>> {
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+/// A new connection to `addr` as `dial` says, holding `permit` (a breaker's connection permit)
+/// until it closes.
+async fn connect(addr: SocketAddr, dial: Dial<'_>, permit: Option<OwnedSemaphorePermit>) -> io::Result<Box<Conn>> {
+    let timeout = dial.connect_timeout.unwrap_or(CONNECT_TIMEOUT);
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(r) => r?,
         Err(_) => return Err(io::ErrorKind::TimedOut.into()),
     };
     let _ = stream.set_nodelay(true);
     let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE));
-    let stream = match tls {
+    let stream = match dial.tls {
         Some(tls) => Either::Right(Box::new(tls.connect(addr, stream).await?)),
         None => Either::Left(stream),
     };
@@ -403,7 +407,7 @@ mod tests {
     /// One exchange, its body read to the end (which returns the connection to the pool).
     async fn get(addr: SocketAddr) -> Bytes {
         let req = Request::builder().uri("/").header("host", "x").body(ProxyBody::Empty).unwrap();
-        let Ok(resp) = client().request(addr, None, None, req, &[]).await else { panic!("request failed") };
+        let Ok(resp) = client().request(addr, Dial::default(), None, req, &[]).await else { panic!("request failed") };
         resp.into_body().collect().await.unwrap().to_bytes()
     }
 

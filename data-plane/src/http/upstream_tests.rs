@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use super::body::ProxyBody;
-use super::upstream::{client, Failed};
+use super::upstream::{client, Dial, Failed};
 use super::upstream_conn::ResponseBody;
 
 /// What the endpoint does with the next request it reads.
@@ -135,7 +135,7 @@ fn request(method: Method, body: Option<&'static str>) -> Request<ProxyBody> {
 }
 
 async fn send(addr: SocketAddr, req: Request<ProxyBody>) -> Result<Response<ResponseBody>, Failed> {
-    client().request(addr, None, None, req, &[]).await
+    client().request(addr, Dial::default(), None, req, &[]).await
 }
 
 /// One exchange read to its end: the status, the headers as the client gets them (the map's and

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use sluice_shared::model::{HealthCheck, LbPolicy};
 
@@ -135,6 +136,8 @@ pub struct ClusterLb {
     /// Serializes ejection decisions so that the cap holds under concurrent failures.
     ejecting: Mutex<()>,
     breaker: Option<Arc<Breaker>>,
+    /// The cluster's `connect_timeout_ms`: the bound on one TCP connect to an endpoint.
+    connect_timeout: Option<Duration>,
 }
 
 impl fmt::Debug for ClusterLb {
@@ -175,7 +178,18 @@ impl ClusterLb {
             panic_mode: false,
             ejecting: Mutex::new(()),
             breaker: None,
+            connect_timeout: None,
         }
+    }
+
+    pub fn with_connect_timeout(mut self, timeout: Option<Duration>) -> ClusterLb {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The cluster's bound on one TCP connect, if it sets one (else each caller's default).
+    pub fn connect_timeout(&self) -> Option<Duration> {
+        self.connect_timeout
     }
 
     /// Adds the cluster's circuit breaker (shared with the previous revision's when the limits stay).

@@ -42,9 +42,11 @@ mod splice;
 pub use splice::splice;
 use splice::splice_tls;
 
-/// Bound on connecting upstream, all endpoint tries together.
+/// Bound on connecting upstream, all endpoint tries together (or one try, if the cluster's
+/// `connect_timeout_ms` is longer).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Bound on one endpoint's try, so an unreachable one leaves time for the next.
+/// Bound on one endpoint's try when the cluster sets no `connect_timeout_ms`, so an unreachable
+/// one leaves time for the next.
 const CONNECT_TRY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Open connections per listener when it sets no `max_connections` (file descriptors are finite).
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 65_536;
@@ -201,7 +203,8 @@ async fn send_proxy_header(upstream: &mut Upstream, header: io::Result<Vec<u8>>,
 /// Connects to an endpoint of `cluster` (by `key` for the hashing policies), trying the next one
 /// on failure; `None` when every endpoint failed or [`CONNECT_TIMEOUT`] passed.
 pub async fn connect(cluster: &ClusterLb, key: Option<u64>, stats: &L4Stats) -> Option<(TcpStream, EndpointGuard)> {
-    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    let per_try = cluster.connect_timeout().unwrap_or(CONNECT_TRY_TIMEOUT);
+    let deadline = Instant::now() + CONNECT_TIMEOUT.max(per_try);
     let mut tried: Vec<SocketAddr> = Vec::new();
     loop {
         // Every endpoint gets one try at most.
@@ -214,7 +217,7 @@ pub async fn connect(cluster: &ClusterLb, key: Option<u64>, stats: &L4Stats) -> 
             return None;
         };
         let addr = endpoint.address();
-        let budget = deadline.saturating_duration_since(Instant::now()).min(CONNECT_TRY_TIMEOUT);
+        let budget = deadline.saturating_duration_since(Instant::now()).min(per_try);
         match tokio::time::timeout(budget, TcpStream::connect(addr)).await {
             Ok(Ok(upstream)) => {
                 cluster.record_outcome(&endpoint, false);

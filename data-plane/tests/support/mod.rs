@@ -202,6 +202,18 @@ pub fn refusing_addr() -> (SocketAddr, socket2::Socket) {
     (addr, socket)
 }
 
+/// An address whose listener never answers a SYN: a zero backlog whose one queued connection is
+/// never accepted (the kernel then drops further SYNs), so connects there hang until they time
+/// out. Silent for as long as the returned sockets live.
+pub fn silent_addr() -> (SocketAddr, (socket2::Socket, std::net::TcpStream)) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    socket.listen(0).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    let filler = std::net::TcpStream::connect(addr).unwrap();
+    (addr, (socket, filler))
+}
+
 // ------------------------------------------------------------------------------------ backends
 
 /// An HTTP backend that answers `name` plus the request's headers, and counts its requests.
