@@ -43,24 +43,28 @@ impl<const N: usize> FlagWakers<N> {
     #[inline]
     pub fn take(&mut self, cx: &Context<'_>) -> (u8, &[Waker; N]) {
         const { assert!(N <= 8) };
-        let due = match &self.inner {
+        if !matches!(&self.inner, Some(i) if i.task.will_wake(cx.waker())) {
+            self.inner = None;
+        }
+        let fresh = self.inner.is_none();
+        let i = self.inner.get_or_insert_with(|| Inner::new(cx.waker()));
+        let due = match fresh {
+            true => Self::ALL,
             // A plain load first: a poll where no source fired costs no atomic write.
-            Some(i) if i.task.will_wake(cx.waker()) => match i.fired.bits.load(Ordering::Acquire) {
+            false => match i.fired.bits.load(Ordering::Acquire) {
                 0 => 0,
                 _ => i.fired.bits.swap(0, Ordering::AcqRel),
             },
-            _ => {
-                let fired = Arc::new(Fired { bits: AtomicU8::new(0), task: cx.waker().clone() });
-                let wakers =
-                    std::array::from_fn(|i| Waker::from(Arc::new(Source { fired: fired.clone(), bit: 1 << i })));
-                self.inner = Some(Inner { task: cx.waker().clone(), fired, wakers });
-                Self::ALL
-            }
         };
-        match &self.inner {
-            Some(i) => (due, &i.wakers),
-            None => unreachable!("set above"),
-        }
+        (due, &i.wakers)
+    }
+}
+
+impl<const N: usize> Inner<N> {
+    fn new(task: &Waker) -> Inner<N> {
+        let fired = Arc::new(Fired { bits: AtomicU8::new(0), task: task.clone() });
+        let wakers = std::array::from_fn(|i| Waker::from(Arc::new(Source { fired: fired.clone(), bit: 1 << i })));
+        Inner { task: task.clone(), fired, wakers }
     }
 }
 

@@ -350,9 +350,8 @@ impl Acceptor {
                 let (shared, name, l4) = (self.shared.clone(), self.name.clone(), self.l4.clone());
                 self.connections.spawn(
                     async move {
-                        let (peer, local) = match take_origin(origin, &mut stream, peer).await {
-                            Ok(origin) => origin,
-                            Err(why) => return L4Entry::start(&name, peer).end(why),
+                        let Some((peer, local)) = take_l4_origin(origin, &mut stream, peer, &name).await else {
+                            return;
                         };
                         crate::tcp::serve(stream, peer, local, &name, &shared, &l4, phase).await;
                         drop(active);
@@ -364,9 +363,8 @@ impl Acceptor {
                 let (shared, name, l4) = (self.shared.clone(), self.name.clone(), self.l4.clone());
                 self.connections.spawn(
                     async move {
-                        let (peer, local) = match take_origin(origin, &mut stream, peer).await {
-                            Ok(origin) => origin,
-                            Err(why) => return L4Entry::start(&name, peer).end(why),
+                        let Some((peer, local)) = take_l4_origin(origin, &mut stream, peer, &name).await else {
+                            return;
                         };
                         crate::tls::passthrough::serve(stream, peer, local, &name, &shared, &l4, phase).await;
                         drop(active);
@@ -403,6 +401,17 @@ impl Acceptor {
         let installed = self.shared.installed.load();
         installed.as_ref()?.table.listener(&self.name)?.accept_proxy_protocol().cloned()
     }
+}
+
+/// [`take_origin`] on a tcp or tls listener, where a connection refused over its header also gets
+/// its access-log line.
+async fn take_l4_origin(
+    origin: Option<ProxyAccept>,
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    listener: &str,
+) -> Option<(SocketAddr, Option<SocketAddr>)> {
+    take_origin(origin, stream, peer).await.map_err(|why| L4Entry::start(listener, peer).end(why)).ok()
 }
 
 /// A listener behind another balancer: who may send the PROXY header, and where a connection

@@ -165,7 +165,6 @@ where
         if phase.poll(cx) == Phase::Abort {
             return Poll::Ready(End::Aborted);
         }
-        // The first error ends both directions: both sockets are then closed by the caller.
         let (due, own) = match wakers {
             Wakers::PerDirection => {
                 let (due, own) = direction_wakers.take(cx);
@@ -173,6 +172,7 @@ where
             }
             Wakers::Task => (0b11, None),
         };
+        // The first error ends both directions: both sockets are then closed by the caller.
         let up = poll_direction(due & 1 != 0, own.map(|w| &w[0]), cx, |cx| {
             to_upstream.poll_copy(cx, &mut cr, &mut uw, &mut last_activity)
         });
