@@ -288,7 +288,12 @@ fn render_retries(out: &mut String, routes: &[(String, Arc<RouteStats>)]) {
 fn render_breakers(out: &mut String, clusters: &[Arc<ClusterLb>]) {
     let breakers: Vec<(String, &Breaker)> =
         clusters.iter().filter_map(|c| Some((esc(c.name()), c.breaker()?.as_ref()))).collect();
-    header(out, "sluice_cluster_overflow_total", "counter", "Requests refused by the circuit breaker, by limit.");
+    header(
+        out,
+        "sluice_cluster_overflow_total",
+        "counter",
+        "Requests and L4 connections refused by the circuit breaker, by limit.",
+    );
     for (c, b) in &breakers {
         for o in Overflow::ALL {
             let _ = writeln!(
@@ -306,10 +311,10 @@ fn render_breakers(out: &mut String, clusters: &[Arc<ClusterLb>]) {
             "Requests in flight (clusters with a circuit breaker).",
             Breaker::requests_active,
         ),
-        ("sluice_cluster_pending", "Requests waiting for an upstream connection.", Breaker::pending),
+        ("sluice_cluster_pending", "Requests and L4 connections waiting for an upstream connection.", Breaker::pending),
         (
             "sluice_cluster_connections",
-            "Upstream connections open (clusters with max_connections).",
+            "Upstream connections open, HTTP and L4 (clusters with max_connections).",
             Breaker::connections_open,
         ),
     ];

@@ -328,6 +328,42 @@ async fn a_silent_endpoint_is_given_up_on_after_the_clusters_connect_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clusters_circuit_breaker_bounds_upstream_connections() {
+    let a = TaggedEcho::start("a").await;
+    let addr = free_addr();
+    let cfg = config(json!({
+        "clusters": {"db": {"endpoints": [{"address": a.addr.to_string()}],
+                            "circuit_breaker": {"max_connections": 2, "max_pending": 1}}},
+        "listeners": {"pg": {"address": addr.to_string(), "protocol": "tcp", "cluster": "db"}},
+    }));
+    let (_cp, node) = node_with(&cfg).await;
+    let one = Conn::open(addr, None).await;
+    let mut two = Conn::open(addr, None).await;
+    wait_metric(&node, "sluice_cluster_connections{cluster=\"db\"}", 2.0).await;
+    // A third client waits for a connection to close: accepted, but no endpoint connected yet.
+    let third = tokio::spawn(Conn::try_open(addr, None));
+    wait_metric(&node, "sluice_cluster_pending{cluster=\"db\"}", 1.0).await;
+    assert_eq!(a.accepted(), 2);
+    // A fourth finds the queue full: closed at once, never reaching the endpoint.
+    let started = std::time::Instant::now();
+    assert!(Conn::try_open(addr, None).await.is_none(), "fourth connection got through");
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    wait_metric(&node, "sluice_cluster_overflow_total{cluster=\"db\",limit=\"pending\"}", 1.0).await;
+    // One closes: the waiting client gets its connection, and the others are untouched.
+    one.finish().await;
+    let mut third = third.await.unwrap().expect("the waiting client was served");
+    assert_eq!(third.echo("third").await, "third");
+    assert_eq!(two.echo("two").await, "two");
+    assert_eq!((a.accepted(), metric(&node, "sluice_cluster_pending{cluster=\"db\"}").await), (3, 0.0));
+    // Closing frees the permits: the count follows the open connections.
+    two.finish().await;
+    third.finish().await;
+    wait_metric(&node, "sluice_cluster_connections{cluster=\"db\"}", 0.0).await;
+    let mut again = Conn::open(addr, None).await;
+    assert_eq!(again.echo("x").await, "x");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hashing_policies_key_on_the_client_ip_without_hash_on() {
     let bs = [TaggedEcho::start("a").await, TaggedEcho::start("b").await, TaggedEcho::start("c").await];
     let addr = free_addr();

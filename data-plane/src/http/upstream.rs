@@ -204,7 +204,7 @@ async fn wait_for_connection(breaker: &Arc<Breaker>, addr: PoolKey) -> Option<Wa
         queue.push_back(tx);
     }
     // A connection idling for another endpoint holds a permit this request needs.
-    evict_one(breaker);
+    evict_idle(breaker);
     tokio::select! {
         Ok(c) = rx => Some(Waited::Connection(c)),
         p = breaker.connection() => p.map(Waited::Permit),
@@ -238,8 +238,8 @@ fn checkout_shared(addr: PoolKey) -> Option<Box<Conn>> {
 }
 
 /// Closes one idle connection holding a permit of `breaker` (to any endpoint), if there is one,
-/// so that a request waiting for a connection to another endpoint gets its permit.
-fn evict_one(breaker: &Arc<Breaker>) {
+/// so that a request (or an L4 connection) waiting for a connection elsewhere gets its permit.
+pub(crate) fn evict_idle(breaker: &Arc<Breaker>) {
     let mut pool = SHARED_POOL.lock().unwrap_or_else(|e| e.into_inner());
     for idle in pool.values_mut() {
         if let Some(i) = idle.iter().position(|c| Arc::ptr_eq(&c.breaker, breaker)) {

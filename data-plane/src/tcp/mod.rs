@@ -7,6 +7,10 @@
 //!   passed on to the client as a reset.
 //! - `idle_timeout_ms`: no byte in either direction for that long closes both.
 //! - `max_connections`: a connection beyond it is closed at once (counted as rejected).
+//! - The cluster's circuit breaker: its `max_connections` bounds this node's upstream connections
+//!   to the cluster, these and HTTP's together. A client over it waits for one to close, as one
+//!   of `max_pending`, for at most [`CONNECT_TIMEOUT`]; otherwise it is closed before any
+//!   endpoint is connected (HAProxy's `maxconn` queue, Envoy's `upstream_cx_overflow`).
 //! - Endpoint choice: the cluster's policy; `ring_hash`/`maglev` key on the client IP (what
 //!   `hash_on: {"source_ip": true}` says; also the default, raw traffic has no other key). A refused or unreachable endpoint is counted and
 //!   the next one tried, all within [`CONNECT_TIMEOUT`]; then the client is closed.
@@ -27,7 +31,7 @@ use std::time::Duration;
 use sluice_shared::model::TcpKeepalive;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
 use crate::access_log::L4Entry;
@@ -35,7 +39,7 @@ use crate::l4_stats::{Admitted, L4Stats};
 use crate::listeners::Phase;
 use crate::proxy_protocol;
 use crate::state::Shared;
-use crate::table::{hash_ip, ClusterLb, EndpointGuard, ListenerTable};
+use crate::table::{hash_ip, Breaker, ClusterLb, EndpointGuard, ListenerTable, Overflow};
 
 mod splice;
 
@@ -80,7 +84,7 @@ pub async fn serve(
         let tls = installed.tls.upstream(cluster.name()).cloned();
         (upstream, table.idle_timeout(), tls)
     };
-    let Upstream { stream, endpoint, slot: _slot } = upstream;
+    let Upstream { stream, endpoint, slot: _slot, permit: _permit } = upstream;
     let spliced = match tls {
         // The cluster speaks TLS: the client's plaintext goes to the endpoint encrypted.
         Some(tls) => match tls.connect(endpoint.address(), stream).await {
@@ -97,11 +101,13 @@ pub async fn serve(
 }
 
 /// An admitted client's connection to an endpoint; dropping it releases the endpoint (which
-/// `least_request` counts) and the listener's connection slot.
+/// `least_request` counts), the listener's connection slot and the circuit breaker's permit.
 pub struct Upstream {
     pub stream: TcpStream,
     pub endpoint: EndpointGuard,
     pub slot: Admitted,
+    /// One of the cluster's circuit breaker's `max_connections`, when it sets one.
+    pub permit: Option<OwnedSemaphorePermit>,
 }
 
 /// Why [`admit_and_connect`] gave up on a client (already counted in the listener's stats).
@@ -113,6 +119,8 @@ pub enum Refused {
     NoEndpoint,
     /// The endpoint did not take the PROXY protocol header.
     ProxyHeader,
+    /// The cluster's circuit breaker: no connection free, and no room or time to wait for one.
+    Overflow(Overflow),
 }
 
 impl Refused {
@@ -122,6 +130,9 @@ impl Refused {
             Refused::Limit => "max_connections",
             Refused::NoEndpoint => "no_endpoint",
             Refused::ProxyHeader => "proxy_header_failed",
+            Refused::Overflow(Overflow::Connections) => "circuit_breaker_connections",
+            Refused::Overflow(Overflow::Pending) => "circuit_breaker_pending",
+            Refused::Overflow(Overflow::Requests) => "circuit_breaker_requests",
         }
     }
 }
@@ -137,8 +148,9 @@ pub struct Downstream<'a> {
     pub server_name: Option<&'a str>,
 }
 
-/// Admits a client under the listener's `max_connections` and connects it to an endpoint of
-/// `cluster`, then sends the listener's PROXY protocol header (if any) there.
+/// Admits a client under the listener's `max_connections` and the cluster's circuit breaker,
+/// connects it to an endpoint of `cluster`, then sends the listener's PROXY protocol header (if
+/// any) there.
 pub async fn admit_and_connect(
     client: Downstream<'_>,
     table: &ListenerTable,
@@ -149,6 +161,13 @@ pub async fn admit_and_connect(
     let Some(slot) = stats.admit(table.max_connections().unwrap_or(DEFAULT_MAX_CONNECTIONS)) else {
         tracing::debug!("max_connections reached, closing");
         return Err(Refused::Limit);
+    };
+    let permit = match cluster.breaker() {
+        Some(breaker) => connection_permit(breaker, CONNECT_TIMEOUT).await.map_err(|o| {
+            tracing::debug!(cluster = cluster.name(), limit = o.as_str(), "circuit breaker open, closing");
+            Refused::Overflow(o)
+        })?,
+        None => None,
     };
     // The client IP is the only key raw traffic has: ring_hash and maglev use it even without
     // `hash_on` (other policies ignore the key).
@@ -164,13 +183,33 @@ pub async fn admit_and_connect(
     }
     tracing::debug!(endpoint = %endpoint.address(), "connected upstream");
     log.upstream(cluster.name(), endpoint.address());
-    let mut upstream = Upstream { stream, endpoint, slot };
+    let mut upstream = Upstream { stream, endpoint, slot, permit };
     if let Some(version) = table.proxy_protocol() {
         let local = client.local.map_or_else(|| client.stream.local_addr(), Ok);
         let header = local.map(|local| proxy_protocol::header(version, client.peer, local, client.server_name));
         send_proxy_header(&mut upstream, header, stats).await.ok_or(Refused::ProxyHeader)?;
     }
     Ok(upstream)
+}
+
+/// A permit of `breaker` for one more upstream connection, if it bounds them (`max_connections`).
+/// With none free, the client waits for a connection of the cluster to close (L4 or HTTP), as
+/// one of `max_pending`, for at most `wait`. Waiting makes room too: an idle pooled HTTP
+/// connection holding a permit is closed, and HTTP ones finishing an exchange close instead of
+/// idling.
+async fn connection_permit(breaker: &Arc<Breaker>, wait: Duration) -> Result<Option<OwnedSemaphorePermit>, Overflow> {
+    if !breaker.limits_connections() {
+        return Ok(None);
+    }
+    if let Some(permit) = breaker.try_connection() {
+        return Ok(Some(permit));
+    }
+    let _waiting = breaker.enter_pending()?;
+    crate::http::upstream::evict_idle(breaker);
+    match tokio::time::timeout(wait, breaker.connection()).await {
+        Ok(Some(permit)) => Ok(Some(permit)),
+        _ => Err(breaker.overflowed(Overflow::Connections)),
+    }
 }
 
 /// Turns TCP keepalive on with the listener's timings (whole seconds, rounded up). A socket that
@@ -233,5 +272,51 @@ pub async fn connect(cluster: &ClusterLb, key: Option<u64>, stats: &L4Stats) -> 
             return None;
         }
         tried.push(addr);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_shared::model::CircuitBreaker;
+
+    use super::*;
+
+    fn breaker(max_connections: Option<u32>, max_pending: Option<u32>) -> Arc<Breaker> {
+        Arc::new(Breaker::new(CircuitBreaker { max_connections, max_pending, max_requests: None }))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connection_permits_wait_in_a_bounded_queue_for_a_bounded_time() {
+        let wait = Duration::from_secs(5);
+        let b = breaker(Some(1), Some(1));
+        let held = connection_permit(&b, wait).await.unwrap().expect("a free permit");
+        // Full: the next client waits; one more finds the queue full at once.
+        let waiter = tokio::spawn({
+            let b = b.clone();
+            async move { connection_permit(&b, wait).await }
+        });
+        while b.pending() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(connection_permit(&b, wait).await.unwrap_err(), Overflow::Pending);
+        // A connection closing hands its permit to the waiter.
+        drop(held);
+        let _second = waiter.await.unwrap().unwrap().expect("the freed permit");
+        assert_eq!(b.pending(), 0);
+        // Nothing closes: the wait ends after `wait`, counted as a connections overflow.
+        let started = Instant::now();
+        assert_eq!(connection_permit(&b, wait).await.unwrap_err(), Overflow::Connections);
+        assert_eq!(started.elapsed(), wait);
+        assert_eq!((b.overflows(Overflow::Pending), b.overflows(Overflow::Connections)), (1, 1));
+        assert_eq!((b.pending(), b.connections_open()), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn breakers_without_a_connection_limit_hand_out_no_permit() {
+        let b = breaker(None, Some(0));
+        assert!(connection_permit(&b, Duration::ZERO).await.unwrap().is_none());
+        let b = breaker(Some(1), Some(0));
+        let _held = connection_permit(&b, Duration::ZERO).await.unwrap().expect("a free permit");
+        assert_eq!(connection_permit(&b, Duration::from_secs(1)).await.unwrap_err(), Overflow::Pending);
     }
 }

@@ -53,7 +53,7 @@ pub async fn serve(
         tracing::debug!(sni = ?server_name, cluster = cluster.name(), "passthrough");
         (upstream, table.idle_timeout())
     };
-    let tcp::Upstream { mut stream, endpoint: _endpoint, slot: _slot } = upstream;
+    let tcp::Upstream { mut stream, endpoint: _endpoint, slot: _slot, permit: _permit } = upstream;
     if let Err(e) = stream.write_all(&hello).await {
         tracing::debug!(error = %e, "replaying the ClientHello failed");
         return log.end("error");
