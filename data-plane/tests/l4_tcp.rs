@@ -364,6 +364,42 @@ async fn the_clusters_circuit_breaker_bounds_upstream_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_endpoint_serves_only_while_no_primary_can() {
+    let (a, b, standby) =
+        (TaggedEcho::start("a").await, TaggedEcho::start("b").await, TaggedEcho::start("standby").await);
+    let addr = free_addr();
+    let endpoints = json!([{"address": a.addr.to_string()}, {"address": b.addr.to_string()},
+                           {"address": standby.addr.to_string(), "backup": true}]);
+    let cfg = config(json!({
+        "clusters": {"db": {"endpoints": endpoints, "health_check": {"tcp": {}, "interval_ms": 100,
+                            "healthy_threshold": 1, "unhealthy_threshold": 1}}},
+        "listeners": {"pg": {"address": addr.to_string(), "protocol": "tcp", "cluster": "db"}},
+    }));
+    let (_cp, node) = node_with(&cfg).await;
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        let c = Conn::open(addr, None).await;
+        assert_ne!(c.backend, "standby", "the backup took a connection while both primaries were up");
+        held.push(c);
+    }
+    // a dies: the health check takes it out, b takes everything; the backup still nothing.
+    let a_health = format!("sluice_endpoint_healthy{{cluster=\"db\",endpoint=\"{}\"}}", a.addr);
+    drop(a);
+    wait_metric(&node, &a_health, 0.0).await;
+    for _ in 0..4 {
+        assert_eq!(backend_of(addr, None).await, "b");
+    }
+    // b dies too: new connections go to the backup at once, even before its check notices
+    // (a refused connect fails over to the next endpoint, and no primary is left).
+    let b_addr = b.addr;
+    drop(b);
+    eventually("b gone", || async { TcpStream::connect(b_addr).await.is_err().then_some(()) }).await;
+    for _ in 0..4 {
+        assert_eq!(backend_of(addr, None).await, "standby");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hashing_policies_key_on_the_client_ip_without_hash_on() {
     let bs = [TaggedEcho::start("a").await, TaggedEcho::start("b").await, TaggedEcho::start("c").await];
     let addr = free_addr();

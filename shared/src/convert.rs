@@ -43,6 +43,7 @@ pub fn cluster_to_pb(name: &str, c: &Cluster) -> pb::Cluster {
                 address: e.address.clone(),
                 weight: e.weight,
                 name: e.name.clone().unwrap_or_default(),
+                backup: e.backup,
             })
             .collect(),
         tls: c.tls.as_ref().map(|t| pb::UpstreamTls {
@@ -289,7 +290,12 @@ pub fn cluster_from_pb(c: pb::Cluster) -> Result<Cluster> {
         endpoints: c
             .endpoints
             .into_iter()
-            .map(|e| Endpoint { address: e.address, weight: e.weight, name: Some(e.name).filter(|n| !n.is_empty()) })
+            .map(|e| Endpoint {
+                address: e.address,
+                weight: e.weight,
+                name: Some(e.name).filter(|n| !n.is_empty()),
+                backup: e.backup,
+            })
             .collect(),
         health_check,
         outlier_detection: c

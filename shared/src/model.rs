@@ -103,6 +103,10 @@ pub struct Endpoint {
     /// Unique in its cluster; what a sticky cookie names (an opaque id of the address otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Takes traffic only while no primary (non-backup) endpoint of the cluster is usable
+    /// (HAProxy's `backup` servers): a standby, or a "sorry" server.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub backup: bool,
 }
 
 impl Endpoint {

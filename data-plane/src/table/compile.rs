@@ -116,7 +116,12 @@ fn compile_cluster(name: &str, c: &Cluster, previous: Option<&Arc<ClusterLb>>) -
             )
         })?;
         let state = old.get(&address).map(|s| Arc::clone(s)).unwrap_or_else(|| Arc::new(EndpointState::new(address)));
-        endpoints.push(LbEndpoint { state, weight: e.weight, name: e.name.as_deref().map(Arc::from) });
+        endpoints.push(LbEndpoint {
+            state,
+            weight: e.weight,
+            name: e.name.as_deref().map(Arc::from),
+            backup: e.backup,
+        });
     }
     let outlier = c.outlier_detection.as_ref().map(OutlierPolicy::from);
     // Same limits: keep the live counts (requests in flight, connection permits held).

@@ -214,6 +214,7 @@ mod tests {
                 state: Arc::new(EndpointState::new(SocketAddr::from(([10, 0, 0, 1], p)))),
                 weight: w,
                 name: None,
+                backup: false,
             })
             .collect()
     }

@@ -111,6 +111,8 @@ pub struct LbEndpoint {
     pub weight: u32,
     /// The configured name, if any (what sticky cookies name).
     pub name: Option<Arc<str>>,
+    /// Takes traffic only while no primary endpoint of the cluster is usable.
+    pub backup: bool,
 }
 
 /// Clusters at most this big get an exact least-request scan; bigger ones power of two choices.
@@ -118,17 +120,15 @@ const LEAST_REQUEST_EXACT_MAX: usize = 8;
 /// Policy-driven tries before falling back to a scan for any healthy endpoint.
 const PICK_TRIES: usize = 8;
 
-/// Load balancer of one cluster in one table revision. Immutable except for a pick counter.
+/// Load balancer of one cluster in one table revision. Immutable except for pick counters.
 pub struct ClusterLb {
     name: Arc<str>,
     policy: LbPolicy,
+    /// All endpoints, primaries and backups, in config order.
     endpoints: Vec<LbEndpoint>,
-    /// Running sums of weights, for weighted random choices.
-    cumulative: Vec<u64>,
-    schedule: WrrSchedule,
-    counter: AtomicU64,
-    /// `ring_hash` and `maglev` only (see `hash.rs`).
-    hash: Option<HashIndex>,
+    primary: Group,
+    /// Endpoints marked `backup`: picked only while no primary is usable (HAProxy's `backup`).
+    backup: Option<Group>,
     health_check: Option<HealthCheck>,
     outlier: Option<OutlierPolicy>,
     /// No healthy endpoint: pick among all of them instead of none.
@@ -138,6 +138,18 @@ pub struct ClusterLb {
     breaker: Option<Arc<Breaker>>,
     /// The cluster's `connect_timeout_ms`: the bound on one TCP connect to an endpoint.
     connect_timeout: Option<Duration>,
+}
+
+/// The endpoints one policy decision chooses among (a cluster's primaries, or its backups), with
+/// the policy's structures over them; indices are into `endpoints`.
+struct Group {
+    endpoints: Vec<LbEndpoint>,
+    /// Running sums of weights, for weighted random choices.
+    cumulative: Vec<u64>,
+    schedule: WrrSchedule,
+    counter: AtomicU64,
+    /// `ring_hash` and `maglev` only (see `hash.rs`).
+    hash: Option<HashIndex>,
 }
 
 impl fmt::Debug for ClusterLb {
@@ -152,27 +164,14 @@ impl fmt::Debug for ClusterLb {
 
 impl ClusterLb {
     pub fn new(name: &str, policy: LbPolicy, endpoints: Vec<LbEndpoint>) -> ClusterLb {
-        let cumulative = endpoints
-            .iter()
-            .scan(0u64, |sum, e| {
-                *sum += u64::from(e.weight);
-                Some(*sum)
-            })
-            .collect();
-        let schedule = WrrSchedule::new(&endpoints);
-        let hash = match policy {
-            LbPolicy::RingHash => Some(HashIndex::ring(&endpoints)),
-            LbPolicy::Maglev => Some(HashIndex::maglev(&endpoints)),
-            _ => None,
-        };
+        let (backups, primaries): (Vec<LbEndpoint>, Vec<LbEndpoint>) =
+            endpoints.iter().cloned().partition(|e| e.backup);
         ClusterLb {
             name: name.into(),
             policy,
             endpoints,
-            cumulative,
-            schedule,
-            counter: AtomicU64::new(0),
-            hash,
+            primary: Group::new(policy, primaries),
+            backup: (!backups.is_empty()).then(|| Group::new(policy, backups)),
             health_check: None,
             outlier: None,
             panic_mode: false,
@@ -260,71 +259,117 @@ impl ClusterLb {
         &self.endpoints
     }
 
-    /// Picks a healthy endpoint with non-zero weight by the cluster's policy; `None` when there
-    /// is none (the proxy answers 503).
+    /// Picks a healthy endpoint with non-zero weight by the cluster's policy, among the backups
+    /// only when no primary is usable; `None` when there is none (the proxy answers 503).
     pub fn pick(&self) -> Option<EndpointGuard> {
         self.pick_excluding(&[])
     }
 
     /// Like [`pick`](Self::pick), but never an endpoint whose address is in `exclude` (for a retry
-    /// "to another endpoint"). `None` when every usable endpoint is excluded; the caller may then
-    /// retry the same endpoint with `pick`.
+    /// "to another endpoint"; an excluded primary counts as unusable, so the next try may go to a
+    /// backup). `None` when every usable endpoint is excluded; the caller may then retry the same
+    /// endpoint with `pick`.
     pub fn pick_excluding(&self, exclude: &[SocketAddr]) -> Option<EndpointGuard> {
+        self.groups()
+            .find_map(|g| g.pick(self.policy, exclude).map(|i| g.guard(i)))
+            .or_else(|| self.panic_pick(exclude))
+    }
+
+    /// For `ring_hash` and `maglev`: the endpoint owning `key` (see [`hash_ip`](super::hash_ip), [`hash_bytes`](super::hash_bytes)),
+    /// skipping unusable or excluded ones the way the structure does. Other policies ignore the key.
+    pub fn pick_hashed(&self, key: u64, exclude: &[SocketAddr]) -> Option<EndpointGuard> {
+        self.groups()
+            .find_map(|g| {
+                let hashed = g.hash.as_ref().and_then(|h| h.pick(key, |i| g.usable(i, exclude)));
+                hashed.or_else(|| g.pick(self.policy, exclude)).map(|i| g.guard(i))
+            })
+            .or_else(|| self.panic_pick(exclude))
+    }
+
+    /// The endpoint at `address` if it may take new requests now (weight, health, and for a
+    /// backup: no primary usable); for sticky sessions. Linear: clusters pinned by cookie are small.
+    pub fn pick_address(&self, address: SocketAddr) -> Option<EndpointGuard> {
+        let usable = |e: &&LbEndpoint| e.state.address == address && e.weight > 0 && e.state.is_healthy();
+        if let Some(e) = self.primary.endpoints.iter().find(usable) {
+            return Some(EndpointGuard::new(&e.state));
+        }
+        let backup = self.backup.as_ref()?;
+        let primary_usable = (0..self.primary.endpoints.len()).any(|i| self.primary.usable(i, &[]));
+        backup.endpoints.iter().find(usable).filter(|_| !primary_usable).map(|e| EndpointGuard::new(&e.state))
+    }
+
+    /// The primaries, then the backups.
+    fn groups(&self) -> impl Iterator<Item = &Group> {
+        std::iter::once(&self.primary).chain(&self.backup)
+    }
+
+    /// Panic mode: nothing healthy, so health is ignored rather than answering 503 (primaries
+    /// first, backups if no primary can take traffic at all).
+    fn panic_pick(&self, exclude: &[SocketAddr]) -> Option<EndpointGuard> {
+        if !self.panic_mode {
+            return None;
+        }
+        self.groups().find_map(|g| g.pick_ignoring_health(exclude).map(|i| g.guard(i)))
+    }
+}
+
+impl Group {
+    fn new(policy: LbPolicy, endpoints: Vec<LbEndpoint>) -> Group {
+        let cumulative = endpoints
+            .iter()
+            .scan(0u64, |sum, e| {
+                *sum += u64::from(e.weight);
+                Some(*sum)
+            })
+            .collect();
+        let schedule = WrrSchedule::new(&endpoints);
+        let hash = match policy {
+            LbPolicy::RingHash => Some(HashIndex::ring(&endpoints)),
+            LbPolicy::Maglev => Some(HashIndex::maglev(&endpoints)),
+            _ => None,
+        };
+        Group { endpoints, cumulative, schedule, counter: AtomicU64::new(0), hash }
+    }
+
+    fn guard(&self, i: usize) -> EndpointGuard {
+        EndpointGuard::new(&self.endpoints[i].state)
+    }
+
+    fn usable(&self, i: usize, exclude: &[SocketAddr]) -> bool {
+        let e = &self.endpoints[i];
+        e.weight > 0 && e.state.is_healthy() && !exclude.contains(&e.state.address)
+    }
+
+    /// A usable endpoint by `policy` (round robin for the hashing policies, which have no key
+    /// here), or `None`.
+    fn pick(&self, policy: LbPolicy, exclude: &[SocketAddr]) -> Option<usize> {
         if self.total_weight() == 0 {
             return None;
         }
-        let usable = |i: usize| {
-            let e = &self.endpoints[i];
-            e.weight > 0 && e.state.is_healthy() && !exclude.contains(&e.state.address)
-        };
-        let picked = match self.policy {
+        let usable = |i: usize| self.usable(i, exclude);
+        let picked = match policy {
             LbPolicy::LeastRequest => self.least_request(usable),
             LbPolicy::Random => (0..PICK_TRIES).map(|_| self.weighted_random()).find(|&i| usable(i)),
-            // ring_hash and maglev without a key (see `pick_hashed`): round robin.
             LbPolicy::RoundRobin | LbPolicy::RingHash | LbPolicy::Maglev => (0..PICK_TRIES)
                 .map(|_| self.schedule.at(self.counter.fetch_add(1, Ordering::Relaxed)))
                 .find(|&i| usable(i)),
         };
         // Many unusable endpoints: scan from a random start so the leftovers share the load.
         let n = self.endpoints.len();
-        let picked = picked
-            .or_else(|| {
-                let start = random_below(n as u64) as usize;
-                (0..n).map(|k| (start + k) % n).find(|&i| usable(i))
-            })
-            .or_else(|| {
-                // Panic mode: nothing healthy, so health is ignored rather than answering 503.
-                if !self.panic_mode {
-                    return None;
-                }
-                let any =
-                    |i: usize| self.endpoints[i].weight > 0 && !exclude.contains(&self.endpoints[i].state.address);
-                (0..PICK_TRIES).map(|_| self.weighted_random()).find(|&i| any(i)).or_else(|| (0..n).find(|&i| any(i)))
-            })?;
-        Some(EndpointGuard::new(&self.endpoints[picked].state))
+        picked.or_else(|| {
+            let start = random_below(n as u64) as usize;
+            (0..n).map(|k| (start + k) % n).find(|&i| usable(i))
+        })
     }
 
-    /// For `ring_hash` and `maglev`: the endpoint owning `key` (see [`hash_ip`](super::hash_ip), [`hash_bytes`](super::hash_bytes)),
-    /// skipping unusable or excluded ones the way the structure does. Other policies ignore the key.
-    pub fn pick_hashed(&self, key: u64, exclude: &[SocketAddr]) -> Option<EndpointGuard> {
-        let Some(hash) = &self.hash else { return self.pick_excluding(exclude) };
-        let usable = |i: usize| {
-            let e = &self.endpoints[i];
-            e.weight > 0 && e.state.is_healthy() && !exclude.contains(&e.state.address)
-        };
-        match hash.pick(key, usable) {
-            Some(i) => Some(EndpointGuard::new(&self.endpoints[i].state)),
-            None => self.pick_excluding(exclude),
+    /// Any endpoint with weight that is not excluded, healthy or not (panic mode).
+    fn pick_ignoring_health(&self, exclude: &[SocketAddr]) -> Option<usize> {
+        if self.total_weight() == 0 {
+            return None;
         }
-    }
-
-    /// The endpoint at `address` if it may take new requests now (weight, health); for sticky
-    /// sessions. Linear: clusters pinned by cookie are small.
-    pub fn pick_address(&self, address: SocketAddr) -> Option<EndpointGuard> {
-        self.endpoints
-            .iter()
-            .find(|e| e.state.address == address && e.weight > 0 && e.state.is_healthy())
-            .map(|e| EndpointGuard::new(&e.state))
+        let any = |i: usize| self.endpoints[i].weight > 0 && !exclude.contains(&self.endpoints[i].state.address);
+        let n = self.endpoints.len();
+        (0..PICK_TRIES).map(|_| self.weighted_random()).find(|&i| any(i)).or_else(|| (0..n).find(|&i| any(i)))
     }
 
     fn total_weight(&self) -> u64 {
@@ -337,7 +382,7 @@ impl ClusterLb {
         self.cumulative.partition_point(|&c| c <= r)
     }
 
-    /// Fewest active requests per unit of weight. Exact over small clusters (starting the scan at a
+    /// Fewest active requests per unit of weight. Exact over small groups (starting the scan at a
     /// rotating offset so ties are shared), power of two (weighted) choices over large ones.
     fn least_request(&self, usable: impl Fn(usize) -> bool) -> Option<usize> {
         let load = |i: usize| (self.endpoints[i].state.active() as u128 + 1, u128::from(self.endpoints[i].weight));

@@ -19,7 +19,7 @@
 //! RouteEntry::{deposit_retry_budget, withdraw_retry_budget}             retry budget (`retry.rs`)
 //! ClusterLb::breaker(&self) -> Option<&Arc<Breaker>>                    circuit breaking (`breaker.rs`)
 //! ClusterLb::pick_address(&self, SocketAddr) -> Option<EndpointGuard>   sticky sessions
-//! ClusterLb::pick(&self) -> Option<EndpointGuard>                       None: no healthy endpoint (503)
+//! ClusterLb::pick(&self) -> Option<EndpointGuard>                       backups only if no primary; None: 503
 //! ClusterLb::pick_excluding(&self, &[SocketAddr]) -> Option<EndpointGuard>   for retries
 //! ClusterLb::pick_hashed(&self, key: u64, &[SocketAddr]) -> Option<EndpointGuard>  ring_hash, maglev
 //! hash_ip(IpAddr) -> u64; hash_bytes(&[u8]) -> u64                    keys: source IP; header/cookie value

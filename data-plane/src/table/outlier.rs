@@ -184,6 +184,7 @@ mod tests {
                 state: std::sync::Arc::new(EndpointState::new(([127, 0, 0, 1], 9000 + i).into())),
                 weight: 1,
                 name: None,
+                backup: false,
             })
             .collect();
         ClusterLb::new("c", sluice_shared::model::LbPolicy::RoundRobin, endpoints)

@@ -18,7 +18,12 @@ fn lb(policy: LbPolicy, weights: &[u32]) -> ClusterLb {
     let endpoints = weights
         .iter()
         .enumerate()
-        .map(|(i, &w)| LbEndpoint { state: Arc::new(EndpointState::new(addr(9000 + i as u16))), weight: w, name: None })
+        .map(|(i, &w)| LbEndpoint {
+            state: Arc::new(EndpointState::new(addr(9000 + i as u16))),
+            weight: w,
+            name: None,
+            backup: false,
+        })
         .collect();
     ClusterLb::new("c", policy, endpoints)
 }
@@ -143,7 +148,7 @@ fn endpoint_state_and_route_stats_survive_revisions() {
     // Next revision: 9002 changes weight, 9003 is new, the policy changes; 9001 is unchanged.
     let cluster = cfg.clusters.get_mut("a").unwrap();
     cluster.endpoints[1].weight = 7;
-    cluster.endpoints.push(Endpoint { address: "127.0.0.1:9003".into(), weight: 1, name: None });
+    cluster.endpoints.push(Endpoint { address: "127.0.0.1:9003".into(), weight: 1, name: None, backup: false });
     cluster.lb_policy = LbPolicy::LeastRequest;
     let second = compile(&cfg, Some(&first)).unwrap();
     let lb2 = second.cluster("a").unwrap();
@@ -171,4 +176,84 @@ fn route_stats_count_by_class() {
         s.record_response(status);
     }
     assert_eq!((s.responses(2), s.responses(4), s.responses(5), s.responses(6)), (2, 1, 1, 0));
+}
+
+/// `primaries` endpoints on ports 9000.., then `backups` marked as backups.
+fn lb_with_backups(policy: LbPolicy, primaries: u16, backups: u16) -> ClusterLb {
+    let endpoint = |i: u16| LbEndpoint {
+        state: Arc::new(EndpointState::new(addr(9000 + i))),
+        weight: 1,
+        name: None,
+        backup: i >= primaries,
+    };
+    ClusterLb::new("c", policy, (0..primaries + backups).map(endpoint).collect())
+}
+
+/// The ports (offset from 9000) that 200 picks landed on, by plain and by hashed picks.
+fn ports_picked(c: &ClusterLb) -> std::collections::BTreeSet<u16> {
+    (0..200u64)
+        .flat_map(|k| [c.pick(), c.pick_hashed(hash_bytes(&k.to_be_bytes()), &[])])
+        .map(|g| g.expect("an endpoint").address().port() - 9000)
+        .collect()
+}
+
+#[test]
+fn backups_take_traffic_only_while_no_primary_is_usable() {
+    let policies =
+        [LbPolicy::RoundRobin, LbPolicy::LeastRequest, LbPolicy::Random, LbPolicy::RingHash, LbPolicy::Maglev];
+    for policy in policies {
+        let c = lb_with_backups(policy, 2, 2);
+        let set = |i: usize, healthy: bool| c.endpoints()[i].state.set_healthy(healthy);
+        assert_eq!(ports_picked(&c), [0, 1].into(), "{policy:?}: both primaries, no backup");
+        set(0, false);
+        assert_eq!(ports_picked(&c), [1].into(), "{policy:?}: the primary left");
+        set(1, false);
+        assert_eq!(ports_picked(&c), [2, 3].into(), "{policy:?}: no primary: both backups");
+        set(1, true);
+        assert_eq!(ports_picked(&c), [1].into(), "{policy:?}: a primary is back");
+    }
+}
+
+#[test]
+fn excluded_primaries_fail_over_to_a_backup() {
+    let c = lb_with_backups(LbPolicy::RoundRobin, 2, 1);
+    let primaries = [addr(9000), addr(9001)];
+    assert_eq!(c.pick_excluding(&primaries[..1]).unwrap().address(), addr(9001));
+    assert_eq!(c.pick_excluding(&primaries).unwrap().address(), addr(9002));
+    assert_eq!(c.pick_hashed(7, &primaries).unwrap().address(), addr(9002));
+    assert!(c.pick_excluding(&[addr(9000), addr(9001), addr(9002)]).is_none());
+}
+
+#[test]
+fn primaries_of_weight_zero_leave_the_traffic_to_the_backups() {
+    let endpoints = [(9000, 0, false), (9001, 1, true)].map(|(port, weight, backup)| LbEndpoint {
+        state: Arc::new(EndpointState::new(addr(port))),
+        weight,
+        name: None,
+        backup,
+    });
+    let c = ClusterLb::new("c", LbPolicy::RoundRobin, endpoints.to_vec());
+    assert_eq!(c.pick().unwrap().address(), addr(9001));
+}
+
+#[test]
+fn sticky_picks_of_a_backup_hold_only_while_no_primary_is_usable() {
+    let c = lb_with_backups(LbPolicy::RoundRobin, 1, 1);
+    assert!(c.pick_address(addr(9001)).is_none(), "a backup while the primary is up");
+    assert_eq!(c.pick_address(addr(9000)).unwrap().address(), addr(9000));
+    c.endpoints()[0].state.set_healthy(false);
+    assert_eq!(c.pick_address(addr(9001)).unwrap().address(), addr(9001));
+}
+
+#[test]
+fn panic_mode_prefers_primaries_when_nothing_is_healthy() {
+    let c = lb_with_backups(LbPolicy::RoundRobin, 1, 1).with_health(None, None, true);
+    for e in c.endpoints() {
+        e.state.set_healthy(false);
+    }
+    assert_eq!(ports_picked(&c), [0].into());
+    let c = lb_with_backups(LbPolicy::RoundRobin, 1, 1);
+    c.endpoints()[0].state.set_healthy(false);
+    c.endpoints()[1].state.set_healthy(false);
+    assert!(c.pick().is_none(), "no panic mode: nothing");
 }
