@@ -21,6 +21,9 @@ pub struct L4Stats {
     pub bytes_to_clients: AtomicU64,
     /// Connections / sessions closed by `idle_timeout_ms`.
     pub idle_timeouts: AtomicU64,
+    /// Connections closed because their endpoint's health changed
+    /// (`close_connections_on_health_change`).
+    pub health_closes: AtomicU64,
     /// Clients closed because no endpoint could be connected.
     pub no_endpoint: AtomicU64,
     connect_failures: Mutex<BTreeMap<SocketAddr, u64>>,
@@ -75,7 +78,7 @@ impl L4Metrics {
         let m = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         type Counter = fn(&L4Stats) -> u64;
-        let series: [(&str, &str, Counter); 6] = [
+        let series: [(&str, &str, Counter); 7] = [
             ("sluice_l4_connections_total", "tcp connections / udp sessions proxied by listener.", |s| {
                 s.total.load(Ordering::Relaxed)
             }),
@@ -94,6 +97,11 @@ impl L4Metrics {
             ("sluice_l4_no_endpoint_total", "Clients closed because no endpoint could be reached.", |s| {
                 s.no_endpoint.load(Ordering::Relaxed)
             }),
+            (
+                "sluice_l4_health_closes_total",
+                "Connections closed because their endpoint's health changed (close_connections_on_health_change).",
+                |s| s.health_closes.load(Ordering::Relaxed),
+            ),
         ];
         let _ = writeln!(
             out,

@@ -1,5 +1,6 @@
-//! A listener's phase as seen from a hand-written poll loop (a TCP splice, an HTTP connection):
-//! one atomic load per poll unless the phase changed, and never a missed change.
+//! A `watch` channel's value as seen from a hand-written poll loop (a TCP splice, an HTTP
+//! connection): one atomic load per poll unless the value changed, and never a missed change.
+//! Used for a listener's phase and for an endpoint's requests to close its L4 connections.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -11,27 +12,37 @@ use tokio_stream::Stream;
 use crate::flag_waker::FlagWakers;
 use crate::listeners::Phase;
 
-pub struct PhaseWatch {
-    changes: WatchStream<Phase>,
+pub struct WatchPoll<T> {
+    changes: WatchStream<T>,
     /// The waker the change stream is polled with.
     wake: FlagWakers<1>,
-    now: Phase,
+    now: T,
+    /// What the value reads as once the sender is gone.
+    gone: T,
 }
 
+/// A listener's phase; a listener that is gone (its sender dropped) is `Abort`.
+pub type PhaseWatch = WatchPoll<Phase>;
+
 impl PhaseWatch {
-    pub fn new(rx: watch::Receiver<Phase>) -> PhaseWatch {
+    pub fn of_listener(rx: watch::Receiver<Phase>) -> PhaseWatch {
+        WatchPoll::new(rx, Phase::Abort)
+    }
+}
+
+impl<T: Copy + Send + Sync + 'static> WatchPoll<T> {
+    pub fn new(rx: watch::Receiver<T>, gone: T) -> WatchPoll<T> {
         let now = *rx.borrow();
-        PhaseWatch { changes: WatchStream::from_changes(rx), wake: FlagWakers::default(), now }
+        WatchPoll { changes: WatchStream::from_changes(rx), wake: FlagWakers::default(), now, gone }
     }
 
-    /// The phase now, as of the last poll.
-    pub fn now(&self) -> Phase {
+    /// The value now, as of the last poll.
+    pub fn now(&self) -> T {
         self.now
     }
 
-    /// The phase now; the task behind `cx` is woken when it changes. A listener that is gone
-    /// (its sender dropped) is `Abort`.
-    pub fn poll(&mut self, cx: &mut Context<'_>) -> Phase {
+    /// The value now; the task behind `cx` is woken when it changes.
+    pub fn poll(&mut self, cx: &mut Context<'_>) -> T {
         // The stream is polled only when its own waker fired (a phase change, or a cooperative
         // yield): a wake-up it asked for and was not polled after would leave nothing registered
         // for the next change, and a later `Abort` would never reach this connection.
@@ -42,7 +53,7 @@ impl PhaseWatch {
                 match Pin::new(&mut self.changes).poll_next(&mut cx) {
                     Poll::Ready(Some(p)) => self.now = p,
                     Poll::Ready(None) => {
-                        self.now = Phase::Abort;
+                        self.now = self.gone;
                         break;
                     }
                     Poll::Pending => break,
@@ -62,7 +73,7 @@ mod tests {
     #[tokio::test]
     async fn sees_every_change_and_a_dropped_sender_as_abort() {
         let (tx, rx) = watch::channel(Phase::Serving);
-        let mut watch = PhaseWatch::new(rx);
+        let mut watch = PhaseWatch::of_listener(rx);
         assert_eq!(poll_fn(|cx| Poll::Ready(watch.poll(cx))).await, Phase::Serving);
         tx.send(Phase::Draining).unwrap();
         assert_eq!(poll_fn(|cx| Poll::Ready(watch.poll(cx))).await, Phase::Draining);

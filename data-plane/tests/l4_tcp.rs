@@ -399,6 +399,84 @@ async fn a_backup_endpoint_serves_only_while_no_primary_can() {
     }
 }
 
+/// A tagged echo endpoint (as [`TaggedEcho`]) whose listening socket can be closed, so that its
+/// health checks fail, and opened again on the same port, while the connections it accepted stay.
+struct Flapping {
+    addr: SocketAddr,
+    name: &'static str,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Flapping {
+    async fn start(name: &'static str) -> Flapping {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Flapping { addr: listener.local_addr().unwrap(), name, accept: tokio::spawn(Flapping::serve(listener, name)) }
+    }
+
+    async fn serve(listener: TcpListener, name: &'static str) {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if s.write_all(format!("{name}\n").as_bytes()).await.is_ok() {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+            });
+        }
+    }
+
+    async fn stop_listening(&self) {
+        self.accept.abort();
+        let addr = self.addr;
+        eventually("listener closed", || async move { TcpStream::connect(addr).await.is_err().then_some(()) }).await;
+    }
+
+    async fn listen_again(&mut self) {
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        self.accept = tokio::spawn(Flapping::serve(listener, self.name));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l4_connections_follow_health_changes_when_the_cluster_asks() {
+    let mut a = Flapping::start("a").await;
+    let standby = TaggedEcho::start("standby").await;
+    let (addr, plain) = (free_addr(), free_addr());
+    let check = json!({"tcp": {}, "interval_ms": 100, "healthy_threshold": 1, "unhealthy_threshold": 1});
+    let endpoints = json!([{"address": a.addr.to_string()}, {"address": standby.addr.to_string(), "backup": true}]);
+    let cfg = config(json!({
+        "clusters": {
+            "db": {"endpoints": endpoints, "health_check": check, "close_connections_on_health_change": true},
+            "plain": {"endpoints": [{"address": a.addr.to_string()}], "health_check": check},
+        },
+        "listeners": {
+            "pg": {"address": addr.to_string(), "protocol": "tcp", "cluster": "db"},
+            "pg-plain": {"address": plain.to_string(), "protocol": "tcp", "cluster": "plain"},
+        },
+    }));
+    let (_cp, node) = node_with(&cfg).await;
+    let mut on_a = Conn::open(addr, None).await;
+    let mut on_a_plain = Conn::open(plain, None).await;
+    assert_eq!((on_a.backend.as_str(), on_a_plain.backend.as_str()), ("a", "a"));
+
+    // a fails its checks: the connection of the cluster that asks for it is closed; the other
+    // cluster's stays up (a still answers on it).
+    a.stop_listening().await;
+    assert!(on_a.closed_within(Duration::from_secs(5)).await, "the connection to a stayed open");
+    wait_metric(&node, "sluice_l4_health_closes_total{listener=\"pg\"}", 1.0).await;
+    let a_plain = format!("sluice_endpoint_healthy{{cluster=\"plain\",endpoint=\"{}\"}}", a.addr);
+    wait_metric(&node, &a_plain, 0.0).await;
+    assert_eq!(on_a_plain.echo("still here").await, "still here");
+    assert_eq!(metric(&node, "sluice_l4_health_closes_total{listener=\"pg-plain\"}").await, 0.0);
+
+    // Meanwhile clients reconnect to the backup; when a passes again, they are sent back.
+    let mut on_standby = Conn::open(addr, None).await;
+    assert_eq!(on_standby.backend, "standby");
+    a.listen_again().await;
+    assert!(on_standby.closed_within(Duration::from_secs(5)).await, "the connection to the backup stayed open");
+    assert_eq!(backend_of(addr, None).await, "a");
+    wait_metric(&node, "sluice_l4_health_closes_total{listener=\"pg\"}", 2.0).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hashing_policies_key_on_the_client_ip_without_hash_on() {
     let bs = [TaggedEcho::start("a").await, TaggedEcho::start("b").await, TaggedEcho::start("c").await];

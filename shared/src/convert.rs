@@ -77,6 +77,7 @@ pub fn cluster_to_pb(name: &str, c: &Cluster) -> pb::Cluster {
             max_requests: b.max_requests,
         }),
         connect_timeout_ms: c.connect_timeout_ms,
+        close_connections_on_health_change: c.close_connections_on_health_change,
     }
 }
 
@@ -313,6 +314,7 @@ pub fn cluster_from_pb(c: pb::Cluster) -> Result<Cluster> {
             max_requests: b.max_requests,
         }),
         connect_timeout_ms: c.connect_timeout_ms,
+        close_connections_on_health_change: c.close_connections_on_health_change,
     })
 }
 

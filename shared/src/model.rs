@@ -60,6 +60,11 @@ pub struct Cluster {
     /// connect`); `None`: 2 s per try on L4 listeners, 5 s for HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout_ms: Option<u64>,
+    /// L4 connections follow the active health checks: an endpoint marked down has its open tcp
+    /// and tls connections closed, and a primary marked up again closes those to the backups
+    /// (HAProxy's `on-marked-down shutdown-sessions` and `on-marked-up shutdown-backup-sessions`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub close_connections_on_health_change: bool,
 }
 
 /// Per-node limits on what one cluster may be sent; past them the proxy answers 503 at once

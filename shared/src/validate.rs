@@ -221,6 +221,12 @@ impl Cluster {
         if let Some(ms) = self.connect_timeout_ms {
             timeout("connect_timeout_ms", ms)?;
         }
+        if self.close_connections_on_health_change && self.health_check.is_none() {
+            return Err(ValidationError::invalid(
+                "close_connections_on_health_change",
+                "needs a health_check: only active health checks change an endpoint's health",
+            ));
+        }
         Ok(())
     }
 }
@@ -741,6 +747,11 @@ mod tests {
         for ms in ["0", "86400001"] {
             assert_eq!(cluster(&format!(r#"{{"connect_timeout_ms":{ms}}}"#)).as_deref(), Some("connect_timeout_ms"));
         }
+        assert_eq!(
+            cluster(r#"{"close_connections_on_health_change":true}"#).as_deref(),
+            Some("close_connections_on_health_change")
+        );
+        assert_eq!(cluster(r#"{"close_connections_on_health_change":true,"health_check":{"tcp":{}}}"#), None);
 
         let route = |extra: &str| {
             let json = format!(r#"{{"listener":"web","backends":[{{"cluster":"a"}}]{extra}}}"#);

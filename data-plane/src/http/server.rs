@@ -56,7 +56,7 @@ pub async fn serve(stream: ClientStream, conn: Arc<ConnCtx>, phase: watch::Recei
     let down = Downstream::new(conn);
     let server = Server {
         wire: Arc::new(Mutex::new(Wire::new(stream))),
-        phase: PhaseWatch::new(phase),
+        phase: PhaseWatch::of_listener(phase),
         out: Vec::new(),
         head_timer: LazyTimer::default(),
         request_timer: LazyTimer::default(),

@@ -132,7 +132,8 @@ fn compile_cluster(name: &str, c: &Cluster, previous: Option<&Arc<ClusterLb>>) -
     Ok(ClusterLb::new(name, c.lb_policy, endpoints)
         .with_health(c.health_check.clone(), outlier, c.panic_mode)
         .with_breaker(breaker)
-        .with_connect_timeout(c.connect_timeout_ms.map(Duration::from_millis)))
+        .with_connect_timeout(c.connect_timeout_ms.map(Duration::from_millis))
+        .with_closes_on_health_change(c.close_connections_on_health_change))
 }
 
 fn compile_route(

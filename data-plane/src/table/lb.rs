@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_shared::model::{HealthCheck, LbPolicy};
+use tokio::sync::watch;
 
 use super::breaker::Breaker;
 use super::hash::HashIndex;
@@ -25,6 +26,8 @@ pub struct EndpointState {
     active: AtomicUsize,
     /// Passive outlier detection (see `outlier.rs`).
     outlier: OutlierState,
+    /// Bumped to close the endpoint's open L4 connections (`close_connections_on_health_change`).
+    closing: watch::Sender<u64>,
 }
 
 impl EndpointState {
@@ -35,6 +38,7 @@ impl EndpointState {
             healthy: AtomicBool::new(true),
             active: AtomicUsize::new(0),
             outlier: OutlierState::default(),
+            closing: watch::Sender::new(0),
         }
     }
 
@@ -65,6 +69,16 @@ impl EndpointState {
     /// Outlier ejections since the endpoint was first configured.
     pub fn ejections_total(&self) -> u64 {
         self.outlier.ejections_total()
+    }
+
+    /// Closes the open L4 connections that watch [`closings`](Self::closings).
+    pub fn close_connections(&self) {
+        self.closing.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes each time [`close_connections`](Self::close_connections) is called.
+    pub fn closings(&self) -> watch::Receiver<u64> {
+        self.closing.subscribe()
     }
 
     /// Requests (L7) or connections (L4) in flight, counted by [`EndpointGuard`]s.
@@ -138,6 +152,8 @@ pub struct ClusterLb {
     breaker: Option<Arc<Breaker>>,
     /// The cluster's `connect_timeout_ms`: the bound on one TCP connect to an endpoint.
     connect_timeout: Option<Duration>,
+    /// `close_connections_on_health_change`.
+    closes_on_health_change: bool,
 }
 
 /// The endpoints one policy decision chooses among (a cluster's primaries, or its backups), with
@@ -178,7 +194,23 @@ impl ClusterLb {
             ejecting: Mutex::new(()),
             breaker: None,
             connect_timeout: None,
+            closes_on_health_change: false,
         }
+    }
+
+    /// L4 connections follow the active health checks (`close_connections_on_health_change`).
+    pub fn with_closes_on_health_change(mut self, on: bool) -> ClusterLb {
+        self.closes_on_health_change = on;
+        self
+    }
+
+    pub fn closes_on_health_change(&self) -> bool {
+        self.closes_on_health_change
+    }
+
+    /// The endpoints marked `backup`.
+    pub fn backups(&self) -> &[LbEndpoint] {
+        self.backup.as_ref().map_or(&[], |g| &g.endpoints)
     }
 
     pub fn with_connect_timeout(mut self, timeout: Option<Duration>) -> ClusterLb {

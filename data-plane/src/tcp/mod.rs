@@ -19,6 +19,8 @@
 //!   would be held until the other side writes.
 //! - `proxy_protocol`: the endpoint gets a PROXY protocol header with the client's address before
 //!   the client's first byte (`proxy_protocol/`).
+//! - `close_connections_on_health_change` (cluster): the connection is closed when the health
+//!   checks mark its endpoint down, or, to a backup, when a primary is marked up again.
 //! - Config changes never touch an open connection: the table is only read to connect, and the
 //!   endpoint guard (which `least_request` counts) lives as long as the connection.
 
@@ -84,18 +86,18 @@ pub async fn serve(
         let tls = installed.tls.upstream(cluster.name()).cloned();
         (upstream, table.idle_timeout(), tls)
     };
-    let Upstream { stream, endpoint, slot: _slot, permit: _permit } = upstream;
+    let Upstream { stream, endpoint, slot: _slot, permit: _permit, closing } = upstream;
     let spliced = match tls {
         // The cluster speaks TLS: the client's plaintext goes to the endpoint encrypted.
         Some(tls) => match tls.connect(endpoint.address(), stream).await {
-            Ok(stream) => splice_tls(client, stream, idle, stats, phase).await,
+            Ok(stream) => splice_tls(client, stream, idle, stats, phase, closing).await,
             Err(e) => {
                 tracing::debug!(endpoint = %endpoint.address(), error = %e, "upstream TLS handshake failed");
                 stats.connect_failed(endpoint.address());
                 return log.end("upstream_tls_failed");
             }
         },
-        None => splice(client, stream, idle, stats, phase).await,
+        None => splice(client, stream, idle, stats, phase, closing).await,
     };
     spliced.log_to(&mut log);
 }
@@ -108,6 +110,9 @@ pub struct Upstream {
     pub slot: Admitted,
     /// One of the cluster's circuit breaker's `max_connections`, when it sets one.
     pub permit: Option<OwnedSemaphorePermit>,
+    /// Changes when the connection is to be closed because the endpoint's health changed (with
+    /// `close_connections_on_health_change`).
+    pub closing: Option<watch::Receiver<u64>>,
 }
 
 /// Why [`admit_and_connect`] gave up on a client (already counted in the listener's stats).
@@ -183,7 +188,8 @@ pub async fn admit_and_connect(
     }
     tracing::debug!(endpoint = %endpoint.address(), "connected upstream");
     log.upstream(cluster.name(), endpoint.address());
-    let mut upstream = Upstream { stream, endpoint, slot, permit };
+    let closing = cluster.closes_on_health_change().then(|| endpoint.closings());
+    let mut upstream = Upstream { stream, endpoint, slot, permit, closing };
     if let Some(version) = table.proxy_protocol() {
         let local = client.local.map_or_else(|| client.stream.local_addr(), Ok);
         let header = local.map(|local| proxy_protocol::header(version, client.peer, local, client.server_name));

@@ -17,12 +17,13 @@ use crate::access_log::L4Entry;
 use crate::flag_waker::FlagWakers;
 use crate::l4_stats::L4Stats;
 use crate::listeners::Phase;
-use crate::phase_watch::PhaseWatch;
+use crate::phase_watch::{PhaseWatch, WatchPoll};
 
 const BUFFER: usize = 32 * 1024;
 
 /// Copies both ways until both directions ended, either side failed, the connection was idle for
-/// `idle`, or the listener's drain ran out (`Phase::Abort`).
+/// `idle`, the listener's drain ran out (`Phase::Abort`), or `closing` changed (the endpoint's
+/// health changed, with `close_connections_on_health_change`).
 ///
 /// One hand-written poll loop instead of `select!` over `try_join!` of two copy futures: a wake-up
 /// costs one read (and one write) for the direction that was woken and nothing else. Each
@@ -35,11 +36,12 @@ pub async fn splice(
     idle: Option<Duration>,
     stats: &L4Stats,
     phase: watch::Receiver<Phase>,
+    closing: Option<watch::Receiver<u64>>,
 ) -> Spliced {
     let spliced = {
         let (cr, cw) = client.split();
         let (ur, uw) = upstream.split();
-        copy_both_ways((cr, cw), (ur, uw), Wakers::PerDirection, idle, stats, phase).await
+        copy_both_ways((cr, cw), (ur, uw), Wakers::PerDirection, idle, stats, phase, closing).await
     };
     if let End::Failed(e) = &spliced.end {
         tracing::debug!(error = %e, "tcp proxy ended with an error");
@@ -55,13 +57,14 @@ pub(super) async fn splice_tls(
     idle: Option<Duration>,
     stats: &L4Stats,
     phase: watch::Receiver<Phase>,
+    closing: Option<watch::Receiver<u64>>,
 ) -> Spliced {
     let (ur, uw) = tokio::io::split(upstream);
     let spliced = {
         let (cr, cw) = client.split();
         // One TLS stream behind both halves: its two directions may register with one socket's
         // slot, which keeps only the last waker, so both are polled on every wake-up.
-        copy_both_ways((cr, cw), (ur, uw), Wakers::Task, idle, stats, phase).await
+        copy_both_ways((cr, cw), (ur, uw), Wakers::Task, idle, stats, phase, closing).await
     };
     if let End::Failed(e) = &spliced.end {
         tracing::debug!(error = %e, "tcp proxy (upstream TLS) ended with an error");
@@ -85,6 +88,8 @@ pub enum End {
     IdleTimeout,
     /// The listener's drain ran out, or the listener is gone.
     Aborted,
+    /// The endpoint's health changed (`close_connections_on_health_change`).
+    HealthChange,
     /// A read or write failed (a reset, most often): both sides were closed.
     Failed(io::Error),
 }
@@ -96,6 +101,7 @@ impl Spliced {
             End::Closed => "closed",
             End::IdleTimeout => "idle_timeout",
             End::Aborted => "drain_aborted",
+            End::HealthChange => "health_change",
             End::Failed(e) if e.kind() == io::ErrorKind::ConnectionReset => "reset",
             End::Failed(_) => "error",
         });
@@ -146,6 +152,7 @@ async fn copy_both_ways<CR, CW, UR, UW>(
     idle: Option<Duration>,
     stats: &L4Stats,
     phase: watch::Receiver<Phase>,
+    closing: Option<watch::Receiver<u64>>,
 ) -> Spliced
 where
     CR: AsyncRead + Unpin,
@@ -157,13 +164,24 @@ where
     let mut to_client = Pump::new(&stats.bytes_to_clients);
     let mut direction_wakers = FlagWakers::<2>::default();
     // Draining leaves established connections alone; only abort (or a gone listener) cuts.
-    let mut phase = PhaseWatch::new(phase);
+    let mut phase = PhaseWatch::of_listener(phase);
+    let mut closing = closing.map(|rx| {
+        let now = *rx.borrow();
+        (now, WatchPoll::new(rx, now))
+    });
     // Idle: the time of the last byte moved, read against one timer.
     let mut last_activity = idle.map(|_| Instant::now());
     let mut idle_timer = idle.map(|d| (d, Box::pin(tokio::time::sleep(d))));
     let end = std::future::poll_fn(|cx| {
         if phase.poll(cx) == Phase::Abort {
             return Poll::Ready(End::Aborted);
+        }
+        if let Some((opened_at, closing)) = &mut closing {
+            if closing.poll(cx) != *opened_at {
+                stats.health_closes.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("endpoint health changed, closing");
+                return Poll::Ready(End::HealthChange);
+            }
         }
         let (due, own) = match wakers {
             Wakers::PerDirection => {
@@ -338,7 +356,8 @@ mod tests {
             let (upstream, mut upstream_peer) = tokio::io::duplex(64);
             let (tx, rx) = watch::channel(Phase::Serving);
             let stats = L4Stats::default();
-            let splice = copy_both_ways(tokio::io::split(client), tokio::io::split(upstream), wakers, None, &stats, rx);
+            let splice =
+                copy_both_ways(tokio::io::split(client), tokio::io::split(upstream), wakers, None, &stats, rx, None);
             tokio::pin!(splice);
             std::future::poll_fn(|cx| {
                 while let Poll::Ready(p) = tokio::task::coop::poll_proceed(cx) {
@@ -407,7 +426,7 @@ mod tests {
         let stats = std::sync::Arc::new(L4Stats::default());
         let splice = tokio::spawn({
             let stats = stats.clone();
-            async move { splice(client_side, upstream_side, None, &stats, rx).await.received }
+            async move { splice(client_side, upstream_side, None, &stats, rx, None).await.received }
         });
         fn within<F: Future>(f: F) -> tokio::time::Timeout<F> {
             tokio::time::timeout(Duration::from_secs(10), f)

@@ -53,7 +53,7 @@ pub async fn serve(
         tracing::debug!(sni = ?server_name, cluster = cluster.name(), "passthrough");
         (upstream, table.idle_timeout())
     };
-    let tcp::Upstream { mut stream, endpoint: _endpoint, slot: _slot, permit: _permit } = upstream;
+    let tcp::Upstream { mut stream, endpoint: _endpoint, slot: _slot, permit: _permit, closing } = upstream;
     if let Err(e) = stream.write_all(&hello).await {
         tracing::debug!(error = %e, "replaying the ClientHello failed");
         return log.end("error");
@@ -61,7 +61,7 @@ pub async fn serve(
     stats.bytes_from_clients.fetch_add(hello.len() as u64, Ordering::Relaxed);
     log.bytes(hello.len() as u64, 0);
     drop(hello);
-    tcp::splice(client, stream, idle, stats, phase).await.log_to(&mut log);
+    tcp::splice(client, stream, idle, stats, phase, closing).await.log_to(&mut log);
 }
 
 /// The bytes of the ClientHello (and whatever followed it in the same reads) and its server name;
