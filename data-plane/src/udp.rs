@@ -6,7 +6,10 @@
 //! Memory is bounded: at most `max_connections` sessions per listener (default
 //! [`DEFAULT_MAX_SESSIONS`]), each a socket and a small task without a buffer of its own (replies
 //! are read into a per-thread buffer); a session ends after `idle_timeout_ms` (default
-//! [`DEFAULT_IDLE`]) without a datagram either way. UDP is lossy: a datagram that cannot be sent at
+//! [`DEFAULT_IDLE`]) without a datagram either way. A session whose endpoint stops being healthy
+//! (active health checks, outlier ejection) moves to a healthy one with the client's next
+//! datagram, as Envoy's UDP proxy does: UDP has no connection to fail, so nothing else would
+//! move a client that keeps sending to a dead endpoint. UDP is lossy: a datagram that cannot be sent at
 //! once (full socket buffer, session cap reached, no endpoint) is dropped and counted.
 
 use std::cell::RefCell;
@@ -26,7 +29,7 @@ use tokio::time::Instant;
 use crate::l4_stats::{Admitted, L4Stats};
 use crate::listeners::Phase;
 use crate::state::Shared;
-use crate::table::{hash_ip, EndpointGuard};
+use crate::table::{hash_ip, EndpointGuard, EndpointState};
 
 /// Client sessions per listener when it sets no `max_connections`.
 pub const DEFAULT_MAX_SESSIONS: u32 = 16_384;
@@ -61,6 +64,7 @@ pub fn bind_reuseport(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net
 
 struct Session {
     upstream: Arc<UdpSocket>,
+    endpoint: Arc<EndpointState>,
     last_activity: Arc<AtomicU64>,
     replies: JoinHandle<()>,
 }
@@ -108,13 +112,20 @@ pub async fn serve(
                 if sessions.get(&client).is_some_and(|s| s.replies.is_finished()) {
                     sessions.remove(&client);
                 }
+                // One whose endpoint went unhealthy moves, if a healthy endpoint takes it.
+                if !draining && sessions.get(&client).is_some_and(|s| !s.endpoint.is_healthy()) {
+                    if let Some(s) = open(&socket, client, &listener, &shared, &stats, (start, Pick::HealthyOnly)).await {
+                        tracing::debug!(%client, "udp session moved off an unhealthy endpoint");
+                        sessions.insert(client, s);
+                    }
+                }
                 let session = match sessions.entry(client) {
                     Entry::Occupied(o) => o.into_mut(),
                     Entry::Vacant(v) => {
                         if draining {
                             continue;
                         }
-                        match open(&socket, client, &listener, &shared, &stats, start).await {
+                        match open(&socket, client, &listener, &shared, &stats, (start, Pick::Any)).await {
                             Some(s) => v.insert(s),
                             None => continue,
                         }
@@ -145,26 +156,41 @@ pub async fn serve(
     }
 }
 
-/// Opens a session for a new client: admission, endpoint choice, upstream socket, reply task.
+/// Which endpoints a new session may go to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pick {
+    /// Whatever the cluster's pick gives (in panic mode, an unhealthy one too).
+    Any,
+    /// Healthy ones only: moving a session off an unhealthy endpoint to another is no gain.
+    HealthyOnly,
+}
+
+/// Opens a session for a client: admission, endpoint choice, upstream socket, reply task.
 async fn open(
     socket: &Arc<UdpSocket>,
     client: SocketAddr,
     listener: &str,
     shared: &Shared,
     stats: &Arc<L4Stats>,
-    start: Instant,
+    (start, pick): (Instant, Pick),
 ) -> Option<Session> {
     let (guard, idle, admitted) = {
         let installed = shared.installed.load();
         let table = installed.as_ref()?.table.listener(listener)?;
         let cluster = table.cluster()?;
-        let admitted = stats.admit(table.max_connections().unwrap_or(DEFAULT_MAX_SESSIONS))?;
         // As for tcp: the client IP is the key of ring_hash and maglev, with or without `hash_on`.
-        let guard = cluster.pick_hashed(hash_ip(client.ip()), &[]);
-        let Some(guard) = guard else {
-            stats.no_endpoint.fetch_add(1, Ordering::Relaxed);
-            return None;
+        let guard = match (cluster.pick_hashed(hash_ip(client.ip()), &[]), pick) {
+            (Some(g), Pick::Any) => g,
+            (Some(g), Pick::HealthyOnly) if g.is_healthy() => g,
+            // The session stays where it is: nothing to count.
+            (_, Pick::HealthyOnly) => return None,
+            (None, Pick::Any) => {
+                stats.no_endpoint.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
         };
+        // Picked first, so that a client with no endpoint takes no slot and counts no session.
+        let admitted = stats.admit(table.max_connections().unwrap_or(DEFAULT_MAX_SESSIONS))?;
         (guard, table.idle_timeout().unwrap_or(DEFAULT_IDLE), admitted)
     };
     let endpoint = guard.address();
@@ -185,6 +211,7 @@ async fn open(
         return None;
     }
     let upstream = Arc::new(upstream);
+    let endpoint_state = guard.endpoint().clone();
     let last_activity = Arc::new(AtomicU64::new(elapsed_ms(start)));
     let replies = tokio::spawn(replies(
         upstream.clone(),
@@ -195,7 +222,7 @@ async fn open(
         (guard, admitted),
     ));
     tracing::debug!(%client, %endpoint, "udp session opened");
-    Some(Session { upstream, last_activity, replies })
+    Some(Session { upstream, endpoint: endpoint_state, last_activity, replies })
 }
 
 struct Activity {

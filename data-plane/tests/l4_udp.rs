@@ -134,3 +134,50 @@ async fn removed_udp_listener_stops_new_sessions() {
     let fresh = client("127.0.0.1").await;
     assert!(udp_round_trip(&fresh, addr, "2", Duration::from_millis(300)).await.is_none());
 }
+
+/// A TCP listener on `addr`'s port that accepts and drops connections: what the TCP health
+/// checks of a UDP endpoint probe (as a DNS server answers on both). Abort it to fail them.
+fn tcp_health_port(addr: SocketAddr) -> tokio::task::JoinHandle<()> {
+    let listener = std::net::TcpListener::bind(addr).expect("the endpoint's port free for TCP");
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    tokio::spawn(async move { while listener.accept().await.is_ok() {} })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_leaves_an_endpoint_that_fails_its_health_checks() {
+    let bs = [UdpEcho::start("a").await, UdpEcho::start("b").await];
+    let checks: HashMap<String, (SocketAddr, tokio::task::JoinHandle<()>)> =
+        [("a", bs[0].addr), ("b", bs[1].addr)].map(|(n, a)| (n.to_string(), (a, tcp_health_port(a)))).into();
+    let addr = free_udp_addr();
+    let mut cfg = udp_config(addr, "round_robin", &bs.iter().collect::<Vec<_>>(), json!({}));
+    cfg.clusters.get_mut("dns").unwrap().health_check = Some(
+        serde_json::from_value(
+            json!({"tcp": {}, "interval_ms": 100, "healthy_threshold": 1, "unhealthy_threshold": 1}),
+        )
+        .unwrap(),
+    );
+    // Panic mode: with nothing healthy the pick still gives an endpoint, which must not move it.
+    cfg.clusters.get_mut("dns").unwrap().panic_mode = true;
+    let (_cp, node) = node_with(&cfg).await;
+    let fail_checks_of = |name: &str| {
+        let (endpoint, task) = &checks[name];
+        task.abort();
+        format!("sluice_endpoint_healthy{{cluster=\"dns\",endpoint=\"{endpoint}\"}}")
+    };
+    let c = client("127.0.0.1").await;
+    let backend = |reply: Option<String>| reply.expect("a reply").split_once(':').unwrap().0.to_string();
+    let first = backend(udp_round_trip(&c, addr, "1", WAIT).await);
+    // Its endpoint fails its checks (it still answers UDP): the next datagram goes to the other.
+    wait_metric(&node, &fail_checks_of(&first), 0.0).await;
+    let second = backend(udp_round_trip(&c, addr, "2", WAIT).await);
+    assert_ne!(first, second);
+    assert_eq!(backend(udp_round_trip(&c, addr, "3", WAIT).await), second);
+    // No healthy endpoint left: the session stays where it is rather than be dropped or churned.
+    wait_metric(&node, &fail_checks_of(&second), 0.0).await;
+    for i in 4..8 {
+        assert_eq!(backend(udp_round_trip(&c, addr, &i.to_string(), WAIT).await), second);
+    }
+    assert_eq!(metric(&node, "sluice_l4_connections_total{listener=\"resolver\"}").await, 2.0);
+    assert_eq!(metric(&node, "sluice_l4_no_endpoint_total{listener=\"resolver\"}").await, 0.0);
+}
