@@ -108,16 +108,18 @@ pub async fn serve(
                     }
                 };
                 stats.bytes_from_clients.fetch_add(n as u64, Ordering::Relaxed);
-                // A session whose reply task ended (idle, refused) is replaced by a fresh one.
-                if sessions.get(&client).is_some_and(|s| s.replies.is_finished()) {
-                    sessions.remove(&client);
-                }
-                // One whose endpoint went unhealthy moves, if a healthy endpoint takes it.
-                if !draining && sessions.get(&client).is_some_and(|s| !s.endpoint.is_healthy()) {
-                    if let Some(s) = open(&socket, client, &listener, &shared, &stats, (start, Pick::HealthyOnly)).await {
-                        tracing::debug!(%client, "udp session moved off an unhealthy endpoint");
-                        sessions.insert(client, s);
+                match sessions.get(&client).map(|s| (s.replies.is_finished(), s.endpoint.is_healthy())) {
+                    // Its reply task ended (idle, refused): replaced by a fresh one.
+                    Some((true, _)) => drop(sessions.remove(&client)),
+                    // Its endpoint went unhealthy: it moves, if a healthy endpoint takes it.
+                    Some((false, false)) if !draining => {
+                        let moved = open(&socket, client, &listener, &shared, &stats, (start, Pick::HealthyOnly)).await;
+                        if let Some(s) = moved {
+                            tracing::debug!(%client, "udp session moved off an unhealthy endpoint");
+                            sessions.insert(client, s);
+                        }
                     }
+                    _ => {}
                 }
                 let session = match sessions.entry(client) {
                     Entry::Occupied(o) => o.into_mut(),
