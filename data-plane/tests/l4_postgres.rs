@@ -1,6 +1,7 @@
 //! A real database through a tcp listener: `psql` against the local Postgres (127.0.0.1:5432, or
 //! `SLUICE_TEST_POSTGRES_ADDR`), then two "replicas" (that one plus a second Postgres started here
-//! with initdb on an ephemeral port) balanced round robin, each answering queries.
+//! with initdb on an ephemeral port) balanced round robin, each answering queries; then that second
+//! one as a primary with the local one as its standby (`backup`), stopped and started again.
 //!
 //! Skipped with a notice when Postgres or psql is missing, unless `CI` is set (then it fails).
 
@@ -79,6 +80,25 @@ struct TempPostgres {
     addr: SocketAddr,
 }
 
+/// `pg_ctl` of a [`TempPostgres`]: stop and start it again on the same port.
+impl TempPostgres {
+    async fn pg_ctl(&self, args: &[&str]) -> Result<(), String> {
+        let (pg_ctl, data, log) = (self.bin.join("pg_ctl"), self.dir.join("data"), self.dir.join("log"));
+        let mut all = vec!["-D", path(&data), "-l", path(&log), "-w", "-t", "30"];
+        all.extend_from_slice(args);
+        as_postgres(path(&pg_ctl), &all, &self.dir).await
+    }
+
+    async fn start_server(&self) -> Result<(), String> {
+        let opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.addr.port(), path(&self.dir));
+        self.pg_ctl(&["-o", &opts, "start"]).await
+    }
+
+    async fn stop_server(&self) -> Result<(), String> {
+        self.pg_ctl(&["-m", "fast", "stop"]).await
+    }
+}
+
 impl TempPostgres {
     async fn start() -> Result<TempPostgres, String> {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
@@ -100,15 +120,7 @@ impl TempPostgres {
         let initdb = pg.bin.join("initdb");
         let args = ["-D", path(&data), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"];
         as_postgres(path(&initdb), &args, &pg.dir).await?;
-        let opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", addr.port(), path(&pg.dir));
-        let log = pg.dir.join("log");
-        let pg_ctl = pg.bin.join("pg_ctl");
-        as_postgres(
-            path(&pg_ctl),
-            &["-D", path(&data), "-o", &opts, "-l", path(&log), "-w", "-t", "30", "start"],
-            &pg.dir,
-        )
-        .await?;
+        pg.start_server().await?;
         Ok(pg)
     }
 }
@@ -175,4 +187,84 @@ async fn two_postgres_replicas_are_balanced() {
     let count = |p: &str| seen.iter().filter(|s| *s == p).count();
     assert_eq!((count(&local_port), count(&port_of(second.addr))), (2, 2), "{seen:?}");
     assert_eq!(psql(addr, "postgres", "select 40 + 2").await.unwrap(), "42");
+}
+
+/// A `psql` session held open through the proxy, fed queries on its standard input.
+struct HeldPsql {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl HeldPsql {
+    fn open(addr: SocketAddr) -> HeldPsql {
+        let mut child = Command::new("psql")
+            .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string(), "-U", "postgres", "-At", "postgres"])
+            .env("PGCONNECT_TIMEOUT", "5")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("psql runs");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+        HeldPsql { child, stdin, stdout }
+    }
+
+    /// Sends one query and reads its one-line answer; `None` if psql answers nothing (it lost its
+    /// connection and quit).
+    async fn query(&mut self, q: &str) -> Option<String> {
+        use tokio::io::AsyncWriteExt;
+        self.stdin.write_all(format!("{q};\n").as_bytes()).await.ok()?;
+        tokio::time::timeout(Duration::from_secs(20), self.stdout.next_line()).await.ok()?.ok()?
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_serves_while_the_primary_is_down_and_hands_clients_back() {
+    let standby = local_postgres();
+    if let Err(e) = psql(standby, "postgres", "select 1").await {
+        let _ = skip(&format!("no Postgres at {standby}: {e}"));
+        return;
+    }
+    let primary = match TempPostgres::start().await {
+        Ok(pg) => pg,
+        Err(e) => {
+            let _ = skip(&format!("cannot start a second Postgres: {e}"));
+            return;
+        }
+    };
+    let addr = free_addr();
+    let check = json!({"tcp": {}, "interval_ms": 200, "healthy_threshold": 1, "unhealthy_threshold": 1});
+    let cfg = config(json!({
+        "clusters": {"db": {"endpoints": [{"address": primary.addr.to_string()}, {"address": standby.to_string(), "backup": true}],
+                            "health_check": check, "close_connections_on_health_change": true}},
+        "listeners": {"pg": {"address": addr.to_string(), "protocol": "tcp", "cluster": "db"}},
+    }));
+    let (_cp, node) = node_with(&cfg).await;
+    let port = "select current_setting('port')";
+    let standby_port = psql(standby, "postgres", port).await.unwrap();
+    let primary_port = primary.addr.port().to_string();
+    for _ in 0..3 {
+        assert_eq!(psql(addr, "postgres", port).await.unwrap(), primary_port, "the primary serves while it is up");
+    }
+    // The primary goes down: clients land on the standby (a refused connect fails over at once).
+    primary.stop_server().await.unwrap();
+    assert_eq!(psql(addr, "postgres", port).await.unwrap(), standby_port);
+    let mut held = HeldPsql::open(addr);
+    assert_eq!(held.query(port).await.as_deref(), Some(standby_port.as_str()));
+    // It comes back: new clients go to it, and the session held on the standby is closed, so its
+    // pool would reconnect to the primary too (psql without a terminal quits instead).
+    primary.start_server().await.unwrap();
+    support::eventually("clients back on the primary", || async {
+        (psql(addr, "postgres", port).await.ok()? == primary_port).then_some(())
+    })
+    .await;
+    // (At least the held session; a one-shot psql caught on the standby at that moment counts too.)
+    let closes = || l4_support::metric(&node, "sluice_l4_health_closes_total{listener=\"pg\"}");
+    support::eventually("the standby's session closed", || async { (closes().await >= 1.0).then_some(()) }).await;
+    assert_eq!(held.query(port).await, None, "the session on the standby stayed open");
+    let status = tokio::time::timeout(Duration::from_secs(20), held.child.wait()).await.unwrap().unwrap();
+    assert!(!status.success(), "psql lost its connection and says so");
 }
