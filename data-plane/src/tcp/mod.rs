@@ -176,7 +176,8 @@ pub async fn admit_and_connect(
     };
     // The client IP is the only key raw traffic has: ring_hash and maglev use it even without
     // `hash_on` (other policies ignore the key).
-    let Some((stream, endpoint)) = connect(cluster, Some(hash_ip(client.peer.ip())), stats).await else {
+    let Some(Connected { stream, endpoint, closing }) = connect(cluster, Some(hash_ip(client.peer.ip())), stats).await
+    else {
         stats.no_endpoint.fetch_add(1, Ordering::Relaxed);
         return Err(Refused::NoEndpoint);
     };
@@ -188,7 +189,6 @@ pub async fn admit_and_connect(
     }
     tracing::debug!(endpoint = %endpoint.address(), "connected upstream");
     log.upstream(cluster.name(), endpoint.address());
-    let closing = cluster.closes_on_health_change().then(|| endpoint.closings());
     let mut upstream = Upstream { stream, endpoint, slot, permit, closing };
     if let Some(version) = table.proxy_protocol() {
         let local = client.local.map_or_else(|| client.stream.local_addr(), Ok);
@@ -245,9 +245,18 @@ async fn send_proxy_header(upstream: &mut Upstream, header: io::Result<Vec<u8>>,
     None
 }
 
+/// A connection to an endpoint, as [`connect`] made it.
+pub struct Connected {
+    pub stream: TcpStream,
+    pub endpoint: EndpointGuard,
+    /// With `close_connections_on_health_change`: the endpoint's close requests, watched from
+    /// before the connect, so that a verdict given meanwhile is not missed.
+    pub closing: Option<watch::Receiver<u64>>,
+}
+
 /// Connects to an endpoint of `cluster` (by `key` for the hashing policies), trying the next one
 /// on failure; `None` when every endpoint failed or [`CONNECT_TIMEOUT`] passed.
-pub async fn connect(cluster: &ClusterLb, key: Option<u64>, stats: &L4Stats) -> Option<(TcpStream, EndpointGuard)> {
+pub async fn connect(cluster: &ClusterLb, key: Option<u64>, stats: &L4Stats) -> Option<Connected> {
     let per_try = cluster.connect_timeout().unwrap_or(CONNECT_TRY_TIMEOUT);
     let deadline = Instant::now() + CONNECT_TIMEOUT.max(per_try);
     let mut tried: Vec<SocketAddr> = Vec::new();
@@ -262,11 +271,12 @@ pub async fn connect(cluster: &ClusterLb, key: Option<u64>, stats: &L4Stats) -> 
             return None;
         };
         let addr = endpoint.address();
+        let closing = cluster.closes_on_health_change().then(|| endpoint.closings());
         let budget = deadline.saturating_duration_since(Instant::now()).min(per_try);
         match tokio::time::timeout(budget, TcpStream::connect(addr)).await {
-            Ok(Ok(upstream)) => {
+            Ok(Ok(stream)) => {
                 cluster.record_outcome(&endpoint, false);
-                return Some((upstream, endpoint));
+                return Some(Connected { stream, endpoint, closing });
             }
             Ok(Err(e)) => tracing::debug!(%addr, error = %e, "upstream connect failed"),
             Err(_) => tracing::debug!(%addr, "upstream connect timed out"),

@@ -165,10 +165,19 @@ where
     let mut direction_wakers = FlagWakers::<2>::default();
     // Draining leaves established connections alone; only abort (or a gone listener) cuts.
     let mut phase = PhaseWatch::of_listener(phase);
-    let mut closing = closing.map(|rx| {
-        let now = *rx.borrow();
-        (now, WatchPoll::new(rx, now))
-    });
+    let mut closing = match closing {
+        // A close requested while the connection was being made (the receiver was taken before
+        // the connect): it ends before a byte moves.
+        Some(rx) if rx.has_changed().unwrap_or(false) => {
+            stats.health_closes.fetch_add(1, Ordering::Relaxed);
+            return Spliced { end: End::HealthChange, received: 0, sent: 0 };
+        }
+        Some(rx) => {
+            let now = *rx.borrow();
+            Some((now, WatchPoll::new(rx, now)))
+        }
+        None => None,
+    };
     // Idle: the time of the last byte moved, read against one timer.
     let mut last_activity = idle.map(|_| Instant::now());
     let mut idle_timer = idle.map(|d| (d, Box::pin(tokio::time::sleep(d))));
@@ -341,6 +350,44 @@ impl Drop for Meter<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A close requested while the connection was being made, and one requested while it runs:
+    /// both end it, neither is missed.
+    #[tokio::test]
+    async fn health_closes_end_the_splice_whenever_they_come() {
+        let (_phase_tx, phase) = watch::channel(Phase::Serving);
+        let stats = L4Stats::default();
+        let (closes, _) = watch::channel(0u64);
+        // Taken before the connect; the close comes before the splice starts.
+        let early = closes.subscribe();
+        closes.send_modify(|n| *n += 1);
+        let (client, _client_peer) = tokio::io::duplex(64);
+        let (upstream, _upstream_peer) = tokio::io::duplex(64);
+        let halves = (tokio::io::split(client), tokio::io::split(upstream));
+        let splice = copy_both_ways(halves.0, halves.1, Wakers::Task, None, &stats, phase.clone(), Some(early));
+        let spliced = tokio::time::timeout(Duration::from_secs(5), splice).await.expect("the early close was missed");
+        assert!(matches!(spliced.end, End::HealthChange));
+        // Taken now; the close comes while bytes flow.
+        let (client, mut client_peer) = tokio::io::duplex(64);
+        let (upstream, mut upstream_peer) = tokio::io::duplex(64);
+        let running = closes.subscribe();
+        let halves = (tokio::io::split(client), tokio::io::split(upstream));
+        let splice = copy_both_ways(halves.0, halves.1, Wakers::Task, None, &stats, phase, Some(running));
+        let traffic = async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            client_peer.write_all(b"ping").await.unwrap();
+            let mut buf = [0u8; 4];
+            upstream_peer.read_exact(&mut buf).await.unwrap();
+            closes.send_modify(|n| *n += 1);
+            std::future::pending::<()>().await
+        };
+        let spliced = tokio::select! {
+            s = splice => s,
+            _ = traffic => unreachable!(),
+        };
+        assert!(matches!(spliced.end, End::HealthChange));
+        assert_eq!((spliced.received, stats.health_closes.load(Ordering::Relaxed)), (4, 2));
+    }
 
     /// No source's wake-up may be swallowed: here the first poll finds the task's budget spent
     /// (tokio then wakes the source's waker instead of registering it with the socket or the
