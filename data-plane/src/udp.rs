@@ -113,7 +113,7 @@ pub async fn serve(
                     Some((true, _)) => drop(sessions.remove(&client)),
                     // Its endpoint went unhealthy: it moves, if a healthy endpoint takes it.
                     Some((false, false)) if !draining => {
-                        let moved = open(&socket, client, &listener, &shared, &stats, (start, Pick::HealthyOnly)).await;
+                        let moved = open(&socket, client, &listener, &shared, &stats, start, Pick::HealthyOnly).await;
                         if let Some(s) = moved {
                             tracing::debug!(%client, "udp session moved off an unhealthy endpoint");
                             sessions.insert(client, s);
@@ -127,7 +127,7 @@ pub async fn serve(
                         if draining {
                             continue;
                         }
-                        match open(&socket, client, &listener, &shared, &stats, (start, Pick::Any)).await {
+                        match open(&socket, client, &listener, &shared, &stats, start, Pick::Any).await {
                             Some(s) => v.insert(s),
                             None => continue,
                         }
@@ -174,7 +174,8 @@ async fn open(
     listener: &str,
     shared: &Shared,
     stats: &Arc<L4Stats>,
-    (start, pick): (Instant, Pick),
+    start: Instant,
+    pick: Pick,
 ) -> Option<Session> {
     let (guard, idle, admitted) = {
         let installed = shared.installed.load();

@@ -26,7 +26,7 @@ fn local_postgres() -> SocketAddr {
 }
 
 /// `None` (after a notice) when the test cannot run here; panics instead under `CI`.
-fn skip(why: &str) -> Option<()> {
+fn skip<T>(why: &str) -> Option<T> {
     if std::env::var_os("CI").is_some() {
         panic!("postgres test cannot run: {why}");
     }
@@ -62,7 +62,7 @@ fn tcp_listener_config(listener: SocketAddr, endpoints: &[SocketAddr]) -> sluice
 async fn psql_through_a_tcp_listener() {
     let pg = local_postgres();
     if let Err(e) = psql(pg, "test", "select 1").await {
-        let _ = skip(&format!("no Postgres at {pg}: {e}"));
+        let _: Option<()> = skip(&format!("no Postgres at {pg}: {e}"));
         return;
     }
     let addr = free_addr();
@@ -159,20 +159,21 @@ async fn as_postgres(program: &str, args: &[&str], cwd: &Path) -> Result<(), Str
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_postgres_replicas_are_balanced() {
+/// The local Postgres and a second one started here; `None` (after [`skip`]) when either is missing.
+async fn local_and_second() -> Option<(SocketAddr, TempPostgres)> {
     let local = local_postgres();
     if let Err(e) = psql(local, "postgres", "select 1").await {
-        let _ = skip(&format!("no Postgres at {local}: {e}"));
-        return;
+        return skip(&format!("no Postgres at {local}: {e}"));
     }
-    let second = match TempPostgres::start().await {
-        Ok(pg) => pg,
-        Err(e) => {
-            let _ = skip(&format!("cannot start a second Postgres: {e}"));
-            return;
-        }
-    };
+    match TempPostgres::start().await {
+        Ok(pg) => Some((local, pg)),
+        Err(e) => skip(&format!("cannot start a second Postgres: {e}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_postgres_replicas_are_balanced() {
+    let Some((local, second)) = local_and_second().await else { return };
     let port_of = |a: SocketAddr| a.port().to_string();
     assert_eq!(psql(second.addr, "postgres", "select current_setting('port')").await.unwrap(), port_of(second.addr));
 
@@ -223,18 +224,7 @@ impl HeldPsql {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_serves_while_the_primary_is_down_and_hands_clients_back() {
-    let standby = local_postgres();
-    if let Err(e) = psql(standby, "postgres", "select 1").await {
-        let _ = skip(&format!("no Postgres at {standby}: {e}"));
-        return;
-    }
-    let primary = match TempPostgres::start().await {
-        Ok(pg) => pg,
-        Err(e) => {
-            let _ = skip(&format!("cannot start a second Postgres: {e}"));
-            return;
-        }
-    };
+    let Some((standby, primary)) = local_and_second().await else { return };
     let addr = free_addr();
     let check = json!({"tcp": {}, "interval_ms": 200, "healthy_threshold": 1, "unhealthy_threshold": 1});
     let cfg = config(json!({

@@ -321,13 +321,14 @@ impl ClusterLb {
     /// The endpoint at `address` if it may take new requests now (weight, health, and for a
     /// backup: no primary usable); for sticky sessions. Linear: clusters pinned by cookie are small.
     pub fn pick_address(&self, address: SocketAddr) -> Option<EndpointGuard> {
-        let usable = |e: &&LbEndpoint| e.state.address == address && e.weight > 0 && e.state.is_healthy();
-        if let Some(e) = self.primary.endpoints.iter().find(usable) {
-            return Some(EndpointGuard::new(&e.state));
+        let at =
+            |g: &Group| (0..g.endpoints.len()).find(|&i| g.endpoints[i].state.address == address && g.usable(i, &[]));
+        if let Some(i) = at(&self.primary) {
+            return Some(self.primary.guard(i));
         }
         let backup = self.backup.as_ref()?;
         let primary_usable = (0..self.primary.endpoints.len()).any(|i| self.primary.usable(i, &[]));
-        backup.endpoints.iter().find(usable).filter(|_| !primary_usable).map(|e| EndpointGuard::new(&e.state))
+        at(backup).filter(|_| !primary_usable).map(|i| backup.guard(i))
     }
 
     /// The primaries, then the backups.
