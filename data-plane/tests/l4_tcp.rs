@@ -478,6 +478,40 @@ async fn l4_connections_follow_health_changes_when_the_cluster_asks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outlier_ejection_closes_l4_connections_when_the_cluster_asks() {
+    let a = Flapping::start("a").await;
+    let b = TaggedEcho::start("b").await;
+    let addr = free_addr();
+    let endpoints = json!([{"address": a.addr.to_string()}, {"address": b.addr.to_string()}]);
+    let outlier = json!({"consecutive_failures": 1, "ejection_ms": 60000});
+    let cfg = config(json!({
+        "clusters": {"db": {"endpoints": endpoints, "outlier_detection": outlier, "close_connections_on_health_change": true}},
+        "listeners": {"pg": {"address": addr.to_string(), "protocol": "tcp", "cluster": "db"}},
+    }));
+    let (_cp, node) = node_with(&cfg).await;
+    // Round robin: one of the first two clients lands on a.
+    let mut on_a = None;
+    for _ in 0..2 {
+        let c = Conn::open(addr, None).await;
+        if c.backend == "a" {
+            on_a = Some(c);
+        }
+    }
+    let mut on_a = on_a.expect("round robin over two endpoints reaches a within two clients");
+
+    // a stops taking connections (no health check here): the next connect to it is refused, which
+    // ejects it, and its open connection is closed. Every new client is served by b meanwhile.
+    a.stop_listening().await;
+    for _ in 0..2 {
+        assert_eq!(Conn::open(addr, None).await.backend, "b");
+    }
+    let a_out = format!("sluice_endpoint_ejections_total{{cluster=\"db\",endpoint=\"{}\"}}", a.addr);
+    wait_metric(&node, &a_out, 1.0).await;
+    assert!(on_a.closed_within(Duration::from_secs(5)).await, "the connection to the ejected endpoint stayed open");
+    wait_metric(&node, "sluice_l4_health_closes_total{listener=\"pg\"}", 1.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hashing_policies_key_on_the_client_ip_without_hash_on() {
     let bs = [TaggedEcho::start("a").await, TaggedEcho::start("b").await, TaggedEcho::start("c").await];
     let addr = free_addr();

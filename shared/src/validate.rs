@@ -221,10 +221,10 @@ impl Cluster {
         if let Some(ms) = self.connect_timeout_ms {
             timeout("connect_timeout_ms", ms)?;
         }
-        if self.close_connections_on_health_change && self.health_check.is_none() {
+        if self.close_connections_on_health_change && self.health_check.is_none() && self.outlier_detection.is_none() {
             return Err(ValidationError::invalid(
                 "close_connections_on_health_change",
-                "needs a health_check: only active health checks change an endpoint's health",
+                "needs a health_check or outlier_detection: only they change an endpoint's health",
             ));
         }
         Ok(())
@@ -752,6 +752,10 @@ mod tests {
             Some("close_connections_on_health_change")
         );
         assert_eq!(cluster(r#"{"close_connections_on_health_change":true,"health_check":{"tcp":{}}}"#), None);
+        assert_eq!(
+            cluster(r#"{"close_connections_on_health_change":true,"outlier_detection":{"consecutive_failures":3}}"#),
+            None
+        );
 
         let route = |extra: &str| {
             let json = format!(r#"{{"listener":"web","backends":[{{"cluster":"a"}}]{extra}}}"#);

@@ -8,7 +8,8 @@
 //! at a random offset within the interval so that a fleet of nodes does not probe in lockstep.
 //!
 //! With `close_connections_on_health_change`, a verdict also closes L4 connections: those to an
-//! endpoint marked down, and those to the cluster's backups when a primary is marked up.
+//! endpoint marked down, and those to the cluster's backups when a primary is marked up. (An
+//! outlier ejection closes the ejected endpoint's too, see `ClusterLb::record_outcome`.)
 
 mod probe;
 pub mod report;

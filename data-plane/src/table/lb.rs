@@ -276,6 +276,11 @@ impl ClusterLb {
         }
         let d = endpoint.outlier.eject(policy);
         tracing::info!(cluster = %self.name, endpoint = %endpoint.address, ejection_ms = d.as_millis() as u64, "outlier ejected");
+        // An ejection is a verdict too (HAProxy's `on-error mark-down` with `shutdown-sessions`).
+        // Its end is lazy, with no moment to act on: backups are handed back by active checks only.
+        if self.closes_on_health_change {
+            endpoint.close_connections();
+        }
     }
 
     pub fn name(&self) -> &str {

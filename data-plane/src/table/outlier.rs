@@ -177,6 +177,27 @@ mod tests {
         assert_eq!(s.ejections_total(), 2);
     }
 
+    #[test]
+    fn an_ejection_closes_l4_connections_only_when_the_cluster_asks() {
+        for closes in [true, false] {
+            let c = cluster(4, Some(policy(2, 60_000)), false).with_closes_on_health_change(closes);
+            let e = &c.endpoints()[0].state;
+            let mut watching = e.closings();
+            c.record_outcome(e, true);
+            assert!(!watching.has_changed().unwrap(), "one failure of two is no ejection");
+            c.record_outcome(e, true);
+            assert!(e.is_ejected());
+            assert_eq!(watching.has_changed().unwrap(), closes, "closes_on_health_change: {closes}");
+            watching.mark_unchanged();
+            // Another endpoint's ejection leaves this one's connections alone.
+            let other = &c.endpoints()[1].state;
+            c.record_outcome(other, true);
+            c.record_outcome(other, true);
+            assert!(other.is_ejected());
+            assert!(!watching.has_changed().unwrap());
+        }
+    }
+
     fn cluster(n: u16, outlier: Option<OutlierPolicy>, panic_mode: bool) -> crate::table::ClusterLb {
         use crate::table::{ClusterLb, EndpointState, LbEndpoint};
         let endpoints = (0..n)

@@ -20,7 +20,8 @@
 //! - `proxy_protocol`: the endpoint gets a PROXY protocol header with the client's address before
 //!   the client's first byte (`proxy_protocol/`).
 //! - `close_connections_on_health_change` (cluster): the connection is closed when the health
-//!   checks mark its endpoint down, or, to a backup, when a primary is marked up again.
+//!   checks mark its endpoint down or outlier detection ejects it, or, to a backup, when a primary
+//!   is marked up again.
 //! - Config changes never touch an open connection: the table is only read to connect, and the
 //!   endpoint guard (which `least_request` counts) lives as long as the connection.
 
