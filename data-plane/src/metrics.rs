@@ -292,7 +292,7 @@ fn render_breakers(out: &mut String, clusters: &[Arc<ClusterLb>]) {
         out,
         "sluice_cluster_overflow_total",
         "counter",
-        "Requests and L4 connections refused by the circuit breaker, by limit.",
+        "Requests, L4 connections and UDP sessions refused by the circuit breaker, by limit.",
     );
     for (c, b) in &breakers {
         for o in Overflow::ALL {
@@ -314,7 +314,7 @@ fn render_breakers(out: &mut String, clusters: &[Arc<ClusterLb>]) {
         ("sluice_cluster_pending", "Requests and L4 connections waiting for an upstream connection.", Breaker::pending),
         (
             "sluice_cluster_connections",
-            "Upstream connections open, HTTP and L4 (clusters with max_connections).",
+            "Upstream connections open, HTTP and L4 (UDP sessions included; clusters with max_connections).",
             Breaker::connections_open,
         ),
     ];

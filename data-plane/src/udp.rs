@@ -5,7 +5,10 @@
 //!
 //! Memory is bounded: at most `max_connections` sessions per listener (default
 //! [`DEFAULT_MAX_SESSIONS`]), each a socket and a small task without a buffer of its own (replies
-//! are read into a per-thread buffer); a session ends after `idle_timeout_ms` (default
+//! are read into a per-thread buffer). A session is an upstream connection for the cluster's
+//! circuit breaker too: its `max_connections` bounds the node's sessions and connections to the
+//! cluster together (as Envoy's UDP proxy does); a client over it gets no session, at once (a
+//! datagram cannot wait), counted in `sluice_cluster_overflow_total`. a session ends after `idle_timeout_ms` (default
 //! [`DEFAULT_IDLE`]) without a datagram either way. A session whose endpoint stops being healthy
 //! (active health checks, outlier ejection) moves to a healthy one with the client's next
 //! datagram, as Envoy's UDP proxy does: UDP has no connection to fail, so nothing else would
@@ -22,14 +25,14 @@ use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::l4_stats::{Admitted, L4Stats};
 use crate::listeners::Phase;
 use crate::state::Shared;
-use crate::table::{hash_ip, EndpointGuard, EndpointState};
+use crate::table::{hash_ip, EndpointGuard, EndpointState, Overflow};
 
 /// Client sessions per listener when it sets no `max_connections`.
 pub const DEFAULT_MAX_SESSIONS: u32 = 16_384;
@@ -177,7 +180,7 @@ async fn open(
     start: Instant,
     pick: Pick,
 ) -> Option<Session> {
-    let (guard, idle, admitted) = {
+    let (guard, idle, permit, admitted) = {
         let installed = shared.installed.load();
         let table = installed.as_ref()?.table.listener(listener)?;
         let cluster = table.cluster()?;
@@ -193,8 +196,19 @@ async fn open(
             }
         };
         // Picked first, so that a client with no endpoint takes no slot and counts no session.
+        let permit = match cluster.breaker().filter(|b| b.limits_connections()) {
+            Some(breaker) => match breaker.try_connection() {
+                Some(permit) => Some(permit),
+                None => {
+                    breaker.overflowed(Overflow::Connections);
+                    tracing::debug!(%client, cluster = cluster.name(), "circuit breaker open, no udp session");
+                    return None;
+                }
+            },
+            None => None,
+        };
         let admitted = stats.admit(table.max_connections().unwrap_or(DEFAULT_MAX_SESSIONS))?;
-        (guard, table.idle_timeout().unwrap_or(DEFAULT_IDLE), admitted)
+        (guard, table.idle_timeout().unwrap_or(DEFAULT_IDLE), permit, admitted)
     };
     let endpoint = guard.address();
     let unspecified = match endpoint.ip() {
@@ -222,7 +236,7 @@ async fn open(
         client,
         stats.clone(),
         Activity { start, last: last_activity.clone(), idle },
-        (guard, admitted),
+        (guard, admitted, permit),
     ));
     tracing::debug!(%client, %endpoint, "udp session opened");
     Some(Session { upstream, endpoint: endpoint_state, last_activity, replies })
@@ -235,14 +249,15 @@ struct Activity {
 }
 
 /// Forwards the endpoint's datagrams to the client until the session idles out or the endpoint
-/// refuses (ICMP port unreachable). Holds the endpoint guard and the admission slot.
+/// refuses (ICMP port unreachable). Holds the endpoint guard, the admission slot and the circuit
+/// breaker's permit.
 async fn replies(
     upstream: Arc<UdpSocket>,
     socket: Arc<UdpSocket>,
     client: SocketAddr,
     stats: Arc<L4Stats>,
     activity: Activity,
-    _held: (EndpointGuard, Admitted),
+    _held: (EndpointGuard, Admitted, Option<OwnedSemaphorePermit>),
 ) {
     loop {
         let deadline = activity.start + Duration::from_millis(activity.last.load(Ordering::Relaxed)) + activity.idle;

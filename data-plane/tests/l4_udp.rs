@@ -98,6 +98,29 @@ async fn sessions_expire_when_idle_and_the_cap_bounds_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clusters_circuit_breaker_bounds_sessions() {
+    let a = UdpEcho::start("a").await;
+    let addr = free_udp_addr();
+    let mut cfg = udp_config(addr, "round_robin", &[&a], json!({"idle_timeout_ms": 1000}));
+    cfg.clusters.get_mut("dns").unwrap().circuit_breaker =
+        Some(serde_json::from_value(json!({"max_connections": 1})).unwrap());
+    let (_cp, node) = node_with(&cfg).await;
+    let (c1, c2) = (client("127.0.0.1").await, client("127.0.0.1").await);
+    assert_eq!(udp_round_trip(&c1, addr, "1", WAIT).await.as_deref(), Some("a:1"));
+    wait_metric(&node, "sluice_cluster_connections{cluster=\"dns\"}", 1.0).await;
+    // The breaker's one connection is c1's session: c2 gets none, and no listener slot either.
+    assert!(udp_round_trip(&c2, addr, "2", Duration::from_millis(300)).await.is_none());
+    let overflow = "sluice_cluster_overflow_total{cluster=\"dns\",limit=\"connections\"}";
+    assert!(metric(&node, overflow).await >= 1.0);
+    assert_eq!(metric(&node, "sluice_l4_connections_total{listener=\"resolver\"}").await, 1.0);
+    assert_eq!(metric(&node, "sluice_l4_rejected_total{listener=\"resolver\"}").await, 0.0);
+    // c1's session idles out and hands its connection over.
+    wait_metric(&node, "sluice_cluster_connections{cluster=\"dns\"}", 0.0).await;
+    assert_eq!(udp_round_trip(&c2, addr, "2 again", WAIT).await.as_deref(), Some("a:2 again"));
+    assert_eq!(metric(&node, "sluice_cluster_connections{cluster=\"dns\"}").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_ip_hashing_keeps_a_client_ip_on_one_endpoint() {
     let bs = [UdpEcho::start("a").await, UdpEcho::start("b").await, UdpEcho::start("c").await];
     let addr = free_udp_addr();
