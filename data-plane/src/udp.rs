@@ -8,8 +8,8 @@
 //! are read into a per-thread buffer). A session is an upstream connection for the cluster's
 //! circuit breaker too: its `max_connections` bounds the node's sessions and connections to the
 //! cluster together (as Envoy's UDP proxy does); a client over it gets no session, at once (a
-//! datagram cannot wait), counted in `sluice_cluster_overflow_total`. a session ends after `idle_timeout_ms` (default
-//! [`DEFAULT_IDLE`]) without a datagram either way. A session whose endpoint stops being healthy
+//! datagram cannot wait), counted in `sluice_cluster_overflow_total`. A session ends after
+//! `idle_timeout_ms` (default [`DEFAULT_IDLE`]) without a datagram either way. A session whose endpoint stops being healthy
 //! (active health checks, outlier ejection) moves to a healthy one with the client's next
 //! datagram, as Envoy's UDP proxy does: UDP has no connection to fail, so nothing else would
 //! move a client that keeps sending to a dead endpoint. UDP is lossy: a datagram that cannot be sent at
@@ -70,6 +70,10 @@ struct Session {
     endpoint: Arc<EndpointState>,
     last_activity: Arc<AtomicU64>,
     replies: JoinHandle<()>,
+    /// One of the cluster's circuit breaker's `max_connections`, when it sets one. Held here
+    /// rather than by the reply task so that a session moving to another endpoint keeps it; given
+    /// back when the session leaves the table (at most [`SWEEP`] after it ended).
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Drop for Session {
@@ -117,8 +121,10 @@ pub async fn serve(
                     // Its endpoint went unhealthy: it moves, if a healthy endpoint takes it.
                     Some((false, false)) if !draining => {
                         let moved = open(&socket, client, &listener, &shared, &stats, start, Pick::HealthyOnly).await;
-                        if let Some(s) = moved {
+                        if let Some(mut s) = moved {
                             tracing::debug!(%client, "udp session moved off an unhealthy endpoint");
+                            // Still one session: it keeps its place under the circuit breaker.
+                            s.permit = sessions.get_mut(&client).and_then(|old| old.permit.take());
                             sessions.insert(client, s);
                         }
                     }
@@ -195,8 +201,10 @@ async fn open(
                 return None;
             }
         };
-        // Picked first, so that a client with no endpoint takes no slot and counts no session.
-        let permit = match cluster.breaker().filter(|b| b.limits_connections()) {
+        // Picked first, so that a client with no endpoint takes no slot and counts no session. A
+        // moving session brings its permit along.
+        let breaker = cluster.breaker().filter(|b| b.limits_connections() && pick == Pick::Any);
+        let permit = match breaker {
             Some(breaker) => match breaker.try_connection() {
                 Some(permit) => Some(permit),
                 None => {
@@ -236,10 +244,10 @@ async fn open(
         client,
         stats.clone(),
         Activity { start, last: last_activity.clone(), idle },
-        (guard, admitted, permit),
+        (guard, admitted),
     ));
     tracing::debug!(%client, %endpoint, "udp session opened");
-    Some(Session { upstream, endpoint: endpoint_state, last_activity, replies })
+    Some(Session { upstream, endpoint: endpoint_state, last_activity, replies, permit })
 }
 
 struct Activity {
@@ -249,15 +257,14 @@ struct Activity {
 }
 
 /// Forwards the endpoint's datagrams to the client until the session idles out or the endpoint
-/// refuses (ICMP port unreachable). Holds the endpoint guard, the admission slot and the circuit
-/// breaker's permit.
+/// refuses (ICMP port unreachable). Holds the endpoint guard and the admission slot.
 async fn replies(
     upstream: Arc<UdpSocket>,
     socket: Arc<UdpSocket>,
     client: SocketAddr,
     stats: Arc<L4Stats>,
     activity: Activity,
-    _held: (EndpointGuard, Admitted, Option<OwnedSemaphorePermit>),
+    _held: (EndpointGuard, Admitted),
 ) {
     loop {
         let deadline = activity.start + Duration::from_millis(activity.last.load(Ordering::Relaxed)) + activity.idle;

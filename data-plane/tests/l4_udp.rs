@@ -182,6 +182,9 @@ async fn a_session_leaves_an_endpoint_that_fails_its_health_checks() {
     );
     // Panic mode: with nothing healthy the pick still gives an endpoint, which must not move it.
     cfg.clusters.get_mut("dns").unwrap().panic_mode = true;
+    // A breaker with room for one session: a moving session keeps its place under it.
+    cfg.clusters.get_mut("dns").unwrap().circuit_breaker =
+        Some(serde_json::from_value(json!({"max_connections": 1})).unwrap());
     let (_cp, node) = node_with(&cfg).await;
     let fail_checks_of = |name: &str| {
         let (endpoint, task) = &checks[name];
@@ -196,6 +199,8 @@ async fn a_session_leaves_an_endpoint_that_fails_its_health_checks() {
     let second = backend(udp_round_trip(&c, addr, "2", WAIT).await);
     assert_ne!(first, second);
     assert_eq!(backend(udp_round_trip(&c, addr, "3", WAIT).await), second);
+    assert_eq!(metric(&node, "sluice_cluster_connections{cluster=\"dns\"}").await, 1.0);
+    assert_eq!(metric(&node, "sluice_cluster_overflow_total{cluster=\"dns\",limit=\"connections\"}").await, 0.0);
     // No healthy endpoint left: the session stays where it is rather than be dropped or churned.
     wait_metric(&node, &fail_checks_of(&second), 0.0).await;
     for i in 4..8 {
