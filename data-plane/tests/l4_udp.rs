@@ -158,20 +158,27 @@ async fn removed_udp_listener_stops_new_sessions() {
     assert!(udp_round_trip(&fresh, addr, "2", Duration::from_millis(300)).await.is_none());
 }
 
-/// A TCP listener on `addr`'s port that accepts and drops connections: what the TCP health
-/// checks of a UDP endpoint probe (as a DNS server answers on both). Abort it to fail them.
-fn tcp_health_port(addr: SocketAddr) -> tokio::task::JoinHandle<()> {
-    let listener = std::net::TcpListener::bind(addr).expect("the endpoint's port free for TCP");
-    listener.set_nonblocking(true).unwrap();
-    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-    tokio::spawn(async move { while listener.accept().await.is_ok() {} })
+/// A UDP echo with a TCP listener on the same port that accepts and drops connections: what the
+/// TCP health checks of a UDP endpoint probe (as a DNS server answers on both). Abort the task
+/// to fail them. The port the echo got may be taken for TCP by another test: then another echo.
+async fn udp_echo_with_tcp_health_port(name: &str) -> (UdpEcho, tokio::task::JoinHandle<()>) {
+    for _ in 0..50 {
+        let echo = UdpEcho::start(name).await;
+        let Ok(listener) = std::net::TcpListener::bind(echo.addr) else { continue };
+        listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        return (echo, tokio::spawn(async move { while listener.accept().await.is_ok() {} }));
+    }
+    panic!("no port free for both UDP and TCP in 50 tries");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_leaves_an_endpoint_that_fails_its_health_checks() {
-    let bs = [UdpEcho::start("a").await, UdpEcho::start("b").await];
+    let ((a, a_check), (b, b_check)) =
+        (udp_echo_with_tcp_health_port("a").await, udp_echo_with_tcp_health_port("b").await);
     let checks: HashMap<String, (SocketAddr, tokio::task::JoinHandle<()>)> =
-        [("a", bs[0].addr), ("b", bs[1].addr)].map(|(n, a)| (n.to_string(), (a, tcp_health_port(a)))).into();
+        [("a".to_string(), (a.addr, a_check)), ("b".to_string(), (b.addr, b_check))].into();
+    let bs = [a, b];
     let addr = free_udp_addr();
     let mut cfg = udp_config(addr, "round_robin", &bs.iter().collect::<Vec<_>>(), json!({}));
     cfg.clusters.get_mut("dns").unwrap().health_check = Some(
