@@ -1,19 +1,23 @@
 //! L4 UDP: per-client sessions. The first datagram from a client address picks an endpoint (by
-//! the cluster's policy; `ring_hash`/`maglev` on the client IP)
-//! and opens a session: its own upstream socket connected to that endpoint, so replies are told
-//! apart by socket and go back to the right client from the listener's address.
+//! the cluster's policy; `ring_hash`/`maglev` on the client IP) and opens a session: its own
+//! upstream socket connected to that endpoint, so replies are told apart by socket and go back to
+//! the right client from the listener's address.
 //!
 //! Memory is bounded: at most `max_connections` sessions per listener (default
 //! [`DEFAULT_MAX_SESSIONS`]), each a socket and a small task without a buffer of its own (replies
-//! are read into a per-thread buffer). A session is an upstream connection for the cluster's
-//! circuit breaker too: its `max_connections` bounds the node's sessions and connections to the
-//! cluster together (as Envoy's UDP proxy does); a client over it gets no session, at once (a
-//! datagram cannot wait), counted in `sluice_cluster_overflow_total`. A session ends after
-//! `idle_timeout_ms` (default [`DEFAULT_IDLE`]) without a datagram either way. A session whose endpoint stops being healthy
-//! (active health checks, outlier ejection) moves to a healthy one with the client's next
-//! datagram, as Envoy's UDP proxy does: UDP has no connection to fail, so nothing else would
-//! move a client that keeps sending to a dead endpoint. UDP is lossy: a datagram that cannot be sent at
-//! once (full socket buffer, session cap reached, no endpoint) is dropped and counted.
+//! are read into a per-thread buffer). A session ends after `idle_timeout_ms` (default
+//! [`DEFAULT_IDLE`]) without a datagram either way.
+//!
+//! A session is an upstream connection for the cluster's circuit breaker too: its
+//! `max_connections` bounds the node's sessions and connections to the cluster together (as
+//! Envoy's UDP proxy does); a client over it gets no session, at once (a datagram cannot wait),
+//! counted in `sluice_cluster_overflow_total`.
+//!
+//! A session whose endpoint stops being healthy (active health checks, outlier ejection) moves to
+//! a healthy one with the client's next datagram, as Envoy's UDP proxy does: UDP has no
+//! connection to fail, so nothing else would move a client that keeps sending to a dead endpoint.
+//! UDP is lossy: a datagram that cannot be sent at once (full socket buffer, session cap reached,
+//! no endpoint) is dropped and counted.
 
 use std::cell::RefCell;
 use std::collections::hash_map::{Entry, HashMap};
