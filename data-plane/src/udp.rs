@@ -207,16 +207,16 @@ async fn open(
         };
         // Picked first, so that a client with no endpoint takes no slot and counts no session. A
         // moving session brings its permit along.
-        let breaker = cluster.breaker().filter(|b| b.limits_connections() && pick == Pick::Any);
-        let permit = match breaker {
-            Some(breaker) => match breaker.try_connection() {
-                Some(permit) => Some(permit),
-                None => {
+        let permit = match cluster.breaker().filter(|b| b.limits_connections() && pick == Pick::Any) {
+            // No waiting, unlike tcp: a datagram cannot be held for a permit.
+            Some(breaker) => {
+                let Some(permit) = breaker.try_connection() else {
                     breaker.overflowed(Overflow::Connections);
                     tracing::debug!(%client, cluster = cluster.name(), "circuit breaker open, no udp session");
                     return None;
-                }
-            },
+                };
+                Some(permit)
+            }
             None => None,
         };
         let admitted = stats.admit(table.max_connections().unwrap_or(DEFAULT_MAX_SESSIONS))?;
