@@ -27,6 +27,8 @@ mod state;
 mod stream_client;
 pub mod table;
 mod tcp;
+#[cfg(test)]
+mod test_input;
 mod tls;
 mod udp;
 mod workers;

@@ -371,13 +371,26 @@ async fn continue_head_http10_and_date() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_chunked_body_ends_the_connection() {
     let s = setup().await;
-    let r = raw(
-        s.listener,
-        b"POST /api/x HTTP/1.1\r\nHost: myshop.com\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n\
-          GET /api/never HTTP/1.1\r\nHost: myshop.com\r\n\r\n",
-    )
-    .await;
-    assert_ne!(r.status, 200, "{}", r.raw);
-    assert!(!r.raw.contains("path=/api/never"), "bytes after a broken body are never a request: {}", r.raw);
+    let flood = format!("1;{}\r\n", "e".repeat(17 * 1024));
+    let trailers = format!("0\r\nx-t: {}\r\n\r\n", "t".repeat(70_000));
+    let bodies: [(&str, &[u8]); 3] = [
+        ("a bad chunk end", b"3\r\nabcX\r\n"),
+        ("17 KiB of chunk extensions", flood.as_bytes()),
+        ("70 KB of trailers", trailers.as_bytes()),
+    ];
+    for (what, body) in bodies {
+        let mut req =
+            b"POST /api/x HTTP/1.1\r\nHost: myshop.com\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n".to_vec();
+        req.extend_from_slice(body);
+        req.extend_from_slice(b"GET /api/never HTTP/1.1\r\nHost: myshop.com\r\n\r\n");
+        let r = raw(s.listener, &req).await;
+        // The client's fault, answered as such: not the endpoint's 502.
+        assert_eq!(r.status, 400, "{what}: {}", r.raw);
+        assert!(r.body.contains("request body could not be read"), "{what}: {}", r.raw);
+        assert_eq!(r.headers.get("connection").map(String::as_str), Some("close"), "{what}");
+        assert!(!r.raw.contains("path=/api/never"), "bytes after a broken body are never a request: {}", r.raw);
+    }
+    let metrics = admin(&s.node, "/metrics").await.body;
+    assert!(!metrics.contains("class=\"5xx\""), "{metrics}");
     s.node.shutdown().await;
 }

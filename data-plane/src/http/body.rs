@@ -17,6 +17,12 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[error("request body over {0} bytes")]
 pub struct BodyTooLarge(pub u64);
 
+/// The client's request body broke while it was forwarded: its chunked framing is malformed, or
+/// the client's connection failed or ended inside it. The client's doing, never the endpoint's.
+#[derive(Debug, thiserror::Error)]
+#[error("request body from the client: {0}")]
+pub struct ClientBodyError(#[source] pub std::io::Error);
+
 pub enum ProxyBody {
     /// No body (a retried bodyless request, an empty answer).
     Empty,

@@ -89,12 +89,25 @@ pub fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// The most chunk-extension bytes one body may carry (hyper's limit). Extensions are dropped,
+/// so without a bound a peer could keep the proxy reading forever while forwarding nothing.
+pub const MAX_EXTENSIONS: u32 = 16 * 1024;
+/// The most bytes of a size line before its extensions: hex digits (leading zeros included) and
+/// the blanks after them.
+pub const MAX_SIZE_LINE: u32 = 64;
+/// The most bytes of a trailer section, as of a head.
+pub const MAX_TRAILERS: u32 = crate::http::head::MAX_HEAD as u32;
+
 /// Follows a chunked body, a byte at a time or a slice at a time, with the same grammar as hyper's
-/// decoder.
+/// decoder and bounds on the framing that carries no data.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ChunkScan {
     state: ChunkState,
     size: u64,
+    /// Extension bytes so far in the body.
+    extensions: u32,
+    /// Bytes of the current size line (without extensions), or of the trailer section.
+    line: u32,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -170,6 +183,9 @@ impl ChunkScan {
                 return Decoded::Data { skip: i, len };
             }
             let b = data[i];
+            if !self.count(b) {
+                return Decoded::Bad(i);
+            }
             let next = match (self.state, b) {
                 (Start | Size, b) if b.is_ascii_hexdigit() => match self.push_digit(b) {
                     Some(()) => Size,
@@ -195,10 +211,27 @@ impl ChunkScan {
                 }
                 _ => return Decoded::Bad(i),
             };
+            if self.state == SizeLf {
+                self.line = 0; // the size line is over: what follows is counted afresh
+            }
             self.state = next;
             i += 1;
         }
         Decoded::More
+    }
+
+    /// Counts byte `b` against the bound of the part of the framing it belongs to; false when
+    /// that bound is passed. The CR ending a size line counts in neither part.
+    fn count(&mut self, b: u8) -> bool {
+        use ChunkState::*;
+        let (counter, limit) = match self.state {
+            Start | Size | SizeLws if b != b'\r' => (&mut self.line, MAX_SIZE_LINE),
+            Extension if b != b'\r' => (&mut self.extensions, MAX_EXTENSIONS),
+            Trailer | TrailerLf | EndCr | EndLf => (&mut self.line, MAX_TRAILERS),
+            _ => return true,
+        };
+        *counter += 1;
+        *counter <= limit
     }
 
     fn push_digit(&mut self, b: u8) -> Option<()> {
@@ -313,5 +346,120 @@ mod tests {
         assert!(matches!(framed.take(&mut buf), Taken::Data(d) if d == "abc"));
         assert!(framed.ended());
         assert_eq!(&buf[..], b"GET /");
+    }
+
+    #[test]
+    fn framing_without_data_is_bounded() {
+        // Leading zeros and blanks count against the size line.
+        let zeros = format!("{}1\r\nx\r\n0\r\n\r\n", "0".repeat(MAX_SIZE_LINE as usize - 1));
+        assert_eq!(ChunkScan::default().scan(zeros.as_bytes()), Scanned::End(zeros.len()));
+        let too_many = format!("{}1\r\n", "0".repeat(MAX_SIZE_LINE as usize));
+        assert_eq!(ChunkScan::default().scan(too_many.as_bytes()), Scanned::Bad(MAX_SIZE_LINE as usize));
+        // Extensions count over the whole body, however they are spread over chunks.
+        let ext = "a".repeat(1024);
+        let one = format!("1;{ext}\r\nx\r\n");
+        let mut body = one.repeat(16);
+        assert_eq!(ChunkScan::default().scan(body.as_bytes()), Scanned::More, "16 KiB of extensions pass");
+        body.push_str("1;a\r\nx\r\n");
+        assert_eq!(ChunkScan::default().scan(body.as_bytes()), Scanned::Bad(one.len() * 16 + 2));
+        // Trailers: as much as a head, and not a byte more.
+        let line = format!("x-t: {}\r\n", "v".repeat(1000));
+        let fits = format!("0\r\n{}\r\n", line.repeat((MAX_TRAILERS as usize - 2) / line.len()));
+        assert_eq!(ChunkScan::default().scan(fits.as_bytes()), Scanned::End(fits.len()));
+        let over = format!("0\r\n{}", "t".repeat(MAX_TRAILERS as usize + 1));
+        assert_eq!(ChunkScan::default().scan(over.as_bytes()), Scanned::Bad(3 + MAX_TRAILERS as usize));
+        // A size line's count starts afresh after each chunk.
+        let many = format!("{}0\r\n\r\n", format!("{}1\r\nx\r\n", "0".repeat(40)).repeat(100));
+        assert_eq!(ChunkScan::default().scan(many.as_bytes()), Scanned::End(many.len()));
+    }
+
+    /// Properties over generated input: the decoder is fed hostile bytes from the network.
+    mod properties {
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+        use proptest::sample::{select, Index};
+
+        use super::super::*;
+        use crate::test_input::split;
+
+        /// The outcome of decoding `pieces` one after the other: the data, and where the body
+        /// ended (`Ok`) or broke (`Err`) as an index into the whole input.
+        type Outcome = (Vec<u8>, Option<Result<usize, usize>>);
+
+        fn run(pieces: &[&[u8]]) -> Outcome {
+            let mut scan = ChunkScan::default();
+            let mut out = Vec::new();
+            let mut base = 0;
+            for piece in pieces {
+                let mut at = 0;
+                while at < piece.len() {
+                    match scan.decode(&piece[at..]) {
+                        Decoded::Data { skip, len } => {
+                            out.extend_from_slice(&piece[at + skip..at + skip + len]);
+                            at += skip + len;
+                        }
+                        Decoded::More => break,
+                        Decoded::End(k) => return (out, Some(Ok(base + at + k))),
+                        Decoded::Bad(k) => return (out, Some(Err(base + at + k))),
+                    }
+                }
+                base += piece.len();
+            }
+            (out, None)
+        }
+
+        /// Mostly the grammar's own bytes, so that generated input gets past the first one.
+        fn framing_byte() -> impl Strategy<Value = u8> {
+            prop_oneof![9 => select(b"0123456789abcdefABCDEF;= \t\r\n\r\nxX:".to_vec()), 1 => any::<u8>()]
+        }
+
+        /// A chunk's size line: its size in hex, either case, with a few leading zeros.
+        fn size_line(len: usize, zeros: usize, upper: bool, extension: &str) -> String {
+            let hex = if upper { format!("{len:X}") } else { format!("{len:x}") };
+            let ext = if extension.is_empty() { String::new() } else { format!(";{extension}") };
+            format!("{}{hex}{ext}\r\n", "0".repeat(zeros))
+        }
+
+        proptest! {
+            #[test]
+            fn any_bytes_decode_alike_whatever_the_reads(
+                data in vec(framing_byte(), 0..400),
+                cuts in vec(any::<Index>(), 0..8),
+            ) {
+                let whole = run(&[&data]);
+                prop_assert_eq!(run(&split(&data, &cuts)), whole.clone());
+                if let (_, Some(Ok(end) | Err(end))) = whole {
+                    prop_assert!(end <= data.len());
+                }
+            }
+
+            #[test]
+            fn a_chunked_body_decodes_to_its_data_and_ends_where_it_ends(
+                chunks in vec((vec(any::<u8>(), 1..200), 0..3usize, any::<bool>(), "([a-z]{1,5}(=[a-z0-9]{0,5})?)?"), 0..8),
+                last_extension in "([a-z]{1,5}(=[a-z0-9]{0,5})?)?",
+                trailers in vec(("x-[a-z]{1,8}", "[a-z0-9 ]{0,20}"), 0..3),
+                cuts in vec(any::<Index>(), 0..8),
+            ) {
+                let mut wire = Vec::new();
+                let mut data = Vec::new();
+                for (chunk, zeros, upper, extension) in &chunks {
+                    wire.extend_from_slice(size_line(chunk.len(), *zeros, *upper, extension).as_bytes());
+                    wire.extend_from_slice(chunk);
+                    wire.extend_from_slice(b"\r\n");
+                    data.extend_from_slice(chunk);
+                }
+                wire.extend_from_slice(size_line(0, 0, false, &last_extension).as_bytes());
+                for (name, value) in &trailers {
+                    wire.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+                }
+                wire.extend_from_slice(b"\r\n");
+                let end = wire.len();
+                wire.extend_from_slice(b"GET /next HTTP/1.1\r\n");
+                prop_assert_eq!(run(&split(&wire, &cuts)), (data, Some(Ok(end))));
+                // Cut short anywhere, the body is neither over nor broken.
+                let short = cuts.first().map_or(0, |c| c.index(end));
+                prop_assert_eq!(run(&[&wire[..short]]).1, None);
+            }
+        }
     }
 }

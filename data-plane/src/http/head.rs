@@ -434,4 +434,152 @@ mod tests {
         let big = vec![b'a'; MAX_HEAD + 1];
         assert!(worth_parsing(&big, MAX_HEAD));
     }
+
+    /// Properties over generated input: heads come from clients that may send anything.
+    mod properties {
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+        use proptest::sample::{select, Index};
+
+        use super::*;
+        use crate::test_input::split;
+
+        /// Pieces of heads, right and wrong, so that generated input reaches the header checks.
+        fn head_piece() -> impl Strategy<Value = Vec<u8>> {
+            let words: Vec<&[u8]> = vec![
+                b"GET / HTTP/1.1\r\n",
+                b"POST /a?b HTTP/1.0\r\n",
+                b"CONNECT a:1 HTTP/1.1\r\n",
+                b"GET http://h/ HTTP/1.1\r\n",
+                b"Host: a\r\n",
+                b"Host:",
+                b"Content-Length: ",
+                b"Transfer-Encoding: ",
+                b"chunked",
+                b"gzip",
+                b"Connection: ",
+                b"close",
+                b"keep-alive",
+                b"Upgrade: websocket\r\n",
+                b"Expect: 100-continue\r\n",
+                b"x-a: b\r\n",
+                b"\r\n",
+                b"\n",
+                b"\r",
+                b" ",
+                b"\t",
+                b":",
+                b",",
+                b"0",
+                b"5",
+                b"99999999999999999999",
+                b"-1",
+                b"/",
+                b"a",
+                b"\0",
+                b"\x7f",
+                b"\xff",
+                b" HTTP/1.1",
+                b"HTTP/9.9",
+            ];
+            prop_oneof![8 => select(words).prop_map(<[u8]>::to_vec), 1 => vec(any::<u8>(), 1..4)]
+        }
+
+        /// An answer other than "more bytes", and the number of pieces fed when it came.
+        type Answered = Option<(usize, String)>;
+
+        fn answer(r: &Result<Option<RequestHead>, Reject>) -> String {
+            format!("{r:?}")
+        }
+
+        /// Feeds `pieces` as a server does: a parse only when [`worth_parsing`] says so. Returns
+        /// the first answer other than "more bytes", with the number of pieces it took, and the
+        /// first such answer of a parse after every piece.
+        fn feed(pieces: &[&[u8]]) -> (Answered, Answered) {
+            let (mut gated, mut every) = (None, None);
+            let mut seen = 0;
+            let mut buf = Vec::new();
+            for (n, piece) in pieces.iter().enumerate() {
+                buf.extend_from_slice(piece);
+                let now = parse(&mut BytesMut::from(&buf[..]));
+                if every.is_none() && !matches!(now, Ok(None)) {
+                    every = Some((n, answer(&now)));
+                }
+                if gated.is_none() && worth_parsing(&buf, seen) {
+                    match now {
+                        Ok(None) => seen = buf.len(),
+                        _ => gated = Some((n, answer(&now))),
+                    }
+                }
+            }
+            (gated, every)
+        }
+
+        proptest! {
+            #[test]
+            fn any_head_is_answered_without_panic_and_a_whole_one_is_never_put_off(
+                pieces in vec(head_piece(), 0..40),
+                cuts in vec(any::<Index>(), 0..8),
+            ) {
+                let data = pieces.concat();
+                let mut buf = BytesMut::from(&data[..]);
+                if let Ok(Some(_)) = parse(&mut buf) {
+                    prop_assert!(buf.len() < data.len() && data.ends_with(&buf), "the head is split off the front");
+                }
+                let (gated, every) = feed(&split(&data, &cuts));
+                // Gating may put an error off to the next line end or limit, never an answer
+                // ahead of a parse after every piece; and a complete head is taken as soon as its
+                // last byte arrives.
+                if let Some((n, _)) = gated {
+                    prop_assert!(every.as_ref().is_some_and(|e| e.0 <= n), "{gated:?} {every:?}");
+                }
+                if let Some((n, ref a)) = every {
+                    if a.starts_with("Ok(Some") {
+                        prop_assert_eq!(gated, Some((n, a.clone())));
+                    }
+                }
+            }
+
+            #[test]
+            fn a_valid_head_parses_to_what_was_sent(
+                method in select(vec!["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]),
+                path in "/[A-Za-z0-9._~-]{0,20}(\\?[a-z0-9=&]{0,10})?",
+                fields in vec(("x-[a-z0-9-]{1,12}", "([!-~]([ -~]{0,18}[!-~])?)?"), 0..10),
+                body in proptest::option::of(vec(any::<u8>(), 0..20)),
+                cuts in vec(any::<Index>(), 0..8),
+            ) {
+                let mut wire = format!("{method} {path} HTTP/1.1\r\nHost: h.test\r\n");
+                for (name, value) in &fields {
+                    wire.push_str(&format!("{name}: {value}\r\n"));
+                }
+                if let Some(body) = &body {
+                    wire.push_str(&format!("Content-Length: {}\r\n", body.len()));
+                }
+                wire.push_str("\r\n");
+                let mut wire = wire.into_bytes();
+                let head_len = wire.len();
+                wire.extend_from_slice(body.as_deref().unwrap_or_default());
+                let mut buf = BytesMut::from(&wire[..]);
+                let head = parse(&mut buf).unwrap().unwrap();
+                prop_assert_eq!(&buf[..], &wire[head_len..]);
+                prop_assert_eq!(head.parts.method.as_str(), method);
+                prop_assert_eq!(head.parts.uri.to_string(), path);
+                prop_assert_eq!(&head.parts.headers["host"], "h.test");
+                for (name, value) in &fields {
+                    let got: Vec<_> = head.parts.headers.get_all(name.as_str()).iter().collect();
+                    prop_assert!(got.iter().any(|v| v.as_bytes() == value.as_bytes()), "{name}: {got:?}");
+                }
+                match body.map(|b| b.len() as u64) {
+                    None => prop_assert_eq!(head.framing, Framing::Empty),
+                    Some(0) => prop_assert!(matches!(head.framing, Framing::Empty | Framing::Length(0))),
+                    Some(n) => prop_assert_eq!(head.framing, Framing::Length(n)),
+                }
+                // In pieces, it is taken with the piece that ends it, as a whole.
+                let pieces = split(&wire[..head_len], &cuts);
+                let (gated, _) = feed(&pieces);
+                let last = pieces.iter().rposition(|p| !p.is_empty());
+                prop_assert_eq!(gated.map(|g| g.0), last);
+            }
+        }
+    }
 }

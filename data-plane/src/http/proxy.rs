@@ -14,7 +14,7 @@ use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use sluice_shared::model::{LbPolicy, RetryOn};
 
-use super::body::{BodyTooLarge, ProxyBody};
+use super::body::{BodyTooLarge, ClientBodyError, ProxyBody};
 use super::errors::ProxyError;
 use super::headers::{content_length, origin_form, prepare_headers};
 use super::request_body::RequestBody;
@@ -196,7 +196,7 @@ async fn forward(
     // Transfer-Encoding is gone (hop-by-hop): chunked bodies announce no size here.
     let announced = content_length(&parts.headers);
     if max_body.is_some_and(|max| announced.is_some_and(|n| n > max)) {
-        return too_large(counts);
+        return closing(counts, ProxyError::BodyTooLarge);
     }
     let policy = route.retries();
     let attempts = policy.map_or(0, |p| p.attempts);
@@ -334,7 +334,13 @@ async fn forward(
             Some(Err(Failed { error: UpstreamError::Overflow(o), .. })) => {
                 return answer(counts, ProxyError::Overflow(o))
             }
-            Some(Err(Failed { error, .. })) if caused_by::<BodyTooLarge>(&error) => return too_large(counts),
+            Some(Err(Failed { error, .. })) if caused_by::<BodyTooLarge>(&error) => {
+                return closing(counts, ProxyError::BodyTooLarge)
+            }
+            // A malformed chunk, or a client gone inside its body: a 400, not the endpoint's 502.
+            Some(Err(Failed { error, .. })) if caused_by::<ClientBodyError>(&error) => {
+                return closing(counts, ProxyError::ClientBody)
+            }
             Some(Err(Failed { error, unsent: back })) => {
                 tracing::debug!(route = route.name(), %addr, error = %error, "upstream request failed");
                 if error.is_connect() {
@@ -382,9 +388,9 @@ fn respond(
     Response::from_parts(head, ProxyBody::Upstream { body, endpoint: Some(endpoint), permit })
 }
 
-/// 413, and the connection closes: the rest of the body is not read.
-fn too_large(counts: &ResponseCounts) -> Response<ProxyBody> {
-    let mut resp = answer(counts, ProxyError::BodyTooLarge);
+/// `err`, and the connection closes: the rest of the body is not read.
+fn closing(counts: &ResponseCounts, err: ProxyError) -> Response<ProxyBody> {
+    let mut resp = answer(counts, err);
     resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
 }

@@ -18,7 +18,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::either::Either;
 use tokio_util::io::poll_read_buf;
 
-use super::body::BoxError;
+use super::body::{BoxError, ClientBodyError};
 use super::chunked::{ChunkScan, Framed, Taken};
 use super::head::Framing;
 
@@ -163,5 +163,5 @@ impl Body for RequestBody {
 fn fail(w: &mut Wire, e: io::Error) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
     w.body = Left::Failed;
     w.continue_owed = None;
-    Poll::Ready(Some(Err(e.into())))
+    Poll::Ready(Some(Err(Box::new(ClientBodyError(e)))))
 }

@@ -266,6 +266,57 @@ mod tests {
         assert!(malformed(&v2(0x21, 0x11, 1025)), "longer than we buffer");
     }
 
+    /// Properties over generated input: the header comes from whatever connects.
+    mod properties {
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+        use proptest::sample::select;
+
+        use super::super::super::{header, same_family};
+        use super::*;
+        use sluice_shared::model::ProxyProtocol;
+
+        proptest! {
+            #[test]
+            fn every_header_we_send_is_accepted_as_sent(
+                client in any::<SocketAddr>(),
+                local in any::<SocketAddr>(),
+                v2 in any::<bool>(),
+                authority in proptest::option::of("[a-z0-9.-]{0,300}"),
+                tail in vec(any::<u8>(), 0..20),
+            ) {
+                let version = if v2 { ProxyProtocol::V2 } else { ProxyProtocol::V1 };
+                let mut h = header(version, client, local, authority.as_deref());
+                let len = h.len();
+                let (c, l) = same_family(client, local);
+                let origin = Some(Origin {
+                    client: SocketAddr::new(c.ip(), c.port()),
+                    local: SocketAddr::new(l.ip(), l.port()),
+                });
+                for cut in 0..len {
+                    prop_assert_eq!(parse(&h[..cut]).unwrap(), Parsed::Incomplete, "cut at {}", cut);
+                }
+                h.extend_from_slice(&tail);
+                prop_assert_eq!(parse(&h).unwrap(), Parsed::Done { len, origin });
+            }
+
+            #[test]
+            fn any_start_is_answered_without_panic_and_what_follows_is_not_read(
+                start in select(vec![&b"PROXY "[..], b"PROXY TCP4 ", b"PROXY TCP6 ", b"PROXY UNKNOWN", &V2_SIGNATURE[..], b""]),
+                rest in vec(prop_oneof![4 => select(b"0123456789.: abcdef\r\n".to_vec()), 1 => any::<u8>()], 0..140),
+                tail in vec(any::<u8>(), 0..20),
+            ) {
+                let mut buf = start.to_vec();
+                buf.extend_from_slice(&rest);
+                if let Ok(Parsed::Done { len, origin }) = parse(&buf) {
+                    prop_assert!(len <= buf.len() && len <= MAX_HEADER);
+                    buf.extend_from_slice(&tail);
+                    prop_assert_eq!(parse(&buf).unwrap(), Parsed::Done { len, origin });
+                }
+            }
+        }
+    }
+
     /// A real socket: a header written in two pieces with a pause, then the client's bytes. The
     /// header is consumed exactly: the stream then reads the client's bytes, untouched.
     #[tokio::test]

@@ -147,10 +147,11 @@ fn server_name(body: &[u8]) -> Result<Option<String>, HelloError> {
             let name = list.vec16()?;
             if name_type == NAME_TYPE_HOST {
                 let name = std::str::from_utf8(name).map_err(|_| HelloError::Malformed)?;
+                let name = name.trim_end_matches('.');
                 if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._*".contains(&b)) {
                     return Err(HelloError::Malformed);
                 }
-                return Ok(Some(name.trim_end_matches('.').to_ascii_lowercase()));
+                return Ok(Some(name.to_ascii_lowercase()));
             }
         }
         return Ok(None);
@@ -229,5 +230,123 @@ mod tests {
         let mut buf = Vec::new();
         let mut short = &hello[..10];
         assert_eq!(read(&mut short, &mut buf).await, Err(HelloError::Eof));
+    }
+
+    /// Properties over generated ClientHellos: the bytes come from any client.
+    mod properties {
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+        use proptest::sample::Index;
+
+        use super::*;
+        use crate::test_input::split;
+
+        fn vec8(out: &mut Vec<u8>, data: &[u8]) {
+            out.push(data.len() as u8);
+            out.extend_from_slice(data);
+        }
+
+        fn vec16(out: &mut Vec<u8>, data: &[u8]) {
+            out.extend_from_slice(&(data.len() as u16).to_be_bytes());
+            out.extend_from_slice(data);
+        }
+
+        /// A ClientHello handshake message: random session id and suites, other extensions around
+        /// the server_name one (when there is a name).
+        fn hello(
+            session: &[u8],
+            suites: &[u16],
+            before: &[(u16, Vec<u8>)],
+            name: Option<&str>,
+            after: &[(u16, Vec<u8>)],
+        ) -> Vec<u8> {
+            let mut body = vec![3, 3];
+            body.extend_from_slice(&[7; 32]);
+            vec8(&mut body, session);
+            let suites: Vec<u8> = suites.iter().flat_map(|s| s.to_be_bytes()).collect();
+            vec16(&mut body, &suites);
+            vec8(&mut body, &[0]);
+            let mut exts = Vec::new();
+            let mut push = |kind: u16, data: &[u8]| {
+                exts.extend_from_slice(&kind.to_be_bytes());
+                vec16(&mut exts, data);
+            };
+            before.iter().for_each(|(k, d)| push(*k, d));
+            if let Some(name) = name {
+                let mut entry = vec![NAME_TYPE_HOST];
+                vec16(&mut entry, name.as_bytes());
+                let mut list = Vec::new();
+                vec16(&mut list, &entry);
+                push(EXT_SERVER_NAME, &list);
+            }
+            after.iter().for_each(|(k, d)| push(*k, d));
+            vec16(&mut body, &exts);
+            let mut message = vec![HANDSHAKE_CLIENT_HELLO];
+            message.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+            message.extend_from_slice(&body);
+            message
+        }
+
+        /// The message in handshake records cut at the given places (no record is empty).
+        fn records(message: &[u8], cuts: &[Index]) -> Vec<u8> {
+            let mut wire = Vec::new();
+            for part in split(message, cuts).into_iter().filter(|p| !p.is_empty()) {
+                wire.extend_from_slice(&[CONTENT_HANDSHAKE, 3, 1]);
+                wire.extend_from_slice(&(part.len() as u16).to_be_bytes());
+                wire.extend_from_slice(part);
+            }
+            wire
+        }
+
+        fn other_extension() -> impl Strategy<Value = (u16, Vec<u8>)> {
+            (1u16.., vec(any::<u8>(), 0..40))
+        }
+
+        proptest! {
+            #[test]
+            fn the_server_name_is_found_however_the_hello_is_cut_into_records(
+                session in vec(any::<u8>(), 0..33),
+                suites in vec(any::<u16>(), 1..20),
+                before in vec(other_extension(), 0..4),
+                name in proptest::option::of("[a-zA-Z0-9-]{1,20}(\\.[a-zA-Z0-9-]{1,20}){0,3}\\.?"),
+                after in vec(other_extension(), 0..4),
+                cuts in vec(any::<Index>(), 0..6),
+                tail in vec(any::<u8>(), 0..10),
+            ) {
+                let message = hello(&session, &suites, &before, name.as_deref(), &after);
+                let wire = records(&message, &cuts);
+                let expected = name.map(|n| n.trim_end_matches('.').to_ascii_lowercase());
+                for cut in 0..wire.len() {
+                    prop_assert_eq!(parse(&wire[..cut]), Ok(Parsed::Incomplete), "cut at {}", cut);
+                }
+                let mut more = wire.clone();
+                more.extend_from_slice(&tail);
+                prop_assert_eq!(parse(&more), Ok(Parsed::Hello(expected)));
+            }
+
+            #[test]
+            fn damaged_hellos_are_refused_or_read_never_panicked_over(
+                message in vec(any::<u8>(), 0..300),
+                flips in vec((any::<Index>(), any::<u8>()), 0..6),
+                cuts in vec(any::<Index>(), 0..4),
+                as_hello in any::<bool>(),
+            ) {
+                // Random bytes, or a real-looking hello with a few bytes changed.
+                let mut message = if as_hello {
+                    hello(&message[..message.len().min(32)], &[0x1301, 0x1302], &[(10, message.clone())], Some("a.test"), &[])
+                } else {
+                    message
+                };
+                if !message.is_empty() {
+                    for (at, byte) in &flips {
+                        let i = at.index(message.len());
+                        message[i] = *byte;
+                    }
+                }
+                let wire = records(&message, &cuts);
+                let _ = parse(&wire);
+                let _ = parse(&message);
+            }
+        }
     }
 }
