@@ -26,6 +26,8 @@ pub struct L4Stats {
     pub health_closes: AtomicU64,
     /// Clients closed because no endpoint could be connected.
     pub no_endpoint: AtomicU64,
+    /// Clients closed because every endpoint was at its `max_connections`.
+    pub endpoints_full: AtomicU64,
     connect_failures: Mutex<BTreeMap<SocketAddr, u64>>,
     /// Stopped instances of this listener still draining connections, and their drain bound.
     pub draining: AtomicI64,
@@ -78,7 +80,7 @@ impl L4Metrics {
         let m = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         type Counter = fn(&L4Stats) -> u64;
-        let series: [(&str, &str, Counter); 7] = [
+        let series: [(&str, &str, Counter); 8] = [
             ("sluice_l4_connections_total", "tcp connections / udp sessions proxied by listener.", |s| {
                 s.total.load(Ordering::Relaxed)
             }),
@@ -97,6 +99,11 @@ impl L4Metrics {
             ("sluice_l4_no_endpoint_total", "Clients closed because no endpoint could be reached.", |s| {
                 s.no_endpoint.load(Ordering::Relaxed)
             }),
+            (
+                "sluice_l4_endpoints_full_total",
+                "Clients closed / datagrams dropped because every endpoint was at its max_connections.",
+                |s| s.endpoints_full.load(Ordering::Relaxed),
+            ),
             (
                 "sluice_l4_health_closes_total",
                 "Connections closed because their endpoint's health changed (close_connections_on_health_change).",

@@ -201,7 +201,8 @@ async fn open(
             // The session stays where it is: nothing to count.
             (_, Pick::HealthyOnly) => return None,
             (None, Pick::Any) => {
-                stats.no_endpoint.fetch_add(1, Ordering::Relaxed);
+                let counter = if cluster.is_full() { &stats.endpoints_full } else { &stats.no_endpoint };
+                counter.fetch_add(1, Ordering::Relaxed);
                 return None;
             }
         };

@@ -623,3 +623,48 @@ async fn tcp_keepalive_arms_probes_on_both_sides() {
             .await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_take_no_more_than_their_max_connections() {
+    let (a, b) = (TaggedEcho::start("a").await, TaggedEcho::start("b").await);
+    let addr = free_addr();
+    let cfg = |max_a: u32| {
+        config(json!({
+            "clusters": {"db": {"lb_policy": "round_robin", "endpoints": [
+                {"address": a.addr.to_string(), "max_connections": max_a},
+                {"address": b.addr.to_string(), "max_connections": 2}
+            ]}},
+            "listeners": {"pg": {"address": addr.to_string(), "protocol": "tcp", "cluster": "db"}},
+        }))
+    };
+    let (cp, node) = node_with(&cfg(1)).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(Conn::open(addr, None).await);
+    }
+    let mut on: Vec<&str> = held.iter().map(|c| c.backend.as_str()).collect();
+    on.sort();
+    assert_eq!(on, ["a", "b", "b"], "each endpoint filled to its limit");
+    // Every endpoint full: the next client is closed at once, and no endpoint sees it.
+    assert!(Conn::try_open(addr, None).await.is_none(), "a fourth connection was served");
+    assert_eq!(a.accepted() + b.accepted(), 3);
+    wait_metric(&node, "sluice_l4_endpoints_full_total{listener=\"pg\"}", 1.0).await;
+    assert_eq!(metric(&node, "sluice_l4_no_endpoint_total{listener=\"pg\"}").await, 0.0);
+    let gauge = |e: &TaggedEcho| format!("sluice_endpoint_active_requests{{cluster=\"db\",endpoint=\"{}\"}}", e.addr);
+    assert_eq!((metric(&node, &gauge(&a)).await, metric(&node, &gauge(&b)).await), (1.0, 2.0));
+    // One on `a` ends: `a`, and only `a`, has room again.
+    let i = held.iter().position(|c| c.backend == "a").unwrap();
+    held.remove(i).finish().await;
+    wait_metric(&node, &gauge(&a), 0.0).await;
+    held.push(Conn::open(addr, None).await);
+    assert_eq!(held.last().unwrap().backend, "a");
+    assert!(Conn::try_open(addr, None).await.is_none());
+    // A new revision raising the limit counts the connections already open.
+    apply(&cp, &cfg(2), 2).await;
+    held.push(Conn::open(addr, None).await);
+    assert_eq!(held.last().unwrap().backend, "a");
+    assert!(Conn::try_open(addr, None).await.is_none(), "a at 2 of 2, b at 2 of 2");
+    for c in &mut held {
+        assert_eq!(c.echo("still here").await, "still here");
+    }
+}

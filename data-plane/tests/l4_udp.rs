@@ -121,6 +121,25 @@ async fn the_clusters_circuit_breaker_bounds_sessions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoints_max_connections_bounds_its_sessions() {
+    let a = UdpEcho::start("a").await;
+    let addr = free_udp_addr();
+    let mut cfg = udp_config(addr, "round_robin", &[&a], json!({"idle_timeout_ms": 1000}));
+    cfg.clusters.get_mut("dns").unwrap().endpoints[0].max_connections = Some(1);
+    let (_cp, node) = node_with(&cfg).await;
+    let (c1, c2) = (client("127.0.0.1").await, client("127.0.0.1").await);
+    assert_eq!(udp_round_trip(&c1, addr, "1", WAIT).await.as_deref(), Some("a:1"));
+    // The endpoint's one place is c1's session: c2's datagram is dropped and counted.
+    assert!(udp_round_trip(&c2, addr, "2", Duration::from_millis(300)).await.is_none());
+    assert!(metric(&node, "sluice_l4_endpoints_full_total{listener=\"resolver\"}").await >= 1.0);
+    assert_eq!(metric(&node, "sluice_l4_no_endpoint_total{listener=\"resolver\"}").await, 0.0);
+    // c1's session idles out and frees the place.
+    let gauge = format!("sluice_endpoint_active_requests{{cluster=\"dns\",endpoint=\"{}\"}}", a.addr);
+    wait_metric(&node, &gauge, 0.0).await;
+    assert_eq!(udp_round_trip(&c2, addr, "2 again", WAIT).await.as_deref(), Some("a:2 again"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_ip_hashing_keeps_a_client_ip_on_one_endpoint() {
     let bs = [UdpEcho::start("a").await, UdpEcho::start("b").await, UdpEcho::start("c").await];
     let addr = free_udp_addr();

@@ -394,3 +394,47 @@ async fn a_broken_chunked_body_ends_the_connection() {
     assert!(!metrics.contains("class=\"5xx\""), "{metrics}");
     s.node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_endpoint_is_answered_503_endpoint_connections() {
+    let api = Backend::start("api").await;
+    // An endpoint that takes requests and never answers: each one stays in flight.
+    let hold = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let held_at = hold.local_addr().unwrap();
+    let holder = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        while let Ok((s, _)) = hold.accept().await {
+            kept.push(s);
+        }
+    });
+    let listener = free_addr();
+    let cfg = config(json!({
+        "clusters": {
+            "api": {"endpoints": [{"address": api.addr.to_string()}]},
+            "held": {"endpoints": [{"address": held_at.to_string(), "max_connections": 1}]}
+        },
+        "listeners": {"main": {"address": listener.to_string(), "protocol": "http"}},
+        "routes": {
+            "api": {"listener": "main", "match": {"hosts": ["a.test"]}, "backends": [{"cluster": "api"}]},
+            "held": {"listener": "main", "match": {"hosts": ["held.test"]}, "backends": [{"cluster": "held"}]}
+        }
+    }));
+    let cp = ControlPlane::start(Some(snapshot(&cfg, 1))).await;
+    let node = start_node(vec![cp.url()], None).await;
+    cp.expect_ack(1).await;
+    eventually("listener up", || async { try_get(listener, "a.test", "/").await }).await;
+    let first = tokio::spawn(get(listener, "held.test", "/one"));
+    let gauge = format!("sluice_endpoint_active_requests{{cluster=\"held\",endpoint=\"{held_at}\"}} 1");
+    eventually("the first request in flight", || async {
+        admin(&node, "/metrics").await.body.contains(&gauge).then_some(())
+    })
+    .await;
+    let r = get(listener, "held.test", "/two").await;
+    assert_eq!(r.status, 503, "{}", r.raw);
+    assert_eq!(r.body, "every endpoint at max_connections\n");
+    assert_eq!(r.headers.get("x-sluice-overflow").map(String::as_str), Some("endpoint_connections"));
+    first.abort();
+    holder.abort();
+    node.shutdown().await;
+    cp.stop().await;
+}

@@ -44,6 +44,7 @@ pub fn cluster_to_pb(name: &str, c: &Cluster) -> pb::Cluster {
                 weight: e.weight,
                 name: e.name.clone().unwrap_or_default(),
                 backup: e.backup,
+                max_connections: e.max_connections,
             })
             .collect(),
         tls: c.tls.as_ref().map(|t| pb::UpstreamTls {
@@ -296,6 +297,7 @@ pub fn cluster_from_pb(c: pb::Cluster) -> Result<Cluster> {
                 weight: e.weight,
                 name: Some(e.name).filter(|n| !n.is_empty()),
                 backup: e.backup,
+                max_connections: e.max_connections,
             })
             .collect(),
         health_check,

@@ -23,7 +23,7 @@ fn full() -> Config {
         ),
         (
             "db",
-            r#"{"lb_policy":"maglev","endpoints":[{"address":"127.0.0.1:5432"},{"address":"127.0.0.1:5433","backup":true}],"health_check":{"tcp":{}},"close_connections_on_health_change":true,
+            r#"{"lb_policy":"maglev","endpoints":[{"address":"127.0.0.1:5432"},{"address":"127.0.0.1:5433","backup":true,"max_connections":50}],"health_check":{"tcp":{}},"close_connections_on_health_change":true,
             "connect_timeout_ms":250}"#,
         ),
         ("web", r#"{"lb_policy":"ring_hash"}"#),

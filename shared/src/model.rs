@@ -112,6 +112,12 @@ pub struct Endpoint {
     /// (HAProxy's `backup` servers): a standby, or a "sorry" server.
     #[serde(default, skip_serializing_if = "is_default")]
     pub backup: bool,
+    /// The most requests (L7), connections (L4 tcp and tls) or sessions (udp) the endpoint takes
+    /// at once from one node (nginx's `max_conns`, HAProxy's per-server `maxconn` without a
+    /// queue). A full endpoint is passed over as if unhealthy until one ends; with every endpoint
+    /// full, the node answers 503 or closes the connection. `None`: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
 }
 
 impl Endpoint {

@@ -196,6 +196,10 @@ impl Cluster {
                     return Err(ValidationError::invalid(f, format!("{n} is listed twice")));
                 }
             }
+            if e.max_connections == Some(0) {
+                let f = format!("endpoints[{i}].max_connections");
+                return Err(ValidationError::invalid(f, "must be at least 1 (leave it out for no limit)"));
+            }
         }
         weights("endpoints", self.endpoints.iter().map(|e| e.weight))?;
         if let Some(hc) = &self.health_check {
@@ -737,6 +741,12 @@ mod tests {
         assert_eq!(
             cluster(r#"{"endpoints":[{"address":"127.0.0.1:1","name":"_a"}]}"#).as_deref(),
             Some("endpoints[0].name")
+        );
+        assert_eq!(cluster(r#"{"endpoints":[{"address":"127.0.0.1:1","max_connections":1}]}"#), None);
+        assert_eq!(
+            cluster(r#"{"endpoints":[{"address":"127.0.0.1:1"},{"address":"127.0.0.1:2","max_connections":0}]}"#)
+                .as_deref(),
+            Some("endpoints[1].max_connections")
         );
         for (cb, f) in
             [("max_connections", "circuit_breaker.max_connections"), ("max_requests", "circuit_breaker.max_requests")]

@@ -13,6 +13,8 @@ pub enum ProxyError {
     /// The cluster's circuit breaker is open for this limit.
     Overflow(Overflow),
     NoHealthyEndpoint,
+    /// Every endpoint that could take the request is at its `max_connections`.
+    EndpointsFull,
     UpstreamConnect,
     UpstreamFailed,
     UpstreamTimeout,
@@ -29,9 +31,10 @@ impl ProxyError {
     pub fn status(self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoHealthyEndpoint | ProxyError::NotReady | ProxyError::Overflow(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoHealthyEndpoint
+            | ProxyError::EndpointsFull
+            | ProxyError::NotReady
+            | ProxyError::Overflow(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamConnect | ProxyError::UpstreamFailed => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ClientBody | ProxyError::NoHost => StatusCode::BAD_REQUEST,
@@ -43,6 +46,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => "no route\n",
             ProxyError::NoHealthyEndpoint => "no healthy endpoint\n",
+            ProxyError::EndpointsFull => "every endpoint at max_connections\n",
             ProxyError::Overflow(Overflow::Connections) => "circuit breaker open: connections\n",
             ProxyError::Overflow(Overflow::Pending) => "circuit breaker open: pending\n",
             ProxyError::Overflow(Overflow::Requests) => "circuit breaker open: requests\n",
@@ -63,8 +67,13 @@ impl ProxyError {
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(msg.len()));
-        if let ProxyError::Overflow(o) = self {
-            h.insert(X_SLUICE_OVERFLOW.clone(), HeaderValue::from_static(o.as_str()));
+        let overflow = match self {
+            ProxyError::Overflow(o) => Some(o.as_str()),
+            ProxyError::EndpointsFull => Some("endpoint_connections"),
+            _ => None,
+        };
+        if let Some(o) = overflow {
+            h.insert(X_SLUICE_OVERFLOW.clone(), HeaderValue::from_static(o));
         }
         resp
     }

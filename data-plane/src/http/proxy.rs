@@ -236,7 +236,8 @@ async fn forward(
             (None, None) => cluster.pick_excluding(&tried).or_else(|| cluster.pick()),
         };
         let Some(endpoint) = picked else {
-            return answer(counts, ProxyError::NoHealthyEndpoint);
+            let why = if cluster.is_full() { ProxyError::EndpointsFull } else { ProxyError::NoHealthyEndpoint };
+            return answer(counts, why);
         };
         let addr = endpoint.address();
         let upstream = match unsent.take() {

@@ -121,6 +121,7 @@ fn compile_cluster(name: &str, c: &Cluster, previous: Option<&Arc<ClusterLb>>) -
             weight: e.weight,
             name: e.name.as_deref().map(Arc::from),
             backup: e.backup,
+            max_connections: e.max_connections,
         });
     }
     let outlier = c.outlier_detection.as_ref().map(OutlierPolicy::from);

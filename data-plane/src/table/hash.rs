@@ -215,6 +215,7 @@ mod tests {
                 weight: w,
                 name: None,
                 backup: false,
+                max_connections: None,
             })
             .collect()
     }

@@ -95,9 +95,19 @@ pub struct EndpointGuard {
 }
 
 impl EndpointGuard {
-    fn new(endpoint: &Arc<EndpointState>) -> EndpointGuard {
-        endpoint.active.fetch_add(1, Ordering::Relaxed);
-        EndpointGuard { endpoint: endpoint.clone() }
+    /// Counts one more in flight at `endpoint`, unless that would take it past `max` (`None`).
+    /// The check and the count are one atomic step, so concurrent picks never overfill it.
+    fn try_new(endpoint: &Arc<EndpointState>, max: Option<u32>) -> Option<EndpointGuard> {
+        match max {
+            None => {
+                endpoint.active.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(max) => {
+                let below = |n: usize| (n < max as usize).then_some(n + 1);
+                endpoint.active.fetch_update(Ordering::Relaxed, Ordering::Relaxed, below).ok()?;
+            }
+        }
+        Some(EndpointGuard { endpoint: endpoint.clone() })
     }
 
     pub fn endpoint(&self) -> &Arc<EndpointState> {
@@ -127,6 +137,15 @@ pub struct LbEndpoint {
     pub name: Option<Arc<str>>,
     /// Takes traffic only while no primary endpoint of the cluster is usable.
     pub backup: bool,
+    /// The most in flight at once (`max_connections`); a full endpoint is passed over.
+    pub max_connections: Option<u32>,
+}
+
+impl LbEndpoint {
+    /// Below its `max_connections`, if it has one.
+    pub fn has_room(&self) -> bool {
+        self.max_connections.is_none_or(|max| self.state.active() < max as usize)
+    }
 }
 
 /// Clusters at most this big get an exact least-request scan; bigger ones power of two choices.
@@ -307,9 +326,7 @@ impl ClusterLb {
     /// backup). `None` when every usable endpoint is excluded; the caller may then retry the same
     /// endpoint with `pick`.
     pub fn pick_excluding(&self, exclude: &[SocketAddr]) -> Option<EndpointGuard> {
-        self.groups()
-            .find_map(|g| g.pick(self.policy, exclude).map(|i| g.guard(i)))
-            .or_else(|| self.panic_pick(exclude))
+        self.groups().find_map(|g| g.take(|| g.pick(self.policy, exclude))).or_else(|| self.panic_pick(exclude))
     }
 
     /// For `ring_hash` and `maglev`: the endpoint owning `key` (see [`hash_ip`](super::hash_ip), [`hash_bytes`](super::hash_bytes)),
@@ -317,8 +334,10 @@ impl ClusterLb {
     pub fn pick_hashed(&self, key: u64, exclude: &[SocketAddr]) -> Option<EndpointGuard> {
         self.groups()
             .find_map(|g| {
-                let hashed = g.hash.as_ref().and_then(|h| h.pick(key, |i| g.usable(i, exclude)));
-                hashed.or_else(|| g.pick(self.policy, exclude)).map(|i| g.guard(i))
+                g.take(|| {
+                    let hashed = g.hash.as_ref().and_then(|h| h.pick(key, |i| g.usable(i, exclude)));
+                    hashed.or_else(|| g.pick(self.policy, exclude))
+                })
             })
             .or_else(|| self.panic_pick(exclude))
     }
@@ -329,11 +348,18 @@ impl ClusterLb {
         let at =
             |g: &Group| (0..g.endpoints.len()).find(|&i| g.endpoints[i].state.address == address && g.usable(i, &[]));
         if let Some(i) = at(&self.primary) {
-            return Some(self.primary.guard(i));
+            return self.primary.try_guard(i);
         }
         let backup = self.backup.as_ref()?;
         let primary_usable = (0..self.primary.endpoints.len()).any(|i| self.primary.usable(i, &[]));
-        at(backup).filter(|_| !primary_usable).map(|i| backup.guard(i))
+        at(backup).filter(|_| !primary_usable).and_then(|i| backup.try_guard(i))
+    }
+
+    /// Whether some endpoint that would take traffic is passed over only because it is at its
+    /// `max_connections`: what tells "every endpoint is full" from "none is healthy" when a pick
+    /// finds nothing.
+    pub fn is_full(&self) -> bool {
+        self.endpoints.iter().any(|e| e.weight > 0 && !e.has_room() && (self.panic_mode || e.state.is_healthy()))
     }
 
     /// The primaries, then the backups.
@@ -347,7 +373,7 @@ impl ClusterLb {
         if !self.panic_mode {
             return None;
         }
-        self.groups().find_map(|g| g.pick_ignoring_health(exclude).map(|i| g.guard(i)))
+        self.groups().find_map(|g| g.take(|| g.pick_ignoring_health(exclude)))
     }
 }
 
@@ -369,13 +395,25 @@ impl Group {
         Group { endpoints, cumulative, schedule, counter: AtomicU64::new(0), hash }
     }
 
-    fn guard(&self, i: usize) -> EndpointGuard {
-        EndpointGuard::new(&self.endpoints[i].state)
+    fn try_guard(&self, i: usize) -> Option<EndpointGuard> {
+        let e = &self.endpoints[i];
+        EndpointGuard::try_new(&e.state, e.max_connections)
+    }
+
+    /// The endpoint `choose` picks, choosing again should it fill up between the choice and the
+    /// count (another thread took its last place); a few tries, then none.
+    fn take(&self, mut choose: impl FnMut() -> Option<usize>) -> Option<EndpointGuard> {
+        for _ in 0..PICK_TRIES {
+            if let Some(guard) = self.try_guard(choose()?) {
+                return Some(guard);
+            }
+        }
+        None
     }
 
     fn usable(&self, i: usize, exclude: &[SocketAddr]) -> bool {
         let e = &self.endpoints[i];
-        e.weight > 0 && e.state.is_healthy() && !exclude.contains(&e.state.address)
+        e.weight > 0 && e.state.is_healthy() && e.has_room() && !exclude.contains(&e.state.address)
     }
 
     /// A usable endpoint by `policy` (round robin for the hashing policies, which have no key
@@ -405,7 +443,10 @@ impl Group {
         if self.total_weight() == 0 {
             return None;
         }
-        let any = |i: usize| self.endpoints[i].weight > 0 && !exclude.contains(&self.endpoints[i].state.address);
+        let any = |i: usize| {
+            let e = &self.endpoints[i];
+            e.weight > 0 && e.has_room() && !exclude.contains(&e.state.address)
+        };
         let n = self.endpoints.len();
         (0..PICK_TRIES).map(|_| self.weighted_random()).find(|&i| any(i)).or_else(|| (0..n).find(|&i| any(i)))
     }

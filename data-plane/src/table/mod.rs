@@ -70,6 +70,8 @@ mod sni;
 #[cfg(test)]
 mod tests_lb;
 #[cfg(test)]
+mod tests_max_connections;
+#[cfg(test)]
 mod tests_precedence;
 #[cfg(test)]
 mod tests_reference;

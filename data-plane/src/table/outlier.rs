@@ -206,6 +206,7 @@ mod tests {
                 weight: 1,
                 name: None,
                 backup: false,
+                max_connections: None,
             })
             .collect();
         ClusterLb::new("c", sluice_shared::model::LbPolicy::RoundRobin, endpoints)

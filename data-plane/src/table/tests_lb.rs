@@ -23,6 +23,7 @@ fn lb(policy: LbPolicy, weights: &[u32]) -> ClusterLb {
             weight: w,
             name: None,
             backup: false,
+            max_connections: None,
         })
         .collect();
     ClusterLb::new("c", policy, endpoints)
@@ -148,7 +149,13 @@ fn endpoint_state_and_route_stats_survive_revisions() {
     // Next revision: 9002 changes weight, 9003 is new, the policy changes; 9001 is unchanged.
     let cluster = cfg.clusters.get_mut("a").unwrap();
     cluster.endpoints[1].weight = 7;
-    cluster.endpoints.push(Endpoint { address: "127.0.0.1:9003".into(), weight: 1, name: None, backup: false });
+    cluster.endpoints.push(Endpoint {
+        address: "127.0.0.1:9003".into(),
+        weight: 1,
+        name: None,
+        backup: false,
+        max_connections: None,
+    });
     cluster.lb_policy = LbPolicy::LeastRequest;
     let second = compile(&cfg, Some(&first)).unwrap();
     let lb2 = second.cluster("a").unwrap();
@@ -185,6 +192,7 @@ fn lb_with_backups(policy: LbPolicy, primaries: u16, backups: u16) -> ClusterLb 
         weight: 1,
         name: None,
         backup: i >= primaries,
+        max_connections: None,
     };
     ClusterLb::new("c", policy, (0..primaries + backups).map(endpoint).collect())
 }
@@ -231,6 +239,7 @@ fn primaries_of_weight_zero_leave_the_traffic_to_the_backups() {
         weight,
         name: None,
         backup,
+        max_connections: None,
     });
     let c = ClusterLb::new("c", LbPolicy::RoundRobin, endpoints.to_vec());
     assert_eq!(c.pick().unwrap().address(), addr(9001));

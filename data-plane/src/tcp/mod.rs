@@ -123,6 +123,8 @@ pub enum Refused {
     Limit,
     /// No endpoint could be connected within [`CONNECT_TIMEOUT`].
     NoEndpoint,
+    /// Every endpoint that could take the client is at its `max_connections`.
+    EndpointsFull,
     /// The endpoint did not take the PROXY protocol header.
     ProxyHeader,
     /// The cluster's circuit breaker: no connection free, and no room or time to wait for one.
@@ -135,6 +137,7 @@ impl Refused {
         match self {
             Refused::Limit => "max_connections",
             Refused::NoEndpoint => "no_endpoint",
+            Refused::EndpointsFull => "endpoints_full",
             Refused::ProxyHeader => "proxy_header_failed",
             Refused::Overflow(Overflow::Connections) => "circuit_breaker_connections",
             Refused::Overflow(Overflow::Pending) => "circuit_breaker_pending",
@@ -179,6 +182,10 @@ pub async fn admit_and_connect(
     // `hash_on` (other policies ignore the key).
     let Some(Connected { stream, endpoint, closing }) = connect(cluster, Some(hash_ip(client.peer.ip())), stats).await
     else {
+        if cluster.is_full() {
+            stats.endpoints_full.fetch_add(1, Ordering::Relaxed);
+            return Err(Refused::EndpointsFull);
+        }
         stats.no_endpoint.fetch_add(1, Ordering::Relaxed);
         return Err(Refused::NoEndpoint);
     };
