@@ -41,26 +41,31 @@ impl<T: Copy + Send + Sync + 'static> WatchPoll<T> {
         self.now
     }
 
-    /// The value now; the task behind `cx` is woken when it changes.
+    /// The value now; the task behind `cx` is woken when it changes. Called on every poll of a
+    /// splice or connection: inlined, one check of a flag, the rest out of line.
+    #[inline]
     pub fn poll(&mut self, cx: &mut Context<'_>) -> T {
         // The stream is polled only when its own waker fired (a phase change, or a cooperative
         // yield): a wake-up it asked for and was not polled after would leave nothing registered
         // for the next change, and a later `Abort` would never reach this connection.
         let (due, [waker]) = self.wake.take(cx);
         if due != 0 {
-            let mut cx = Context::from_waker(waker);
-            loop {
-                match Pin::new(&mut self.changes).poll_next(&mut cx) {
-                    Poll::Ready(Some(p)) => self.now = p,
-                    Poll::Ready(None) => {
-                        self.now = self.gone;
-                        break;
-                    }
-                    Poll::Pending => break,
-                }
-            }
+            self.now = Self::latest(&mut self.changes, &mut Context::from_waker(waker), self.now, self.gone);
         }
         self.now
+    }
+
+    /// The newest value the stream holds (`now` if none came, `gone` once the sender is gone),
+    /// polled until it is pending again.
+    #[cold]
+    fn latest(changes: &mut WatchStream<T>, cx: &mut Context<'_>, mut now: T, gone: T) -> T {
+        loop {
+            match Pin::new(&mut *changes).poll_next(cx) {
+                Poll::Ready(Some(p)) => now = p,
+                Poll::Ready(None) => return gone,
+                Poll::Pending => return now,
+            }
+        }
     }
 }
 
