@@ -91,12 +91,12 @@ pub fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
 
 /// The most chunk-extension bytes one body may carry (hyper's limit). Extensions are dropped,
 /// so without a bound a peer could keep the proxy reading forever while forwarding nothing.
-pub const MAX_EXTENSIONS: u32 = 16 * 1024;
+pub const MAX_EXTENSIONS: u16 = 16 * 1024;
 /// The most bytes of a size line before its extensions: hex digits (leading zeros included) and
 /// the blanks after them.
-pub const MAX_SIZE_LINE: u32 = 64;
-/// The most bytes of a trailer section, as of a head.
-pub const MAX_TRAILERS: u32 = crate::http::head::MAX_HEAD as u32;
+pub const MAX_SIZE_LINE: u16 = 64;
+/// The most bytes of a trailer section (trailers are rare and short; half of what a head may be).
+pub const MAX_TRAILERS: u16 = 32 * 1024;
 
 /// Follows a chunked body, a byte at a time or a slice at a time, with the same grammar as hyper's
 /// decoder and bounds on the framing that carries no data.
@@ -105,9 +105,9 @@ pub struct ChunkScan {
     state: ChunkState,
     size: u64,
     /// Extension bytes so far in the body.
-    extensions: u32,
+    extensions: u16,
     /// Bytes of the current size line (without extensions), or of the trailer section.
-    line: u32,
+    line: u16,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -230,7 +230,7 @@ impl ChunkScan {
             Trailer | TrailerLf | EndCr | EndLf => (&mut self.line, MAX_TRAILERS),
             _ => return true,
         };
-        *counter += 1;
+        *counter = counter.saturating_add(1);
         *counter <= limit
     }
 
@@ -371,6 +371,14 @@ mod tests {
         // A size line's count starts afresh after each chunk.
         let many = format!("{}0\r\n\r\n", format!("{}1\r\nx\r\n", "0".repeat(40)).repeat(100));
         assert_eq!(ChunkScan::default().scan(many.as_bytes()), Scanned::End(many.len()));
+    }
+
+    #[test]
+    fn a_chunk_scan_stays_two_words() {
+        // It rides in every response body's framing, which the upstream client moves by value:
+        // past 16 bytes those moves became `memcpy` calls (callgrind, +185 instructions per
+        // request on the L7 load).
+        assert!(std::mem::size_of::<ChunkScan>() <= 16);
     }
 
     /// Properties over generated input: the decoder is fed hostile bytes from the network.
