@@ -68,6 +68,8 @@ mod route;
 mod sni;
 
 #[cfg(test)]
+mod tests_accepted_compiles;
+#[cfg(test)]
 mod tests_lb;
 #[cfg(test)]
 mod tests_max_connections;
