@@ -161,7 +161,7 @@ fn mutate(old: &Value, pick: Index, kind: u8) -> Option<Value> {
         (_, Value::Number(_)) => Some(pick.get(&numbers).clone()),
         (_, Value::String(_)) => Some(json!(pick.get(&strings))),
         (_, Value::Bool(b)) => Some(json!(!b)),
-        (_, Value::Array(a)) if !a.is_empty() && kind % 2 == 0 => {
+        (_, Value::Array(a)) if !a.is_empty() && kind.is_multiple_of(2) => {
             let mut a = a.clone();
             a.push(pick.get(&a).clone());
             Some(Value::Array(a))
