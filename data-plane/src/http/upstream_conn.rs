@@ -281,114 +281,132 @@ impl Conn {
     /// Parses the response head at the start of the read buffer, skipping interim (1xx) answers.
     /// `Ok(None)`: more bytes are needed.
     fn parse_head(&mut self, expect: Expect) -> Result<Option<(Parts, BodyFraming)>, ExchangeError> {
-        loop {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut parsed = httparse::Response::new(&mut headers);
-            let len = match parsed.parse(&self.rbuf) {
-                Ok(httparse::Status::Complete(len)) => len,
-                Ok(httparse::Status::Partial) if self.rbuf.len() > MAX_HEAD => {
-                    return Err(ExchangeError::BadResponse("response head too large"))
-                }
-                Ok(httparse::Status::Partial) => return Ok(None),
-                Err(httparse::Error::TooManyHeaders) => {
-                    return Err(ExchangeError::BadResponse("too many response header fields"))
-                }
-                Err(_) => return Err(ExchangeError::BadResponse("malformed response head")),
-            };
-            let code = parsed.code.unwrap_or(0);
-            if (100..200).contains(&code) && code != 101 {
-                // 100 Continue, 103 Early Hints: the final answer follows.
-                self.rbuf.advance(len);
-                if self.rbuf.is_empty() {
-                    return Ok(None);
-                }
-                continue;
+        let Some(head) = parse_response_head(&mut self.rbuf, expect)? else { return Ok(None) };
+        self.keep_alive = head.keep_alive;
+        Ok(Some((head.parts, head.framing)))
+    }
+}
+
+/// A response head parsed off the front of a read buffer.
+struct ParsedHead {
+    parts: Parts,
+    framing: BodyFraming,
+    /// The connection may carry another exchange after this one.
+    keep_alive: bool,
+}
+
+/// Parses the response head at the start of `rbuf`, skipping interim (1xx) answers, and takes it
+/// off the buffer. `Ok(None)`: more bytes are needed. Endpoints are not trusted: any bytes get an
+/// answer, never a panic.
+#[inline]
+fn parse_response_head(rbuf: &mut BytesMut, expect: Expect) -> Result<Option<ParsedHead>, ExchangeError> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut headers);
+        let len = match parsed.parse(rbuf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if rbuf.len() > MAX_HEAD => {
+                return Err(ExchangeError::BadResponse("response head too large"))
             }
-            if code == 101 && !expect.upgrade {
-                return Err(ExchangeError::BadResponse("101 to a request that asked for no protocol switch"));
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(ExchangeError::BadResponse("too many response header fields"))
             }
-            let status = StatusCode::from_u16(code).map_err(|_| ExchangeError::BadResponse("invalid status code"))?;
-            let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-            let mut meta = Meta::default();
-            let base = self.rbuf.as_ptr() as usize;
-            let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-            let count = parsed.headers.len();
-            for (h, span) in parsed.headers.iter().zip(spans.iter_mut()) {
-                meta.see(h)?;
-                let name = h.name.as_ptr() as usize - base;
-                let value = h.value.as_ptr() as usize - base;
-                // Offsets fit: the head is at most MAX_HEAD (64 KiB) long.
-                *span = (name as u32, h.name.len() as u32, value as u32, h.value.len() as u32);
+            Err(_) => return Err(ExchangeError::BadResponse("malformed response head")),
+        };
+        let code = parsed.code.unwrap_or(0);
+        if (100..200).contains(&code) && code != 101 {
+            // 100 Continue, 103 Early Hints: the final answer follows.
+            rbuf.advance(len);
+            if rbuf.is_empty() {
+                return Ok(None);
             }
-            // RFC 9112 §6.3: Transfer-Encoding wins; the length must not reach the client.
-            let drop_length = meta.transfer_encoding && meta.length.is_some();
-            let mut map = HeaderMap::new();
-            let mut passed = PassedHead::default();
-            if code != 101 && !meta.names_headers {
-                // The usual case: the endpoint's headers go to the client as the lines they came
-                // in, hop-by-hop ones left out. No map is built, hashed and dropped per response
-                // (about 1,500 instructions, callgrind).
-                passed.lines.reserve(len);
-                for &(n, nl, v, vl) in &spans[..count] {
-                    let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
-                    let name = &self.rbuf[n..n + nl];
-                    if is_hop_by_hop(name) || (drop_length && name.eq_ignore_ascii_case(b"content-length")) {
-                        continue;
-                    }
-                    push_header(&mut passed.lines, name, &self.rbuf[v..v + vl]);
-                }
-                passed.has_length = meta.length.is_some() && !drop_length;
-                passed.has_date = meta.date;
-                self.rbuf.advance(len);
-            } else {
-                // A 101 (the tunnel forwards its `Upgrade`), or a `Connection` that names other
-                // headers (rare): into a map, stripped as a whole.
-                let head = self.rbuf.split_to(len).freeze();
-                map.reserve(count);
-                for &(n, nl, v, vl) in &spans[..count] {
-                    let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
-                    let name = HeaderName::from_bytes(&head[n..n + nl])
-                        .map_err(|_| ExchangeError::BadResponse("invalid header name"))?;
-                    let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
-                        .map_err(|_| ExchangeError::BadResponse("invalid header value"))?;
-                    map.append(name, value);
-                }
-                if code != 101 {
-                    strip_hop_by_hop(&mut map);
-                }
-                if drop_length {
-                    map.remove(header::CONTENT_LENGTH);
-                }
-            }
-            let state = if code == 101 {
-                BodyState::Switched
-            } else if expect.head_only || code == 204 || code == 304 {
-                BodyState::Framed(Framed::Length(0))
-            } else if meta.transfer_encoding {
-                if drop_length {
-                    meta.close = true;
-                }
-                match meta.chunked_last {
-                    true => BodyState::Framed(Framed::Chunked(ChunkScan::default())),
-                    false => BodyState::UntilClose,
-                }
-            } else {
-                match meta.length {
-                    Some(n) => BodyState::Framed(Framed::Length(n)),
-                    None => BodyState::UntilClose,
-                }
-            };
-            self.keep_alive = !meta.close
-                && (version == Version::HTTP_11 || meta.keep_alive)
-                && !matches!(state, BodyState::UntilClose)
-                && code != 101;
-            let framing = BodyFraming { state, passed };
-            let mut resp = Response::new(());
-            *resp.status_mut() = status;
-            *resp.version_mut() = version;
-            *resp.headers_mut() = map;
-            return Ok(Some((resp.into_parts().0, framing)));
+            continue;
         }
+        if code == 101 && !expect.upgrade {
+            return Err(ExchangeError::BadResponse("101 to a request that asked for no protocol switch"));
+        }
+        let status = StatusCode::from_u16(code).map_err(|_| ExchangeError::BadResponse("invalid status code"))?;
+        let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+        let mut meta = Meta::default();
+        let base = rbuf.as_ptr() as usize;
+        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+        let count = parsed.headers.len();
+        for (h, span) in parsed.headers.iter().zip(spans.iter_mut()) {
+            meta.see(h)?;
+            let name = h.name.as_ptr() as usize - base;
+            let value = h.value.as_ptr() as usize - base;
+            // Offsets fit: the head is at most MAX_HEAD (64 KiB) long.
+            *span = (name as u32, h.name.len() as u32, value as u32, h.value.len() as u32);
+        }
+        // RFC 9112 §6.3: Transfer-Encoding wins; the length must not reach the client.
+        let drop_length = meta.transfer_encoding && meta.length.is_some();
+        let mut map = HeaderMap::new();
+        let mut passed = PassedHead::default();
+        if code != 101 && !meta.names_headers {
+            // The usual case: the endpoint's headers go to the client as the lines they came
+            // in, hop-by-hop ones left out. No map is built, hashed and dropped per response
+            // (about 1,500 instructions, callgrind).
+            passed.lines.reserve(len);
+            for &(n, nl, v, vl) in &spans[..count] {
+                let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
+                let name = &rbuf[n..n + nl];
+                if is_hop_by_hop(name) || (drop_length && name.eq_ignore_ascii_case(b"content-length")) {
+                    continue;
+                }
+                push_header(&mut passed.lines, name, &rbuf[v..v + vl]);
+            }
+            passed.has_length = meta.length.is_some() && !drop_length;
+            passed.has_date = meta.date;
+            rbuf.advance(len);
+        } else {
+            // A 101 (the tunnel forwards its `Upgrade`), or a `Connection` that names other
+            // headers (rare): into a map, stripped as a whole.
+            let head = rbuf.split_to(len).freeze();
+            map.reserve(count);
+            for &(n, nl, v, vl) in &spans[..count] {
+                let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
+                let name = HeaderName::from_bytes(&head[n..n + nl])
+                    .map_err(|_| ExchangeError::BadResponse("invalid header name"))?;
+                let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
+                    .map_err(|_| ExchangeError::BadResponse("invalid header value"))?;
+                map.append(name, value);
+            }
+            if code != 101 {
+                strip_hop_by_hop(&mut map);
+            }
+            if drop_length {
+                map.remove(header::CONTENT_LENGTH);
+            }
+        }
+        let state = if code == 101 {
+            BodyState::Switched
+        } else if expect.head_only || code == 204 || code == 304 {
+            BodyState::Framed(Framed::Length(0))
+        } else if meta.transfer_encoding {
+            if drop_length {
+                meta.close = true;
+            }
+            match meta.chunked_last {
+                true => BodyState::Framed(Framed::Chunked(ChunkScan::default())),
+                false => BodyState::UntilClose,
+            }
+        } else {
+            match meta.length {
+                Some(n) => BodyState::Framed(Framed::Length(n)),
+                None => BodyState::UntilClose,
+            }
+        };
+        let keep_alive = !meta.close
+            && (version == Version::HTTP_11 || meta.keep_alive)
+            && !matches!(state, BodyState::UntilClose)
+            && code != 101;
+        let framing = BodyFraming { state, passed };
+        let mut resp = Response::new(());
+        *resp.status_mut() = status;
+        *resp.version_mut() = version;
+        *resp.headers_mut() = map;
+        return Ok(Some(ParsedHead { parts: resp.into_parts().0, framing, keep_alive }));
     }
 }
 
@@ -632,3 +650,7 @@ impl Body for ResponseBody {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "upstream_conn_properties.rs"]
+mod properties;
