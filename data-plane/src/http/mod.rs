@@ -14,6 +14,7 @@ pub mod sticky;
 pub mod tunnel;
 pub mod upstream;
 pub mod upstream_conn;
+mod upstream_head;
 #[cfg(test)]
 mod upstream_tests;
 
