@@ -180,14 +180,17 @@ pub async fn admit_and_connect(
     };
     // The client IP is the only key raw traffic has: ring_hash and maglev use it even without
     // `hash_on` (other policies ignore the key).
-    let Some(Connected { stream, endpoint, closing }) = connect(cluster, Some(hash_ip(client.peer.ip())), stats).await
-    else {
-        if cluster.is_full() {
+    let Connected { stream, endpoint, closing } = match connect(cluster, Some(hash_ip(client.peer.ip())), stats).await {
+        Ok(connected) => connected,
+        // Nothing tried: every endpoint that could take the client was full.
+        Err(NotConnected { tried: 0 }) if cluster.is_full() => {
             stats.endpoints_full.fetch_add(1, Ordering::Relaxed);
             return Err(Refused::EndpointsFull);
         }
-        stats.no_endpoint.fetch_add(1, Ordering::Relaxed);
-        return Err(Refused::NoEndpoint);
+        Err(_) => {
+            stats.no_endpoint.fetch_add(1, Ordering::Relaxed);
+            return Err(Refused::NoEndpoint);
+        }
     };
     let _ = stream.set_nodelay(true);
     if let Some(k) = table.tcp_keepalive() {
@@ -262,9 +265,15 @@ pub struct Connected {
     pub closing: Option<watch::Receiver<u64>>,
 }
 
+/// [`connect`] found no endpoint to take the client, after trying this many.
+#[derive(Debug)]
+pub struct NotConnected {
+    pub tried: usize,
+}
+
 /// Connects to an endpoint of `cluster` (by `key` for the hashing policies), trying the next one
-/// on failure; `None` when every endpoint failed or [`CONNECT_TIMEOUT`] passed.
-pub async fn connect(cluster: &ClusterLb, key: Option<u64>, stats: &L4Stats) -> Option<Connected> {
+/// on failure; fails when no endpoint is left to try or [`CONNECT_TIMEOUT`] passed.
+pub async fn connect(cluster: &ClusterLb, key: Option<u64>, stats: &L4Stats) -> Result<Connected, NotConnected> {
     let per_try = cluster.connect_timeout().unwrap_or(CONNECT_TRY_TIMEOUT);
     let deadline = Instant::now() + CONNECT_TIMEOUT.max(per_try);
     let mut tried: Vec<SocketAddr> = Vec::new();
@@ -276,7 +285,7 @@ pub async fn connect(cluster: &ClusterLb, key: Option<u64>, stats: &L4Stats) -> 
         };
         let Some(endpoint) = picked else {
             tracing::debug!(cluster = cluster.name(), tried = tried.len(), "no endpoint to connect to");
-            return None;
+            return Err(NotConnected { tried: tried.len() });
         };
         let addr = endpoint.address();
         let closing = cluster.closes_on_health_change().then(|| endpoint.closings());
@@ -284,7 +293,7 @@ pub async fn connect(cluster: &ClusterLb, key: Option<u64>, stats: &L4Stats) -> 
         match tokio::time::timeout(budget, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
                 cluster.record_outcome(&endpoint, false);
-                return Some(Connected { stream, endpoint, closing });
+                return Ok(Connected { stream, endpoint, closing });
             }
             Ok(Err(e)) => tracing::debug!(%addr, error = %e, "upstream connect failed"),
             Err(_) => tracing::debug!(%addr, "upstream connect timed out"),
@@ -292,10 +301,10 @@ pub async fn connect(cluster: &ClusterLb, key: Option<u64>, stats: &L4Stats) -> 
         // Passive outlier detection counts connect failures (L4 sees no status codes).
         cluster.record_outcome(&endpoint, true);
         stats.connect_failed(addr);
-        if Instant::now() >= deadline {
-            return None;
-        }
         tried.push(addr);
+        if Instant::now() >= deadline {
+            return Err(NotConnected { tried: tried.len() });
+        }
     }
 }
 
