@@ -11,7 +11,7 @@ use std::time::Duration;
 use l4_support::*;
 use serde_json::{json, Value};
 use sluice_shared::Config;
-use support::{config, eventually, free_addr, silent_addr};
+use support::{config, eventually, free_addr, refusing_addr, silent_addr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -667,4 +667,27 @@ async fn endpoints_take_no_more_than_their_max_connections() {
     for c in &mut held {
         assert_eq!(c.echo("still here").await, "still here");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_refused_by_one_endpoint_and_the_rest_full_has_no_endpoint() {
+    let a = TaggedEcho::start("a").await;
+    let (dead, _dead) = refusing_addr();
+    let addr = free_addr();
+    let cfg = config(json!({
+        "clusters": {"db": {"lb_policy": "round_robin", "endpoints": [
+            {"address": a.addr.to_string(), "max_connections": 1},
+            {"address": dead.to_string()}
+        ]}},
+        "listeners": {"pg": {"address": addr.to_string(), "protocol": "tcp", "cluster": "db"}},
+    }));
+    let (_cp, node) = node_with(&cfg).await;
+    // Round robin may try the refusing endpoint first: `a` takes the first client either way.
+    let held = Conn::open(addr, None).await;
+    assert_eq!(held.backend, "a");
+    // The next tries the refusing one (the only one with room) and finds `a` full after it: that
+    // is no endpoint reached, not every endpoint full.
+    assert!(Conn::try_open(addr, None).await.is_none());
+    wait_metric(&node, "sluice_l4_no_endpoint_total{listener=\"pg\"}", 1.0).await;
+    assert_eq!(metric(&node, "sluice_l4_endpoints_full_total{listener=\"pg\"}").await, 0.0);
 }
