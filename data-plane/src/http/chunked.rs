@@ -272,11 +272,15 @@ mod tests {
         assert_eq!(ChunkScan::default().scan(b"fffffffffffffffff\r\n"), Scanned::Bad(16));
     }
 
-    /// Decodes `pieces` one after the other as they would arrive from a socket.
-    fn decode_all(pieces: &[&[u8]]) -> (Vec<u8>, Option<usize>) {
+    /// The outcome of decoding `pieces` one after the other, as they would arrive from a socket:
+    /// the data, and where the body ended (`Ok`) or broke (`Err`) as an index into the whole input.
+    type Outcome = (Vec<u8>, Option<Result<usize, usize>>);
+
+    fn run(pieces: &[&[u8]]) -> Outcome {
         let mut scan = ChunkScan::default();
         let mut out = Vec::new();
-        for (n, piece) in pieces.iter().enumerate() {
+        let mut base = 0;
+        for piece in pieces {
             let mut at = 0;
             while at < piece.len() {
                 match scan.decode(&piece[at..]) {
@@ -285,12 +289,19 @@ mod tests {
                         at += skip + len;
                     }
                     Decoded::More => break,
-                    Decoded::End(k) => return (out, Some(pieces[..n].iter().map(|p| p.len()).sum::<usize>() + at + k)),
-                    Decoded::Bad(k) => panic!("bad byte at {}", at + k),
+                    Decoded::End(k) => return (out, Some(Ok(base + at + k))),
+                    Decoded::Bad(k) => return (out, Some(Err(base + at + k))),
                 }
             }
+            base += piece.len();
         }
         (out, None)
+    }
+
+    /// [`run`] of a body that must not break: the data and where it ended.
+    fn decode_all(pieces: &[&[u8]]) -> (Vec<u8>, Option<usize>) {
+        let (out, end) = run(pieces);
+        (out, end.map(|e| e.unwrap_or_else(|k| panic!("bad byte at {k}"))))
     }
 
     #[test]
@@ -387,34 +398,8 @@ mod tests {
         use proptest::prelude::*;
         use proptest::sample::{select, Index};
 
-        use super::super::*;
+        use super::run;
         use crate::test_input::split;
-
-        /// The outcome of decoding `pieces` one after the other: the data, and where the body
-        /// ended (`Ok`) or broke (`Err`) as an index into the whole input.
-        type Outcome = (Vec<u8>, Option<Result<usize, usize>>);
-
-        fn run(pieces: &[&[u8]]) -> Outcome {
-            let mut scan = ChunkScan::default();
-            let mut out = Vec::new();
-            let mut base = 0;
-            for piece in pieces {
-                let mut at = 0;
-                while at < piece.len() {
-                    match scan.decode(&piece[at..]) {
-                        Decoded::Data { skip, len } => {
-                            out.extend_from_slice(&piece[at + skip..at + skip + len]);
-                            at += skip + len;
-                        }
-                        Decoded::More => break,
-                        Decoded::End(k) => return (out, Some(Ok(base + at + k))),
-                        Decoded::Bad(k) => return (out, Some(Err(base + at + k))),
-                    }
-                }
-                base += piece.len();
-            }
-            (out, None)
-        }
 
         /// Mostly the grammar's own bytes, so that generated input gets past the first one.
         fn framing_byte() -> impl Strategy<Value = u8> {

@@ -442,47 +442,26 @@ mod tests {
         use proptest::sample::{select, Index};
 
         use super::*;
-        use crate::test_input::split;
+        use crate::test_input::{self, split};
 
-        /// Pieces of heads, right and wrong, so that generated input reaches the header checks.
+        /// Request lines and headers of requests, with what all heads share.
         fn head_piece() -> impl Strategy<Value = Vec<u8>> {
-            let words: Vec<&[u8]> = vec![
+            test_input::head_piece(&[
                 b"GET / HTTP/1.1\r\n",
                 b"POST /a?b HTTP/1.0\r\n",
                 b"CONNECT a:1 HTTP/1.1\r\n",
                 b"GET http://h/ HTTP/1.1\r\n",
                 b"Host: a\r\n",
                 b"Host:",
-                b"Content-Length: ",
-                b"Transfer-Encoding: ",
-                b"chunked",
-                b"gzip",
-                b"Connection: ",
-                b"close",
-                b"keep-alive",
-                b"Upgrade: websocket\r\n",
                 b"Expect: 100-continue\r\n",
                 b"x-a: b\r\n",
-                b"\r\n",
-                b"\n",
-                b"\r",
-                b" ",
-                b"\t",
-                b":",
-                b",",
-                b"0",
                 b"5",
-                b"99999999999999999999",
                 b"-1",
                 b"/",
                 b"a",
-                b"\0",
-                b"\x7f",
-                b"\xff",
                 b" HTTP/1.1",
                 b"HTTP/9.9",
-            ];
-            prop_oneof![8 => select(words).prop_map(<[u8]>::to_vec), 1 => vec(any::<u8>(), 1..4)]
+            ])
         }
 
         /// An answer other than "more bytes", and the number of pieces fed when it came.

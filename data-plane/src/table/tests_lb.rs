@@ -10,7 +10,7 @@ use sluice_shared::validate::parse_json;
 use super::tests_precedence::config;
 use super::*;
 
-fn addr(port: u16) -> SocketAddr {
+pub(super) fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 

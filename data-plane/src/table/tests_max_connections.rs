@@ -1,19 +1,15 @@
 //! Endpoint `max_connections`: a full endpoint is passed over by every policy, exactly, and
 //! takes traffic again as soon as one of its requests or connections ends.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use sluice_shared::model::LbPolicy;
 
+use super::tests_lb::addr;
 use super::*;
 
 const POLICIES: [LbPolicy; 5] =
     [LbPolicy::RoundRobin, LbPolicy::LeastRequest, LbPolicy::Random, LbPolicy::RingHash, LbPolicy::Maglev];
-
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
 
 /// Endpoints on ports 9000.. with these (max_connections, backup).
 fn cluster(policy: LbPolicy, endpoints: &[(Option<u32>, bool)]) -> ClusterLb {
