@@ -208,6 +208,11 @@ async fn idle_connections_are_closed_and_limit_refuses_extra() {
     assert!(third.is_none(), "third connection got through");
     assert_eq!(b.accepted(), 2);
     assert_eq!(metric(&node, "sluice_l4_rejected_total{listener=\"pg\"}").await, 1.0);
+    // Enough exchanges to move `one` from its task to the worker's splice engine (32 reads), so
+    // both places enforce the timeout: `two` stays in its task.
+    for _ in 0..20 {
+        assert_eq!(one.echo("warm").await, "warm");
+    }
     // Traffic keeps `one` alive past the idle timeout; `two` idles out.
     // (Ticks every 100 ms against a 1 s timeout: a wide margin on a loaded machine.)
     for _ in 0..15 {
@@ -259,6 +264,10 @@ async fn config_changes_keep_open_connections_and_removed_listener_drains() {
     let (cp, node) = node_with(&tcp_config(addr, "round_robin", &[&a], json!({"drain_ms": 3000}))).await;
     let mut open = Conn::open(addr, None).await;
     assert_eq!(open.backend, "a");
+    // On the worker's splice engine from here on (past 32 reads).
+    for _ in 0..20 {
+        assert_eq!(open.echo("x").await, "x");
+    }
 
     // a is replaced by b: the open connection to a keeps working, new ones go to b.
     apply(&cp, &tcp_config(addr, "least_request", &[&b], json!({"drain_ms": 3000})), 2).await;

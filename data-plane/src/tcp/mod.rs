@@ -44,6 +44,7 @@ use crate::proxy_protocol;
 use crate::state::Shared;
 use crate::table::{hash_ip, Breaker, ClusterLb, EndpointGuard, ListenerTable, Overflow};
 
+mod engine;
 mod splice;
 
 pub use splice::splice;

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::engine::Engine;
 use crate::access_log::L4Entry;
 use crate::flag_waker::FlagWakers;
 use crate::l4_stats::L4Stats;
@@ -21,31 +23,105 @@ use crate::phase_watch::{PhaseWatch, WatchPoll};
 
 const BUFFER: usize = 32 * 1024;
 
+/// Reads (both directions together) after which a connection moves from its task to the thread's
+/// [`Engine`], at the first moment both directions are idle. Handing over costs about as much as
+/// five request/response exchanges save on the engine (four `epoll_ctl` calls and two
+/// cross-thread messages), so a connection that closes after a few exchanges never pays it.
+const HAND_OVER_AFTER: u32 = 32;
+
 /// Copies both ways until both directions ended, either side failed, the connection was idle for
 /// `idle`, the listener's drain ran out (`Phase::Abort`), or `closing` changed (the endpoint's
 /// health changed, with `close_connections_on_health_change`).
 ///
-/// One hand-written poll loop instead of `select!` over `try_join!` of two copy futures: a wake-up
-/// costs one read (and one write) for the direction that was woken and nothing else. Each
-/// direction and the phase's change stream are polled with a waker of their own and only when it
-/// fired (one atomic load otherwise, see [`FlagWakers`]); the idle timeout is one timer per
-/// connection, re-armed only when it fires before the real deadline.
+/// A connection starts in its own task ([`copy_both_ways`]); one that goes on past
+/// [`HAND_OVER_AFTER`] reads moves to the thread's [`Engine`], whose event loop moves each
+/// request's bytes for about a quarter of the user-space instructions (docs/BENCHMARKS.md,
+/// session 17). The task then only watches the drain and the endpoint's health.
 pub async fn splice(
-    mut client: TcpStream,
-    mut upstream: TcpStream,
+    client: TcpStream,
+    upstream: TcpStream,
     idle: Option<Duration>,
-    stats: &L4Stats,
+    stats: &Arc<L4Stats>,
     phase: watch::Receiver<Phase>,
     closing: Option<watch::Receiver<u64>>,
 ) -> Spliced {
-    let spliced = {
+    let engine = Engine::current().map(|e| (e, HAND_OVER_AFTER));
+    splice_handing_over(client, upstream, idle, stats, phase, closing, engine).await
+}
+
+/// [`splice`], handing over to `engine` after its count of reads (never without one).
+async fn splice_handing_over(
+    mut client: TcpStream,
+    mut upstream: TcpStream,
+    idle: Option<Duration>,
+    stats: &Arc<L4Stats>,
+    phase: watch::Receiver<Phase>,
+    closing: Option<watch::Receiver<u64>>,
+    engine: Option<(Engine, u32)>,
+) -> Spliced {
+    let mut watches = match Watches::new(phase, closing, stats) {
+        Ok(w) => w,
+        Err(end) => return Spliced { end, received: 0, sent: 0 },
+    };
+    let hand_over = engine.as_ref().map(|(_, after)| *after);
+    let (stop, received, sent) = {
         let (cr, cw) = client.split();
         let (ur, uw) = upstream.split();
-        copy_both_ways((cr, cw), (ur, uw), Wakers::PerDirection, idle, stats, phase, closing).await
+        copy_both_ways((cr, cw), (ur, uw), Wakers::PerDirection, idle, stats, &mut watches, hand_over).await
     };
-    if let End::Failed(e) = &spliced.end {
+    let end = match (stop, engine) {
+        (Stop::HandOver, Some((engine, _))) => {
+            let mut s = on_engine(&engine, client, upstream, idle, stats, &mut watches).await;
+            (s.received, s.sent) = (s.received + received, s.sent + sent);
+            return s;
+        }
+        (Stop::HandOver, None) => unreachable!("no hand-over without an engine"),
+        (Stop::End(end), _) => end,
+    };
+    if let End::Failed(e) = &end {
         tracing::debug!(error = %e, "tcp proxy ended with an error");
         pass_reset_on(e, &[&client, &upstream]);
+    }
+    Spliced { end, received, sent }
+}
+
+/// The rest of [`splice`] on the thread's [`Engine`]: the engine moves the bytes, this task ends
+/// the connection when the listener's drain runs out or the endpoint's health changes.
+async fn on_engine(
+    engine: &Engine,
+    client: TcpStream,
+    upstream: TcpStream,
+    idle: Option<Duration>,
+    stats: &Arc<L4Stats>,
+    watches: &mut Watches<'_>,
+) -> Spliced {
+    // Out of this thread's tokio driver, into the engine's epoll.
+    let (client, upstream) = match (client.into_std(), upstream.into_std()) {
+        (Ok(c), Ok(u)) => (c, u),
+        (Err(e), _) | (_, Err(e)) => return Spliced { end: End::Failed(e), received: 0, sent: 0 },
+    };
+    let mut running = engine.splice(client, upstream, idle, stats.clone());
+    let ended = std::future::poll_fn(|cx| {
+        if let Poll::Ready(spliced) = running.poll_ended(cx) {
+            return Poll::Ready(Ok(spliced));
+        }
+        match watches.poll(cx) {
+            Some(end) => Poll::Ready(Err(end)),
+            None => Poll::Pending,
+        }
+    })
+    .await;
+    let spliced = match ended {
+        Ok(spliced) => spliced,
+        Err(end) => {
+            running.close(end);
+            std::future::poll_fn(|cx| running.poll_ended(cx)).await
+        }
+    };
+    match &spliced.end {
+        End::IdleTimeout => tracing::debug!("idle timeout, closing"),
+        End::Failed(e) => tracing::debug!(error = %e, "tcp proxy ended with an error"),
+        _ => {}
     }
     spliced
 }
@@ -59,18 +135,74 @@ pub(super) async fn splice_tls(
     phase: watch::Receiver<Phase>,
     closing: Option<watch::Receiver<u64>>,
 ) -> Spliced {
+    let mut watches = match Watches::new(phase, closing, stats) {
+        Ok(w) => w,
+        Err(end) => return Spliced { end, received: 0, sent: 0 },
+    };
     let (ur, uw) = tokio::io::split(upstream);
-    let spliced = {
+    let (stop, received, sent) = {
         let (cr, cw) = client.split();
         // One TLS stream behind both halves: its two directions may register with one socket's
         // slot, which keeps only the last waker, so both are polled on every wake-up.
-        copy_both_ways((cr, cw), (ur, uw), Wakers::Task, idle, stats, phase, closing).await
+        copy_both_ways((cr, cw), (ur, uw), Wakers::Task, idle, stats, &mut watches, None).await
     };
-    if let End::Failed(e) = &spliced.end {
+    let end = match stop {
+        Stop::End(end) => end,
+        Stop::HandOver => unreachable!("no hand-over was asked for"),
+    };
+    if let End::Failed(e) = &end {
         tracing::debug!(error = %e, "tcp proxy (upstream TLS) ended with an error");
         pass_reset_on(e, &[&client]);
     }
-    spliced
+    Spliced { end, received, sent }
+}
+
+/// What ends a splice from outside: the listener's drain running out, the endpoint's health.
+struct Watches<'a> {
+    phase: PhaseWatch,
+    /// The health version when the connection was made, and its changes.
+    closing: Option<(u64, WatchPoll<u64>)>,
+    stats: &'a L4Stats,
+}
+
+impl<'a> Watches<'a> {
+    /// `Err` when the endpoint's health changed while the connection was being made (`closing`
+    /// was taken before the connect): it ends before a byte moves.
+    fn new(
+        phase: watch::Receiver<Phase>,
+        closing: Option<watch::Receiver<u64>>,
+        stats: &'a L4Stats,
+    ) -> Result<Watches<'a>, End> {
+        let closing = match closing {
+            Some(rx) if rx.has_changed().unwrap_or(false) => {
+                stats.health_closes.fetch_add(1, Ordering::Relaxed);
+                return Err(End::HealthChange);
+            }
+            Some(rx) => {
+                let now = *rx.borrow();
+                Some((now, WatchPoll::new(rx, now)))
+            }
+            None => None,
+        };
+        Ok(Watches { phase: PhaseWatch::of_listener(phase), closing, stats })
+    }
+
+    /// How the connection is to end, if it is; the task is woken when that changes.
+    /// Draining leaves established connections alone; only abort (or a gone listener) cuts.
+    #[inline]
+    fn poll(&mut self, cx: &mut Context<'_>) -> Option<End> {
+        if self.phase.poll(cx) == Phase::Abort {
+            return Some(End::Aborted);
+        }
+        if let Some((opened_at, closing)) = &mut self.closing {
+            if closing.poll(cx) != *opened_at {
+                self.stats.health_closes.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("endpoint health changed, closing");
+                return Some(End::HealthChange);
+            }
+        }
+        None
+    }
 }
 
 /// How a splice ended, and the bytes it moved.
@@ -144,16 +276,23 @@ fn poll_direction(
     }
 }
 
-/// The loop of [`splice`] over any two (read, write) halves.
+/// Where [`copy_both_ways`] stopped.
+enum Stop {
+    End(End),
+    /// Past the reads it was given, with nothing in flight: the engine takes the connection on.
+    HandOver,
+}
+
+/// The loop of [`splice`] over any two (read, write) halves; gives the bytes moved each way.
 async fn copy_both_ways<CR, CW, UR, UW>(
     (mut cr, mut cw): (CR, CW),
     (mut ur, mut uw): (UR, UW),
     wakers: Wakers,
     idle: Option<Duration>,
     stats: &L4Stats,
-    phase: watch::Receiver<Phase>,
-    closing: Option<watch::Receiver<u64>>,
-) -> Spliced
+    watches: &mut Watches<'_>,
+    hand_over_after: Option<u32>,
+) -> (Stop, u64, u64)
 where
     CR: AsyncRead + Unpin,
     CW: AsyncWrite + Unpin,
@@ -163,34 +302,12 @@ where
     let mut to_upstream = Pump::new(&stats.bytes_from_clients);
     let mut to_client = Pump::new(&stats.bytes_to_clients);
     let mut direction_wakers = FlagWakers::<2>::default();
-    // Draining leaves established connections alone; only abort (or a gone listener) cuts.
-    let mut phase = PhaseWatch::of_listener(phase);
-    let mut closing = match closing {
-        // A close requested while the connection was being made (the receiver was taken before
-        // the connect): it ends before a byte moves.
-        Some(rx) if rx.has_changed().unwrap_or(false) => {
-            stats.health_closes.fetch_add(1, Ordering::Relaxed);
-            return Spliced { end: End::HealthChange, received: 0, sent: 0 };
-        }
-        Some(rx) => {
-            let now = *rx.borrow();
-            Some((now, WatchPoll::new(rx, now)))
-        }
-        None => None,
-    };
     // Idle: the time of the last byte moved, read against one timer.
     let mut last_activity = idle.map(|_| Instant::now());
     let mut idle_timer = idle.map(|d| (d, Box::pin(tokio::time::sleep(d))));
-    let end = std::future::poll_fn(|cx| {
-        if phase.poll(cx) == Phase::Abort {
-            return Poll::Ready(End::Aborted);
-        }
-        if let Some((opened_at, closing)) = &mut closing {
-            if closing.poll(cx) != *opened_at {
-                stats.health_closes.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!("endpoint health changed, closing");
-                return Poll::Ready(End::HealthChange);
-            }
+    let stop = std::future::poll_fn(|cx| {
+        if let Some(end) = watches.poll(cx) {
+            return Poll::Ready(Stop::End(end));
         }
         let (due, own) = match wakers {
             Wakers::PerDirection => {
@@ -204,16 +321,21 @@ where
             to_upstream.poll_copy(cx, &mut cr, &mut uw, &mut last_activity)
         });
         if let Poll::Ready(Err(e)) = up {
-            return Poll::Ready(End::Failed(e));
+            return Poll::Ready(Stop::End(End::Failed(e)));
         }
         let down = poll_direction(due & 2 != 0, own.map(|w| &w[1]), cx, |cx| {
             to_client.poll_copy(cx, &mut ur, &mut cw, &mut last_activity)
         });
         if let Poll::Ready(Err(e)) = down {
-            return Poll::Ready(End::Failed(e));
+            return Poll::Ready(Stop::End(End::Failed(e)));
         }
         if to_upstream.done && to_client.done {
-            return Poll::Ready(End::Closed);
+            return Poll::Ready(Stop::End(End::Closed));
+        }
+        if let Some(after) = hand_over_after {
+            if to_upstream.reads + to_client.reads >= after && to_upstream.idle() && to_client.idle() {
+                return Poll::Ready(Stop::HandOver);
+            }
         }
         if let (Some((idle, timer)), Some(last)) = (&mut idle_timer, last_activity) {
             while timer.as_mut().poll(cx).is_ready() {
@@ -221,7 +343,7 @@ where
                 if Instant::now() >= deadline {
                     stats.idle_timeouts.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!("idle timeout, closing");
-                    return Poll::Ready(End::IdleTimeout);
+                    return Poll::Ready(Stop::End(End::IdleTimeout));
                 }
                 timer.as_mut().reset(deadline);
             }
@@ -229,7 +351,7 @@ where
         Poll::Pending
     })
     .await;
-    Spliced { end, received: to_upstream.bytes.total, sent: to_client.bytes.total }
+    (stop, to_upstream.bytes.total, to_client.bytes.total)
 }
 
 /// One direction: read until end of stream, then shut the writer's sending side down (FIN).
@@ -242,6 +364,8 @@ struct Pump<'a> {
     done: bool,
     /// Written since the last flush.
     unflushed: bool,
+    /// Reads that gave bytes.
+    reads: u32,
     bytes: Meter<'a>,
 }
 
@@ -254,8 +378,14 @@ impl<'a> Pump<'a> {
             eof: false,
             done: false,
             unflushed: false,
+            reads: 0,
             bytes: Meter::new(bytes),
         }
+    }
+
+    /// Nothing read and not yet written, and the stream goes on.
+    fn idle(&self) -> bool {
+        self.pos == self.len && !self.eof && !self.unflushed
     }
 
     /// Moves bytes until `from` has none (`Pending`), this direction is done (`Ready(Ok)`, also
@@ -307,7 +437,10 @@ impl<'a> Pump<'a> {
             }
             match read.filled().len() {
                 0 => self.eof = true,
-                n => self.len = n,
+                n => {
+                    self.len = n;
+                    self.reads = self.reads.saturating_add(1);
+                }
             }
         }
     }
@@ -348,172 +481,5 @@ impl Drop for Meter<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A close requested while the connection was being made, and one requested while it runs:
-    /// both end it, neither is missed.
-    #[tokio::test]
-    async fn health_closes_end_the_splice_whenever_they_come() {
-        let (_phase_tx, phase) = watch::channel(Phase::Serving);
-        let stats = L4Stats::default();
-        let (closes, _) = watch::channel(0u64);
-        // Taken before the connect; the close comes before the splice starts.
-        let early = closes.subscribe();
-        closes.send_modify(|n| *n += 1);
-        let (client, _client_peer) = tokio::io::duplex(64);
-        let (upstream, _upstream_peer) = tokio::io::duplex(64);
-        let halves = (tokio::io::split(client), tokio::io::split(upstream));
-        let splice = copy_both_ways(halves.0, halves.1, Wakers::Task, None, &stats, phase.clone(), Some(early));
-        let spliced = tokio::time::timeout(Duration::from_secs(5), splice).await.expect("the early close was missed");
-        assert!(matches!(spliced.end, End::HealthChange));
-        // Taken now; the close comes while bytes flow.
-        let (client, mut client_peer) = tokio::io::duplex(64);
-        let (upstream, mut upstream_peer) = tokio::io::duplex(64);
-        let running = closes.subscribe();
-        let halves = (tokio::io::split(client), tokio::io::split(upstream));
-        let splice = copy_both_ways(halves.0, halves.1, Wakers::Task, None, &stats, phase, Some(running));
-        let traffic = async {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            client_peer.write_all(b"ping").await.unwrap();
-            let mut buf = [0u8; 4];
-            upstream_peer.read_exact(&mut buf).await.unwrap();
-            closes.send_modify(|n| *n += 1);
-            std::future::pending::<()>().await
-        };
-        let spliced = tokio::select! {
-            s = splice => s,
-            _ = traffic => unreachable!(),
-        };
-        assert!(matches!(spliced.end, End::HealthChange));
-        assert_eq!((spliced.received, stats.health_closes.load(Ordering::Relaxed)), (4, 2));
-    }
-
-    /// No source's wake-up may be swallowed: here the first poll finds the task's budget spent
-    /// (tokio then wakes the source's waker instead of registering it with the socket or the
-    /// channel), so only polling that source again on that wake-up registers it. A loop that
-    /// skipped it then (no new phase version, no direction's waker fired as far as it knew) never
-    /// heard of the bytes or of the `Abort` sent while it waited. With the task's waker and with a
-    /// waker per direction.
-    #[tokio::test]
-    async fn abort_reaches_a_splice_whose_phase_wakeup_was_a_yield() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        for wakers in [Wakers::Task, Wakers::PerDirection] {
-            let (client, mut client_peer) = tokio::io::duplex(64);
-            let (upstream, mut upstream_peer) = tokio::io::duplex(64);
-            let (tx, rx) = watch::channel(Phase::Serving);
-            let stats = L4Stats::default();
-            let splice =
-                copy_both_ways(tokio::io::split(client), tokio::io::split(upstream), wakers, None, &stats, rx, None);
-            tokio::pin!(splice);
-            std::future::poll_fn(|cx| {
-                while let Poll::Ready(p) = tokio::task::coop::poll_proceed(cx) {
-                    p.made_progress();
-                }
-                assert!(splice.as_mut().poll(cx).is_pending());
-                Poll::Ready(())
-            })
-            .await;
-            // Polled again on that wake-up, with a fresh budget: no byte to move, no new phase.
-            tokio::task::yield_now().await;
-            std::future::poll_fn(|cx| {
-                assert!(splice.as_mut().poll(cx).is_pending());
-                Poll::Ready(())
-            })
-            .await;
-            // While this task waits on the splice alone: a byte each way, then the listener
-            // drains and runs out.
-            tokio::spawn(async move {
-                let mut byte = [0u8];
-                client_peer.write_all(b"u").await.unwrap();
-                upstream_peer.read_exact(&mut byte).await.unwrap();
-                upstream_peer.write_all(b"c").await.unwrap();
-                client_peer.read_exact(&mut byte).await.unwrap();
-                tx.send(Phase::Draining).unwrap();
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                tx.send(Phase::Abort).unwrap();
-                std::future::pending::<()>().await;
-            });
-            let ended = tokio::select! {
-                biased;
-                _ = tokio::time::sleep(Duration::from_secs(2)) => false,
-                _ = splice.as_mut() => true,
-            };
-            assert!(ended, "bytes or the Abort did not reach the splice");
-        }
-    }
-
-    /// Two connected sockets on loopback.
-    async fn socket_pair() -> (TcpStream, TcpStream) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let connect = TcpStream::connect(listener.local_addr().unwrap());
-        let (connected, accepted) = tokio::join!(connect, listener.accept());
-        (connected.unwrap(), accepted.unwrap().0)
-    }
-
-    /// Writes `bulk` and reads as many bytes back at once, which must be `bulk`.
-    async fn exchange(socket: &mut TcpStream, bulk: &[u8], who: &str) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (mut rx, mut tx) = socket.split();
-        let mut got = vec![0u8; bulk.len()];
-        let (sent, read) = tokio::join!(tx.write_all(bulk), rx.read_exact(&mut got));
-        sent.unwrap();
-        read.unwrap();
-        assert!(got == bulk, "bytes to the {who} changed on the way");
-    }
-
-    /// Each direction is polled only when its own waker fired: a direction left alone while the
-    /// other works must still hear of its next bytes, in ping-pong, in both at once, and at the end.
-    #[tokio::test]
-    async fn per_direction_wakers_miss_no_wakeup() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (mut client, client_side) = socket_pair().await;
-        let (upstream_side, mut endpoint) = socket_pair().await;
-        let (_tx, rx) = watch::channel(Phase::Serving);
-        let stats = std::sync::Arc::new(L4Stats::default());
-        let splice = tokio::spawn({
-            let stats = stats.clone();
-            async move { splice(client_side, upstream_side, None, &stats, rx, None).await.received }
-        });
-        fn within<F: Future>(f: F) -> tokio::time::Timeout<F> {
-            tokio::time::timeout(Duration::from_secs(10), f)
-        }
-        let mut buf = [0u8; 64];
-        within(async {
-            // One direction busy while the other waits, then the other way round.
-            for i in 0..50u8 {
-                client.write_all(&[i; 10]).await.unwrap();
-                endpoint.read_exact(&mut buf[..10]).await.unwrap();
-                assert_eq!(buf[..10], [i; 10]);
-            }
-            for i in 0..50u8 {
-                endpoint.write_all(&[i; 7]).await.unwrap();
-                client.read_exact(&mut buf[..7]).await.unwrap();
-                assert_eq!(buf[..7], [i; 7]);
-            }
-            // Ping-pong, then both ways at once with more than the sockets buffer.
-            for i in 0..50u8 {
-                client.write_all(&[i]).await.unwrap();
-                endpoint.read_exact(&mut buf[..1]).await.unwrap();
-                endpoint.write_all(&buf[..1]).await.unwrap();
-                client.read_exact(&mut buf[..1]).await.unwrap();
-                assert_eq!(buf[0], i);
-            }
-        })
-        .await
-        .unwrap();
-        let bulk = vec![7u8; 4 << 20];
-        let ((), ()) = within(async {
-            tokio::join!(exchange(&mut client, &bulk, "client"), exchange(&mut endpoint, &bulk, "endpoint"))
-        })
-        .await
-        .unwrap();
-        // The end: FIN from the client reaches the endpoint, then the endpoint's.
-        client.shutdown().await.unwrap();
-        assert_eq!(within(endpoint.read(&mut buf)).await.unwrap().unwrap(), 0);
-        endpoint.shutdown().await.unwrap();
-        assert_eq!(within(client.read(&mut buf)).await.unwrap().unwrap(), 0);
-        let received = within(splice).await.unwrap().unwrap();
-        assert_eq!(received, 500 + 50 + (4 << 20));
-    }
-}
+#[path = "tests_splice.rs"]
+mod tests;
