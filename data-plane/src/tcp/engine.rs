@@ -371,7 +371,6 @@ impl Loop {
             let deadline = conn.last + idle;
             if deadline <= now {
                 conn.stats.idle_timeouts.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!("idle timeout, closing");
                 self.finish(key, End::IdleTimeout);
             } else {
                 self.deadlines.push(Reverse((deadline, key, id)));
@@ -383,8 +382,8 @@ impl Loop {
     fn finish(&mut self, key: usize, end: End) {
         let Some(mut conn) = self.conns.try_remove(key) else { return };
         self.keys.remove(&conn.id);
+        // The connection's task logs how it ended, in its span.
         if let End::Failed(e) = &end {
-            tracing::debug!(error = %e, "tcp proxy ended with an error");
             // A reset on one side becomes a reset on the other.
             if e.kind() == io::ErrorKind::ConnectionReset {
                 for s in &conn.sockets {
