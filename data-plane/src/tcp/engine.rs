@@ -34,16 +34,14 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use tokio::sync::oneshot;
 
-use super::splice::{End, Spliced};
+use super::meter::Meter;
+use super::splice::{End, Spliced, BUFFER};
 use crate::l4_stats::L4Stats;
 
-const BUFFER: usize = 32 * 1024;
 /// Reads per direction per turn of the loop before other connections get theirs (a bulk transfer
 /// would otherwise hold the thread for as long as both peers keep up).
 const READS_PER_TURN: u32 = 16;
 const WAKER: Token = Token(usize::MAX);
-/// Bytes counted locally before they are added to the listener's shared counters.
-const METER_BATCH: u64 = 256 * 1024;
 
 /// A handle on one engine thread; cheap to clone.
 #[derive(Clone)]
@@ -219,8 +217,7 @@ struct Pump {
     len: usize,
     eof: bool,
     done: bool,
-    pending: u64,
-    total: u64,
+    bytes: Meter,
 }
 
 impl Loop {
@@ -330,10 +327,9 @@ impl Loop {
         let Some(conn) = self.conns.get_mut(key) else { return };
         let mut more = false;
         let mut end = None;
-        for direction in 0..2 {
-            let (from, to) = (direction, 1 - direction);
-            let pump = &mut conn.pumps[direction];
-            match pump.run(&conn.sockets, from, to, &mut conn.ready, &conn.stats, direction) {
+        let counters = [&conn.stats.bytes_from_clients, &conn.stats.bytes_to_clients];
+        for (from, pump) in conn.pumps.iter_mut().enumerate() {
+            match pump.run(&conn.sockets, from, &mut conn.ready, counters[from]) {
                 Ok(Moved { bytes, budget_spent }) => {
                     if bytes {
                         conn.last = now;
@@ -395,9 +391,9 @@ impl Loop {
             let _ = self.poll.registry().deregister(socket);
         }
         let [up, down] = &mut conn.pumps;
-        up.flush(&conn.stats.bytes_from_clients);
-        down.flush(&conn.stats.bytes_to_clients);
-        let spliced = Spliced { end, received: up.total, sent: down.total };
+        up.bytes.flush(&conn.stats.bytes_from_clients);
+        down.bytes.flush(&conn.stats.bytes_to_clients);
+        let spliced = Spliced { end, received: up.bytes.total, sent: down.bytes.total };
         if let Some(done) = conn.done.take() {
             let _ = done.send(spliced);
         }
@@ -417,22 +413,21 @@ impl Pump {
             len: 0,
             eof: false,
             done: false,
-            pending: 0,
-            total: 0,
+            bytes: Meter::default(),
         }
     }
 
-    /// Reads from `sockets[from]` and writes to `sockets[to]` until one of them would block, the
-    /// stream ended (then the writer's sending side is shut down) or the turn's reads are spent.
+    /// Reads from `sockets[from]` and writes to the other socket until one of them would block,
+    /// the stream ended (then the writer's sending side is shut down) or the turn's reads are
+    /// spent. `counter` is the listener's for this direction.
     fn run(
         &mut self,
         sockets: &[TcpStream; 2],
         from: usize,
-        to: usize,
         ready: &mut [Readiness; 2],
-        stats: &L4Stats,
-        direction: usize,
+        counter: &AtomicU64,
     ) -> io::Result<Moved> {
+        let to = 1 - from;
         let mut moved = Moved { bytes: false, budget_spent: false };
         let mut reads = 0;
         while !self.done {
@@ -452,8 +447,7 @@ impl Pump {
                 }
             }
             if self.len > 0 {
-                let counter = if direction == 0 { &stats.bytes_from_clients } else { &stats.bytes_to_clients };
-                self.count(self.len, counter);
+                self.bytes.add(self.len, counter);
                 (self.pos, self.len) = (0, 0);
                 moved.bytes = true;
             }
@@ -486,19 +480,5 @@ impl Pump {
             }
         }
         Ok(moved)
-    }
-
-    fn count(&mut self, n: usize, shared: &AtomicU64) {
-        self.pending += n as u64;
-        self.total += n as u64;
-        if self.pending >= METER_BATCH {
-            shared.fetch_add(std::mem::take(&mut self.pending), Ordering::Relaxed);
-        }
-    }
-
-    fn flush(&mut self, shared: &AtomicU64) {
-        if self.pending > 0 {
-            shared.fetch_add(std::mem::take(&mut self.pending), Ordering::Relaxed);
-        }
     }
 }

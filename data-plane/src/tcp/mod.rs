@@ -45,6 +45,7 @@ use crate::state::Shared;
 use crate::table::{hash_ip, Breaker, ClusterLb, EndpointGuard, ListenerTable, Overflow};
 
 mod engine;
+mod meter;
 mod splice;
 
 pub use splice::splice;

@@ -15,13 +15,15 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::engine::Engine;
+use super::meter::Meter;
 use crate::access_log::L4Entry;
 use crate::flag_waker::FlagWakers;
 use crate::l4_stats::L4Stats;
 use crate::listeners::Phase;
 use crate::phase_watch::{PhaseWatch, WatchPoll};
 
-const BUFFER: usize = 32 * 1024;
+/// Per direction, in the task and on the engine.
+pub(super) const BUFFER: usize = 32 * 1024;
 
 /// Reads (both directions together) after which a connection moves from its task to the thread's
 /// [`Engine`], at the first moment both directions are idle. Handing over costs about as much as
@@ -366,11 +368,13 @@ struct Pump<'a> {
     unflushed: bool,
     /// Reads that gave bytes.
     reads: u32,
-    bytes: Meter<'a>,
+    bytes: Meter,
+    /// The listener's counter for this direction.
+    shared: &'a AtomicU64,
 }
 
 impl<'a> Pump<'a> {
-    fn new(bytes: &'a AtomicU64) -> Pump<'a> {
+    fn new(shared: &'a AtomicU64) -> Pump<'a> {
         Pump {
             buf: vec![0u8; BUFFER].into_boxed_slice(),
             pos: 0,
@@ -379,7 +383,8 @@ impl<'a> Pump<'a> {
             done: false,
             unflushed: false,
             reads: 0,
-            bytes: Meter::new(bytes),
+            bytes: Meter::default(),
+            shared,
         }
     }
 
@@ -414,7 +419,7 @@ impl<'a> Pump<'a> {
                 self.unflushed = true;
             }
             if self.len > 0 {
-                self.bytes.add(self.len);
+                self.bytes.add(self.len, self.shared);
                 (self.pos, self.len) = (0, 0);
                 if let Some(at) = activity {
                     *at = Instant::now();
@@ -446,37 +451,10 @@ impl<'a> Pump<'a> {
     }
 }
 
-/// Counts one direction's bytes locally and adds them to the listener's shared counter in
-/// batches (and when dropped, however the copy ends): one shared cache line touched per
-/// `METER_BATCH` bytes instead of per read.
-struct Meter<'a> {
-    shared: &'a AtomicU64,
-    pending: u64,
-    /// All this connection's bytes in this direction.
-    total: u64,
-}
-
-const METER_BATCH: u64 = 256 * 1024;
-
-impl<'a> Meter<'a> {
-    fn new(shared: &'a AtomicU64) -> Meter<'a> {
-        Meter { shared, pending: 0, total: 0 }
-    }
-
-    fn add(&mut self, n: usize) {
-        self.pending += n as u64;
-        self.total += n as u64;
-        if self.pending >= METER_BATCH {
-            self.shared.fetch_add(std::mem::take(&mut self.pending), Ordering::Relaxed);
-        }
-    }
-}
-
-impl Drop for Meter<'_> {
+impl Drop for Pump<'_> {
+    /// However the copy ends, its bytes reach the listener's counter.
     fn drop(&mut self) {
-        if self.pending > 0 {
-            self.shared.fetch_add(self.pending, Ordering::Relaxed);
-        }
+        self.bytes.flush(self.shared);
     }
 }
 
