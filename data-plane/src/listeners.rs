@@ -19,7 +19,6 @@ use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_util::either::Either;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
@@ -385,7 +384,7 @@ impl Acceptor {
                         if https {
                             crate::tls::terminate::serve(stream, conn, phase).await;
                         } else {
-                            crate::http::server::serve(Either::Left(stream), conn, phase).await;
+                            crate::http::server::serve_plain(stream, conn, phase).await;
                         }
                         drop(active);
                     }

@@ -9,7 +9,7 @@ use sluice_shared::Revision;
 use crate::http::sticky::StickySessions;
 use crate::http::upstream::{self, UpstreamClient};
 use crate::metrics::{Metrics, StatsIndex};
-use crate::table::Table;
+use crate::table::{HttpOptions, Table};
 use crate::tls::TlsConfigs;
 
 /// One installed revision: the compiled table plus the request path's handles to its counters.
@@ -50,4 +50,13 @@ pub struct ConnCtx {
     /// `x-forwarded-proto`.
     pub scheme: &'static str,
     pub shared: Arc<Shared>,
+}
+
+impl ConnCtx {
+    /// The listener's HTTP versions and HTTP/2 limits as installed now (the defaults when the
+    /// listener is not in the installed table).
+    pub fn http_options(&self) -> HttpOptions {
+        let installed = self.shared.installed.load();
+        installed.as_ref().and_then(|i| i.table.listener(&self.listener)).map(|l| *l.http()).unwrap_or_default()
+    }
 }

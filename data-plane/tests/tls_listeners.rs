@@ -83,7 +83,7 @@ async fn https_picks_the_certificate_by_sni_and_forwards_as_https() {
     ] {
         let s = tls_connect(&any, addr, sni).await.unwrap();
         assert_eq!(leaf(&s), want.der, "{what}: {sni}");
-        assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]), "{what}: ALPN");
+        assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "{what}: ALPN prefers h2");
     }
 
     // A verifying client trusting the exact certificate gets proxied, marked https.

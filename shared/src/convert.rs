@@ -54,13 +54,16 @@ pub fn cluster_to_pb(name: &str, c: &Cluster) -> pb::Cluster {
         }),
         health_check: c.health_check.as_ref().map(|h| pb::HealthCheck {
             // A validated check has exactly one kind; http wins should both be set.
-            kind: match (&h.http, &h.tcp) {
-                (Some(http), _) => Some(pb::health_check::Kind::Http(pb::HttpHealthCheck {
+            kind: match (&h.http, &h.tcp, &h.grpc) {
+                (Some(http), _, _) => Some(pb::health_check::Kind::Http(pb::HttpHealthCheck {
                     path: http.path.clone(),
                     expected_status: http.expected_status.map_or(0, u32::from),
                 })),
-                (None, Some(_)) => Some(pb::health_check::Kind::Tcp(pb::TcpHealthCheck {})),
-                (None, None) => None,
+                (None, Some(_), _) => Some(pb::health_check::Kind::Tcp(pb::TcpHealthCheck {})),
+                (None, None, Some(g)) => {
+                    Some(pb::health_check::Kind::Grpc(pb::GrpcHealthCheck { service: g.service.clone() }))
+                }
+                (None, None, None) => None,
             },
             interval_ms: h.interval_ms,
             timeout_ms: h.timeout_ms,
@@ -79,6 +82,11 @@ pub fn cluster_to_pb(name: &str, c: &Cluster) -> pb::Cluster {
         }),
         connect_timeout_ms: c.connect_timeout_ms,
         close_connections_on_health_change: c.close_connections_on_health_change,
+        protocol: match c.protocol {
+            UpstreamProtocol::Http1 => pb::UpstreamProtocol::Http1,
+            UpstreamProtocol::Http2 => pb::UpstreamProtocol::Http2,
+            UpstreamProtocol::Auto => pb::UpstreamProtocol::Auto,
+        } as i32,
     }
 }
 
@@ -106,6 +114,22 @@ pub fn listener_to_pb(name: &str, l: &Listener) -> pb::Listener {
             idle_ms: k.idle_ms,
             interval_ms: k.interval_ms,
             probes: k.probes,
+        }),
+        http_versions: l
+            .http_versions
+            .iter()
+            .map(|v| match v {
+                HttpVersion::Http1 => pb::HttpVersion::Http1,
+                HttpVersion::Http2 => pb::HttpVersion::Http2,
+            } as i32)
+            .collect(),
+        http2: l.http2.map(|h| pb::Http2Settings {
+            max_concurrent_streams: h.max_concurrent_streams,
+            max_header_list_bytes: h.max_header_list_bytes,
+            initial_stream_window_bytes: h.initial_stream_window_bytes,
+            initial_connection_window_bytes: h.initial_connection_window_bytes,
+            idle_timeout_ms: h.idle_timeout_ms,
+            max_connection_age_ms: h.max_connection_age_ms,
         }),
     }
 }
@@ -258,10 +282,16 @@ pub fn cluster_from_pb(c: pb::Cluster) -> Result<Cluster> {
         Ok(pb::LbPolicy::Maglev) => LbPolicy::Maglev,
         Err(_) => return Err(ValidationError::invalid("lb_policy", format!("unknown lb_policy {}", c.lb_policy))),
     };
+    let protocol = match pb::UpstreamProtocol::try_from(c.protocol) {
+        Ok(pb::UpstreamProtocol::Http1) => UpstreamProtocol::Http1,
+        Ok(pb::UpstreamProtocol::Http2) => UpstreamProtocol::Http2,
+        Ok(pb::UpstreamProtocol::Auto) => UpstreamProtocol::Auto,
+        Err(_) => return Err(ValidationError::invalid("protocol", format!("unknown protocol {}", c.protocol))),
+    };
     let health_check = match c.health_check {
         None => None,
         Some(h) => {
-            let (http, tcp) = match h.kind {
+            let (http, tcp, grpc) = match h.kind {
                 Some(pb::health_check::Kind::Http(x)) => {
                     let expected_status = match x.expected_status {
                         0 => None,
@@ -272,14 +302,16 @@ pub fn cluster_from_pb(c: pb::Cluster) -> Result<Cluster> {
                             )
                         })?),
                     };
-                    (Some(HttpHealthCheck { path: x.path, expected_status }), None)
+                    (Some(HttpHealthCheck { path: x.path, expected_status }), None, None)
                 }
-                Some(pb::health_check::Kind::Tcp(_)) => (None, Some(TcpHealthCheck {})),
-                None => return Err(ValidationError::invalid("health_check", "set exactly one of http, tcp")),
+                Some(pb::health_check::Kind::Tcp(_)) => (None, Some(TcpHealthCheck {}), None),
+                Some(pb::health_check::Kind::Grpc(g)) => (None, None, Some(GrpcHealthCheck { service: g.service })),
+                None => return Err(ValidationError::invalid("health_check", "set exactly one of http, tcp, grpc")),
             };
             Some(HealthCheck {
                 http,
                 tcp,
+                grpc,
                 interval_ms: h.interval_ms,
                 timeout_ms: h.timeout_ms,
                 healthy_threshold: h.healthy_threshold,
@@ -317,6 +349,7 @@ pub fn cluster_from_pb(c: pb::Cluster) -> Result<Cluster> {
         }),
         connect_timeout_ms: c.connect_timeout_ms,
         close_connections_on_health_change: c.close_connections_on_health_change,
+        protocol,
     })
 }
 
@@ -338,6 +371,16 @@ pub fn listener_from_pb(l: pb::Listener) -> Result<Listener> {
             return Err(ValidationError::invalid("proxy_protocol", why));
         }
     };
+    let http_versions = l
+        .http_versions
+        .iter()
+        .enumerate()
+        .map(|(i, v)| match pb::HttpVersion::try_from(*v) {
+            Ok(pb::HttpVersion::Http1) => Ok(HttpVersion::Http1),
+            Ok(pb::HttpVersion::Http2) => Ok(HttpVersion::Http2),
+            Err(_) => Err(ValidationError::invalid(format!("http_versions[{i}]"), format!("unknown version {v}"))),
+        })
+        .collect::<Result<Vec<_>>>()?;
     Ok(Listener {
         address: l.address,
         protocol,
@@ -356,6 +399,15 @@ pub fn listener_from_pb(l: pb::Listener) -> Result<Listener> {
             idle_ms: k.idle_ms,
             interval_ms: k.interval_ms,
             probes: k.probes,
+        }),
+        http_versions,
+        http2: l.http2.map(|h| Http2Settings {
+            max_concurrent_streams: h.max_concurrent_streams,
+            max_header_list_bytes: h.max_header_list_bytes,
+            initial_stream_window_bytes: h.initial_stream_window_bytes,
+            initial_connection_window_bytes: h.initial_connection_window_bytes,
+            idle_timeout_ms: h.idle_timeout_ms,
+            max_connection_age_ms: h.max_connection_age_ms,
         }),
     })
 }

@@ -65,6 +65,23 @@ pub struct Cluster {
     /// (HAProxy's `on-marked-down shutdown-sessions` and `on-marked-up shutdown-backup-sessions`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub close_connections_on_health_change: bool,
+    /// The HTTP version spoken to the endpoints of the routes using this cluster.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub protocol: UpstreamProtocol,
+}
+
+/// How the proxy speaks HTTP to a cluster's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with pooled keep-alive connections.
+    #[default]
+    Http1,
+    /// HTTP/2: h2 by ALPN over TLS, h2c with prior knowledge on plain connections; requests are
+    /// streams multiplexed over few connections (gRPC needs this).
+    Http2,
+    /// ALPN decides on TLS connections (h2 when the endpoint offers it); HTTP/1.1 on plain ones.
+    Auto,
 }
 
 /// Per-node limits on what one cluster may be sent; past them the proxy answers 503 at once
@@ -135,6 +152,9 @@ pub struct HealthCheck {
     pub http: Option<HttpHealthCheck>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp: Option<TcpHealthCheck>,
+    /// The gRPC health protocol (`grpc.health.v1.Health/Check`) over HTTP/2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcHealthCheck>,
     #[serde(default = "HealthCheck::default_interval_ms")]
     pub interval_ms: u64,
     #[serde(default = "HealthCheck::default_timeout_ms")]
@@ -143,6 +163,14 @@ pub struct HealthCheck {
     pub healthy_threshold: u32,
     #[serde(default = "HealthCheck::default_unhealthy_threshold")]
     pub unhealthy_threshold: u32,
+}
+
+/// An endpoint passes when `Check` answers SERVING for `service` ("": the server as a whole).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcHealthCheck {
+    #[serde(default)]
+    pub service: String,
 }
 
 impl HealthCheck {
@@ -253,6 +281,44 @@ pub struct Listener {
     /// tcp/tls: TCP keepalive on both sides of every connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp_keepalive: Option<TcpKeepalive>,
+    /// http/https: the HTTP versions offered to clients (ALPN on https, h2c with prior knowledge
+    /// on http). Empty: both.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_versions: Vec<HttpVersion>,
+    /// http/https: limits on HTTP/2 clients; each unset one has an edge-safe default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2: Option<Http2Settings>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpVersion {
+    Http1,
+    Http2,
+}
+
+/// An http/https listener's HTTP/2 limits (Envoy's edge guide sets the defaults' spirit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http2Settings {
+    /// Streams one client connection may have open at once (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_streams: Option<u32>,
+    /// The largest header list a client may send, decoded (default 64 KiB); past it, 431.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_header_list_bytes: Option<u32>,
+    /// Flow-control window of each stream: what a client may send ahead (default 64 KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_stream_window_bytes: Option<u32>,
+    /// Flow-control window of the whole connection (default 1 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_connection_window_bytes: Option<u32>,
+    /// A connection with no open stream for this long is closed with GOAWAY (default 5 min).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
+    /// A connection older than this gets a graceful GOAWAY (default: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connection_age_ms: Option<u64>,
 }
 
 /// TCP keepalive probes on an L4 listener's client and endpoint sockets, so that a connection

@@ -256,8 +256,8 @@ impl crate::model::UpstreamTls {
 
 impl HealthCheck {
     pub fn validate(&self) -> Result<()> {
-        match (&self.http, &self.tcp) {
-            (Some(h), None) => {
+        match (&self.http, &self.tcp, &self.grpc) {
+            (Some(h), None, None) => {
                 if !h.path.starts_with('/') || h.path.bytes().any(|c| c.is_ascii_control() || c == b' ') {
                     return Err(ValidationError::invalid(
                         "http.path",
@@ -273,8 +273,13 @@ impl HealthCheck {
                     }
                 }
             }
-            (None, Some(_)) => {}
-            _ => return Err(ValidationError::invalid("", "set exactly one of http, tcp")),
+            (None, Some(_), None) => {}
+            (None, None, Some(g)) => {
+                if g.service.len() > 1024 || g.service.bytes().any(|c| c.is_ascii_control()) {
+                    return Err(ValidationError::invalid("grpc.service", "at most 1024 bytes, no control bytes"));
+                }
+            }
+            _ => return Err(ValidationError::invalid("", "set exactly one of http, tcp, grpc")),
         }
         timeout("interval_ms", self.interval_ms)?;
         timeout("timeout_ms", self.timeout_ms)?;
@@ -364,6 +369,15 @@ impl Listener {
                 "only a listener with accept_proxy_protocol takes this field",
             ));
         }
+        if let Some(h) = &self.http2 {
+            h.validate().map_err(|e| e.within("http2"))?;
+        }
+        let mut versions = HashSet::new();
+        for (i, v) in self.http_versions.iter().enumerate() {
+            if !versions.insert(v) {
+                return Err(ValidationError::invalid(format!("http_versions[{i}]"), "is listed twice"));
+            }
+        }
         let only = |field: &str, set: bool, protocols: &str| {
             if set {
                 Err(ValidationError::invalid(field, format!("only {protocols} listeners take this field")))
@@ -393,6 +407,13 @@ impl Listener {
                     ));
                 }
             }
+            Protocol::Tcp | Protocol::Udp | Protocol::Tls => {
+                only("http_versions", !self.http_versions.is_empty(), "http and https")?;
+                only("http2", self.http2.is_some(), "http and https")?;
+            }
+        }
+        match self.protocol {
+            Protocol::Http | Protocol::Https => {}
             Protocol::Tcp | Protocol::Udp => {
                 only("certificates", !self.certificates.is_empty(), "https")?;
                 // Raw traffic has no headers or cookies: the client IP is the only key.
@@ -419,6 +440,29 @@ impl Listener {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl crate::model::Http2Settings {
+    pub fn validate(&self) -> Result<()> {
+        let range = |field: &str, v: Option<u32>, min: u32, max: u32| match v {
+            Some(v) if v < min || v > max => {
+                Err(ValidationError::invalid(field, format!("must be between {min} and {max}")))
+            }
+            _ => Ok(()),
+        };
+        range("max_concurrent_streams", self.max_concurrent_streams, 1, 10_000)?;
+        range("max_header_list_bytes", self.max_header_list_bytes, 1024, 1 << 20)?;
+        // RFC 9113 §6.9.1: a window is at most 2^31-1; below 64 KiB-1 it only slows clients.
+        range("initial_stream_window_bytes", self.initial_stream_window_bytes, 65_535, (1 << 31) - 1)?;
+        range("initial_connection_window_bytes", self.initial_connection_window_bytes, 65_535, (1 << 31) - 1)?;
+        if let Some(ms) = self.idle_timeout_ms {
+            timeout("idle_timeout_ms", ms)?;
+        }
+        if let Some(ms) = self.max_connection_age_ms {
+            timeout("max_connection_age_ms", ms)?;
         }
         Ok(())
     }

@@ -11,6 +11,7 @@
 //! endpoint marked down, and those to the cluster's backups when a primary is marked up. (An
 //! outlier ejection closes the ejected endpoint's too, see `ClusterLb::record_outcome`.)
 
+mod grpc_probe;
 mod probe;
 pub mod report;
 
@@ -99,9 +100,10 @@ impl HealthCheckers {
             if self.running.contains_key(&key) {
                 continue;
             }
-            let probe = match &spec.http {
-                Some(http) => Probe::http(http, tls.upstream(&key.0).cloned()),
-                None => Probe::Tcp,
+            let probe = match (&spec.http, &spec.grpc) {
+                (Some(http), _) => Probe::http(http, tls.upstream(&key.0).cloned()),
+                (None, Some(g)) => Probe::Grpc { service: g.service.clone(), tls: tls.upstream(&key.0).cloned() },
+                (None, None) => Probe::Tcp,
             };
             let task = tokio::spawn(run(key.0.clone(), spec.clone(), probe, state.clone(), closes.clone()));
             let checker =

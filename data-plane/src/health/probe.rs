@@ -1,4 +1,5 @@
-//! One health probe: a TCP connect, or an HTTP/1.1 `GET path` whose status is checked. Plain
+//! One health probe: a TCP connect, an HTTP/1.1 `GET path` whose status is checked, or a gRPC
+//! health `Check` (`grpc_probe.rs`). Plain
 //! bytes rather than a pooled client: a probe must see a fresh connection, and the status line is
 //! all it reads.
 
@@ -20,6 +21,7 @@ const MAX_STATUS_LINE: usize = 1024;
 pub enum Probe {
     Tcp,
     Http { path: String, expected_status: Option<u16>, tls: Option<Arc<UpstreamTlsConfig>> },
+    Grpc { service: String, tls: Option<Arc<UpstreamTlsConfig>> },
 }
 
 impl Probe {
@@ -30,6 +32,17 @@ impl Probe {
     /// Runs the probe once against `addr`; `Err` says why it failed. The caller bounds it in time.
     pub async fn run(&self, addr: SocketAddr) -> Result<(), String> {
         let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+        if let Probe::Grpc { service, tls } = self {
+            let _ = stream.set_nodelay(true);
+            let authority = addr.to_string();
+            return match tls {
+                Some(tls) => {
+                    let stream = tls.connect(addr, stream).await.map_err(|e| format!("tls: {e}"))?;
+                    super::grpc_probe::check(stream, &authority, true, service).await
+                }
+                None => super::grpc_probe::check(stream, &authority, false, service).await,
+            };
+        }
         let Probe::Http { path, expected_status, tls } = self else { return Ok(()) };
         let _ = stream.set_nodelay(true);
         let status = match tls {

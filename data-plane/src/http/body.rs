@@ -3,6 +3,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use super::h2_body::H2Body;
 use super::request_body::RequestBody;
 use super::tunnel::Switched;
 use super::upstream_conn::{PassedHead, ResponseBody};
@@ -36,12 +37,42 @@ pub enum ProxyBody {
     /// A response body streamed from an endpoint; the guard counts the request as active on that
     /// endpoint until the body is finished or dropped, and the circuit breaker counts it in flight
     /// until then too (`permit`). (The body itself hands its connection back to the pool.)
-    Upstream { body: ResponseBody, endpoint: Option<EndpointGuard>, permit: Option<RequestPermit> },
+    Upstream { body: UpstreamBody, endpoint: Option<EndpointGuard>, permit: Option<RequestPermit> },
     /// A request body read in full so that a retry can send it again.
     Buffered(Option<Bytes>),
     /// The "body" of a 101: the endpoint's connection, which the server splices with the
     /// client's once the 101 is written (see `tunnel.rs`).
     Switched(Box<Switched>),
+}
+
+/// An endpoint's response body, by the protocol spoken to it.
+pub enum UpstreamBody {
+    H1(ResponseBody),
+    /// Boxed: rarer, and the HTTP/1.1 path's bodies stay as small as they were.
+    H2(Box<H2Body>),
+}
+
+impl UpstreamBody {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self {
+            UpstreamBody::H1(b) => Pin::new(b).poll_frame(cx),
+            UpstreamBody::H2(b) => b.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::H1(b) => b.is_end_stream(),
+            UpstreamBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::H1(b) => b.size_hint(),
+            UpstreamBody::H2(b) => b.size_hint(),
+        }
+    }
 }
 
 impl ProxyBody {
@@ -52,7 +83,7 @@ impl ProxyBody {
     /// An endpoint's header lines that go to the client after the response's own headers.
     pub fn passed_head(&self) -> Option<&PassedHead> {
         match self {
-            ProxyBody::Upstream { body, .. } => Some(body.passed_head()),
+            ProxyBody::Upstream { body: UpstreamBody::H1(body), .. } => Some(body.passed_head()),
             _ => None,
         }
     }
@@ -80,7 +111,7 @@ impl Body for ProxyBody {
             }
             ProxyBody::Buffered(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Upstream { body, endpoint, permit } => {
-                let polled = Pin::new(&mut *body).poll_frame(cx);
+                let polled = body.poll_frame(cx);
                 if matches!(polled, Poll::Ready(None | Some(Err(_)))) || body.is_end_stream() {
                     // The exchange is over: the endpoint is no longer busy with it.
                     endpoint.take();

@@ -75,6 +75,8 @@ impl ProxyError {
         if let Some(o) = overflow {
             h.insert(X_SLUICE_OVERFLOW.clone(), HeaderValue::from_static(o));
         }
+        // What it was, for a gRPC call's status (`grpc::error_response`).
+        resp.extensions_mut().insert(self);
         resp
     }
 }

@@ -3,6 +3,9 @@
 pub mod body;
 pub mod chunked;
 pub mod errors;
+mod grpc;
+mod h2_body;
+pub mod h2_server;
 pub mod head;
 pub mod headers;
 pub mod proxy;
@@ -14,6 +17,7 @@ pub mod sticky;
 pub mod tunnel;
 pub mod upstream;
 pub mod upstream_conn;
+mod upstream_h2;
 mod upstream_head;
 #[cfg(test)]
 mod upstream_tests;

@@ -12,16 +12,17 @@ use http::uri::Authority;
 use http::{Request, Response, Version};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
-use sluice_shared::model::{LbPolicy, RetryOn};
+use sluice_shared::model::{LbPolicy, RetryOn, UpstreamProtocol};
 
-use super::body::{BodyTooLarge, ClientBodyError, ProxyBody};
+use super::body::{BodyTooLarge, ClientBodyError, ProxyBody, UpstreamBody};
 use super::errors::ProxyError;
 use super::headers::{content_length, origin_form, prepare_headers};
 use super::request_body::RequestBody;
 use super::tunnel::{switch_protocols, upgrade_protocol};
 use super::upstream::{Dial, Failed, UpstreamError};
-use super::upstream_conn::{is_idempotent, ResponseBody};
-use super::{redirect, sticky};
+use super::upstream_conn::is_idempotent;
+use super::upstream_h2;
+use super::{grpc, redirect, sticky};
 use crate::access_log;
 use crate::lazy_timer::LazyTimer;
 use crate::metrics::ResponseCounts;
@@ -53,6 +54,7 @@ pub async fn handle(req: Request<RequestBody>, down: &Downstream, timer: &mut La
     // A protocol switch (WebSocket): `head::parse` frames the same requests as upgrades.
     let upgrade = upgrade_protocol(&req);
     let switching = upgrade.is_some();
+    let grpc = req.version() == Version::HTTP_2 && grpc::is_grpc(req.headers());
     // The table is loaded once and kept until this request is answered, whatever is installed meanwhile.
     let mut resp = match conn.shared.installed.load_full() {
         Some(installed) => route_and_forward(req, upgrade, down, &installed, timer).await,
@@ -62,6 +64,11 @@ pub async fn handle(req: Request<RequestBody>, down: &Downstream, timer: &mut La
     // protocol switched, nothing more may be read on this connection.
     if switching && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if grpc {
+        if let Some(&err) = resp.extensions().get::<ProxyError>() {
+            return grpc::error_response(err);
+        }
     }
     resp
 }
@@ -126,6 +133,8 @@ enum TryFailure {
     /// The per-try timeout passed.
     Timeout,
     Status5xx,
+    /// An HTTP/2 endpoint refused the stream unprocessed (GOAWAY, REFUSED_STREAM).
+    Refused,
 }
 
 impl TryFailure {
@@ -135,13 +144,14 @@ impl TryFailure {
             TryFailure::Reset => policy.retries_on(RetryOn::Reset),
             TryFailure::Timeout => policy.retries_on(RetryOn::Reset) || policy.retries_on(RetryOn::Status5xx),
             TryFailure::Status5xx => policy.retries_on(RetryOn::Status5xx),
+            TryFailure::Refused => policy.retries_on(RetryOn::ConnectFailure) || policy.retries_on(RetryOn::Reset),
         }
     }
 
     fn error(self) -> ProxyError {
         match self {
             TryFailure::Connect => ProxyError::UpstreamConnect,
-            TryFailure::Reset | TryFailure::Status5xx => ProxyError::UpstreamFailed,
+            TryFailure::Reset | TryFailure::Status5xx | TryFailure::Refused => ProxyError::UpstreamFailed,
             TryFailure::Timeout => ProxyError::UpstreamTimeout,
         }
     }
@@ -190,7 +200,13 @@ async fn forward(
         parts.headers.insert(header::UPGRADE, protocol.clone());
     }
     let mut uri = origin_form(parts.uri);
-    let deadline = tokio::time::Instant::now() + route.timeout().unwrap_or(DEFAULT_TIMEOUT);
+    let mut deadline = tokio::time::Instant::now() + route.timeout().unwrap_or(DEFAULT_TIMEOUT);
+    if parts.version == Version::HTTP_2 {
+        // A gRPC call's own deadline, capped by the route's.
+        if let Some(t) = grpc::timeout(&parts.headers) {
+            deadline = deadline.min(tokio::time::Instant::now() + t);
+        }
+    }
 
     let max_body = route.max_request_body();
     // Transfer-Encoding is gone (hop-by-hop): chunked bodies announce no size here.
@@ -225,6 +241,7 @@ async fn forward(
 
     let latency = installed.stats.latency(cluster.name());
     let upstream_tls = installed.tls.upstream(cluster.name()).map(|t| &**t);
+    let protocol = cluster.protocol();
     let pinned_addr = pinned.as_ref().map(|(_, g)| g.address());
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut attempt = 0;
@@ -283,11 +300,18 @@ async fn forward(
                 Some(_) => {
                     // Boxed: rare, and it would enlarge every request's future (see `request`).
                     let sending = conn.shared.client.request_upgrade(addr, dial, upstream, forwarding.lines());
-                    Box::pin(sending).await
+                    Box::pin(sending).await.map(|r| r.map(UpstreamBody::H1))
+                }
+                // Boxed for the same reason: HTTP/1.1's future stays as small as it was.
+                None if speaks_h2(protocol, addr, dial) => {
+                    let auto = protocol == UpstreamProtocol::Auto;
+                    let breaker = cluster.breaker();
+                    Box::pin(upstream_h2::request(addr, dial, breaker, upstream, forwarding.lines(), auto)).await
                 }
                 None => {
                     let client = &conn.shared.client;
-                    client.request(addr, dial, cluster.breaker(), upstream, forwarding.lines()).await
+                    let sending = client.request(addr, dial, cluster.breaker(), upstream, forwarding.lines());
+                    sending.await.map(|r| r.map(UpstreamBody::H1))
                 }
             }
         };
@@ -319,11 +343,14 @@ async fn forward(
                         tries: attempt + 1,
                         request_id: request_id.clone(),
                     });
-                    let mut resp = match upgrade {
-                        Some(_) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
-                            switch_protocols(resp, endpoint, permit, cookie)
+                    let (head, body) = resp.into_parts();
+                    let mut resp = match body {
+                        UpstreamBody::H1(b)
+                            if upgrade.is_some() && head.status == http::StatusCode::SWITCHING_PROTOCOLS =>
+                        {
+                            switch_protocols(Response::from_parts(head, b), endpoint, permit, cookie)
                         }
-                        _ => respond(resp, endpoint, permit, cookie),
+                        body => respond(Response::from_parts(head, body), endpoint, permit, cookie),
                     };
                     if let Some(s) = served {
                         resp.extensions_mut().insert(s);
@@ -348,6 +375,9 @@ async fn forward(
                     cluster.record_outcome(&endpoint, true);
                     unsent = back;
                     TryFailure::Connect
+                } else if error.is_unprocessed() {
+                    unsent = back;
+                    TryFailure::Refused
                 } else {
                     TryFailure::Reset
                 }
@@ -355,7 +385,7 @@ async fn forward(
         };
         // Nothing was sent (a connect failure) or what was sent can be sent again.
         let resendable = match failure {
-            TryFailure::Connect => unsent.is_some() || replay.is_some(),
+            TryFailure::Connect | TryFailure::Refused => unsent.is_some() || replay.is_some(),
             _ => replay.is_some() && idempotent,
         };
         if failure != TryFailure::Status5xx && !may_retry(route, failure, attempt, resendable) {
@@ -366,17 +396,31 @@ async fn forward(
     }
 }
 
+/// Whether the try goes over HTTP/2: always for `http2` clusters; for `auto` ones over TLS,
+/// unless the endpoint's ALPN answer was HTTP/1.1.
+fn speaks_h2(protocol: UpstreamProtocol, addr: SocketAddr, dial: Dial<'_>) -> bool {
+    match protocol {
+        UpstreamProtocol::Http1 => false,
+        UpstreamProtocol::Http2 => true,
+        UpstreamProtocol::Auto => dial.tls.is_some() && upstream_h2::auto_tries_h2(addr, dial),
+    }
+}
+
 /// Whether a try that failed this way is followed by another: the policy retries it, tries are
 /// left, the request can be sent again, and the route's retry budget allows one more (checked
 /// last: it spends a retry).
 fn may_retry(route: &RouteEntry, failure: TryFailure, attempt: u32, resendable: bool) -> bool {
+    // A stream the endpoint never processed goes once more, whatever the policy.
+    if failure == TryFailure::Refused && attempt == 0 && resendable {
+        return true;
+    }
     let Some(policy) = route.retries() else { return false };
     attempt < policy.attempts && resendable && failure.retried_by(policy) && route.withdraw_retry_budget()
 }
 
 /// The endpoint's answer on its way to the client, holding what the exchange still occupies.
 fn respond(
-    resp: Response<ResponseBody>,
+    resp: Response<UpstreamBody>,
     endpoint: EndpointGuard,
     permit: Option<RequestPermit>,
     cookie: Option<HeaderValue>,

@@ -20,6 +20,7 @@ use tokio_util::io::poll_read_buf;
 
 use super::body::{BoxError, ClientBodyError};
 use super::chunked::{ChunkScan, Framed, Taken};
+use super::h2_body::H2Body;
 use super::head::Framing;
 
 /// A client connection, plaintext or TLS-terminated.
@@ -50,8 +51,9 @@ enum Left {
 }
 
 impl Wire {
-    pub fn new(io: ClientStream) -> Wire {
-        Wire { io, rbuf: BytesMut::new(), body: Left::Done, continue_owed: None }
+    /// A connection of which `read` was already read.
+    pub fn with_read(io: ClientStream, read: BytesMut) -> Wire {
+        Wire { io, rbuf: read, body: Left::Done, continue_owed: None }
     }
 
     /// Whether the last request's body was read to its end (the next bytes are a new head).
@@ -69,13 +71,29 @@ pub fn lock(wire: &Mutex<Wire>) -> MutexGuard<'_, Wire> {
 
 /// A request's body as the client sends it, read from its connection on demand.
 pub struct RequestBody {
-    /// `None`: the request has no body.
-    wire: Option<SharedWire>,
+    source: Source,
+}
+
+enum Source {
+    /// The request has no body.
+    None,
+    /// HTTP/1.1: the connection's bytes, framed by the head.
+    Wire(SharedWire),
+    /// HTTP/2: the stream's DATA frames (and trailers).
+    H2(H2Body),
 }
 
 impl RequestBody {
     pub fn empty() -> RequestBody {
-        RequestBody { wire: None }
+        RequestBody { source: Source::None }
+    }
+
+    /// An HTTP/2 request's body (see [`H2Body`]).
+    pub fn h2(recv: h2::RecvStream, length: Option<u64>) -> RequestBody {
+        if recv.is_end_stream() {
+            return RequestBody::empty();
+        }
+        RequestBody { source: Source::H2(H2Body::new(recv, length)) }
     }
 
     /// The body of the request whose head was just parsed off `wire`, framed by `framing`.
@@ -89,7 +107,7 @@ impl RequestBody {
         w.body = left;
         w.continue_owed = expect_continue.then_some(0);
         drop(w);
-        RequestBody { wire: Some(wire.clone()) }
+        RequestBody { source: Source::Wire(wire.clone()) }
     }
 }
 
@@ -98,7 +116,11 @@ impl Body for RequestBody {
     type Error = BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let Some(wire) = &self.wire else { return Poll::Ready(None) };
+        let wire = match &mut self.get_mut().source {
+            Source::None => return Poll::Ready(None),
+            Source::H2(b) => return b.poll_frame(cx),
+            Source::Wire(w) => w,
+        };
         let mut guard = lock(wire);
         let w = &mut *guard;
         if matches!(w.body, Left::Done | Left::Failed) {
@@ -146,16 +168,21 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.wire.as_ref().is_none_or(|w| matches!(lock(w).body, Left::Done | Left::Failed))
+        match &self.source {
+            Source::None => true,
+            Source::Wire(w) => matches!(lock(w).body, Left::Done | Left::Failed),
+            Source::H2(b) => b.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.wire {
-            None => SizeHint::with_exact(0),
-            Some(w) => match &lock(w).body {
+        match &self.source {
+            Source::None => SizeHint::with_exact(0),
+            Source::Wire(w) => match &lock(w).body {
                 Left::Body(framed) => framed.size_hint(),
                 Left::Done | Left::Failed => SizeHint::with_exact(0),
             },
+            Source::H2(b) => b.size_hint(),
         }
     }
 }

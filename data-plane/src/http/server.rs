@@ -21,15 +21,19 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body as _;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::either::Either;
 use tokio_util::io::poll_read_buf;
 
 use super::body::ProxyBody;
 use super::chunked::{push_chunk, LAST_CHUNK};
+use super::h2_server;
 use super::head::{self, Framing, Reject, RequestHead};
 use super::proxy::{self, Downstream};
 use super::request_body::{lock, ClientStream, RequestBody, SharedWire, Wire, READ_CHUNK};
@@ -50,12 +54,58 @@ const COALESCE: usize = 64 * 1024;
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 1 << 20;
 
-/// Serves `stream` (a plain TCP connection, or a terminated TLS one for https listeners) until
-/// the client or the listener ends it.
+/// Serves a plain http listener's connection: HTTP/2 when it opens with the h2 preface (prior
+/// knowledge) and the listener offers HTTP/2, else HTTP/1.1. The bytes read to tell which are
+/// the first the chosen protocol reads.
+pub async fn serve_plain(mut stream: TcpStream, conn: Arc<ConnCtx>, phase: watch::Receiver<Phase>) {
+    let opts = conn.http_options();
+    let mut first = BytesMut::new();
+    if opts.http2 {
+        match tokio::time::timeout(HEADER_READ_TIMEOUT, sniff(&mut stream, &mut first)).await {
+            Ok(Some(true)) => {
+                let io = h2_server::Prefixed::new(first.freeze(), stream);
+                return h2_server::serve(io, conn, phase, opts).await;
+            }
+            Ok(Some(false)) => {}
+            Ok(None) | Err(_) => return,
+        }
+    }
+    if !opts.http1 {
+        return tracing::debug!("not an HTTP/2 client on an HTTP/2-only listener");
+    }
+    serve_read(Either::Left(stream), first, conn, phase).await;
+}
+
+/// Reads until the bytes tell: `true` for the HTTP/2 preface, `false` as soon as they differ
+/// from it; `None` when the client closes first.
+async fn sniff(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<bool> {
+    loop {
+        let n = buf.len().min(h2_server::PREFACE.len());
+        if buf[..n] != h2_server::PREFACE[..n] {
+            return Some(false);
+        }
+        if n == h2_server::PREFACE.len() {
+            return Some(true);
+        }
+        buf.reserve(READ_CHUNK);
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Serves `stream` (a plain TCP connection, or a terminated TLS one for https listeners) as
+/// HTTP/1.1 until the client or the listener ends it.
 pub async fn serve(stream: ClientStream, conn: Arc<ConnCtx>, phase: watch::Receiver<Phase>) {
+    serve_read(stream, BytesMut::new(), conn, phase).await;
+}
+
+/// [`serve`], with the bytes already read from the client.
+async fn serve_read(stream: ClientStream, read: BytesMut, conn: Arc<ConnCtx>, phase: watch::Receiver<Phase>) {
     let down = Downstream::new(conn);
     let server = Server {
-        wire: Arc::new(Mutex::new(Wire::new(stream))),
+        wire: Arc::new(Mutex::new(Wire::with_read(stream, read))),
         phase: PhaseWatch::of_listener(phase),
         out: Vec::new(),
         head_timer: LazyTimer::default(),
@@ -295,8 +345,8 @@ impl Server {
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
 
     use super::*;
     use crate::state::Shared;
@@ -310,7 +360,7 @@ mod tests {
         let conn =
             Arc::new(ConnCtx { listener: Arc::from("web"), peer, scheme: "http", shared: Arc::new(Shared::new()) });
         let (tx, rx) = watch::channel(Phase::Serving);
-        (client, tokio::spawn(serve(tokio_util::either::Either::Left(stream), conn, rx)), tx)
+        (client, tokio::spawn(serve(Either::Left(stream), conn, rx)), tx)
     }
 
     /// Waits for the server to close with nothing sent; asserts that came at the header timeout

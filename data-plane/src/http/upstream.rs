@@ -29,7 +29,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio_util::either::Either;
 
 use super::body::ProxyBody;
-use super::upstream_conn::{Conn, ExchangeError, ResponseBody, SendError};
+use super::upstream_conn::{Conn, ExchangeError, ResponseBody, SendError, Stream};
 use crate::fast_hash::FastMap;
 use crate::table::{Breaker, Overflow};
 use crate::tls::upstream::UpstreamTlsConfig;
@@ -52,12 +52,24 @@ pub enum UpstreamError {
     /// The cluster's circuit breaker refused a connection (no room to wait for one).
     #[error("circuit breaker open: {}", .0.as_str())]
     Overflow(Overflow),
+    /// An HTTP/2 endpoint refused the stream unprocessed (GOAWAY past it, REFUSED_STREAM): like a
+    /// connect failure, it can be sent again whatever it is.
+    #[error("stream refused: {0}")]
+    Refused(#[source] h2::Error),
+    /// The HTTP/2 exchange failed after the request went out.
+    #[error("h2: {0}")]
+    H2(#[source] h2::Error),
 }
 
 impl UpstreamError {
     /// No connection could be made (as opposed to one that failed during the exchange).
     pub fn is_connect(&self) -> bool {
         matches!(self, UpstreamError::Connect(_))
+    }
+
+    /// Nothing of the request was processed: it may go elsewhere even when not idempotent.
+    pub fn is_unprocessed(&self) -> bool {
+        matches!(self, UpstreamError::Connect(_) | UpstreamError::Refused(_))
     }
 }
 
@@ -69,7 +81,7 @@ pub struct Failed {
 }
 
 impl Failed {
-    fn unsent(error: UpstreamError, req: Request<ProxyBody>) -> Failed {
+    pub(super) fn unsent(error: UpstreamError, req: Request<ProxyBody>) -> Failed {
         Failed { error, unsent: Some(req) }
     }
 
@@ -319,6 +331,23 @@ impl UpstreamClient {
     }
 }
 
+/// Sends `req` on `stream`, a new connection to `addr` (holding `permit`) that ALPN made
+/// HTTP/1.1 (a cluster with `protocol: auto`); the connection is pooled afterwards as usual.
+pub(super) async fn send_on_opened(
+    addr: PoolKey,
+    stream: Stream,
+    permit: Option<OwnedSemaphorePermit>,
+    limited: Option<Arc<Breaker>>,
+    req: Request<ProxyBody>,
+    forwarding: &[u8],
+) -> Result<Response<ResponseBody>, Failed> {
+    let conn = Box::new(Conn::new(stream, permit));
+    send_on(Lease { addr, conn, limited }, req, forwarding).await.map_err(|e| match e {
+        SendError::Unsent(r, e) => Failed::unsent(UpstreamError::Connect(e), r),
+        SendError::Dropped(_, e) | SendError::Failed(e) => Failed::sent(e),
+    })
+}
+
 /// Opens a connection (see [`connect`]) and sends `req` on it; a failed connect gives it back.
 async fn send_on_new(
     addr: PoolKey,
@@ -349,11 +378,16 @@ pub struct Dial<'a> {
 }
 
 /// Pooled connections per endpoint and TLS settings (0: plaintext), see `UpstreamTlsConfig::id`.
-type PoolKey = (SocketAddr, u64);
+pub(super) type PoolKey = (SocketAddr, u64);
 
 /// A new connection to `addr` as `dial` says, holding `permit` (a breaker's connection permit)
 /// until it closes.
 async fn connect(addr: SocketAddr, dial: Dial<'_>, permit: Option<OwnedSemaphorePermit>) -> io::Result<Box<Conn>> {
+    Ok(Box::new(Conn::new(open(addr, dial).await?, permit)))
+}
+
+/// A new connection to `addr` as `dial` says: TCP (no delay, keepalive), then TLS if set.
+pub(super) async fn open(addr: SocketAddr, dial: Dial<'_>) -> io::Result<Stream> {
     let timeout = dial.connect_timeout.unwrap_or(CONNECT_TIMEOUT);
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(r) => r?,
@@ -361,11 +395,10 @@ async fn connect(addr: SocketAddr, dial: Dial<'_>, permit: Option<OwnedSemaphore
     };
     let _ = stream.set_nodelay(true);
     let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE));
-    let stream = match dial.tls {
+    Ok(match dial.tls {
         Some(tls) => Either::Right(Box::new(tls.connect(addr, stream).await?)),
         None => Either::Left(stream),
-    };
-    Ok(Box::new(Conn::new(stream, permit)))
+    })
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use sluice_shared::model::{Cluster, Route};
 use sluice_shared::Config;
 
 use super::breaker::Breaker;
+use super::http_options::HttpOptions;
 use super::index::RouteIndex;
 use super::lb::{ClusterLb, EndpointState, LbEndpoint};
 use super::matcher::Conditions;
@@ -91,6 +92,7 @@ pub fn compile(cfg: &Config, previous: Option<&Table>) -> Result<Table, CompileE
                 proxy_protocol: l.proxy_protocol,
                 accept_proxy_protocol: l.accept_proxy_protocol.then(|| proxy_protocol_from.into()),
                 tcp_keepalive: l.tcp_keepalive,
+                http: HttpOptions::new(&l.http_versions, l.http2.unwrap_or_default()),
                 sni,
                 routes,
                 index,
@@ -134,7 +136,8 @@ fn compile_cluster(name: &str, c: &Cluster, previous: Option<&Arc<ClusterLb>>) -
         .with_health(c.health_check.clone(), outlier, c.panic_mode)
         .with_breaker(breaker)
         .with_connect_timeout(c.connect_timeout_ms.map(Duration::from_millis))
-        .with_closes_on_health_change(c.close_connections_on_health_change))
+        .with_closes_on_health_change(c.close_connections_on_health_change)
+        .with_protocol(c.protocol))
 }
 
 fn compile_route(

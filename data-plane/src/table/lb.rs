@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sluice_shared::model::{HealthCheck, LbPolicy};
+use sluice_shared::model::{HealthCheck, LbPolicy, UpstreamProtocol};
 use tokio::sync::watch;
 
 use super::breaker::Breaker;
@@ -173,6 +173,8 @@ pub struct ClusterLb {
     connect_timeout: Option<Duration>,
     /// `close_connections_on_health_change`.
     closes_on_health_change: bool,
+    /// The HTTP version spoken to the endpoints.
+    protocol: UpstreamProtocol,
 }
 
 /// The endpoints one policy decision chooses among (a cluster's primaries, or its backups), with
@@ -214,7 +216,18 @@ impl ClusterLb {
             breaker: None,
             connect_timeout: None,
             closes_on_health_change: false,
+            protocol: UpstreamProtocol::Http1,
         }
+    }
+
+    pub fn with_protocol(mut self, protocol: UpstreamProtocol) -> ClusterLb {
+        self.protocol = protocol;
+        self
+    }
+
+    /// The HTTP version spoken to the endpoints (the cluster's `protocol`).
+    pub fn protocol(&self) -> UpstreamProtocol {
+        self.protocol
     }
 
     /// L4 connections follow the active health checks (`close_connections_on_health_change`).

@@ -58,6 +58,7 @@
 mod breaker;
 mod compile;
 mod hash;
+mod http_options;
 mod index;
 mod lb;
 mod matcher;
@@ -90,6 +91,7 @@ use sluice_shared::Revision;
 pub use breaker::{Breaker, Overflow, PendingGuard, RequestPermit};
 pub use compile::compile;
 pub use hash::{hash_bytes, hash_ip};
+pub use http_options::HttpOptions;
 pub use lb::{ClusterLb, EndpointGuard, EndpointState, LbEndpoint};
 pub use outlier::{max_ejected, OutlierPolicy};
 pub use request::{normalize_host, RequestView};
@@ -168,6 +170,7 @@ pub struct ListenerTable {
     /// `Some` when connections start with a PROXY header: the sources trusted to send it (empty: any).
     accept_proxy_protocol: Option<Arc<[Cidr]>>,
     tcp_keepalive: Option<TcpKeepalive>,
+    http: HttpOptions,
     sni: sni::SniMap,
     /// Sorted by name; the index refers to routes by position.
     routes: Vec<RouteEntry>,
@@ -231,6 +234,11 @@ impl ListenerTable {
     /// tcp/tls: keepalive probes on both sides of each connection.
     pub fn tcp_keepalive(&self) -> Option<&TcpKeepalive> {
         self.tcp_keepalive.as_ref()
+    }
+
+    /// http/https: the HTTP versions offered and the HTTP/2 limits.
+    pub fn http(&self) -> &HttpOptions {
+        &self.http
     }
 
     /// The routes attached to this listener, by name.

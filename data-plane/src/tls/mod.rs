@@ -20,9 +20,10 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::ServerConfig;
 use rustls::sign::CertifiedKey;
-use sluice_shared::model::{Certificate, Protocol, UpstreamTls};
+use sluice_shared::model::{Certificate, Protocol, UpstreamProtocol, UpstreamTls};
 use sluice_shared::Config;
 
+use crate::table::HttpOptions;
 use resolver::SniResolver;
 use upstream::UpstreamTlsConfig;
 
@@ -47,13 +48,13 @@ pub struct TlsConfigs {
 }
 
 struct UpstreamEntry {
-    source: (UpstreamTls, Option<Certificate>),
+    source: (UpstreamTls, Option<Certificate>, UpstreamProtocol),
     config: Arc<UpstreamTlsConfig>,
 }
 
 struct Entry {
     /// What the config was built from, to reuse it when a later revision leaves it unchanged.
-    source: Vec<Certificate>,
+    source: (Vec<Certificate>, Vec<Vec<u8>>),
     config: Arc<ServerConfig>,
 }
 
@@ -74,10 +75,10 @@ impl TlsConfigs {
                 ),
                 None => None,
             };
-            let source = (spec.clone(), client);
+            let source = (spec.clone(), client, c.protocol);
             let config = match previous.and_then(|p| p.by_cluster.get(name)).filter(|e| e.source == source) {
                 Some(prev) => prev.config.clone(),
-                None => Arc::new(UpstreamTlsConfig::new(spec, source.1.as_ref()).map_err(err)?),
+                None => Arc::new(UpstreamTlsConfig::new(spec, source.1.as_ref(), c.protocol).map_err(err)?),
             };
             by_cluster.insert(name.clone(), UpstreamEntry { source, config });
         }
@@ -88,17 +89,19 @@ impl TlsConfigs {
                 continue;
             }
             let err = |message: String| TlsError { resource: format!("listener {name}"), message };
-            let mut source = Vec::with_capacity(l.certificates.len());
+            let mut certs_in = Vec::with_capacity(l.certificates.len());
             for c in &l.certificates {
                 let cert = cfg.certificates.get(c).ok_or_else(|| err(format!("certificate {c:?} does not exist")))?;
-                source.push(cert.clone());
+                certs_in.push(cert.clone());
             }
+            let alpn = HttpOptions::new(&l.http_versions, Default::default()).alpn();
+            let source = (certs_in, alpn);
             if let Some(prev) = previous.and_then(|p| p.by_listener.get(name)).filter(|e| e.source == source) {
                 by_listener.insert(name.clone(), Entry { source, config: prev.config.clone() });
                 continue;
             }
-            let mut certs = Vec::with_capacity(source.len());
-            for (c, cert) in l.certificates.iter().zip(&source) {
+            let mut certs = Vec::with_capacity(source.0.len());
+            for (c, cert) in l.certificates.iter().zip(&source.0) {
                 let loaded = match keys.entry(c.as_str()) {
                     hash_map::Entry::Occupied(o) => o.get().clone(),
                     hash_map::Entry::Vacant(v) => {
@@ -109,7 +112,7 @@ impl TlsConfigs {
             }
             let resolver =
                 SniResolver::new(certs).ok_or_else(|| err("an https listener needs a certificate".into()))?;
-            let config = server_config(resolver).map_err(|e| err(e.to_string()))?;
+            let config = server_config(resolver, source.1.clone()).map_err(|e| err(e.to_string()))?;
             by_listener.insert(name.clone(), Entry { source, config });
         }
         Ok(TlsConfigs { by_listener, by_cluster })
@@ -135,13 +138,13 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-/// TLS 1.2 and 1.3 only, ALPN `http/1.1`, certificate by SNI.
-fn server_config(resolver: SniResolver) -> Result<Arc<ServerConfig>, rustls::Error> {
+/// TLS 1.2 and 1.3 only, the listener's ALPN protocols (`h2`, `http/1.1`), certificate by SNI.
+fn server_config(resolver: SniResolver, alpn: Vec<Vec<u8>>) -> Result<Arc<ServerConfig>, rustls::Error> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn;
     Ok(Arc::new(config))
 }
 
@@ -209,7 +212,7 @@ mod tests {
         let rotated = TlsConfigs::build(&config(&[("a", cert(&["a.test"]))]), Some(&first)).unwrap();
         assert!(!Arc::ptr_eq(first.server("web").unwrap(), rotated.server("web").unwrap()));
         let cfg = first.server("web").unwrap();
-        assert_eq!(cfg.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        assert_eq!(cfg.alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
     }
 
     #[test]

@@ -26,7 +26,17 @@ pub async fn serve(stream: TcpStream, conn: Arc<ConnCtx>, phase: watch::Receiver
         config
     };
     let Some(tls) = handshake(config, stream, HANDSHAKE_TIMEOUT).await else { return };
-    crate::http::server::serve(tokio_util::either::Either::Right(Box::new(tls)), conn, phase).await;
+    let opts = conn.http_options();
+    // A client that negotiated no protocol speaks HTTP/1.1, unless the listener has only HTTP/2.
+    let h2 = match tls.get_ref().1.alpn_protocol() {
+        Some(p) => p == b"h2",
+        None => !opts.http1,
+    };
+    if h2 {
+        crate::http::h2_server::serve(tls, conn, phase, opts).await;
+    } else {
+        crate::http::server::serve(tokio_util::either::Either::Right(Box::new(tls)), conn, phase).await;
+    }
 }
 
 /// The server side of the handshake; `None` when it fails or takes longer than `limit`.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
-use sluice_shared::model::{Certificate, UpstreamTls};
+use sluice_shared::model::{Certificate, UpstreamProtocol, UpstreamTls};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -35,7 +35,12 @@ impl std::fmt::Debug for UpstreamTlsConfig {
 
 impl UpstreamTlsConfig {
     /// `client`: the certificate resource the cluster presents, already looked up.
-    pub fn new(spec: &UpstreamTls, client: Option<&Certificate>) -> Result<UpstreamTlsConfig, String> {
+    /// `protocol`: what ALPN offers (`http1`: `http/1.1`; `http2`: `h2`; `auto`: both, h2 first).
+    pub fn new(
+        spec: &UpstreamTls,
+        client: Option<&Certificate>,
+        protocol: UpstreamProtocol,
+    ) -> Result<UpstreamTlsConfig, String> {
         let mut roots = RootCertStore::empty();
         for der in CertificateDer::pem_slice_iter(spec.ca_pem.as_bytes()) {
             let der = der.map_err(|_| "tls.ca_pem is not valid PEM".to_string())?;
@@ -59,7 +64,11 @@ impl UpstreamTlsConfig {
                 builder.with_client_auth_cert(chain, key).map_err(|_| "client certificate: unusable key".to_string())?
             }
         };
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = match protocol {
+            UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
+            UpstreamProtocol::Http2 => vec![b"h2".to_vec()],
+            UpstreamProtocol::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        };
         let server_name = match &spec.server_name {
             Some(n) => Some(ServerName::try_from(n.clone()).map_err(|_| format!("tls.server_name {n:?} is invalid"))?),
             None => None,

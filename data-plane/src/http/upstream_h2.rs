@@ -1,0 +1,352 @@
+//! HTTP/2 to endpoints (clusters with `protocol: http2`, or `auto` when ALPN picks h2): few
+//! connections per worker thread and endpoint, each carrying many requests as streams.
+//!
+//! ```text
+//!  request ──▶ a pooled connection with a free stream (the endpoint's MAX_CONCURRENT_STREAMS)
+//!              └─ none: a new connection (TCP, TLS with ALPN h2, preface), pooled for the next
+//!          ──▶ HEADERS (+ DATA pumped by a task of its own, with trailers) ──▶ response HEADERS
+//!  H2Body ◀── DATA as the client takes it (flow control end to end), trailers
+//! ```
+//!
+//! Each connection has a driver task (h2's connection future) that also PINGs the endpoint
+//! when quiet and closes the connection when a PING goes unanswered. A connection that got a
+//! GOAWAY or failed takes no new stream; streams the endpoint never processed (refused by a
+//! GOAWAY past them, or REFUSED_STREAM) fail as [`UpstreamError::Refused`], which the proxy
+//! retries like a connect failure. A stream counts as the cluster's request (breaker,
+//! least_request, endpoint max_connections) through the guards the proxy holds; a connection
+//! of a cluster with a breaker's `max_connections` holds one of its connection permits.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use h2::{Reason, SendStream};
+use http::header::{self, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version};
+use http_body::Body as _;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::either::Either;
+
+use super::body::{BodyTooLarge, ClientBodyError, ProxyBody, UpstreamBody};
+use super::grpc;
+use super::h2_body::H2Body;
+use super::h2_server::send_data;
+use super::headers::content_length;
+use super::upstream::{open, send_on_opened, Dial, Failed, PoolKey, UpstreamError};
+use super::upstream_conn::{ExchangeError, Stream};
+use crate::fast_hash::FastMap;
+use crate::table::{Breaker, Overflow};
+use crate::tls::upstream::UpstreamTlsConfig;
+
+/// A quiet connection is PINGed this often; one unanswered for [`PING_TIMEOUT`] ends it.
+const PING_INTERVAL: Duration = Duration::from_secs(30);
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// Until the endpoint's SETTINGS say otherwise (RFC 9113 recommends at least 100).
+const INITIAL_MAX_STREAMS: usize = 100;
+const STREAM_WINDOW: u32 = 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+/// Connections kept per endpoint and worker thread (more are opened when these are full, and
+/// closed once their streams end).
+const MAX_POOLED_PER_ENDPOINT: usize = 8;
+
+static TE: HeaderName = header::TE;
+
+/// One HTTP/2 connection to an endpoint, as the pool holds it.
+#[derive(Clone)]
+struct H2Conn {
+    send: SendRequest<Bytes>,
+    state: Arc<ConnState>,
+}
+
+#[derive(Default)]
+struct ConnState {
+    /// The driver ended (GOAWAY, error, PING timeout): no new streams.
+    closed: AtomicBool,
+    /// Streams open on it from this side.
+    streams: AtomicUsize,
+}
+
+impl H2Conn {
+    fn has_room(&self) -> bool {
+        !self.state.closed.load(Ordering::Relaxed)
+            && self.state.streams.load(Ordering::Relaxed) < self.send.current_max_send_streams()
+    }
+}
+
+/// A stream counted on its connection until dropped (with the response body that holds it).
+pub struct StreamSlot(Arc<ConnState>);
+
+impl StreamSlot {
+    fn take(state: &Arc<ConnState>) -> StreamSlot {
+        state.streams.fetch_add(1, Ordering::Relaxed);
+        StreamSlot(state.clone())
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+thread_local! {
+    static POOL: RefCell<FastMap<PoolKey, Vec<H2Conn>>> = RefCell::new(FastMap::default());
+}
+
+/// A pooled connection to `key` with a free stream, dropping the closed ones on the way.
+fn checkout(key: PoolKey) -> Option<H2Conn> {
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let conns = pool.get_mut(&key)?;
+        conns.retain(|c| !c.state.closed.load(Ordering::Relaxed));
+        conns.iter().find(|c| c.has_room()).cloned()
+    })
+}
+
+fn pool(key: PoolKey, conn: &H2Conn) {
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let conns = pool.entry(key).or_default();
+        conns.retain(|c| !c.state.closed.load(Ordering::Relaxed));
+        if conns.len() < MAX_POOLED_PER_ENDPOINT {
+            conns.push(conn.clone());
+        }
+    })
+}
+
+/// Whether requests of a `protocol: auto` cluster to this endpoint go over HTTP/2: until its
+/// ALPN answer says otherwise (remembered per worker thread for [`ALPN_MEMORY`]).
+pub fn auto_tries_h2(endpoint: SocketAddr, dial: Dial<'_>) -> bool {
+    let key: PoolKey = (endpoint, dial.tls.map_or(0, UpstreamTlsConfig::id));
+    CHOSE_HTTP1.with(|m| m.borrow().get(&key).is_none_or(|at| at.elapsed() > ALPN_MEMORY))
+}
+
+/// How long an endpoint's ALPN choice of HTTP/1.1 is taken as its answer.
+const ALPN_MEMORY: Duration = Duration::from_secs(600);
+
+thread_local! {
+    /// Endpoints of `auto` clusters whose ALPN answer was HTTP/1.1, and when.
+    static CHOSE_HTTP1: RefCell<FastMap<PoolKey, std::time::Instant>> = RefCell::new(FastMap::default());
+}
+
+/// Sends `req` (origin-form target, `Host` set, the header lines `forwarding` to add) to
+/// `endpoint` over HTTP/2 (`:scheme` https when `dial` has TLS). `auto`: an endpoint whose ALPN
+/// answer is HTTP/1.1 gets the request over that connection as HTTP/1.1.
+pub async fn request(
+    endpoint: SocketAddr,
+    dial: Dial<'_>,
+    breaker: Option<&Arc<Breaker>>,
+    req: Request<ProxyBody>,
+    forwarding: &[u8],
+    auto: bool,
+) -> Result<Response<UpstreamBody>, Failed> {
+    let key: PoolKey = (endpoint, dial.tls.map_or(0, UpstreamTlsConfig::id));
+    let conn = match checkout(key) {
+        Some(c) => c,
+        None => match Box::pin(connect(endpoint, dial, breaker, auto)).await {
+            Ok(Connected::H2(c)) => {
+                pool(key, &c);
+                c
+            }
+            Ok(Connected::Http1(stream, permit)) => {
+                CHOSE_HTTP1.with(|m| m.borrow_mut().insert(key, std::time::Instant::now()));
+                let limited = breaker.filter(|b| b.limits_connections()).cloned();
+                let sent = send_on_opened(key, stream, permit, limited, req, forwarding).await;
+                return sent.map(|r| r.map(UpstreamBody::H1));
+            }
+            Err(e) => return Err(Failed::unsent(e, req)),
+        },
+    };
+    let slot = StreamSlot::take(&conn.state);
+    let mut send = match conn.send.clone().ready().await {
+        Ok(s) => s,
+        Err(e) => {
+            conn.state.closed.store(true, Ordering::Relaxed);
+            return Err(Failed::unsent(UpstreamError::Refused(e), req));
+        }
+    };
+    let (parts, body) = req.into_parts();
+    let head = h2_head(parts, endpoint, dial.tls.is_some(), forwarding);
+    let end = body.is_end_stream();
+    let (response, stream) = match send.send_request(head, end) {
+        Ok(r) => r,
+        Err(e) => {
+            conn.state.closed.store(true, Ordering::Relaxed);
+            return Err(Failed { error: UpstreamError::Refused(e), unsent: None });
+        }
+    };
+    let pump = (!end).then(|| tokio::spawn(pump_body(body, stream)));
+    let resp = match response.await {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(p) = pump {
+                // A body that failed on the client's side (or passed its limit) says why.
+                if let Ok(Some(client)) = p.await {
+                    return Err(Failed { error: client, unsent: None });
+                }
+            }
+            let unprocessed = e.reason() == Some(Reason::REFUSED_STREAM) || (e.is_go_away() && e.is_remote());
+            let error = if unprocessed { UpstreamError::Refused(e) } else { UpstreamError::H2(e) };
+            return Err(Failed { error, unsent: None });
+        }
+    };
+    let (parts, recv) = resp.into_parts();
+    let length = content_length(&parts.headers);
+    Ok(Response::from_parts(parts, UpstreamBody::H2(Box::new(H2Body::response(recv, length, slot)))))
+}
+
+/// The request head as HTTP/2 sends it: `:scheme` and `:authority` (from `Host`) in the URI,
+/// the forwarding headers added, `te: trailers` for gRPC (which the hop-by-hop pass removed).
+fn h2_head(parts: http::request::Parts, endpoint: SocketAddr, tls: bool, forwarding: &[u8]) -> Request<()> {
+    let mut parts = parts;
+    let authority = parts.headers.remove(header::HOST).and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok());
+    let authority = authority.unwrap_or_else(|| {
+        http::uri::Authority::try_from(endpoint.to_string()).unwrap_or(http::uri::Authority::from_static("localhost"))
+    });
+    let path = parts.uri.path_and_query().cloned().unwrap_or(PathAndQuery::from_static("/"));
+    let scheme = if tls { Scheme::HTTPS } else { Scheme::HTTP };
+    parts.uri = Uri::builder().scheme(scheme).authority(authority).path_and_query(path).build().unwrap_or_default();
+    parts.version = Version::HTTP_2;
+    for line in forwarding.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+        if let (Ok(n), Ok(v)) =
+            (HeaderName::from_bytes(&line[..colon]), HeaderValue::from_bytes(line[colon + 1..].trim_ascii()))
+        {
+            parts.headers.append(n, v);
+        }
+    }
+    if grpc::is_grpc(&parts.headers) {
+        parts.headers.insert(TE.clone(), HeaderValue::from_static("trailers"));
+    }
+    Request::from_parts(parts, ())
+}
+
+/// Sends the request body on its stream as the endpoint's window allows, trailers included.
+/// Returns the client's error when the body failed on the client's side.
+async fn pump_body(body: ProxyBody, mut stream: SendStream<Bytes>) -> Option<UpstreamError> {
+    let mut body = pin!(body);
+    loop {
+        let frame = poll_fn(|cx| {
+            if stream.poll_reset(cx).is_ready() {
+                return std::task::Poll::Ready(None);
+            }
+            body.as_mut().poll_frame(cx).map(Some)
+        })
+        .await;
+        let frame = frame?;
+        match frame {
+            None => {
+                let _ = stream.send_data(Bytes::new(), true);
+                return None;
+            }
+            Some(Err(e)) => {
+                stream.send_reset(Reason::CANCEL);
+                let client = e.is::<ClientBodyError>() || e.is::<BodyTooLarge>();
+                return client.then(|| UpstreamError::Exchange(ExchangeError::Body(e)));
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    let end = body.is_end_stream();
+                    if send_data(&mut stream, data, end).await.is_err() || end {
+                        return None;
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(t) = frame.into_trailers() {
+                        let _ = stream.send_trailers(t);
+                    }
+                    return None;
+                }
+            },
+        }
+    }
+}
+
+enum Connected {
+    H2(H2Conn),
+    /// `auto`: ALPN chose HTTP/1.1 (the connection's breaker permit comes along).
+    Http1(Stream, Option<OwnedSemaphorePermit>),
+}
+
+/// A new HTTP/2 connection: TCP, TLS (ALPN must pick h2 unless `auto`), the preface, and its
+/// driver task.
+async fn connect(
+    endpoint: SocketAddr,
+    dial: Dial<'_>,
+    breaker: Option<&Arc<Breaker>>,
+    auto: bool,
+) -> Result<Connected, UpstreamError> {
+    let permit = match breaker.filter(|b| b.limits_connections()) {
+        Some(b) => match b.try_connection() {
+            Some(p) => Some(p),
+            None => return Err(UpstreamError::Overflow(b.overflowed(Overflow::Connections))),
+        },
+        None => None,
+    };
+    let stream = open(endpoint, dial).await.map_err(UpstreamError::Connect)?;
+    if let Either::Right(tls) = &stream {
+        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+            if auto {
+                return Ok(Connected::Http1(stream, permit));
+            }
+            let e = std::io::Error::other("the endpoint did not choose h2 by ALPN");
+            return Err(UpstreamError::Connect(e));
+        }
+    }
+    let mut builder = h2::client::Builder::new();
+    builder
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_max_send_streams(INITIAL_MAX_STREAMS)
+        .enable_push(false);
+    let (send, connection) = match builder.handshake::<_, Bytes>(stream).await {
+        Ok(c) => c,
+        Err(e) => return Err(UpstreamError::Connect(std::io::Error::other(e))),
+    };
+    let state = Arc::new(ConnState::default());
+    tokio::spawn(drive(connection, state.clone(), permit));
+    Ok(Connected::H2(H2Conn { send, state }))
+}
+
+/// Runs a connection until it ends, PINGing the endpoint when quiet.
+async fn drive<T>(
+    connection: h2::client::Connection<T, Bytes>,
+    state: Arc<ConnState>,
+    _permit: Option<OwnedSemaphorePermit>,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut connection = connection;
+    let mut pings = connection.ping_pong();
+    let mut connection = pin!(connection);
+    loop {
+        tokio::select! {
+            r = &mut connection => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "upstream h2 connection ended");
+                }
+                break;
+            }
+            () = tokio::time::sleep(PING_INTERVAL) => {
+                let Some(p) = pings.as_mut() else { continue };
+                let pong = tokio::time::timeout(PING_TIMEOUT, p.ping(h2::Ping::opaque()));
+                tokio::select! {
+                    _ = &mut connection => break,
+                    r = pong => if !matches!(r, Ok(Ok(_))) {
+                        tracing::debug!("upstream h2 endpoint missed a PING");
+                        break;
+                    },
+                }
+            }
+        }
+    }
+    state.closed.store(true, Ordering::Relaxed);
+}
