@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the load benchmarks need on Debian/Ubuntu: the peers (nginx with its stream module,
-# HAProxy), the load tool (wrk), perf and valgrind for profiles. Idempotent.
+# HAProxy), the load tools (wrk; h2load for HTTP/2), perf and valgrind for profiles. Idempotent.
 set -euo pipefail
 need=()
 command -v nginx >/dev/null || need+=(nginx)
@@ -10,6 +10,7 @@ command -v wrk >/dev/null || need+=(wrk)
 command -v openssl >/dev/null || need+=(openssl)
 command -v valgrind >/dev/null || need+=(valgrind)
 command -v perf >/dev/null || need+=(linux-perf)
+command -v h2load >/dev/null || need+=(nghttp2-client)
 if ((${#need[@]})); then
   sudo=""; [[ $(id -u) -eq 0 ]] || sudo=sudo
   $sudo apt-get update -qq

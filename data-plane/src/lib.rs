@@ -2,9 +2,9 @@
 //! swapped in with one `ArcSwap::store`) and the config stream client.
 //!
 //! [`Node`] is the whole runtime; `sluice proxy` and `sluice dev` start one. Life of a request:
-//! `listeners` accepts, `http::guard` checks each request head on the raw bytes, hyper parses it,
-//! `http::proxy` loads the installed table once, routes, picks an endpoint and forwards through
-//! the pooled client of `http::upstream`. Life of a config: `stream_client` receives a snapshot,
+//! `listeners` accepts, `http::downstream` reads the request (HTTP/1.1 heads checked and parsed
+//! once by `http::codec`, or HTTP/2 streams), `http::proxy` loads the installed table once,
+//! routes, picks an endpoint and forwards through the pooled clients of `http::upstream`. Life of a config: `stream_client` receives a snapshot,
 //! `install` validates, compiles, binds new listeners, swaps, persists (`cache`) and acknowledges.
 
 mod access_log;

@@ -384,7 +384,7 @@ impl Acceptor {
                         if https {
                             crate::tls::terminate::serve(stream, conn, phase).await;
                         } else {
-                            crate::http::server::serve_plain(stream, conn, phase).await;
+                            crate::http::downstream::h1::serve_plain(stream, conn, phase).await;
                         }
                         drop(active);
                     }

@@ -26,14 +26,19 @@ fn full() -> Config {
             r#"{"lb_policy":"maglev","endpoints":[{"address":"127.0.0.1:5432"},{"address":"127.0.0.1:5433","backup":true,"max_connections":50}],"health_check":{"tcp":{}},"close_connections_on_health_change":true,
             "connect_timeout_ms":250}"#,
         ),
-        ("web", r#"{"lb_policy":"ring_hash"}"#),
-        ("empty", r#"{"lb_policy":"random","endpoints":[]}"#),
+        ("web", r#"{"lb_policy":"ring_hash","protocol":"http2","health_check":{"grpc":{"service":"web.v1"}}}"#),
+        ("empty", r#"{"lb_policy":"random","endpoints":[],"protocol":"auto"}"#),
     ] {
         c.clusters.insert(name.into(), parse_json(json.as_bytes()).unwrap());
     }
     for (name, json) in [
         ("web", r#"{"address":"127.0.0.1:8080","protocol":"http"}"#),
-        ("secure", r#"{"address":"127.0.0.1:8443","protocol":"https","certificates":["shop"],"group":"edge"}"#),
+        (
+            "secure",
+            r#"{"address":"127.0.0.1:8443","protocol":"https","certificates":["shop"],"group":"edge","http_versions":["http2"],
+            "http2":{"max_concurrent_streams":50,"max_header_list_bytes":32768,"initial_stream_window_bytes":131072,
+            "initial_connection_window_bytes":1048576,"idle_timeout_ms":60000,"max_connection_age_ms":3600000}}"#,
+        ),
         (
             "pg",
             r#"{"address":"127.0.0.1:15432","protocol":"tcp","cluster":"db","idle_timeout_ms":60000,"hash_on":{"source_ip":true},"proxy_protocol":"v2","accept_proxy_protocol":true,"tcp_keepalive":{"idle_ms":30000},"proxy_protocol_from":["10.0.0.0/8"]}"#,

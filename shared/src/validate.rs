@@ -651,6 +651,51 @@ mod tests {
     }
 
     #[test]
+    fn http2_listener_and_cluster_fields() {
+        let field =
+            |json: &str| parse_json::<Listener>(json.as_bytes()).unwrap().validate().err().and_then(|e| e.field);
+        let http = r#""address":"127.0.0.1:8080","protocol":"http""#;
+        assert_eq!(field(&format!(r#"{{{http},"http_versions":["http1","http2"]}}"#)), None);
+        assert_eq!(
+            field(&format!(r#"{{{http},"http2":{{"max_concurrent_streams":1,"max_header_list_bytes":1024}}}}"#)),
+            None
+        );
+        assert_eq!(
+            field(&format!(r#"{{{http},"http_versions":["http2","http2"]}}"#)).as_deref(),
+            Some("http_versions[1]")
+        );
+        for (json, want) in [
+            (r#"{"max_concurrent_streams":0}"#, "http2.max_concurrent_streams"),
+            (r#"{"max_concurrent_streams":10001}"#, "http2.max_concurrent_streams"),
+            (r#"{"max_header_list_bytes":100}"#, "http2.max_header_list_bytes"),
+            (r#"{"initial_stream_window_bytes":1000}"#, "http2.initial_stream_window_bytes"),
+            (r#"{"initial_connection_window_bytes":2147483648}"#, "http2.initial_connection_window_bytes"),
+            (r#"{"idle_timeout_ms":0}"#, "http2.idle_timeout_ms"),
+            (r#"{"max_connection_age_ms":0}"#, "http2.max_connection_age_ms"),
+        ] {
+            assert_eq!(field(&format!(r#"{{{http},"http2":{json}}}"#)).as_deref(), Some(want), "{json}");
+        }
+        let tcp = r#""address":"127.0.0.1:5432","protocol":"tcp","cluster":"db""#;
+        assert_eq!(field(&format!(r#"{{{tcp},"http_versions":["http1"]}}"#)).as_deref(), Some("http_versions"));
+        assert_eq!(field(&format!(r#"{{{tcp},"http2":{{}}}}"#)).as_deref(), Some("http2"));
+        assert!(parse_json::<Listener>(format!(r#"{{{http},"http_versions":["h3"]}}"#).as_bytes()).is_err());
+
+        let cluster =
+            |json: &str| parse_json::<Cluster>(json.as_bytes()).unwrap().validate().err().and_then(|e| e.field);
+        for p in ["http1", "http2", "auto"] {
+            assert_eq!(cluster(&format!(r#"{{"protocol":"{p}"}}"#)), None);
+        }
+        assert!(parse_json::<Cluster>(br#"{"protocol":"h2"}"#).is_err());
+        assert_eq!(cluster(r#"{"health_check":{"grpc":{}}}"#), None);
+        assert_eq!(cluster(r#"{"health_check":{"grpc":{"service":"a.b.Svc"}}}"#), None);
+        assert_eq!(cluster(r#"{"health_check":{"grpc":{},"tcp":{}}}"#).as_deref(), Some("health_check"));
+        assert_eq!(
+            cluster("{\"health_check\":{\"grpc\":{\"service\":\"a\\u0001\"}}}").as_deref(),
+            Some("health_check.grpc.service")
+        );
+    }
+
+    #[test]
     fn l4_listener_fields() {
         let field =
             |json: &str| parse_json::<Listener>(json.as_bytes()).unwrap().validate().err().and_then(|e| e.field);

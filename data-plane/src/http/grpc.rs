@@ -8,6 +8,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 
 use super::body::ProxyBody;
+pub use super::codec::headers::is_grpc;
 use super::errors::ProxyError;
 
 pub static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
@@ -23,11 +24,6 @@ pub enum Code {
     Unimplemented = 12,
     Internal = 13,
     Unavailable = 14,
-}
-
-/// Whether a request is a gRPC call (gRPC-Web included: it reads the status the same way).
-pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 /// The status a gRPC client gets for an answer the proxy makes itself.

@@ -1,31 +1,27 @@
-//! The L7 proxy: HTTP/1.1 with strict request-head checks, our own server and upstream client.
+//! The L7 proxy, HTTP/1.1 and HTTP/2, in layers that import one way:
+//!
+//! ```text
+//!  downstream/  client connections: h1.rs (our HTTP/1.1 server loop), h2.rs (HTTP/2 streams)
+//!      │
+//!      ▼
+//!  proxy/       the one request pipeline, in phases (route, choose the upstream, prepare,
+//!      │        tries and retries, finish); body.rs, errors.rs, grpc.rs, sticky.rs,
+//!      │        redirect.rs, tunnel.rs beside it
+//!      ▼
+//!  upstream/    endpoint connections: mod.rs (client and pools), h1.rs (the HTTP/1.1 exchange),
+//!      │        head.rs (its response head), h2.rs (multiplexed HTTP/2)
+//!      ▼
+//!  codec/       framing both sides share: request heads, chunked bodies, headers, response
+//!               heads, the client's request body, HTTP/2 bodies
+//! ```
 
 pub mod body;
-pub mod chunked;
+pub mod codec;
+pub mod downstream;
 pub mod errors;
 mod grpc;
-mod h2_body;
-pub mod h2_server;
-pub mod head;
-pub mod headers;
 pub mod proxy;
 pub mod redirect;
-pub mod request_body;
-pub mod response_head;
-pub mod server;
 pub mod sticky;
 pub mod tunnel;
 pub mod upstream;
-pub mod upstream_conn;
-mod upstream_h2;
-mod upstream_head;
-#[cfg(test)]
-mod upstream_tests;
-
-/// Whether an `Upgrade` value makes the proxy switch protocols with the endpoint (a WebSocket and
-/// the like). Not `h2c`: the proxy speaks HTTP/1.1 to endpoints and routes every request, so an
-/// HTTP/2 upgrade is ignored (the request is served as HTTP/1.1), as RFC 9110 §7.8 allows.
-pub(crate) fn switches_protocol(upgrade: &[u8]) -> bool {
-    let v = upgrade.trim_ascii();
-    !v.is_empty() && !v.eq_ignore_ascii_case(b"h2c")
-}

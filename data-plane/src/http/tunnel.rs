@@ -12,9 +12,9 @@ use http_body::Body as _;
 use tokio::io::AsyncWriteExt;
 
 use super::body::ProxyBody;
-use super::headers::strip_hop_by_hop;
-use super::request_body::{ClientStream, RequestBody};
-use super::upstream_conn::{ResponseBody, Stream};
+use super::codec::headers::strip_hop_by_hop;
+use super::codec::request_body::{ClientStream, RequestBody};
+use super::upstream::h1::{ResponseBody, Stream};
 use crate::listeners::Phase;
 use crate::phase_watch::PhaseWatch;
 use crate::table::{EndpointGuard, RequestPermit};
@@ -25,7 +25,7 @@ pub fn upgrade_protocol(req: &Request<RequestBody>) -> Option<HeaderValue> {
     if req.version() != Version::HTTP_11 || !req.body().is_end_stream() {
         return None;
     }
-    req.headers().get(header::UPGRADE).filter(|v| super::switches_protocol(v.as_bytes())).cloned()
+    req.headers().get(header::UPGRADE).filter(|v| super::codec::switches_protocol(v.as_bytes())).cloned()
 }
 
 /// What a 101 hands the server: the endpoint's connection, the bytes it sent right behind its

@@ -33,9 +33,9 @@ pub async fn serve(stream: TcpStream, conn: Arc<ConnCtx>, phase: watch::Receiver
         None => !opts.http1,
     };
     if h2 {
-        crate::http::h2_server::serve(tls, conn, phase, opts).await;
+        crate::http::downstream::h2::serve(tls, conn, phase, opts).await;
     } else {
-        crate::http::server::serve(tokio_util::either::Either::Right(Box::new(tls)), conn, phase).await;
+        crate::http::downstream::h1::serve(tokio_util::either::Either::Right(Box::new(tls)), conn, phase).await;
     }
 }
 

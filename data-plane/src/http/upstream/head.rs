@@ -8,10 +8,10 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::response::Parts;
 use http::{Response, StatusCode, Version};
 
-use super::chunked::{ChunkScan, Framed};
-use super::head::{parse_length, tokens, MAX_HEAD, MAX_HEADERS};
-use super::headers::{is_hop_by_hop, push_header, strip_hop_by_hop};
-use super::upstream_conn::ExchangeError;
+use super::h1::ExchangeError;
+use crate::http::codec::chunked::{ChunkScan, Framed};
+use crate::http::codec::head::{parse_length, tokens, MAX_HEAD, MAX_HEADERS};
+use crate::http::codec::headers::{is_hop_by_hop, push_header, strip_hop_by_hop, PassedHead};
 
 /// What the request leads the response to be.
 #[derive(Debug, Clone, Copy)]
@@ -206,32 +206,6 @@ pub struct BodyFraming {
     pub(super) passed: PassedHead,
 }
 
-/// An endpoint's response headers as they go to the client: its header lines, hop-by-hop ones
-/// left out (empty when they went into the response's map instead).
-#[derive(Debug, Default)]
-pub struct PassedHead {
-    lines: Vec<u8>,
-    has_length: bool,
-    has_date: bool,
-}
-
-impl PassedHead {
-    /// Header lines, each ending in CRLF.
-    pub fn lines(&self) -> &[u8] {
-        &self.lines
-    }
-
-    /// The lines carry a `Content-Length`.
-    pub fn has_length(&self) -> bool {
-        self.has_length
-    }
-
-    /// The lines carry a `Date`.
-    pub fn has_date(&self) -> bool {
-        self.has_date
-    }
-}
-
 #[cfg(test)]
-#[path = "upstream_head_properties.rs"]
+#[path = "head_properties.rs"]
 mod properties;

@@ -18,10 +18,10 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::either::Either;
 use tokio_util::io::poll_read_buf;
 
-use super::body::{BoxError, ClientBodyError};
 use super::chunked::{ChunkScan, Framed, Taken};
 use super::h2_body::H2Body;
 use super::head::Framing;
+use super::{BoxError, ClientBodyError};
 
 /// A client connection, plaintext or TLS-terminated.
 pub type ClientStream = Either<TcpStream, Box<TlsStream<TcpStream>>>;

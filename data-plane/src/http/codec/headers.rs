@@ -36,7 +36,7 @@ pub fn origin_form(uri: Uri) -> Uri {
 }
 
 /// The forwarding headers of one request, encoded once as header lines; every try writes them
-/// after the request's own headers (`upstream_conn::encode_head`). Kept out of the map: inserting
+/// after the request's own headers (`upstream::h1::encode_head`). Kept out of the map: inserting
 /// four headers into it cost about 1,200 instructions a request (callgrind), writing them costs a
 /// copy.
 #[derive(Debug, Default)]
@@ -197,6 +197,37 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// The announced body size (the head guard already refused conflicting or malformed ones).
 pub fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Whether a request is a gRPC call (gRPC-Web included: it reads the status the same way).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// An endpoint's response headers as they go to the client: its header lines, hop-by-hop ones
+/// left out (empty when they went into the response's map instead).
+#[derive(Debug, Default)]
+pub struct PassedHead {
+    pub(in crate::http) lines: Vec<u8>,
+    pub(in crate::http) has_length: bool,
+    pub(in crate::http) has_date: bool,
+}
+
+impl PassedHead {
+    /// Header lines, each ending in CRLF.
+    pub fn lines(&self) -> &[u8] {
+        &self.lines
+    }
+
+    /// The lines carry a `Content-Length`.
+    pub fn has_length(&self) -> bool {
+        self.has_length
+    }
+
+    /// The lines carry a `Date`.
+    pub fn has_date(&self) -> bool {
+        self.has_date
+    }
 }
 
 #[cfg(test)]

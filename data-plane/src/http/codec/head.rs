@@ -1,4 +1,4 @@
-//! Parsing a raw HTTP/1.1 request head, once, with strict checks (see `server.rs`).
+//! Parsing a raw HTTP/1.1 request head, once, with strict checks (see `downstream/h1.rs`).
 //!
 //! Lenient parsers let some ambiguous requests through: with both `Content-Length` and
 //! `Transfer-Encoding` they silently prefer chunked, they allow request lines up to 64 KiB, and
@@ -271,7 +271,7 @@ fn framing(
 }
 
 /// The non-empty items of a comma-separated header value, trimmed.
-pub(super) fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
     v.split(|&b| b == b',').map(trim).filter(|t| !t.is_empty())
 }
 
@@ -282,7 +282,7 @@ fn trim(v: &[u8]) -> &[u8] {
 }
 
 /// `1*DIGIT` and nothing else: no sign, no list, no hex; at most 18 digits so it cannot overflow.
-pub(super) fn parse_length(v: &[u8]) -> Option<u64> {
+pub(crate) fn parse_length(v: &[u8]) -> Option<u64> {
     let v = trim(v);
     if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
         return None;

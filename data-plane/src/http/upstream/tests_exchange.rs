@@ -14,9 +14,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use super::body::ProxyBody;
-use super::upstream::{client, Dial, Failed};
-use super::upstream_conn::ResponseBody;
+use super::h1::ResponseBody;
+use super::{client, Dial, Failed};
+use crate::http::codec::outgoing::RequestOut;
 
 /// What the endpoint does with the next request it reads.
 enum Step {
@@ -126,21 +126,21 @@ async fn read_request(s: &mut TcpStream) -> Option<Vec<u8>> {
     Some(req)
 }
 
-fn request(method: Method, body: Option<&'static str>) -> Request<ProxyBody> {
+fn request(method: Method, body: Option<&'static str>) -> Request<RequestOut> {
     let mut b = Request::builder().method(method).uri("/p?q=1").header("host", "x");
     if let Some(body) = body {
         b = b.header("content-length", body.len());
     }
-    b.body(body.map_or(ProxyBody::Empty, |s| ProxyBody::Buffered(Some(Bytes::from_static(s.as_bytes()))))).unwrap()
+    b.body(body.map_or(RequestOut::Empty, |s| RequestOut::Buffered(Some(Bytes::from_static(s.as_bytes()))))).unwrap()
 }
 
-async fn send(addr: SocketAddr, req: Request<ProxyBody>) -> Result<Response<ResponseBody>, Failed> {
+async fn send(addr: SocketAddr, req: Request<RequestOut>) -> Result<Response<ResponseBody>, Failed> {
     client().request(addr, Dial::default(), None, req, &[]).await
 }
 
 /// One exchange read to its end: the status, the headers as the client gets them (the map's and
 /// the lines passed through) and the body.
-async fn exchange(addr: SocketAddr, req: Request<ProxyBody>) -> (u16, http::HeaderMap, String) {
+async fn exchange(addr: SocketAddr, req: Request<RequestOut>) -> (u16, http::HeaderMap, String) {
     let Ok(resp) = send(addr, req).await else { panic!("request failed") };
     let (mut head, body) = resp.into_parts();
     let lines = String::from_utf8(body.passed_head().lines().to_vec()).unwrap();

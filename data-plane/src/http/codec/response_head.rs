@@ -11,7 +11,7 @@ use http_body::SizeHint;
 
 use super::head::tokens;
 use super::headers::push_header;
-use super::upstream_conn::PassedHead;
+use super::headers::PassedHead;
 
 /// How the body after a head is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

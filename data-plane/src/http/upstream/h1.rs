@@ -29,13 +29,14 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::either::Either;
 use tokio_util::io::poll_read_buf;
 
-use super::body::{BoxError, ProxyBody};
-use super::chunked::{push_chunk, Taken, LAST_CHUNK};
-use super::head::worth_parsing;
-use super::headers::push_header;
-use super::upstream::Lease;
-use super::upstream_head::{parse_response_head, BodyState, Expect};
-pub use super::upstream_head::{BodyFraming, PassedHead};
+pub use super::head::BodyFraming;
+use super::head::{parse_response_head, BodyState, Expect};
+use super::Lease;
+use crate::http::codec::chunked::{push_chunk, Taken, LAST_CHUNK};
+use crate::http::codec::head::worth_parsing;
+use crate::http::codec::headers::{push_header, PassedHead};
+use crate::http::codec::outgoing::RequestOut;
+use crate::http::codec::BoxError;
 
 /// A connection to an endpoint, plaintext or TLS.
 pub type Stream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
@@ -60,11 +61,11 @@ pub enum ExchangeError {
 /// A failed [`Conn::send`].
 pub enum SendError {
     /// Not a byte was written (the connection was closed meanwhile): the request can go elsewhere.
-    Unsent(Request<ProxyBody>, io::Error),
+    Unsent(Request<RequestOut>, io::Error),
     /// An idempotent request held whole in memory met a connection that closed before a byte of
     /// answer: on a pooled connection that is the endpoint closing it as idle just as the request
     /// left (RFC 9112 §9.3.1 lets such a request be sent again).
-    Dropped(Request<ProxyBody>, ExchangeError),
+    Dropped(Request<RequestOut>, ExchangeError),
     Failed(ExchangeError),
 }
 
@@ -115,7 +116,7 @@ impl Conn {
     /// builds with [`ResponseBody::new`].
     pub async fn send(
         &mut self,
-        req: Request<ProxyBody>,
+        req: Request<RequestOut>,
         forwarding: &[u8],
     ) -> Result<(Parts, BodyFraming), SendError> {
         self.keep_alive = false;
@@ -123,7 +124,7 @@ impl Conn {
         self.wbuf.clear();
         let chunked = encode_head(&mut self.wbuf, &req, forwarding);
         let mut body_done = req.body().is_end_stream();
-        if let ProxyBody::Buffered(Some(b)) | ProxyBody::Static(Some(b)) = req.body() {
+        if let Some(b) = req.body().in_memory() {
             // Already in memory (and announced by Content-Length): out with the head in one write.
             if !chunked {
                 self.wbuf.extend_from_slice(b);
@@ -140,7 +141,7 @@ impl Conn {
         let mut out = Outgoing { written, chunked, body_done, flushed: false, failed: None, head_seen: 0 };
         if body_done {
             // The whole request is in the write buffer: keep it for a resend.
-            let result = poll_fn(|cx| self.poll_exchange(cx, &mut ProxyBody::Empty, &mut out, expect)).await;
+            let result = poll_fn(|cx| self.poll_exchange(cx, &mut RequestOut::Empty, &mut out, expect)).await;
             return match result {
                 Err(e) if e.is_dropped_connection() && is_idempotent(req.method()) => Err(SendError::Dropped(req, e)),
                 r => r.map_err(SendError::Failed),
@@ -154,7 +155,7 @@ impl Conn {
     fn poll_exchange(
         &mut self,
         cx: &mut Context<'_>,
-        body: &mut ProxyBody,
+        body: &mut RequestOut,
         out: &mut Outgoing,
         expect: Expect,
     ) -> Poll<Result<(Parts, BodyFraming), ExchangeError>> {
@@ -205,7 +206,7 @@ impl Conn {
     fn poll_write_request(
         &mut self,
         cx: &mut Context<'_>,
-        body: &mut ProxyBody,
+        body: &mut RequestOut,
         out: &mut Outgoing,
     ) -> Result<bool, ExchangeError> {
         let stream = Pin::new(&mut self.stream);
@@ -311,7 +312,7 @@ struct Outgoing {
 
 /// Writes the request line, the headers and the `forwarding` lines; returns whether the body goes
 /// chunked (a body of unknown length: the client sent it chunked).
-fn encode_head(buf: &mut Vec<u8>, req: &Request<ProxyBody>, forwarding: &[u8]) -> bool {
+fn encode_head(buf: &mut Vec<u8>, req: &Request<RequestOut>, forwarding: &[u8]) -> bool {
     buf.extend_from_slice(req.method().as_str().as_bytes());
     buf.push(b' ');
     buf.extend_from_slice(req.uri().path_and_query().map_or("/", |p| p.as_str()).as_bytes());

@@ -33,11 +33,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::body::ProxyBody;
-use super::headers::content_length;
-use super::proxy::{self, Downstream};
-use super::request_body::RequestBody;
-use super::upstream_conn::PassedHead;
+use crate::http::body::ProxyBody;
+use crate::http::codec::h2_body::send_data;
+use crate::http::codec::headers::{content_length, PassedHead};
+use crate::http::codec::request_body::RequestBody;
+use crate::http::proxy::{self, Downstream};
 use crate::lazy_timer::LazyTimer;
 use crate::listeners::Phase;
 use crate::phase_watch::PhaseWatch;
@@ -281,27 +281,6 @@ async fn send_body(mut send: SendStream<Bytes>, body: ProxyBody, mut watch: Phas
             },
         }
     }
-}
-
-/// Sends `data` in pieces the stream's and connection's windows take, waiting for them to open.
-pub(super) async fn send_data(send: &mut SendStream<Bytes>, mut data: Bytes, end: bool) -> Result<(), h2::Error> {
-    if data.is_empty() {
-        return if end { send.send_data(data, true) } else { Ok(()) };
-    }
-    while !data.is_empty() {
-        send.reserve_capacity(data.len());
-        let n = match poll_fn(|cx| send.poll_capacity(cx)).await {
-            Some(Ok(n)) => n,
-            Some(Err(e)) => return Err(e),
-            None => return Err(h2::Error::from(Reason::STREAM_CLOSED)),
-        };
-        if n == 0 {
-            continue;
-        }
-        let piece = data.split_to(n.min(data.len()));
-        send.send_data(piece, end && data.is_empty())?;
-    }
-    Ok(())
 }
 
 /// Headers an HTTP/2 message may not carry (RFC 9113 §8.2.2).

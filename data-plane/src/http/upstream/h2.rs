@@ -34,14 +34,13 @@ use http_body::Body as _;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::either::Either;
 
-use super::body::{BodyTooLarge, ClientBodyError, ProxyBody, UpstreamBody};
-use super::grpc;
-use super::h2_body::H2Body;
-use super::h2_server::send_data;
-use super::headers::content_length;
-use super::upstream::{open, send_on_opened, Dial, Failed, PoolKey, UpstreamError};
-use super::upstream_conn::{ExchangeError, Stream};
+use super::h1::{ExchangeError, Stream};
+use super::{open, send_on_opened, Dial, Failed, PoolKey, UpstreamBody, UpstreamError};
 use crate::fast_hash::FastMap;
+use crate::http::codec::h2_body::{send_data, H2Body};
+use crate::http::codec::headers::{content_length, is_grpc};
+use crate::http::codec::outgoing::RequestOut;
+use crate::http::codec::{BodyTooLarge, ClientBodyError};
 use crate::table::{Breaker, Overflow};
 use crate::tls::upstream::UpstreamTlsConfig;
 
@@ -80,8 +79,15 @@ impl H2Conn {
     }
 }
 
+/// An endpoint's response over HTTP/2: its stream's body, and the stream's place on its
+/// connection, held until the body is done with.
+pub struct H2Response {
+    pub body: H2Body,
+    _slot: StreamSlot,
+}
+
 /// A stream counted on its connection until dropped (with the response body that holds it).
-pub struct StreamSlot(Arc<ConnState>);
+struct StreamSlot(Arc<ConnState>);
 
 impl StreamSlot {
     fn take(state: &Arc<ConnState>) -> StreamSlot {
@@ -143,7 +149,7 @@ pub async fn request(
     endpoint: SocketAddr,
     dial: Dial<'_>,
     breaker: Option<&Arc<Breaker>>,
-    req: Request<ProxyBody>,
+    req: Request<RequestOut>,
     forwarding: &[u8],
     auto: bool,
 ) -> Result<Response<UpstreamBody>, Failed> {
@@ -199,7 +205,8 @@ pub async fn request(
     };
     let (parts, recv) = resp.into_parts();
     let length = content_length(&parts.headers);
-    Ok(Response::from_parts(parts, UpstreamBody::H2(Box::new(H2Body::response(recv, length, slot)))))
+    let body = H2Response { body: H2Body::response(recv, length), _slot: slot };
+    Ok(Response::from_parts(parts, UpstreamBody::H2(Box::new(body))))
 }
 
 /// The request head as HTTP/2 sends it: `:scheme` and `:authority` (from `Host`) in the URI,
@@ -223,7 +230,7 @@ fn h2_head(parts: http::request::Parts, endpoint: SocketAddr, tls: bool, forward
             parts.headers.append(n, v);
         }
     }
-    if grpc::is_grpc(&parts.headers) {
+    if is_grpc(&parts.headers) {
         parts.headers.insert(TE.clone(), HeaderValue::from_static("trailers"));
     }
     Request::from_parts(parts, ())
@@ -231,7 +238,7 @@ fn h2_head(parts: http::request::Parts, endpoint: SocketAddr, tls: bool, forward
 
 /// Sends the request body on its stream as the endpoint's window allows, trailers included.
 /// Returns the client's error when the body failed on the client's side.
-async fn pump_body(body: ProxyBody, mut stream: SendStream<Bytes>) -> Option<UpstreamError> {
+async fn pump_body(body: RequestOut, mut stream: SendStream<Bytes>) -> Option<UpstreamError> {
     let mut body = pin!(body);
     loop {
         let frame = poll_fn(|cx| {

@@ -6,7 +6,7 @@
 //! the thread that finishes its response body; a connection the endpoint closed while idle is
 //! found at checkout (one read that would block tells it is still open) and skipped. A request
 //! that could not be written on a pooled connection (it closed meanwhile) is sent again on another
-//! one. The exchange itself is in `upstream_conn.rs`.
+//! one. The exchange itself is in `h1.rs` (HTTP/2: `h2.rs`).
 //!
 //! Clusters with a circuit breaker's `max_connections` are the exception: each of their
 //! connections holds a permit of the cluster's breaker for its whole life, and their idle
@@ -15,6 +15,12 @@
 //! idling on another thread. Such a connection finishing an exchange while requests wait goes
 //! straight to a request waiting for its endpoint, or is closed (handing its permit to a request
 //! waiting for another endpoint).
+
+pub mod h1;
+pub mod h2;
+mod head;
+#[cfg(test)]
+mod tests_exchange;
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -28,9 +34,18 @@ use tokio::net::TcpStream;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio_util::either::Either;
 
-use super::body::ProxyBody;
-use super::upstream_conn::{Conn, ExchangeError, ResponseBody, SendError, Stream};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+
+use self::h1::{Conn, ExchangeError, ResponseBody, SendError, Stream};
+use self::h2::H2Response;
 use crate::fast_hash::FastMap;
+use crate::http::codec::headers::PassedHead;
+use crate::http::codec::outgoing::RequestOut;
+use crate::http::codec::BoxError;
 use crate::table::{Breaker, Overflow};
 use crate::tls::upstream::UpstreamTlsConfig;
 
@@ -41,6 +56,44 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 /// Idle connections kept per endpoint and worker thread; more are closed when returned.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// An endpoint's response body, by the protocol spoken to it.
+pub enum UpstreamBody {
+    H1(ResponseBody),
+    /// Boxed: rarer, and the HTTP/1.1 path's bodies stay as small as they were.
+    H2(Box<H2Response>),
+}
+
+impl UpstreamBody {
+    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self {
+            UpstreamBody::H1(b) => Pin::new(b).poll_frame(cx),
+            UpstreamBody::H2(b) => b.body.poll_frame(cx),
+        }
+    }
+
+    pub fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::H1(b) => b.is_end_stream(),
+            UpstreamBody::H2(b) => b.body.is_end_stream(),
+        }
+    }
+
+    pub fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::H1(b) => b.size_hint(),
+            UpstreamBody::H2(b) => b.body.size_hint(),
+        }
+    }
+
+    /// An HTTP/1.1 endpoint's header lines, passed on as they came.
+    pub fn passed_head(&self) -> Option<&PassedHead> {
+        match self {
+            UpstreamBody::H1(b) => Some(b.passed_head()),
+            UpstreamBody::H2(_) => None,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -55,10 +108,10 @@ pub enum UpstreamError {
     /// An HTTP/2 endpoint refused the stream unprocessed (GOAWAY past it, REFUSED_STREAM): like a
     /// connect failure, it can be sent again whatever it is.
     #[error("stream refused: {0}")]
-    Refused(#[source] h2::Error),
+    Refused(#[source] ::h2::Error),
     /// The HTTP/2 exchange failed after the request went out.
     #[error("h2: {0}")]
-    H2(#[source] h2::Error),
+    H2(#[source] ::h2::Error),
 }
 
 impl UpstreamError {
@@ -77,11 +130,11 @@ impl UpstreamError {
 /// such a request can go to another endpoint whatever its body.
 pub struct Failed {
     pub error: UpstreamError,
-    pub unsent: Option<Request<ProxyBody>>,
+    pub unsent: Option<Request<RequestOut>>,
 }
 
 impl Failed {
-    pub(super) fn unsent(error: UpstreamError, req: Request<ProxyBody>) -> Failed {
+    pub(super) fn unsent(error: UpstreamError, req: Request<RequestOut>) -> Failed {
         Failed { error, unsent: Some(req) }
     }
 
@@ -226,7 +279,7 @@ async fn wait_for_connection(breaker: &Arc<Breaker>, addr: PoolKey) -> Option<Wa
 /// Sends `req` on the leased connection; the response body carries the lease.
 async fn send_on(
     mut lease: Lease,
-    req: Request<ProxyBody>,
+    req: Request<RequestOut>,
     forwarding: &[u8],
 ) -> Result<Response<ResponseBody>, SendError> {
     let (head, framing) = lease.conn.send(req, forwarding).await?;
@@ -269,7 +322,7 @@ impl UpstreamClient {
         &self,
         endpoint: SocketAddr,
         dial: Dial<'_>,
-        req: Request<ProxyBody>,
+        req: Request<RequestOut>,
         forwarding: &[u8],
     ) -> Result<Response<ResponseBody>, Failed> {
         let addr: PoolKey = (endpoint, dial.tls.map_or(0, UpstreamTlsConfig::id));
@@ -285,7 +338,7 @@ impl UpstreamClient {
         endpoint: SocketAddr,
         dial: Dial<'_>,
         breaker: Option<&Arc<Breaker>>,
-        mut req: Request<ProxyBody>,
+        mut req: Request<RequestOut>,
         forwarding: &[u8],
     ) -> Result<Response<ResponseBody>, Failed> {
         let addr: PoolKey = (endpoint, dial.tls.map_or(0, UpstreamTlsConfig::id));
@@ -338,7 +391,7 @@ pub(super) async fn send_on_opened(
     stream: Stream,
     permit: Option<OwnedSemaphorePermit>,
     limited: Option<Arc<Breaker>>,
-    req: Request<ProxyBody>,
+    req: Request<RequestOut>,
     forwarding: &[u8],
 ) -> Result<Response<ResponseBody>, Failed> {
     let conn = Box::new(Conn::new(stream, permit));
@@ -354,7 +407,7 @@ async fn send_on_new(
     dial: Dial<'_>,
     permit: Option<OwnedSemaphorePermit>,
     limited: Option<Arc<Breaker>>,
-    req: Request<ProxyBody>,
+    req: Request<RequestOut>,
     forwarding: &[u8],
 ) -> Result<Response<ResponseBody>, Failed> {
     let conn = match connect(addr.0, dial, permit).await {
@@ -439,7 +492,7 @@ mod tests {
 
     /// One exchange, its body read to the end (which returns the connection to the pool).
     async fn get(addr: SocketAddr) -> Bytes {
-        let req = Request::builder().uri("/").header("host", "x").body(ProxyBody::Empty).unwrap();
+        let req = Request::builder().uri("/").header("host", "x").body(RequestOut::Empty).unwrap();
         let Ok(resp) = client().request(addr, Dial::default(), None, req, &[]).await else { panic!("request failed") };
         resp.into_body().collect().await.unwrap().to_bytes()
     }

@@ -8,11 +8,13 @@
 use std::io;
 use std::task::{Context, Poll};
 
+use std::future::poll_fn;
+
 use bytes::Bytes;
+use h2::{Reason, SendStream};
 use http_body::{Frame, SizeHint};
 
-use super::body::{BoxError, ClientBodyError};
-use super::upstream_h2::StreamSlot;
+use super::{BoxError, ClientBodyError};
 
 pub struct H2Body {
     recv: h2::RecvStream,
@@ -23,19 +25,17 @@ pub struct H2Body {
     ended: bool,
     /// Whose stream this is: a request's failure is the client's doing, a response's the endpoint's.
     from_client: bool,
-    /// A response's stream counted on its connection until the body is done with.
-    _slot: Option<StreamSlot>,
 }
 
 impl H2Body {
     /// A client's request body.
     pub fn new(recv: h2::RecvStream, length: Option<u64>) -> H2Body {
-        H2Body { recv, length, data_done: false, ended: false, from_client: true, _slot: None }
+        H2Body { recv, length, data_done: false, ended: false, from_client: true }
     }
 
-    /// An endpoint's response body, holding its stream's place on the connection.
-    pub fn response(recv: h2::RecvStream, length: Option<u64>, slot: StreamSlot) -> H2Body {
-        H2Body { recv, length, data_done: false, ended: false, from_client: false, _slot: Some(slot) }
+    /// An endpoint's response body.
+    pub fn response(recv: h2::RecvStream, length: Option<u64>) -> H2Body {
+        H2Body { from_client: false, ..H2Body::new(recv, length) }
     }
 
     pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -87,4 +87,25 @@ impl H2Body {
             _ => SizeHint::default(),
         }
     }
+}
+
+/// Sends `data` in pieces the stream's and connection's windows take, waiting for them to open.
+pub async fn send_data(send: &mut SendStream<Bytes>, mut data: Bytes, end: bool) -> Result<(), h2::Error> {
+    if data.is_empty() {
+        return if end { send.send_data(data, true) } else { Ok(()) };
+    }
+    while !data.is_empty() {
+        send.reserve_capacity(data.len());
+        let n = match poll_fn(|cx| send.poll_capacity(cx)).await {
+            Some(Ok(n)) => n,
+            Some(Err(e)) => return Err(e),
+            None => return Err(h2::Error::from(Reason::STREAM_CLOSED)),
+        };
+        if n == 0 {
+            continue;
+        }
+        let piece = data.split_to(n.min(data.len()));
+        send.send_data(piece, end && data.is_empty())?;
+    }
+    Ok(())
 }

@@ -1,0 +1,144 @@
+//! The one request pipeline, for HTTP/1.1 and HTTP/2 clients alike, in named phases:
+//!
+//! ```text
+//!  handle ──▶ route (table loaded once, listener, route lookup)      → 404
+//!               │  [https_redirect → 301/308]
+//!               ▼
+//!  forward.rs:  choose_upstream   sticky pin or weights → cluster; breaker permit; hash key
+//!               prepare           hop-by-hop out, forwarding lines, deadline (grpc-timeout),
+//!                                 body limit, the body kept in memory when retries need it
+//!               ┌▶ pick_endpoint  policy over usable endpoints, not yet tried    → 503
+//!               │  one_try        HTTP/1.1 or HTTP/2 exchange, per-try timeout
+//!               └─ failure.rs     classify (downstream / upstream / internal), may_retry
+//!               finish            sticky cookie, access-log facts, the body holding its guards
+//!  handle ◀── a gRPC call's proxy-made error becomes a grpc-status answer
+//! ```
+//!
+//! A phase that ends the request returns a [`failure::Failure`]: its answer, and which side
+//! caused it.
+
+mod failure;
+mod forward;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::uri::Authority;
+use http::{Request, Response, Version};
+
+use super::body::ProxyBody;
+use super::codec::request_body::RequestBody;
+use super::errors::ProxyError;
+use super::tunnel::upgrade_protocol;
+use super::{grpc, redirect};
+use crate::access_log;
+use crate::lazy_timer::LazyTimer;
+use crate::metrics::ResponseCounts;
+use crate::state::{ConnCtx, Installed};
+use crate::table::{normalize_host, RequestView};
+use forward::forward;
+
+/// Used when a route sets no `timeout_ms`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One downstream connection, with what its requests share.
+pub struct Downstream {
+    pub ctx: Arc<ConnCtx>,
+    /// The client's address as an `x-forwarded-for` value: formatted once per connection.
+    peer_ip: HeaderValue,
+}
+
+impl Downstream {
+    pub fn new(ctx: Arc<ConnCtx>) -> Downstream {
+        let peer_ip = HeaderValue::try_from(ctx.peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+        Downstream { ctx, peer_ip }
+    }
+}
+
+/// `timer`: the connection's request deadline timer (see `lazy_timer.rs`).
+pub async fn handle(req: Request<RequestBody>, down: &Downstream, timer: &mut LazyTimer) -> Response<ProxyBody> {
+    let conn = &down.ctx;
+    // A protocol switch (WebSocket): `head::parse` frames the same requests as upgrades.
+    let upgrade = upgrade_protocol(&req);
+    let switching = upgrade.is_some();
+    let grpc = req.version() == Version::HTTP_2 && grpc::is_grpc(req.headers());
+    // The table is loaded once and kept until this request is answered, whatever is installed meanwhile.
+    let mut resp = match conn.shared.installed.load_full() {
+        Some(installed) => route_and_forward(req, upgrade, down, &installed, timer).await,
+        None => answer(&conn.shared.metrics.unrouted, ProxyError::NotReady),
+    };
+    // The bytes after an upgrade request may be a WebSocket's, never checked as HTTP: unless the
+    // protocol switched, nothing more may be read on this connection.
+    if switching && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if grpc {
+        if let Some(&err) = resp.extensions().get::<ProxyError>() {
+            return grpc::error_response(err);
+        }
+    }
+    resp
+}
+
+async fn route_and_forward(
+    req: Request<RequestBody>,
+    upgrade: Option<HeaderValue>,
+    down: &Downstream,
+    installed: &Installed,
+    timer: &mut LazyTimer,
+) -> Response<ProxyBody> {
+    let conn = &*down.ctx;
+    let unrouted = &conn.shared.metrics.unrouted;
+    let Some(listener) = installed.table.listener(&conn.listener) else {
+        return answer(unrouted, ProxyError::NoRoute);
+    };
+    let log = access_log::enabled()
+        .then(|| access_log::Entry::start(&req, req.headers().get(header::HOST).and_then(|v| v.to_str().ok())));
+    // RFC 9112 §3.2.2: an absolute-form target's authority wins over the Host header.
+    let raw_host = req
+        .uri()
+        .authority()
+        .map(Authority::as_str)
+        .or_else(|| req.headers().get(header::HOST).and_then(|v| v.to_str().ok()));
+    let host = raw_host.map(normalize_host);
+    let view = RequestView {
+        method: req.method(),
+        host: host.as_deref(),
+        path: req.uri().path(),
+        query: req.uri().query(),
+        headers: req.headers(),
+    };
+    let Some(route) = listener.find(&view) else {
+        let resp = answer(unrouted, ProxyError::NoRoute);
+        if let Some(entry) = log {
+            entry.finish(&conn.listener, conn.peer, None, &resp);
+        }
+        return resp;
+    };
+    route.stats().record_request();
+    let resp = match route.https_redirect().filter(|_| conn.scheme == "http") {
+        Some(r) => match redirect::to_https(r, host.as_deref(), req.uri()) {
+            Some(resp) => resp,
+            None => answer(unrouted, ProxyError::NoHost),
+        },
+        None => forward(req, upgrade, log.is_some(), down, installed, route, timer).await,
+    };
+    route.stats().record_response(resp.status().as_u16());
+    if let Some(entry) = log {
+        entry.finish(&conn.listener, conn.peer, Some(route.name()), &resp);
+    }
+    resp
+}
+
+/// `err`, and the connection closes: the rest of the body is not read.
+fn closing(counts: &ResponseCounts, err: ProxyError) -> Response<ProxyBody> {
+    let mut resp = answer(counts, err);
+    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+fn answer(counts: &ResponseCounts, err: ProxyError) -> Response<ProxyBody> {
+    counts.record(err.status().as_u16());
+    err.response()
+}
