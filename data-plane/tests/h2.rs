@@ -79,6 +79,9 @@ struct Setup {
     cp: ControlPlane,
     _node: Node,
     listener: SocketAddr,
+    /// `http2.idle_timeout_ms` 300, and `max_connection_age_ms` 500.
+    idle: SocketAddr,
+    aged: SocketAddr,
     h2_accepted: Arc<AtomicUsize>,
     health: tonic_health::server::HealthReporter,
     config: serde_json::Value,
@@ -91,7 +94,7 @@ async fn setup() -> Setup {
     let (grpc, health) = grpc_backend().await;
     let (dead, dead_socket) = refusing_addr();
     let (silent, silent_socket) = silent_addr();
-    let listener = free_addr();
+    let (listener, idle, aged) = (free_addr(), free_addr(), free_addr());
     let target = |v: &str| json!([{"name": "x-target", "exact": v}]);
     let config = json!({
         "clusters": {
@@ -105,9 +108,15 @@ async fn setup() -> Setup {
                         "health_check": {"grpc": {"service": "svc"}, "interval_ms": 50,
                                          "healthy_threshold": 1, "unhealthy_threshold": 1}}
         },
-        "listeners": {"main": {"address": listener.to_string(), "protocol": "http"}},
+        "listeners": {
+            "main": {"address": listener.to_string(), "protocol": "http"},
+            "idle": {"address": idle.to_string(), "protocol": "http", "http2": {"idle_timeout_ms": 300}},
+            "aged": {"address": aged.to_string(), "protocol": "http", "http2": {"max_connection_age_ms": 500}}
+        },
         "routes": {
             "h1": {"listener": "main", "match": {"hosts": ["h1.test"]}, "backends": [{"cluster": "h1"}]},
+            "idle": {"listener": "idle", "backends": [{"cluster": "h1"}]},
+            "aged": {"listener": "aged", "backends": [{"cluster": "h1"}]},
             "h2": {"listener": "main", "match": {"hosts": ["h2.test"]}, "backends": [{"cluster": "h2"}]},
             "grpc": {"listener": "main", "match": {"path": {"prefix": "/grpc."}}, "backends": [{"cluster": "grpc"}]},
             "grpc-empty": {"listener": "main", "priority": 10, "backends": [{"cluster": "empty"}],
@@ -127,7 +136,17 @@ async fn setup() -> Setup {
     let node = start_node(vec![cp.url()], None).await;
     cp.expect_ack(1).await;
     eventually("listener up", || async { try_get(listener, "h1.test", "/").await }).await;
-    Setup { cp, _node: node, listener, h2_accepted, health, config, _held: (dead_socket, silent_socket, h1) }
+    Setup {
+        cp,
+        _node: node,
+        listener,
+        idle,
+        aged,
+        h2_accepted,
+        health,
+        config,
+        _held: (dead_socket, silent_socket, h1),
+    }
 }
 
 type H2Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
@@ -487,4 +506,53 @@ async fn https_offers_h2_by_alpn_and_auto_clusters_follow_the_endpoints_alpn() {
         eventually("second listener up", || async { tls_connect(&connector, h1_listener, "site.test").await.ok() })
             .await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_head_limits_hold_for_http2_and_quiet_or_old_connections_get_goaway() {
+    let s = setup().await;
+    let mut client = h2c(s.listener).await;
+    let long = format!("/{}", "a".repeat(9 * 1024));
+    let r = send(&mut client, get("h1.test", &long)).await;
+    assert_eq!(r.status, 414);
+    let mut many = get("h1.test", "/");
+    for i in 0..101 {
+        many.headers_mut().insert(http::HeaderName::try_from(format!("x-h{i}")).unwrap(), "1".parse().unwrap());
+    }
+    assert_eq!(send(&mut client, many).await.status, 431);
+    // 150 cookie crumbs are one field once joined: not over the limit.
+    let mut crumbs = get("h1.test", "/");
+    for i in 0..150 {
+        crumbs.headers_mut().append("cookie", format!("c{i}=1").parse().unwrap());
+    }
+    let r = send(&mut client, crumbs).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("c0=1; c1=1") && r.body.contains("c149=1"), "{}", r.body);
+
+    // A connection with no stream for the idle timeout gets a graceful GOAWAY, then closes.
+    eventually("idle listener up", || async { TcpStream::connect(s.idle).await.ok() }).await;
+    let started = Instant::now();
+    let stream = TcpStream::connect(s.idle).await.unwrap();
+    let (_send, conn) = h2::client::handshake(stream).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await.expect("the idle connection stayed open");
+    assert!(ended.is_ok(), "a graceful close, not an error: {ended:?}");
+    assert!(started.elapsed() >= Duration::from_millis(300), "{:?}", started.elapsed());
+
+    // One past its maximum age is retired the same way, though busy; its streams are answered.
+    eventually("aged listener up", || async { TcpStream::connect(s.aged).await.ok() }).await;
+    let mut aged = h2c(s.aged).await;
+    let started = Instant::now();
+    let mut answered = 0;
+    while started.elapsed() < Duration::from_secs(5) {
+        if aged.ready().await.is_err() {
+            break;
+        }
+        let Ok(resp) = aged.send_request(get("h1.test", "/")).await else { break };
+        assert_eq!(resp.status(), 200);
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = started.elapsed();
+    assert!(answered > 5, "{answered}");
+    assert!(took >= Duration::from_millis(500) && took < Duration::from_secs(3), "{took:?}");
 }

@@ -79,8 +79,8 @@ enum Source {
     None,
     /// HTTP/1.1: the connection's bytes, framed by the head.
     Wire(SharedWire),
-    /// HTTP/2: the stream's DATA frames (and trailers).
-    H2(H2Body),
+    /// HTTP/2: the stream's DATA frames (and trailers). Boxed: HTTP/1.1's requests stay small.
+    H2(Box<H2Body>),
 }
 
 impl RequestBody {
@@ -93,7 +93,7 @@ impl RequestBody {
         if recv.is_end_stream() {
             return RequestBody::empty();
         }
-        RequestBody { source: Source::H2(H2Body::new(recv, length)) }
+        RequestBody { source: Source::H2(Box::new(H2Body::new(recv, length))) }
     }
 
     /// The body of the request whose head was just parsed off `wire`, framed by `framing`.

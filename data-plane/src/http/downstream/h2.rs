@@ -27,7 +27,7 @@ use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
@@ -35,6 +35,7 @@ use tokio::time::Instant;
 
 use crate::http::body::ProxyBody;
 use crate::http::codec::h2_body::send_data;
+use crate::http::codec::head::{MAX_HEADERS, MAX_REQUEST_LINE};
 use crate::http::codec::headers::{content_length, PassedHead};
 use crate::http::codec::request_body::RequestBody;
 use crate::http::proxy::{self, Downstream};
@@ -203,6 +204,13 @@ async fn serve_stream(
 ) -> Outcome {
     let (mut parts, recv) = req.into_parts();
     join_cookies(&mut parts.headers);
+    if let Some(status) = over_limits(&parts) {
+        // The HTTP/1.1 head limits, the same for HTTP/2: answered here, never forwarded.
+        down.ctx.shared.metrics.unrouted.record(status.as_u16());
+        let head = Response::builder().status(status).body(()).unwrap_or_default();
+        let _ = respond.send_response(head, true);
+        return Outcome::Done;
+    }
     let body = RequestBody::h2(recv, content_length(&parts.headers));
     let mut timer = LazyTimer::default();
     let mut handling = pin!(proxy::handle(Request::from_parts(parts, body), down, &mut timer));
@@ -308,6 +316,16 @@ pub(super) fn response_headers(headers: &mut HeaderMap, passed: Option<&PassedHe
             headers.append(name, value);
         }
     }
+}
+
+/// A request past the HTTP/1.1 head limits: 414 for a target over [`MAX_REQUEST_LINE`], 431 for
+/// more than [`MAX_HEADERS`] fields (the header list's size is bounded by h2 itself, with a 431).
+fn over_limits(parts: &http::request::Parts) -> Option<StatusCode> {
+    let target = parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if target + parts.method.as_str().len() > MAX_REQUEST_LINE {
+        return Some(StatusCode::URI_TOO_LONG);
+    }
+    (parts.headers.len() > MAX_HEADERS).then_some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
 }
 
 /// HTTP/2 clients may split `cookie` into one field per pair; an HTTP/1.1 endpoint gets them
