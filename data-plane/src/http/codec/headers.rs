@@ -126,6 +126,20 @@ pub fn prepare_headers(
     out
 }
 
+/// Header lines (`name: value` and CRLF each, as [`push_header`] writes them) into a map, for an
+/// HTTP/2 head; a line that is no valid field is left out.
+pub fn append_lines(headers: &mut HeaderMap, lines: &[u8]) {
+    headers.reserve(lines.len() / 24);
+    for line in lines.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            headers.append(name, value);
+        }
+    }
+}
+
 /// Appends one header line, `name: value` and CRLF, to a head being written.
 pub fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
@@ -233,6 +247,20 @@ impl PassedHead {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_lines_go_into_a_map_and_bad_ones_are_left_out() {
+        let mut lines = Vec::new();
+        push_header(&mut lines, b"Content-Type", b"text/plain");
+        push_header(&mut lines, b"x-a", b" 1 ");
+        push_header(&mut lines, b"x-a", b"2");
+        lines.extend_from_slice(b"no colon here\r\nbad name: v\r\nx-b: \x01\r\n");
+        let mut map = HeaderMap::new();
+        append_lines(&mut map, &lines);
+        assert_eq!(map.len(), 3);
+        assert_eq!(map["content-type"], "text/plain");
+        assert_eq!(map.get_all("x-a").iter().collect::<Vec<_>>(), ["1", "2"]);
+    }
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {

@@ -36,7 +36,7 @@ use tokio::time::Instant;
 use crate::http::body::ProxyBody;
 use crate::http::codec::h2_body::send_data;
 use crate::http::codec::head::{MAX_HEADERS, MAX_REQUEST_LINE};
-use crate::http::codec::headers::{content_length, PassedHead};
+use crate::http::codec::headers::{append_lines, content_length, PassedHead};
 use crate::http::codec::request_body::RequestBody;
 use crate::http::proxy::{self, Downstream};
 use crate::lazy_timer::LazyTimer;
@@ -313,15 +313,7 @@ pub(super) fn response_headers(headers: &mut HeaderMap, passed: Option<&PassedHe
     }
     let Some(lines) = passed.map(PassedHead::lines).filter(|l| !l.is_empty()) else { return };
     // The lines hold no hop-by-hop header: the endpoint's head parser left them out.
-    headers.reserve(lines.len() / 24);
-    for line in lines.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
-        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
-        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
-            headers.append(name, value);
-        }
-    }
+    append_lines(headers, lines);
 }
 
 /// A request past the HTTP/1.1 head limits: 414 for a target over [`MAX_REQUEST_LINE`], 431 for

@@ -38,7 +38,7 @@ use super::h1::{ExchangeError, Stream};
 use super::{open, send_on_opened, Dial, Failed, PoolKey, UpstreamBody, UpstreamError};
 use crate::fast_hash::FastMap;
 use crate::http::codec::h2_body::{send_data, H2Body};
-use crate::http::codec::headers::{content_length, is_grpc};
+use crate::http::codec::headers::{append_lines, content_length, is_grpc};
 use crate::http::codec::outgoing::RequestOut;
 use crate::http::codec::{BodyTooLarge, ClientBodyError};
 use crate::table::{Breaker, Overflow};
@@ -221,15 +221,7 @@ fn h2_head(parts: http::request::Parts, endpoint: SocketAddr, tls: bool, forward
     let scheme = if tls { Scheme::HTTPS } else { Scheme::HTTP };
     parts.uri = Uri::builder().scheme(scheme).authority(authority).path_and_query(path).build().unwrap_or_default();
     parts.version = Version::HTTP_2;
-    for line in forwarding.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
-        if let (Ok(n), Ok(v)) =
-            (HeaderName::from_bytes(&line[..colon]), HeaderValue::from_bytes(line[colon + 1..].trim_ascii()))
-        {
-            parts.headers.append(n, v);
-        }
-    }
+    append_lines(&mut parts.headers, forwarding);
     if is_grpc(&parts.headers) {
         parts.headers.insert(TE.clone(), HeaderValue::from_static("trailers"));
     }
