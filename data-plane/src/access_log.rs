@@ -38,7 +38,33 @@ impl Entry {
     }
 
     pub fn finish<B>(self, listener: &str, client: SocketAddr, route: Option<&str>, resp: &Response<B>) {
-        let served = resp.extensions().get::<Served>();
+        let grpc = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok());
+        self.write(listener, client, route, resp.status().as_u16(), resp.extensions().get::<Served>(), grpc);
+    }
+
+    /// A line whose gRPC status comes in the response's trailers: written when the body ends.
+    pub fn pending<B>(self, listener: &str, client: SocketAddr, route: Option<&str>, resp: &Response<B>) -> Pending {
+        Pending {
+            line: Some(PendingLine {
+                entry: self,
+                listener: listener.to_string(),
+                client,
+                route: route.map(str::to_string),
+                status: resp.status().as_u16(),
+                served: resp.extensions().get::<Served>().cloned(),
+            }),
+        }
+    }
+
+    fn write(
+        self,
+        listener: &str,
+        client: SocketAddr,
+        route: Option<&str>,
+        status: u16,
+        served: Option<&Served>,
+        grpc_status: Option<&str>,
+    ) {
         let endpoint = served.map(|s| s.endpoint.to_string());
         tracing::info!(
             target: "sluice::access",
@@ -47,7 +73,8 @@ impl Entry {
             method = %self.method,
             host = self.host.as_deref().unwrap_or("-"),
             target = %self.target,
-            status = resp.status().as_u16(),
+            status,
+            grpc_status = grpc_status.unwrap_or("-"),
             route = route.unwrap_or("-"),
             cluster = served.map_or("-", |s| s.cluster.as_str()),
             endpoint = endpoint.as_deref().unwrap_or("-"),
@@ -55,6 +82,35 @@ impl Entry {
             request_id = served.and_then(|s| s.request_id.as_ref()).and_then(|v| v.to_str().ok()).unwrap_or("-"),
             ms = self.started.elapsed().as_secs_f64() * 1000.0,
         );
+    }
+}
+
+/// A gRPC call's line held until its trailers say how it ended; written at most once, with the
+/// status given to [`Pending::end`], or with `-` if the body is dropped first.
+pub struct Pending {
+    line: Option<PendingLine>,
+}
+
+struct PendingLine {
+    entry: Entry,
+    listener: String,
+    client: SocketAddr,
+    route: Option<String>,
+    status: u16,
+    served: Option<Served>,
+}
+
+impl Pending {
+    pub fn end(&mut self, grpc_status: Option<&str>) {
+        if let Some(l) = self.line.take() {
+            l.entry.write(&l.listener, l.client, l.route.as_deref(), l.status, l.served.as_ref(), grpc_status);
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.end(None);
     }
 }
 
@@ -141,5 +197,63 @@ impl Drop for L4Entry<'_> {
             end = l.end,
             ms = l.started.elapsed().as_secs_f64() * 1000.0,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The access-log lines `f` writes.
+    fn captured(f: impl FnOnce()) -> Vec<String> {
+        let lines = Lines::default();
+        let out = lines.clone();
+        let subscriber = tracing_subscriber::fmt().with_writer(move || out.clone()).with_ansi(false).finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_string).collect()
+    }
+
+    fn call() -> (Request<()>, Response<()>) {
+        let req = Request::post("/svc.Health/Check").body(()).unwrap();
+        (req, Response::new(()))
+    }
+
+    #[test]
+    fn a_grpc_line_waits_for_its_status_and_is_written_once() {
+        let client: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let lines = captured(|| {
+            let (req, resp) = call();
+            let mut pending = Entry::start(&req, Some("h")).pending("web", client, Some("r"), &resp);
+            pending.end(Some("5"));
+            pending.end(Some("0"));
+            drop(pending);
+        });
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("grpc_status=\"5\"") && lines[0].contains("status=200"), "{}", lines[0]);
+
+        // Dropped before any status (the client went away): written all the same, with "-".
+        let lines = captured(|| {
+            let (req, resp) = call();
+            drop(Entry::start(&req, None).pending("web", client, None, &resp));
+        });
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("grpc_status=\"-\""), "{}", lines[0]);
     }
 }

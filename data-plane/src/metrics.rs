@@ -23,12 +23,23 @@ const LATENCY_BUCKETS: [f64; 14] =
 #[derive(Debug, Default)]
 pub struct ResponseCounts {
     by_class: [AtomicU64; 5],
+    /// gRPC calls by the `grpc-status` they ended with (0-16; anything else counts as 2, UNKNOWN).
+    by_grpc_status: [AtomicU64; 17],
 }
 
 impl ResponseCounts {
     pub fn record(&self, status: u16) {
         let i = usize::from((status / 100).clamp(1, 5) - 1);
         self.by_class[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_grpc(&self, status: u8) {
+        let i = if status <= 16 { usize::from(status) } else { 2 };
+        self.by_grpc_status[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn grpc(&self, status: u8) -> u64 {
+        self.by_grpc_status.get(usize::from(status)).map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     pub fn get(&self, class: u8) -> u64 {
@@ -179,6 +190,23 @@ impl Metrics {
                     let _ = writeln!(
                         out,
                         "sluice_requests_total{{route=\"{}\",cluster=\"{}\",class=\"{class}\"}} {n}",
+                        esc(route),
+                        esc(cluster)
+                    );
+                }
+            }
+        }
+
+        header(&mut out, "sluice_grpc_responses_total", "counter", "gRPC calls by route, cluster and grpc-status.");
+        let mut rows: Vec<(&str, &str, &ResponseCounts)> = vec![("", "", &self.unrouted)];
+        rows.extend(reg.responses.iter().map(|((r, c), v)| (r.as_str(), c.as_str(), v.as_ref())));
+        for (route, cluster, counts) in rows {
+            for status in 0..=16u8 {
+                let n = counts.grpc(status);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "sluice_grpc_responses_total{{route=\"{}\",cluster=\"{}\",grpc_status=\"{status}\"}} {n}",
                         esc(route),
                         esc(cluster)
                     );

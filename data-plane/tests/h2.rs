@@ -311,6 +311,23 @@ async fn grpc_calls_stream_through_and_proxy_errors_are_grpc_statuses() {
     assert_eq!(r.status, 200);
     assert_eq!(r.headers["grpc-status"], "12");
     assert_eq!(r.headers["grpc-message"], "no route");
+
+    // Every call's status is counted, from the trailers of streamed answers too.
+    let count = |route: &'static str, cluster: &'static str, status: &'static str| {
+        let node = &s._node;
+        async move {
+            let labels = [("route", route), ("cluster", cluster), ("grpc_status", status)];
+            metric(node, "sluice_grpc_responses_total", &labels).await.unwrap_or(0.0)
+        }
+    };
+    // Check "svc" (twice), Watch (ended by the client: no trailers), the raw Check "".
+    assert!(count("grpc", "grpc", "0").await >= 2.0);
+    assert_eq!(count("grpc", "grpc", "5").await, 1.0, "NOT_FOUND from the endpoint's trailers");
+    assert_eq!(count("grpc-empty", "empty", "14").await, 1.0);
+    assert_eq!(count("grpc-dead", "dead", "14").await, 1.0);
+    assert_eq!(count("grpc-slow", "silent", "4").await, 1.0);
+    assert_eq!(count("grpc-patient", "silent", "4").await, 1.0);
+    assert_eq!(count("", "", "12").await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -59,6 +59,20 @@ pub fn error_response(err: ProxyError) -> Response<ProxyBody> {
     resp
 }
 
+/// A response the proxy made for an error (it carries the [`ProxyError`]) as the gRPC status
+/// answer; any other response as it is.
+pub fn proxy_error_as_status(resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    match resp.extensions().get::<ProxyError>() {
+        Some(&err) => error_response(err),
+        None => resp,
+    }
+}
+
+/// A `grpc-status` value as counted: 0-16, UNKNOWN (2) when absent or malformed.
+pub fn parse_status(v: Option<&[u8]>) -> u8 {
+    v.and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| v.parse::<u8>().ok()).filter(|s| *s <= 16).unwrap_or(2)
+}
+
 /// The call's `grpc-timeout` (`1-8 digits` and a unit: H, M, S, m, u, n); `None` when absent or
 /// malformed (the gRPC spec has servers ignore a malformed one).
 pub fn timeout(headers: &HeaderMap) -> Option<Duration> {

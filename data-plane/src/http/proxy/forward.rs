@@ -3,6 +3,7 @@
 //! may follow, and finish.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -36,11 +37,14 @@ use crate::table::{hash_bytes, hash_ip, ClusterLb, EndpointGuard, RequestPermit,
 /// them again; larger ones stream and are only retried when none of them was sent.
 const MAX_REPLAY_BODY: u64 = 64 * 1024;
 
-/// `upgrade`: the protocol the request asks to switch to; `logging`: the access log is on.
+/// `upgrade`: the protocol the request asks to switch to; `logging`: the access log is on;
+/// `grpc`: a gRPC call (its statuses are counted).
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn forward(
     req: Request<RequestBody>,
     upgrade: Option<HeaderValue>,
     logging: bool,
+    grpc: bool,
     down: &Downstream,
     installed: &Installed,
     route: &RouteEntry,
@@ -48,15 +52,15 @@ pub(super) async fn forward(
 ) -> Response<ProxyBody> {
     let mut up = match choose_upstream(req.headers(), route, installed, down) {
         Ok(u) => u,
-        Err((counts, f)) => return fail(counts, f),
+        Err((counts, f)) => return fail(counts, f, grpc),
     };
     let counts = up.counts;
     let mut prep = match prepare(req, upgrade.as_ref(), logging, route, down) {
         Ok(p) => p,
-        Err(f) => return fail(counts, f),
+        Err(f) => return fail(counts, f, grpc),
     };
     if let Err(f) = prep.keep_body(timer).await {
-        return fail(counts, f);
+        return fail(counts, f, grpc);
     }
     let cluster = up.cluster;
     let latency = installed.stats.latency(cluster.name());
@@ -68,7 +72,7 @@ pub(super) async fn forward(
     loop {
         let endpoint = match pick_endpoint(&mut up, &tried) {
             Ok(e) => e,
-            Err(f) => return fail(counts, f),
+            Err(f) => return fail(counts, f, grpc),
         };
         let addr = endpoint.address();
         let request = prep.next_request(addr);
@@ -82,7 +86,7 @@ pub(super) async fn forward(
         let failure = match timer.within(try_deadline, sent).await {
             None if try_deadline >= prep.deadline => {
                 tracing::debug!(route = route.name(), %addr, "upstream timeout");
-                return fail(counts, Failure::new(Side::Upstream, ProxyError::UpstreamTimeout));
+                return fail(counts, Failure::new(Side::Upstream, ProxyError::UpstreamTimeout), grpc);
             }
             None => {
                 cluster.record_outcome(&endpoint, true);
@@ -107,12 +111,16 @@ pub(super) async fn forward(
                         tries: attempt + 1,
                         request_id: prep.request_id.take(),
                     });
-                    return finish(resp, upgrade.is_some(), endpoint, up.permit.take(), cookie, served);
+                    let mut resp = finish(resp, upgrade.is_some(), endpoint, up.permit.take(), cookie, served);
+                    if grpc {
+                        count_grpc(&mut resp, counts);
+                    }
+                    return resp;
                 }
                 TryFailure::Status5xx
             }
             Some(Err(Failed { error, unsent })) => match classify(&error) {
-                Err(f) => return fail(counts, f),
+                Err(f) => return fail(counts, f, grpc),
                 Ok(failure) => {
                     tracing::debug!(route = route.name(), %addr, error = %error, "upstream request failed");
                     if failure == TryFailure::Connect {
@@ -129,7 +137,7 @@ pub(super) async fn forward(
         if failure != TryFailure::Status5xx {
             let resendable = failure.resendable(prep.unsent.is_some(), prep.replay.is_some(), prep.idempotent);
             if !may_retry(route, failure, attempt, resendable) {
-                return fail(counts, failure.failure());
+                return fail(counts, failure.failure(), grpc);
             }
         }
         tried.push(addr);
@@ -137,7 +145,10 @@ pub(super) async fn forward(
     }
 }
 
-fn fail(counts: &ResponseCounts, f: Failure) -> Response<ProxyBody> {
+fn fail(counts: &ResponseCounts, f: Failure, grpc: bool) -> Response<ProxyBody> {
+    if grpc {
+        counts.record_grpc(grpc::code(f.error) as u8);
+    }
     if f.close {
         closing(counts, f.error)
     } else {
@@ -145,10 +156,21 @@ fn fail(counts: &ResponseCounts, f: Failure) -> Response<ProxyBody> {
     }
 }
 
+/// A gRPC call's status in the counters: now from a trailers-only answer, else from the
+/// trailers when an HTTP/2 endpoint's body ends.
+fn count_grpc(resp: &mut Response<ProxyBody>, counts: &Arc<ResponseCounts>) {
+    if let Some(status) = resp.headers().get(&grpc::GRPC_STATUS) {
+        counts.record_grpc(grpc::parse_status(Some(status.as_bytes())));
+    } else if let ProxyBody::Upstream { body: UpstreamBody::H2(h2), .. } = resp.body_mut() {
+        let counts = Arc::clone(counts);
+        h2.on_end(move |status| counts.record_grpc(grpc::parse_status(status.map(str::as_bytes))));
+    }
+}
+
 /// Phase 1: where the request goes, before any endpoint is picked.
 struct Upstream<'a> {
     cluster: &'a ClusterLb,
-    counts: &'a ResponseCounts,
+    counts: &'a Arc<ResponseCounts>,
     /// The circuit breaker's request permit, held until the response ends.
     permit: Option<RequestPermit>,
     /// `ring_hash` and `maglev`: the request's key.
@@ -167,8 +189,8 @@ fn choose_upstream<'a>(
     route: &'a RouteEntry,
     installed: &'a Installed,
     down: &'a Downstream,
-) -> Result<Upstream<'a>, (&'a ResponseCounts, Failure)> {
-    let unrouted: &ResponseCounts = &down.ctx.shared.metrics.unrouted;
+) -> Result<Upstream<'a>, (&'a Arc<ResponseCounts>, Failure)> {
+    let unrouted = &down.ctx.shared.metrics.unrouted;
     let sticky = route.sticky();
     let pinned =
         sticky.and_then(|s| sticky::cookie(headers, &s.cookie)).and_then(|v| installed.sticky.pinned(route, v));
@@ -179,7 +201,7 @@ fn choose_upstream<'a>(
             None => return Err((unrouted, Failure::new(Side::Internal, ProxyError::NoRoute))),
         },
     };
-    let counts = installed.stats.responses(route.name(), cluster.name()).map_or(unrouted, |c| &**c);
+    let counts = installed.stats.responses(route.name(), cluster.name()).unwrap_or(unrouted);
     let permit = match cluster.breaker().map(|b| b.try_request()).transpose() {
         Ok(p) => p,
         Err(o) => return Err((counts, Failure::new(Side::Internal, ProxyError::Overflow(o)))),

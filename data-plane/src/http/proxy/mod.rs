@@ -31,6 +31,7 @@ use super::body::ProxyBody;
 use super::codec::request_body::RequestBody;
 use super::errors::ProxyError;
 use super::tunnel::upgrade_protocol;
+use super::upstream::UpstreamBody;
 use super::{grpc, redirect};
 use crate::access_log;
 use crate::lazy_timer::LazyTimer;
@@ -65,25 +66,22 @@ pub async fn handle(req: Request<RequestBody>, down: &Downstream, timer: &mut La
     let grpc = req.version() == Version::HTTP_2 && grpc::is_grpc(req.headers());
     // The table is loaded once and kept until this request is answered, whatever is installed meanwhile.
     let mut resp = match conn.shared.installed.load_full() {
-        Some(installed) => route_and_forward(req, upgrade, down, &installed, timer).await,
-        None => answer(&conn.shared.metrics.unrouted, ProxyError::NotReady),
+        Some(installed) => route_and_forward(req, upgrade, grpc, down, &installed, timer).await,
+        None => refuse(&conn.shared.metrics.unrouted, ProxyError::NotReady, grpc),
     };
     // The bytes after an upgrade request may be a WebSocket's, never checked as HTTP: unless the
     // protocol switched, nothing more may be read on this connection.
     if switching && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    if grpc {
-        if let Some(&err) = resp.extensions().get::<ProxyError>() {
-            return grpc::error_response(err);
-        }
-    }
     resp
 }
 
+/// `grpc`: a gRPC call, whose proxy-made errors are gRPC statuses.
 async fn route_and_forward(
     req: Request<RequestBody>,
     upgrade: Option<HeaderValue>,
+    grpc: bool,
     down: &Downstream,
     installed: &Installed,
     timer: &mut LazyTimer,
@@ -91,7 +89,7 @@ async fn route_and_forward(
     let conn = &*down.ctx;
     let unrouted = &conn.shared.metrics.unrouted;
     let Some(listener) = installed.table.listener(&conn.listener) else {
-        return answer(unrouted, ProxyError::NoRoute);
+        return refuse(unrouted, ProxyError::NoRoute, grpc);
     };
     let log = access_log::enabled()
         .then(|| access_log::Entry::start(&req, req.headers().get(header::HOST).and_then(|v| v.to_str().ok())));
@@ -110,7 +108,7 @@ async fn route_and_forward(
         headers: req.headers(),
     };
     let Some(route) = listener.find(&view) else {
-        let resp = answer(unrouted, ProxyError::NoRoute);
+        let resp = refuse(unrouted, ProxyError::NoRoute, grpc);
         if let Some(entry) = log {
             entry.finish(&conn.listener, conn.peer, None, &resp);
         }
@@ -122,13 +120,35 @@ async fn route_and_forward(
             Some(resp) => resp,
             None => answer(unrouted, ProxyError::NoHost),
         },
-        None => forward(req, upgrade, log.is_some(), down, installed, route, timer).await,
+        None => forward(req, upgrade, log.is_some(), grpc, down, installed, route, timer).await,
     };
+    let mut resp = if grpc { grpc::proxy_error_as_status(resp) } else { resp };
     route.stats().record_response(resp.status().as_u16());
     if let Some(entry) = log {
-        entry.finish(&conn.listener, conn.peer, Some(route.name()), &resp);
+        // A streamed gRPC answer's status comes in its trailers: the line waits for them.
+        let streamed = grpc
+            && !resp.headers().contains_key(&grpc::GRPC_STATUS)
+            && matches!(resp.body(), ProxyBody::Upstream { body: UpstreamBody::H2(_), .. });
+        if streamed {
+            let mut pending = entry.pending(&conn.listener, conn.peer, Some(route.name()), &resp);
+            if let ProxyBody::Upstream { body: UpstreamBody::H2(h2), .. } = resp.body_mut() {
+                h2.on_end(move |status| pending.end(status));
+            }
+        } else {
+            entry.finish(&conn.listener, conn.peer, Some(route.name()), &resp);
+        }
     }
     resp
+}
+
+/// The proxy's own answer `err`, counted; a gRPC status for a gRPC call.
+fn refuse(counts: &ResponseCounts, err: ProxyError, grpc: bool) -> Response<ProxyBody> {
+    let resp = answer(counts, err);
+    if !grpc {
+        return resp;
+    }
+    counts.record_grpc(grpc::code(err) as u8);
+    grpc::error_response(err)
 }
 
 /// `err`, and the connection closes: the rest of the body is not read.

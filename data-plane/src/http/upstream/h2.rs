@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,7 +31,7 @@ use h2::{Reason, SendStream};
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
-use http_body::Body as _;
+use http_body::{Body as _, Frame};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::either::Either;
 
@@ -40,7 +41,7 @@ use crate::fast_hash::FastMap;
 use crate::http::codec::h2_body::{send_data, H2Body};
 use crate::http::codec::headers::{append_lines, content_length, is_grpc};
 use crate::http::codec::outgoing::RequestOut;
-use crate::http::codec::{BodyTooLarge, ClientBodyError};
+use crate::http::codec::{BodyTooLarge, BoxError, ClientBodyError};
 use crate::table::{Breaker, Overflow};
 use crate::tls::upstream::UpstreamTlsConfig;
 
@@ -84,6 +85,51 @@ impl H2Conn {
 pub struct H2Response {
     pub body: H2Body,
     _slot: StreamSlot,
+    /// Told the trailers' `grpc-status` when the body ends (`None`: none came, or the body was
+    /// dropped first).
+    on_end: Option<OnEnd>,
+}
+
+type OnEnd = Box<dyn FnOnce(Option<&str>) + Send>;
+
+impl H2Response {
+    /// Adds `f` to what is told how the call ended.
+    pub fn on_end(&mut self, f: impl FnOnce(Option<&str>) + Send + 'static) {
+        self.on_end = Some(match self.on_end.take() {
+            None => Box::new(f),
+            Some(before) => Box::new(move |status| {
+                before(status);
+                f(status)
+            }),
+        });
+    }
+
+    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = self.body.poll_frame(cx);
+        if self.on_end.is_some() {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => {
+                    let status = frame.trailers_ref().and_then(|t| t.get("grpc-status")).and_then(|v| v.to_str().ok());
+                    self.end(status);
+                }
+                Poll::Ready(None | Some(Err(_))) => self.end(None),
+                _ => {}
+            }
+        }
+        polled
+    }
+
+    fn end(&mut self, status: Option<&str>) {
+        if let Some(f) = self.on_end.take() {
+            f(status);
+        }
+    }
+}
+
+impl Drop for H2Response {
+    fn drop(&mut self) {
+        self.end(None);
+    }
 }
 
 /// A stream counted on its connection until dropped (with the response body that holds it).
@@ -205,7 +251,7 @@ pub async fn request(
     };
     let (parts, recv) = resp.into_parts();
     let length = content_length(&parts.headers);
-    let body = H2Response { body: H2Body::response(recv, length), _slot: slot };
+    let body = H2Response { body: H2Body::response(recv, length), _slot: slot, on_end: None };
     Ok(Response::from_parts(parts, UpstreamBody::H2(Box::new(body))))
 }
 

@@ -68,7 +68,7 @@ impl UpstreamBody {
     pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self {
             UpstreamBody::H1(b) => Pin::new(b).poll_frame(cx),
-            UpstreamBody::H2(b) => b.body.poll_frame(cx),
+            UpstreamBody::H2(b) => b.poll_frame(cx),
         }
     }
 
