@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -63,7 +63,10 @@ pub async fn serve_plain(mut stream: TcpStream, conn: Arc<ConnCtx>, phase: watch
     if opts.http2 {
         match tokio::time::timeout(HEADER_READ_TIMEOUT, sniff(&mut stream, &mut first)).await {
             Ok(Some(true)) => {
-                let io = h2_server::Prefixed::new(first.freeze(), stream);
+                // A copy of the few bytes read: the read buffer is not held for the connection's life.
+                let prefix = Bytes::copy_from_slice(&first);
+                drop(first);
+                let io = h2_server::Prefixed::new(prefix, stream);
                 return h2_server::serve(io, conn, phase, opts).await;
             }
             Ok(Some(false)) => {}
