@@ -185,6 +185,19 @@ async fn h2c_and_http1_clients_reach_http1_and_http2_endpoints() {
     let s = setup().await;
     let mut client = h2c(s.listener).await;
 
+    // A burst of streams to an HTTP/2 endpoint with no connection yet: they share the one being
+    // made rather than each opening its own.
+    let calls = (0..64).map(|i| {
+        let mut c = client.clone();
+        async move { send(&mut c, get("h2.test", &format!("/cold/{i}"))).await }
+    });
+    for (i, a) in futures::future::join_all(calls).await.iter().enumerate() {
+        assert_eq!(a.status, 200);
+        assert!(a.body.contains(&format!("path=/cold/{i}")), "{}", a.body);
+    }
+    let cold = s.h2_accepted.load(Ordering::SeqCst);
+    assert!(cold <= 2, "a cold burst of 64 streams opened {cold} endpoint connections");
+
     // h2c to an HTTP/1.1 endpoint: :authority becomes Host, split cookies are joined.
     let mut req = get("h1.test", "/a?b=1");
     req.headers_mut().append("cookie", "a=1".parse().unwrap());

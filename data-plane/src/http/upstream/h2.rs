@@ -32,7 +32,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use http_body::{Body as _, Frame};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio_util::either::Either;
 
 use super::h1::{ExchangeError, Stream};
@@ -200,13 +200,17 @@ pub async fn request(
     auto: bool,
 ) -> Result<Response<UpstreamBody>, Failed> {
     let key: PoolKey = (endpoint, dial.tls.map_or(0, UpstreamTlsConfig::id));
-    let conn = match checkout(key) {
+    let mut conn = checkout(key);
+    if conn.is_none() {
+        // A burst to an endpoint with no connection yet waits for the one being made.
+        if let Some(arriving) = join_connect(key) {
+            conn = arriving.await.ok().filter(H2Conn::has_room);
+        }
+    }
+    let conn = match conn {
         Some(c) => c,
-        None => match Box::pin(connect(endpoint, dial, breaker, auto)).await {
-            Ok(Connected::H2(c)) => {
-                pool(key, &c);
-                c
-            }
+        None => match Box::pin(connect_announced(key, endpoint, dial, breaker, auto)).await {
+            Ok(Connected::H2(c)) => c,
             Ok(Connected::Http1(stream, permit)) => {
                 CHOSE_HTTP1.with(|m| m.borrow_mut().insert(key, std::time::Instant::now()));
                 let limited = breaker.filter(|b| b.limits_connections()).cloned();
@@ -313,6 +317,53 @@ async fn pump_body(body: RequestOut, mut stream: SendStream<Bytes>) -> Option<Up
             },
         }
     }
+}
+
+/// Requests waiting for the connection being made to an endpoint, on this worker thread.
+type Arrivals = FastMap<PoolKey, Vec<oneshot::Sender<H2Conn>>>;
+
+thread_local! {
+    static CONNECTING: RefCell<Arrivals> = RefCell::new(FastMap::default());
+}
+
+/// A receiver of the connection being made to `key`, if one is.
+fn join_connect(key: PoolKey) -> Option<oneshot::Receiver<H2Conn>> {
+    CONNECTING.with(|c| {
+        let mut c = c.borrow_mut();
+        let waiting = c.get_mut(&key)?;
+        let (tx, rx) = oneshot::channel();
+        waiting.push(tx);
+        Some(rx)
+    })
+}
+
+/// [`connect`], announced to the requests that arrive meanwhile: they get the new connection
+/// (pooled first) instead of each opening one. Waiters of a failed or dropped connect get nothing
+/// and connect themselves.
+async fn connect_announced(
+    key: PoolKey,
+    endpoint: SocketAddr,
+    dial: Dial<'_>,
+    breaker: Option<&Arc<Breaker>>,
+    auto: bool,
+) -> Result<Connected, UpstreamError> {
+    struct Announced(PoolKey);
+    impl Drop for Announced {
+        fn drop(&mut self) {
+            CONNECTING.with(|c| c.borrow_mut().remove(&self.0));
+        }
+    }
+    let fresh = CONNECTING.with(|c| c.borrow_mut().insert(key, Vec::new()).is_none());
+    let _announced = fresh.then_some(Announced(key));
+    let connected = connect(endpoint, dial, breaker, auto).await;
+    if let Ok(Connected::H2(c)) = &connected {
+        pool(key, c);
+        let waiting = if fresh { CONNECTING.with(|m| m.borrow_mut().remove(&key)) } else { None };
+        for tx in waiting.into_iter().flatten() {
+            let _ = tx.send(c.clone());
+        }
+    }
+    connected
 }
 
 enum Connected {
