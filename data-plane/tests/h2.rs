@@ -149,6 +149,20 @@ async fn setup() -> Setup {
     }
 }
 
+/// `curl ARGS -w '\n%{http_version}'`: its output, the HTTP version on the last line.
+async fn curl(args: Vec<String>) -> String {
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-s", "--max-time", "10", "-w", "\n%{http_version}"])
+            .args(&args)
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("curl runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 type H2Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
 
 /// An h2c connection with prior knowledge.
@@ -197,6 +211,14 @@ async fn h2c_and_http1_clients_reach_http1_and_http2_endpoints() {
     }
     let cold = s.h2_accepted.load(Ordering::SeqCst);
     assert!(cold <= 2, "a cold burst of 64 streams opened {cold} endpoint connections");
+
+    // curl with prior knowledge, to both kinds of endpoint.
+    for host in ["h1.test", "h2.test"] {
+        let url = format!("http://{}/curl", s.listener);
+        let out = curl(vec!["--http2-prior-knowledge".into(), "-H".into(), format!("Host: {host}"), url]).await;
+        assert!(out.ends_with("\n2"), "not HTTP/2: {out}");
+        assert!(out.contains(&format!("backend={}", &host[..2])) && out.contains("path=/curl"), "{out}");
+    }
 
     // h2c to an HTTP/1.1 endpoint: :authority becomes Host, split cookies are joined.
     let mut req = get("h1.test", "/a?b=1");
@@ -529,6 +551,24 @@ async fn https_offers_h2_by_alpn_and_auto_clusters_follow_the_endpoints_alpn() {
         let r = send(&mut client, http::Request::get(format!("https://{host}/")).body(Full::default()).unwrap()).await;
         assert_eq!(r.status, 200, "{host}: {}", r.body);
         assert!(r.body.starts_with(want), "{host}: {}", r.body);
+    }
+
+    // curl negotiating h2 by ALPN (and HTTP/1.1 when asked to).
+    let url = format!("https://site.test:{}/", h2_listener.port());
+    let resolve = format!("site.test:{}:127.0.0.1", h2_listener.port());
+    for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
+        let args = vec![
+            flag.into(),
+            "-k".into(),
+            "--resolve".into(),
+            resolve.clone(),
+            "-H".into(),
+            "Host: d.test".into(),
+            url.clone(),
+        ];
+        let out = curl(args).await;
+        assert!(out.ends_with(&format!("\n{version}")), "{flag}: {out}");
+        assert!(out.starts_with("backend=tls-both\nversion=HTTP/2.0"), "{flag}: {out}");
     }
 
     // A listener restricted to HTTP/1.1 offers only that.

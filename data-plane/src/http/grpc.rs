@@ -145,4 +145,40 @@ mod tests {
             assert!(!r.headers()["grpc-message"].is_empty());
         }
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            /// Whatever a client sends as grpc-timeout or grpc-status is read without a panic, a
+            /// timeout only from its exact form, a status always within 0-16.
+            #[test]
+            fn any_grpc_header_is_read_safely(v in proptest::collection::vec(any::<u8>(), 0..24)) {
+                if let Ok(value) = HeaderValue::from_bytes(&v) {
+                    let mut h = HeaderMap::new();
+                    h.insert(HeaderName::from_static("grpc-timeout"), value);
+                    if timeout(&h).is_some() {
+                        let (digits, unit) = v.split_at(v.len() - 1);
+                        prop_assert!((1..=8).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit));
+                        prop_assert!(b"HMSmun".contains(&unit[0]));
+                    }
+                }
+                prop_assert!(parse_status(Some(&v)) <= 16);
+            }
+
+            #[test]
+            fn well_formed_timeouts_read_exactly(n in 0u64..100_000_000, unit in 0usize..6) {
+                let (u, d) = [
+                    ("H", Duration::from_secs(n * 3600)), ("M", Duration::from_secs(n * 60)),
+                    ("S", Duration::from_secs(n)), ("m", Duration::from_millis(n)),
+                    ("u", Duration::from_micros(n)), ("n", Duration::from_nanos(n)),
+                ][unit];
+                let mut h = HeaderMap::new();
+                h.insert(HeaderName::from_static("grpc-timeout"), HeaderValue::try_from(format!("{n}{u}")).unwrap());
+                prop_assert_eq!(timeout(&h), Some(d));
+            }
+        }
+    }
 }

@@ -248,6 +248,19 @@ impl PassedHead {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Any bytes as header lines: no panic, and what goes into the map is valid as sent.
+        #[test]
+        fn any_header_lines_are_read_safely(v in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let mut map = HeaderMap::new();
+            append_lines(&mut map, &v);
+            for (name, value) in &map {
+                proptest::prop_assert!(!name.as_str().is_empty());
+                proptest::prop_assert!(!value.as_bytes().contains(&b'\n'));
+            }
+        }
+    }
+
     #[test]
     fn header_lines_go_into_a_map_and_bad_ones_are_left_out() {
         let mut lines = Vec::new();
