@@ -626,3 +626,32 @@ async fn http1_head_limits_hold_for_http2_and_quiet_or_old_connections_get_goawa
     assert!(answered > 5, "{answered}");
     assert!(took >= Duration::from_millis(500) && took < Duration::from_secs(3), "{took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_listener_finishes_its_streams_then_says_goaway() {
+    let s = setup().await;
+    let stream = TcpStream::connect(s.listener).await.unwrap();
+    let (client, conn) = h2::client::handshake(stream).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    // In flight when the listener goes: the backend answers /slow after 2 s.
+    let (slow, _) = client.send_request(http::Request::get("http://h1.test/slow").body(()).unwrap(), true).unwrap();
+
+    let mut cfg = s.config.clone();
+    cfg["listeners"].as_object_mut().unwrap().remove("main");
+    cfg["routes"].as_object_mut().unwrap().retain(|_, r| r["listener"] != "main");
+    s.cp.send_snapshot(snapshot(&support::config(cfg), 2)).await;
+    s.cp.expect_ack(2).await;
+
+    let resp = tokio::time::timeout(Duration::from_secs(10), slow).await.expect("the stream was answered").unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    while let Some(chunk) = body.data().await {
+        got.extend_from_slice(&chunk.unwrap());
+    }
+    assert!(String::from_utf8_lossy(&got).contains("path=/slow"));
+    // Then the connection ends gracefully: GOAWAY (NO_ERROR) and a close, no stream cut.
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await.expect("the connection ended").unwrap();
+    assert!(ended.is_ok(), "{ended:?}");
+}
