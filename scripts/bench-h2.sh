@@ -5,11 +5,16 @@
 # interleaved rounds. Prints per run req/s and CPU per request (user+system ticks of the proxy's
 # processes over the run), then the medians and Sluice's ratios to each peer.
 # WORKERS (default 2): nginx worker_processes, HAProxy nbthread (Sluice uses a worker per core).
+# UPSTREAM=h2: the backend speaks h2c and the proxies HTTP/2 to it (Sluice `protocol: http2`,
+# HAProxy `proto h2`); nginx, which cannot proxy HTTP/2 upstream but for gRPC, sits this one out.
 # Needs nginx, haproxy, h2load (scripts/install-bench-tools.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$(realpath "${1:-target/release/sluice}")
 rounds=${ROUNDS:-3} duration=${DURATION:-10} conns=${CONNS:-64} streams=${STREAMS:-10} workers=${WORKERS:-2}
+upstream=${UPSTREAM:-h1}
+backend_listen="" haproxy_proto=""
+[[ $upstream == h2 ]] && backend_listen=" http2" haproxy_proto=" proto h2"
 base=${BASE_PORT:-18400}
 backend=$base sluice=$((base + 10)) nginx=$((base + 20)) haproxy=$((base + 30))
 tmp=$(mktemp -d)
@@ -23,7 +28,7 @@ cat > "$tmp/backend.conf" <<EOF
 worker_processes 2; daemon off; pid $tmp/backend.pid; error_log $tmp/backend.err;
 events { worker_connections 8192; }
 http { access_log off; keepalive_requests 10000000; $temp_paths
-  server { listen 127.0.0.1:$backend backlog=4096; location / { return 200 "hello, world\n"; } } }
+  server { listen 127.0.0.1:$backend$backend_listen backlog=4096; location / { return 200 "hello, world\n"; } } }
 EOF
 nginx -c "$tmp/backend.conf" -p "$tmp" & pids+=($!)
 
@@ -53,17 +58,27 @@ frontend h2c
     default_backend b
 backend b
     http-reuse always
-    server b1 127.0.0.1:$backend
+    server b1 127.0.0.1:$backend$haproxy_proto
 EOF
 haproxy -f "$tmp/haproxy.cfg" & pids+=($!)
 
 SLUICE_BIN="$bin" BENCH_BACKENDS="127.0.0.1:$backend" BENCH_TMP="$tmp" \
   setsid ../shared/bench/sluice-candidate.sh l7 "$sluice" > "$tmp/sluice.log" 2>&1 & pids+=($!)
 
-for port in $backend $nginx $haproxy $sluice; do
+ports="$backend $nginx $haproxy $sluice"
+[[ $upstream == h2 ]] && ports="$backend $haproxy $sluice"
+for port in $ports; do
   for _ in $(seq 200); do curl -sf -o /dev/null --http2-prior-knowledge "http://127.0.0.1:$port/" 2>/dev/null && break
     curl -sf -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null && [[ $port == "$backend" ]] && break; sleep 0.1; done
 done
+
+if [[ $upstream == h2 ]]; then
+  # The candidate's cluster, spoken to over HTTP/2.
+  curl -sf -X PUT "http://127.0.0.1:$((sluice + 1))/v1/clusters/bench" -H "Authorization: Bearer bench-token" \
+    -H 'Content-Type: application/json' \
+    -d "{\"protocol\":\"http2\",\"endpoints\":[{\"address\":\"127.0.0.1:$backend\"}]}" > /dev/null
+  sleep 1
+fi
 
 # The processes of a proxy: its pid and its children (nginx's workers).
 procs() { local p=$1; echo "$p"; pgrep -P "$p" || true; }
@@ -81,6 +96,8 @@ port_of() { case $1 in nginx) echo "$nginx" ;; haproxy) echo "$haproxy" ;; sluic
 hz=$(getconf CLK_TCK)
 declare -A rps cpu
 order=(sluice nginx haproxy)
+[[ $upstream == h2 ]] && order=(sluice haproxy)
+names=("${order[@]}")
 for r in $(seq "$rounds"); do
   for name in "${order[@]}"; do
     port=$(port_of "$name") pid=$(pid_of "$name")
@@ -102,10 +119,10 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR] = $1} END {print (
 echo
 echo "| proxy | req/s (median) | CPU us/req (median) |"
 echo "|---|---:|---:|"
-for name in sluice nginx haproxy; do
+for name in "${names[@]}"; do
   echo "| $name | $(median <<< "${rps[$name]}") | $(median <<< "${cpu[$name]}") |"
 done
-for peer in nginx haproxy; do
+for peer in "${names[@]:1}"; do
   awk -v a="$(median <<< "${rps[sluice]}")" -v b="$(median <<< "${rps[$peer]}")" \
       -v c="$(median <<< "${cpu[sluice]}")" -v d="$(median <<< "${cpu[$peer]}")" -v p="$peer" \
       'BEGIN {printf "sluice / %s: %.3fx req/s, %.3fx CPU per request\n", p, a / b, c / d}'
