@@ -6,6 +6,7 @@
 # the proxy's CPU per call (user+system ticks over the run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/bench-lib.sh
 bin=$(realpath "${1:-target/release/sluice}")
 load=${GRPC_LOAD:-${CARGO_TARGET_DIR:-target}/release/grpc-load}
 [[ -x $load ]] || { echo "no $load (cargo build --release -p sluice-e2e --bin grpc-load)" >&2; exit 1; }
@@ -16,12 +17,11 @@ tmp=$(mktemp -d); pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 "$load" serve "127.0.0.1:$server" & pids+=($!)
-mkdir -p "$tmp"/{body,proxy,fastcgi,uwsgi,scgi}
+temp_paths=$(nginx_temp_paths "$tmp")
 cat > "$tmp/nginx.conf" <<EOC
 worker_processes $workers; daemon off; pid $tmp/nginx.pid; error_log $tmp/nginx.err; worker_rlimit_nofile 16384;
 events { worker_connections 8192; }
-http { access_log off; client_body_temp_path $tmp/body; proxy_temp_path $tmp/proxy; fastcgi_temp_path $tmp/fastcgi;
-  uwsgi_temp_path $tmp/uwsgi; scgi_temp_path $tmp/scgi; http2_max_concurrent_streams 128;
+http { access_log off; $temp_paths http2_max_concurrent_streams 128;
   keepalive_requests 10000000; keepalive_timeout 120s;
   upstream g { server 127.0.0.1:$server; keepalive 64; keepalive_requests 10000000; }
   server { listen 127.0.0.1:$nginx http2; location / { grpc_pass grpc://g; } } }
@@ -37,7 +37,6 @@ put listeners/g "{\"address\":\"127.0.0.1:$sluice\",\"protocol\":\"http\"}"
 put routes/g '{"listener":"g","match":{"path":{"prefix":"/"}},"backends":[{"cluster":"g"}]}'
 for _ in $(seq 100); do "$load" call "http://127.0.0.1:$sluice" 1 1 1 2>/dev/null | grep -q "failed 0" && break; sleep 0.2; done
 
-ticks() { local t=0; for p in "$@"; do [[ -r /proc/$p/stat ]] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
 hz=$(getconf CLK_TCK)
 declare -A rate cpu
 order=(direct sluice nginx)
@@ -58,7 +57,6 @@ for r in $(seq "$rounds"); do
   done
   order=("${order[@]:1}" "${order[0]}")
 done
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 echo; echo "| path | calls/s (median) | CPU us/call (median) |"; echo "|---|---:|---:|"
 for name in direct sluice nginx; do echo "| $name | $(median <<< "${rate[$name]}") | $(median <<< "${cpu[$name]}") |"; done
 awk -v a="$(median <<< "${rate[sluice]}")" -v b="$(median <<< "${rate[nginx]}")" -v c="$(median <<< "${cpu[sluice]}")" \

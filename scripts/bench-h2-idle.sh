@@ -5,14 +5,14 @@
 # and gone quiet (scripts/h2-idle-clients.py, Python's h2 package).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/bench-lib.sh
 bin=$(realpath "${1:-target/release/sluice}")
 n=${N:-2000} base=${BASE_PORT:-18500}
 backend=$base sluice=$((base + 10)) nginx=$((base + 20))
 tmp=$(mktemp -d); pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
-mkdir -p "$tmp"/{body,proxy,fastcgi,uwsgi,scgi}
-temp_paths="client_body_temp_path $tmp/body; proxy_temp_path $tmp/proxy; fastcgi_temp_path $tmp/fastcgi; uwsgi_temp_path $tmp/uwsgi; scgi_temp_path $tmp/scgi;"
+temp_paths=$(nginx_temp_paths "$tmp")
 cat > "$tmp/backend.conf" <<EOC
 worker_processes 1; daemon off; pid $tmp/backend.pid; error_log $tmp/backend.err;
 events { worker_connections 4096; }

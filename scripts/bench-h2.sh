@@ -10,6 +10,7 @@
 # Needs nginx, haproxy, h2load (scripts/install-bench-tools.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/bench-lib.sh
 bin=$(realpath "${1:-target/release/sluice}")
 rounds=${ROUNDS:-3} duration=${DURATION:-10} conns=${CONNS:-64} streams=${STREAMS:-10} workers=${WORKERS:-2}
 upstream=${UPSTREAM:-h1}
@@ -21,8 +22,7 @@ tmp=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
-mkdir -p "$tmp"/{body,proxy,fastcgi,uwsgi,scgi}
-temp_paths="client_body_temp_path $tmp/body; proxy_temp_path $tmp/proxy; fastcgi_temp_path $tmp/fastcgi; uwsgi_temp_path $tmp/uwsgi; scgi_temp_path $tmp/scgi;"
+temp_paths=$(nginx_temp_paths "$tmp")
 
 cat > "$tmp/backend.conf" <<EOF
 worker_processes 2; daemon off; pid $tmp/backend.pid; error_log $tmp/backend.err;
@@ -82,8 +82,6 @@ fi
 
 # The processes of a proxy: its pid and its children (nginx's workers).
 procs() { local p=$1; echo "$p"; pgrep -P "$p" || true; }
-ticks() { local t=0; for p in $(procs "$1"); do
-  [[ -r /proc/$p/stat ]] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
 pid_of() {
   case $1 in
     nginx) cat "$tmp/nginx.pid" ;;
@@ -102,9 +100,9 @@ for r in $(seq "$rounds"); do
   for name in "${order[@]}"; do
     port=$(port_of "$name") pid=$(pid_of "$name")
     h2load -c "$conns" -m "$streams" -D 2 "http://127.0.0.1:$port/" > /dev/null 2>&1   # warm
-    before=$(ticks "$pid")
+    before=$(ticks $(procs "$pid"))
     out=$(h2load -c "$conns" -m "$streams" -D "$duration" "http://127.0.0.1:$port/" 2>&1)
-    after=$(ticks "$pid")
+    after=$(ticks $(procs "$pid"))
     done_=$(awk '/^requests:/ {print $8}' <<< "$out")
     failed=$(awk '/^requests:/ {print $10}' <<< "$out")
     ok2xx=$(awk '/^status codes:/ {print $3}' <<< "$out")
@@ -115,7 +113,6 @@ for r in $(seq "$rounds"); do
   done
   order=("${order[@]:1}" "${order[0]}")
 done
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 echo
 echo "| proxy | req/s (median) | CPU us/req (median) |"
 echo "|---|---:|---:|"

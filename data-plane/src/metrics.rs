@@ -183,7 +183,7 @@ impl Metrics {
         header(&mut out, "sluice_requests_total", "counter", "HTTP responses by route, cluster and status class.");
         let mut rows: Vec<(&str, &str, &ResponseCounts)> = vec![("", "", &self.unrouted)];
         rows.extend(reg.responses.iter().map(|((r, c), v)| (r.as_str(), c.as_str(), v.as_ref())));
-        for (route, cluster, counts) in rows {
+        for &(route, cluster, counts) in &rows {
             for (i, class) in classes.iter().enumerate() {
                 let n = counts.get(i as u8 + 1);
                 if n > 0 {
@@ -198,9 +198,7 @@ impl Metrics {
         }
 
         header(&mut out, "sluice_grpc_responses_total", "counter", "gRPC calls by route, cluster and grpc-status.");
-        let mut rows: Vec<(&str, &str, &ResponseCounts)> = vec![("", "", &self.unrouted)];
-        rows.extend(reg.responses.iter().map(|((r, c), v)| (r.as_str(), c.as_str(), v.as_ref())));
-        for (route, cluster, counts) in rows {
+        for &(route, cluster, counts) in &rows {
             for status in 0..=16u8 {
                 let n = counts.grpc(status);
                 if n > 0 {

@@ -60,6 +60,16 @@ impl ProxyError {
         }
     }
 
+    /// `x-sluice-overflow: <limit>` on answers to a limit reached.
+    pub fn mark_overflow(self, headers: &mut header::HeaderMap) {
+        let overflow = match self {
+            ProxyError::Overflow(o) => o.as_str(),
+            ProxyError::EndpointsFull => "endpoint_connections",
+            _ => return,
+        };
+        headers.insert(X_SLUICE_OVERFLOW.clone(), HeaderValue::from_static(overflow));
+    }
+
     pub fn response(self) -> Response<ProxyBody> {
         let msg = self.message();
         let mut resp = Response::new(ProxyBody::text(msg));
@@ -67,14 +77,7 @@ impl ProxyError {
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(msg.len()));
-        let overflow = match self {
-            ProxyError::Overflow(o) => Some(o.as_str()),
-            ProxyError::EndpointsFull => Some("endpoint_connections"),
-            _ => None,
-        };
-        if let Some(o) = overflow {
-            h.insert(X_SLUICE_OVERFLOW.clone(), HeaderValue::from_static(o));
-        }
+        self.mark_overflow(h);
         // What it was, for a gRPC call's status (`grpc::error_response`).
         resp.extensions_mut().insert(self);
         resp

@@ -50,11 +50,7 @@ pub fn error_response(err: ProxyError) -> Response<ProxyBody> {
     h.insert(GRPC_STATUS.clone(), HeaderValue::from(code(err) as u16));
     // The messages are printable ASCII: nothing to percent-encode.
     h.insert(GRPC_MESSAGE.clone(), HeaderValue::from_static(err.message().trim_end()));
-    if let ProxyError::Overflow(o) = err {
-        h.insert(HeaderName::from_static("x-sluice-overflow"), HeaderValue::from_static(o.as_str()));
-    } else if err == ProxyError::EndpointsFull {
-        h.insert(HeaderName::from_static("x-sluice-overflow"), HeaderValue::from_static("endpoint_connections"));
-    }
+    err.mark_overflow(h);
     resp.extensions_mut().insert(err);
     resp
 }

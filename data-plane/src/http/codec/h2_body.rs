@@ -12,7 +12,7 @@ use std::future::poll_fn;
 
 use bytes::Bytes;
 use h2::{Reason, SendStream};
-use http_body::{Frame, SizeHint};
+use http_body::{Body, Frame, SizeHint};
 
 use super::{BoxError, ClientBodyError};
 
@@ -108,4 +108,63 @@ pub async fn send_data(send: &mut SendStream<Bytes>, mut data: Bytes, end: bool)
         send.send_data(piece, end && data.is_empty())?;
     }
     Ok(())
+}
+
+/// How sending a body on a stream ended.
+pub enum Sent {
+    /// All of it, trailers included, and the end of the stream.
+    Done,
+    /// The peer reset the stream or the connection went, or `stopped` said to stop.
+    Reset,
+    /// The body failed: the stream was reset (the peer must not take a cut body for a whole one).
+    Failed(BoxError),
+}
+
+/// Streams `body` on `send` as the stream's and connection's windows allow, its trailers too;
+/// `stopped` is asked at each wait (a listener's abort). A failing body resets the stream with
+/// `reason`.
+pub async fn send_body<B>(
+    send: &mut SendStream<Bytes>,
+    body: B,
+    reason: Reason,
+    mut stopped: impl FnMut(&mut Context<'_>) -> bool,
+) -> Sent
+where
+    B: Body<Data = Bytes, Error = BoxError>,
+{
+    let mut body = std::pin::pin!(body);
+    loop {
+        let frame = poll_fn(|cx| {
+            if stopped(cx) || send.poll_reset(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            body.as_mut().poll_frame(cx).map(Some)
+        })
+        .await;
+        let Some(frame) = frame else { return Sent::Reset };
+        let frame = match frame {
+            None => return if send.send_data(Bytes::new(), true).is_ok() { Sent::Done } else { Sent::Reset },
+            Some(Err(e)) => {
+                send.send_reset(reason);
+                return Sent::Failed(e);
+            }
+            Some(Ok(frame)) => frame,
+        };
+        match frame.into_data() {
+            Ok(data) => {
+                let end = body.is_end_stream();
+                if send_data(send, data, end).await.is_err() {
+                    return Sent::Reset;
+                }
+                if end {
+                    return Sent::Done;
+                }
+            }
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    return if send.send_trailers(trailers).is_ok() { Sent::Done } else { Sent::Reset };
+                }
+            }
+        }
+    }
 }

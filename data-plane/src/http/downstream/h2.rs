@@ -34,7 +34,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::http::body::ProxyBody;
-use crate::http::codec::h2_body::send_data;
+use crate::http::codec::h2_body::{self, Sent};
 use crate::http::codec::head::{MAX_HEADERS, MAX_REQUEST_LINE};
 use crate::http::codec::headers::{append_lines, content_length, PassedHead};
 use crate::http::codec::request_body::RequestBody;
@@ -247,48 +247,12 @@ async fn serve_stream(
 
 /// Streams `body` to the client as its window allows; trailers end the stream when there are any.
 async fn send_body(mut send: SendStream<Bytes>, body: ProxyBody, mut watch: PhaseWatch) -> Outcome {
-    let mut body = pin!(body);
-    loop {
-        let frame = poll_fn(|cx| {
-            if watch.poll(cx) == Phase::Abort || send.poll_reset(cx).is_ready() {
-                return Poll::Ready(None);
-            }
-            body.as_mut().poll_frame(cx).map(Some)
-        })
-        .await;
-        let Some(frame) = frame else { return Outcome::Reset };
-        match frame {
-            None => {
-                return match send.send_data(Bytes::new(), true) {
-                    Ok(()) => Outcome::Done,
-                    Err(_) => Outcome::Reset,
-                }
-            }
-            Some(Err(e)) => {
-                // The client must not take a cut body for a whole one.
-                tracing::debug!(error = %e, "response body failed");
-                send.send_reset(Reason::INTERNAL_ERROR);
-                return Outcome::Failed;
-            }
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => {
-                    let end = body.is_end_stream();
-                    if send_data(&mut send, data, end).await.is_err() {
-                        return Outcome::Reset;
-                    }
-                    if end {
-                        return Outcome::Done;
-                    }
-                }
-                Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
-                        return match send.send_trailers(trailers) {
-                            Ok(()) => Outcome::Done,
-                            Err(_) => Outcome::Reset,
-                        };
-                    }
-                }
-            },
+    match h2_body::send_body(&mut send, body, Reason::INTERNAL_ERROR, |cx| watch.poll(cx) == Phase::Abort).await {
+        Sent::Done => Outcome::Done,
+        Sent::Reset => Outcome::Reset,
+        Sent::Failed(e) => {
+            tracing::debug!(error = %e, "response body failed");
+            Outcome::Failed
         }
     }
 }

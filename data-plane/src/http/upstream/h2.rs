@@ -17,7 +17,6 @@
 //! of a cluster with a breaker's `max_connections` holds one of its connection permits.
 
 use std::cell::RefCell;
-use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -38,7 +37,7 @@ use tokio_util::either::Either;
 use super::h1::{ExchangeError, Stream};
 use super::{open, send_on_opened, Dial, Failed, PoolKey, UpstreamBody, UpstreamError};
 use crate::fast_hash::FastMap;
-use crate::http::codec::h2_body::{send_data, H2Body};
+use crate::http::codec::h2_body::{send_body, H2Body, Sent};
 use crate::http::codec::headers::{append_lines, content_length, is_grpc};
 use crate::http::codec::outgoing::RequestOut;
 use crate::http::codec::{BodyTooLarge, BoxError, ClientBodyError};
@@ -281,41 +280,11 @@ fn h2_head(parts: http::request::Parts, endpoint: SocketAddr, tls: bool, forward
 /// Sends the request body on its stream as the endpoint's window allows, trailers included.
 /// Returns the client's error when the body failed on the client's side.
 async fn pump_body(body: RequestOut, mut stream: SendStream<Bytes>) -> Option<UpstreamError> {
-    let mut body = pin!(body);
-    loop {
-        let frame = poll_fn(|cx| {
-            if stream.poll_reset(cx).is_ready() {
-                return std::task::Poll::Ready(None);
-            }
-            body.as_mut().poll_frame(cx).map(Some)
-        })
-        .await;
-        let frame = frame?;
-        match frame {
-            None => {
-                let _ = stream.send_data(Bytes::new(), true);
-                return None;
-            }
-            Some(Err(e)) => {
-                stream.send_reset(Reason::CANCEL);
-                let client = e.is::<ClientBodyError>() || e.is::<BodyTooLarge>();
-                return client.then(|| UpstreamError::Exchange(ExchangeError::Body(e)));
-            }
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => {
-                    let end = body.is_end_stream();
-                    if send_data(&mut stream, data, end).await.is_err() || end {
-                        return None;
-                    }
-                }
-                Err(frame) => {
-                    if let Ok(t) = frame.into_trailers() {
-                        let _ = stream.send_trailers(t);
-                    }
-                    return None;
-                }
-            },
+    match send_body(&mut stream, body, Reason::CANCEL, |_| false).await {
+        Sent::Failed(e) if e.is::<ClientBodyError>() || e.is::<BodyTooLarge>() => {
+            Some(UpstreamError::Exchange(ExchangeError::Body(e)))
         }
+        Sent::Done | Sent::Reset | Sent::Failed(_) => None,
     }
 }
 
