@@ -20,6 +20,8 @@ pub enum Kind {
 
 impl Kind {
     pub const ALL: [Kind; 4] = [Kind::Cluster, Kind::Listener, Kind::Route, Kind::Certificate];
+    /// Certificates and clusters first: listeners refer to them, and routes refer to listeners.
+    pub const DEPENDENCY_ORDER: [Kind; 4] = [Kind::Certificate, Kind::Cluster, Kind::Listener, Kind::Route];
 
     /// The plural used in URLs and by the CLI (`clusters`).
     pub fn plural(self) -> &'static str {
@@ -52,6 +54,22 @@ impl Kind {
     }
 }
 
+impl Serialize for Kind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.singular())
+    }
+}
+
+/// Takes what [`Kind::parse`] takes, so files may say `route` or `routes`.
+impl<'de> Deserialize<'de> for Kind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Kind::parse(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!("unknown kind {text:?}: expected cluster, listener, route or certificate"))
+        })
+    }
+}
+
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.singular())
@@ -79,6 +97,16 @@ impl Config {
             Kind::Route => self.routes.contains_key(name),
             Kind::Certificate => self.certificates.contains_key(name),
         }
+    }
+
+    /// Removes `kind/name` if present.
+    pub fn remove(&mut self, kind: Kind, name: &str) {
+        match kind {
+            Kind::Cluster => self.clusters.remove(name).map(drop),
+            Kind::Listener => self.listeners.remove(name).map(drop),
+            Kind::Route => self.routes.remove(name).map(drop),
+            Kind::Certificate => self.certificates.remove(name).map(drop),
+        };
     }
 
     /// Checks the references of one cluster (its upstream client certificate) against the config.
@@ -154,30 +182,36 @@ impl Config {
     /// Checks everything: each resource alone, then every cross-reference. The data plane runs this
     /// on each snapshot; the control plane keeps it true on each write.
     pub fn validate(&self) -> Result<()> {
-        for (n, c) in &self.clusters {
-            crate::validate::name("name", n)
-                .and_then(|_| c.validate())
-                .and_then(|_| self.check_cluster(c))
-                .map_err(|e| e.within(&format!("clusters.{n}")))?;
+        match self.problems(1).into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
+    }
+
+    /// Up to `limit` problems, the first of each resource, each with its field path under
+    /// `{kind}s.{name}` (`routes.api.match.path`), in dependency order.
+    pub fn problems(&self, limit: usize) -> Vec<ValidationError> {
+        let mut out = Vec::new();
+        let mut check = |section: &str, name: &str, r: Result<()>| {
+            if out.len() < limit {
+                if let Err(e) = crate::validate::name("name", name).and(r) {
+                    out.push(e.within(&format!("{section}.{name}")));
+                }
+            }
+        };
         for (n, c) in &self.certificates {
-            crate::validate::name("name", n)
-                .and_then(|_| c.validate_material())
-                .map_err(|e| e.within(&format!("certificates.{n}")))?;
+            check("certificates", n, c.validate_material());
+        }
+        for (n, c) in &self.clusters {
+            check("clusters", n, c.validate().and_then(|_| self.check_cluster(c)));
         }
         for (n, l) in &self.listeners {
-            crate::validate::name("name", n)
-                .and_then(|_| l.validate())
-                .and_then(|_| self.check_listener(n, l))
-                .map_err(|e| e.within(&format!("listeners.{n}")))?;
+            check("listeners", n, l.validate().and_then(|_| self.check_listener(n, l)));
         }
         for (n, r) in &self.routes {
-            crate::validate::name("name", n)
-                .and_then(|_| r.validate())
-                .and_then(|_| self.check_route(r))
-                .map_err(|e| e.within(&format!("routes.{n}")))?;
+            check("routes", n, r.validate().and_then(|_| self.check_route(r)));
         }
-        Ok(())
+        out
     }
 
     /// The resources that refer to `kind/name`, as `"route api"` strings, for a 409 on delete.

@@ -5,13 +5,16 @@
 //! It does no I/O.
 
 pub mod certs;
+pub mod changes;
 pub mod cidr;
 pub mod clock;
 pub mod config;
 pub mod convert;
 pub mod model;
 pub mod proto;
+pub mod shadow;
 pub mod validate;
+pub mod wording;
 
 pub use config::{Config, Kind};
 pub use model::*;

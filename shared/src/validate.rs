@@ -73,10 +73,16 @@ pub enum ParseError {
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ParseError> {
     // A syntax pass first, so "not JSON" is never reported as a shape problem.
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| ParseError::Malformed(e.to_string()))?;
+    parse_value(value).map_err(ParseError::Invalid)
+}
+
+/// Turns parsed JSON into `T`; a wrong shape names its path and says what was expected in the
+/// API's words.
+pub fn parse_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." { String::new() } else { path };
-        ParseError::Invalid(ValidationError::invalid(field, e.into_inner().to_string()))
+        ValidationError::invalid(field, crate::wording::humanize(&e.into_inner().to_string()))
     })
 }
 

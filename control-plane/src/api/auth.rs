@@ -30,6 +30,8 @@ pub enum Action<'a> {
     Tokens,
     /// Read the audit log.
     Audit,
+    /// Read certificates' private keys (an export with keys).
+    ReadKeys,
 }
 
 impl std::fmt::Display for Action<'_> {
@@ -40,6 +42,7 @@ impl std::fmt::Display for Action<'_> {
             Action::Weights { route } => write!(f, "shift weights of route {route}"),
             Action::Tokens => f.write_str("manage tokens"),
             Action::Audit => f.write_str("read the audit log"),
+            Action::ReadKeys => f.write_str("read private keys"),
         }
     }
 }

@@ -1,5 +1,7 @@
 //! The one error type of the REST API and its JSON shape:
-//! `{"error": {"code": "…", "message": "…", "field": "endpoints[0].address"}}`.
+//! `{"error": {"code": "…", "message": "…", "field": "endpoints[0].address"}}`; a write of many
+//! resources adds `"errors": [{"resource": "route api", "field": "match.path", "message": "…"}]`,
+//! every problem at once (`field` and `message` are then the first one's).
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -7,7 +9,7 @@ use axum::Json;
 use sluice_shared::validate::ParseError;
 use sluice_shared::{ErrorKind, ValidationError};
 
-use crate::store::StoreError;
+use crate::store::{all_conflicts, Problem, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -16,11 +18,13 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<String>,
+    /// Every problem of a write of many resources.
+    pub errors: Vec<Problem>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), field: None }
+        Self { status, code, message: message.into(), field: None, errors: Vec::new() }
     }
 
     pub fn malformed(message: impl Into<String>) -> Self {
@@ -61,7 +65,23 @@ impl ApiError {
             ErrorKind::Invalid => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
             ErrorKind::Conflict => (StatusCode::CONFLICT, "conflict"),
         };
-        Self { status, code, message: e.message, field: e.field }
+        Self { status, code, message: e.message, field: e.field, errors: Vec::new() }
+    }
+
+    /// 422 (409 when each is a conflict) listing every problem; the message and field are the first's.
+    pub fn problems(problems: Vec<Problem>) -> Self {
+        let (status, code) = if all_conflicts(&problems) {
+            (StatusCode::CONFLICT, "conflict")
+        } else {
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid")
+        };
+        let message = match problems.as_slice() {
+            [one] => one.to_string(),
+            [first, ..] => format!("{} problems; the first: {first}", problems.len()),
+            [] => "invalid".to_string(),
+        };
+        let field = problems.first().and_then(|p| p.error.field.clone());
+        Self { status, code, message, field, errors: problems }
     }
 }
 
@@ -78,7 +98,8 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Invalid(v) => ApiError::validation(v),
-            e @ StoreError::NotFound { .. } => ApiError::not_found(e.to_string()),
+            StoreError::Problems(p) => ApiError::problems(p),
+            e @ (StoreError::NotFound { .. } | StoreError::NoHistory(_)) => ApiError::not_found(e.to_string()),
             e @ StoreError::InUse { .. } => ApiError::new(StatusCode::CONFLICT, "in_use", e.to_string()),
             e @ StoreError::RevisionMismatch { .. } => ApiError::precondition_failed(e.to_string()),
             StoreError::Unavailable(why) => {
@@ -90,11 +111,18 @@ impl From<StoreError> for ApiError {
     }
 }
 
+pub(super) fn problem_json(p: &Problem) -> serde_json::Value {
+    serde_json::json!({ "resource": p.resource, "field": p.error.field, "message": p.error.message })
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "error": { "code": self.code, "message": self.message, "field": self.field }
         });
+        if !self.errors.is_empty() {
+            body["error"]["errors"] = self.errors.iter().map(problem_json).collect();
+        }
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -173,9 +173,14 @@ async fn put_one<T: Spec>(
     caller.permit(Action::Write { kind: T::KIND, name: &name })?;
     let spec: T = parse_json(&read_body(&headers, body).await?)?;
     let expected = if_match(&headers, app.store.state().revision)?;
-    let state = app.store.apply(Change::Put(T::resource(name.clone(), spec)), expected).await?;
+    let written = app.store.write(Change::Put(T::resource(name.clone(), spec)), expected, caller.who()).await?;
+    let state = &written.state;
     let stored = T::all(&state.config).get(&name).ok_or_else(|| not_found(T::KIND, &name))?;
-    Ok(committed(state.revision, stored.view(&name, Some(state.revision))?))
+    let mut view = stored.view(&name, Some(state.revision))?;
+    if !written.warnings.is_empty() {
+        view["warnings"] = written.warnings.iter().map(super::error::problem_json).collect();
+    }
+    Ok(committed(state.revision, view))
 }
 
 async fn delete_one<T: Spec>(
@@ -191,7 +196,7 @@ async fn delete_one<T: Spec>(
         return Err(not_found(T::KIND, &name));
     }
     let expected = if_match(&headers, app.store.state().revision)?;
-    let state = app.store.apply(Change::Delete(T::KIND, name.clone()), expected).await?;
+    let state = app.store.write(Change::Delete(T::KIND, name.clone()), expected, caller.who()).await?.state;
     let body = serde_json::json!({ "revision": state.revision, "name": name });
     Ok(committed(state.revision, body))
 }
@@ -213,7 +218,8 @@ async fn set_weights(
     caller.permit(Action::Weights { route: &route })?;
     let WeightsBody { weights } = parse_json(&read_body(&headers, body).await?)?;
     let expected = if_match(&headers, app.store.state().revision)?;
-    let state = app.store.apply(Change::SetWeights { route: route.clone(), weights }, expected).await?;
+    let change = Change::SetWeights { route: route.clone(), weights };
+    let state = app.store.write(change, expected, caller.who()).await?.state;
     let stored = state.config.routes.get(&route).ok_or_else(|| not_found(Kind::Route, &route))?;
     Ok(committed(state.revision, stored.view(&route, Some(state.revision))?))
 }

@@ -1,76 +1,63 @@
 //! The pure half of a write: checks a [`Change`] against the current config and yields the new
-//! config plus the one row to write. No I/O, so every rule here is unit-testable.
+//! config. No I/O, so every rule here is unit-testable. What rows to write follows from the diff.
 
 use sluice_shared::validate::{self, ValidationError};
 use sluice_shared::{Config, Kind};
 
+use super::batch;
 use super::{Change, Resource, StoreError};
 
-/// The database row a change writes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum RowWrite {
-    Upsert { kind: Kind, name: String, spec: String },
-    Delete { kind: Kind, name: String },
+/// A change made: the config it yields and whether it commits a revision even when nothing changed
+/// (a single `PUT` does, per the API contract; a batch equal to what is stored writes nothing).
+#[derive(Debug)]
+pub(super) struct Applied {
+    pub config: Config,
+    pub always_commit: bool,
 }
 
-pub(super) fn apply(base: &Config, change: Change) -> Result<(Config, RowWrite), StoreError> {
+pub(super) fn apply(base: &Config, change: Change) -> Result<Applied, StoreError> {
+    let single = |config| Ok(Applied { config, always_commit: true });
     match change {
-        Change::Put(resource) => put(base, resource),
-        Change::Delete(kind, name) => delete(base, kind, name),
-        Change::SetWeights { route, weights } => set_weights(base, route, weights),
+        Change::Put(resource) => single(put(base, resource)?),
+        Change::Delete(kind, name) => single(delete(base, kind, name)?),
+        Change::SetWeights { route, weights } => single(set_weights(base, route, weights)?),
+        Change::Batch(b) => Ok(Applied { config: batch::plan(base, &b)?, always_commit: false }),
+        Change::Restore { config, .. } => {
+            if let Some(e) = config.problems(1).into_iter().next() {
+                return Err(StoreError::Invalid(e));
+            }
+            Ok(Applied { config, always_commit: false })
+        }
     }
 }
 
-fn put(base: &Config, resource: Resource) -> Result<(Config, RowWrite), StoreError> {
-    let kind = resource.kind();
+fn put(base: &Config, resource: Resource) -> Result<Config, StoreError> {
     validate::name("name", resource.name())?;
+    resource.validate_alone()?;
     // Each check runs against the config as it is, which holds every resource the new one may refer to.
     match &resource {
-        Resource::Cluster(_, c) => {
-            c.validate()?;
-            base.check_cluster(c)?;
-        }
-        Resource::Certificate(_, c) => c.validate()?,
-        Resource::Listener(n, l) => {
-            l.validate()?;
-            base.check_listener(n, l)?;
-        }
-        Resource::Route(_, r) => {
-            r.validate()?;
-            base.check_route(r)?;
-        }
+        Resource::Cluster(_, c) => base.check_cluster(c)?,
+        Resource::Certificate(..) => {}
+        Resource::Listener(n, l) => base.check_listener(n, l)?,
+        Resource::Route(_, r) => base.check_route(r)?,
     }
-    let spec = spec_json(&resource)?;
     let mut config = base.clone();
-    let name = resource.name().to_string();
-    match resource {
-        Resource::Cluster(n, c) => {
-            config.clusters.insert(n, c);
-        }
-        Resource::Listener(n, l) => {
-            config.listeners.insert(n, l);
-        }
-        Resource::Route(n, r) => {
-            config.routes.insert(n, r);
-        }
-        Resource::Certificate(n, c) => {
-            config.certificates.insert(n, c);
-        }
-    }
-    Ok((config, RowWrite::Upsert { kind, name, spec }))
+    resource.insert_into(&mut config);
+    Ok(config)
 }
 
-fn spec_json(resource: &Resource) -> Result<String, StoreError> {
-    let json = match resource {
-        Resource::Cluster(_, c) => serde_json::to_string(c),
-        Resource::Listener(_, l) => serde_json::to_string(l),
-        Resource::Route(_, r) => serde_json::to_string(r),
-        Resource::Certificate(_, c) => serde_json::to_string(c),
+/// A resource's spec as stored: the JSON of its REST body.
+pub(super) fn spec_json(config: &Config, kind: Kind, name: &str) -> Result<Option<String>, StoreError> {
+    let json = match kind {
+        Kind::Cluster => config.clusters.get(name).map(serde_json::to_string),
+        Kind::Listener => config.listeners.get(name).map(serde_json::to_string),
+        Kind::Route => config.routes.get(name).map(serde_json::to_string),
+        Kind::Certificate => config.certificates.get(name).map(serde_json::to_string),
     };
-    json.map_err(|e| StoreError::Unavailable(format!("cannot encode {} {}: {e}", resource.kind(), resource.name())))
+    json.transpose().map_err(|e| StoreError::Unavailable(format!("cannot encode {kind} {name}: {e}")))
 }
 
-fn delete(base: &Config, kind: Kind, name: String) -> Result<(Config, RowWrite), StoreError> {
+fn delete(base: &Config, kind: Kind, name: String) -> Result<Config, StoreError> {
     if !base.contains(kind, &name) {
         return Err(StoreError::NotFound { kind, name });
     }
@@ -79,20 +66,15 @@ fn delete(base: &Config, kind: Kind, name: String) -> Result<(Config, RowWrite),
         return Err(StoreError::InUse { kind, name, by });
     }
     let mut config = base.clone();
-    match kind {
-        Kind::Cluster => config.clusters.remove(&name).map(drop),
-        Kind::Listener => config.listeners.remove(&name).map(drop),
-        Kind::Route => config.routes.remove(&name).map(drop),
-        Kind::Certificate => config.certificates.remove(&name).map(drop),
-    };
-    Ok((config, RowWrite::Delete { kind, name }))
+    config.remove(kind, &name);
+    Ok(config)
 }
 
 fn set_weights(
     base: &Config,
     route_name: String,
     weights: std::collections::BTreeMap<String, u32>,
-) -> Result<(Config, RowWrite), StoreError> {
+) -> Result<Config, StoreError> {
     let Some(route) = base.routes.get(&route_name) else {
         return Err(StoreError::NotFound { kind: Kind::Route, name: route_name });
     };
@@ -115,10 +97,9 @@ fn set_weights(
         Some(field) => ValidationError { field: Some(field), ..e },
         None => e,
     })?;
-    let spec = spec_json(&Resource::Route(route_name.clone(), route.clone()))?;
     let mut config = base.clone();
-    config.routes.insert(route_name.clone(), route);
-    Ok((config, RowWrite::Upsert { kind: Kind::Route, name: route_name, spec }))
+    config.routes.insert(route_name, route);
+    Ok(config)
 }
 
 /// Reports a weight error in the terms of the request (`weights.api-blue`), not of the route.
@@ -157,7 +138,7 @@ mod tests {
         pairs.iter().map(|(c, w)| (c.to_string(), *w)).collect()
     }
 
-    fn invalid_field(r: Result<(Config, RowWrite), StoreError>) -> String {
+    fn invalid_field(r: Result<Applied, StoreError>) -> String {
         match r {
             Err(StoreError::Invalid(e)) => e.field.unwrap_or_default(),
             other => panic!("expected Invalid, got {other:?}"),
@@ -166,11 +147,11 @@ mod tests {
 
     #[test]
     fn weights_change_only_the_named_backends() {
-        let (c, w) =
-            apply(&base(), Change::SetWeights { route: "api".into(), weights: weights(&[("blue", 0)]) }).unwrap();
+        let c = apply(&base(), Change::SetWeights { route: "api".into(), weights: weights(&[("blue", 0)]) })
+            .unwrap()
+            .config;
         let ws: Vec<_> = c.routes["api"].backends.iter().map(|b| (b.cluster.as_str(), b.weight)).collect();
         assert_eq!(ws, vec![("blue", 0), ("green", 10)]);
-        assert!(matches!(w, RowWrite::Upsert { kind: Kind::Route, .. }));
     }
 
     #[test]
@@ -193,7 +174,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(apply(&b, Change::Delete(Kind::Cluster, "nope".into())), Err(StoreError::NotFound { .. })));
-        let (c, _) = apply(&b, Change::Delete(Kind::Cluster, "other".into())).unwrap();
+        let c = apply(&b, Change::Delete(Kind::Cluster, "other".into())).unwrap().config;
         assert!(!c.clusters.contains_key("other"));
     }
 

@@ -5,14 +5,16 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use sluice_shared::changes::ResourceChange;
 use sluice_shared::validate::parse_json;
 use sluice_shared::{Config, Kind, Revision};
+use sqlx::any::AnyRow;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
-use super::change::RowWrite;
-use super::{State, StoreError};
+use super::change::spec_json;
+use super::{RevisionRecord, State, StoreError};
 use crate::nodes::NodeRecord;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -177,51 +179,153 @@ pub(super) async fn load_state(pool: &AnyPool, backend: Backend) -> Result<State
 
 pub(super) async fn load_config(tx: &mut Transaction<'static, Any>) -> Result<Config, StoreError> {
     let rows = sqlx::query("SELECT kind, name, spec FROM resources").fetch_all(&mut **tx).await.map_err(unavailable)?;
+    config_of(rows)
+}
+
+/// A config from `(kind, name, spec)` rows.
+fn config_of(rows: Vec<AnyRow>) -> Result<Config, StoreError> {
     let mut config = Config::default();
     for row in rows {
         let kind: String = row.try_get(0).map_err(unavailable)?;
         let name: String = row.try_get(1).map_err(unavailable)?;
         let spec: String = row.try_get(2).map_err(unavailable)?;
         let unreadable = |e: &dyn std::fmt::Display| StoreError::Unavailable(format!("stored {kind} {name}: {e}"));
+        let spec = spec.as_bytes();
         match Kind::parse(&kind) {
             Some(Kind::Cluster) => {
-                config.clusters.insert(name.clone(), parse_json(spec.as_bytes()).map_err(|e| unreadable(&e))?);
+                config.clusters.insert(name.clone(), parse_json(spec).map_err(|e| unreadable(&e))?).map(drop)
             }
             Some(Kind::Listener) => {
-                config.listeners.insert(name.clone(), parse_json(spec.as_bytes()).map_err(|e| unreadable(&e))?);
+                config.listeners.insert(name.clone(), parse_json(spec).map_err(|e| unreadable(&e))?).map(drop)
             }
             Some(Kind::Route) => {
-                config.routes.insert(name.clone(), parse_json(spec.as_bytes()).map_err(|e| unreadable(&e))?);
+                config.routes.insert(name.clone(), parse_json(spec).map_err(|e| unreadable(&e))?).map(drop)
             }
             Some(Kind::Certificate) => {
-                config.certificates.insert(name.clone(), parse_json(spec.as_bytes()).map_err(|e| unreadable(&e))?);
+                config.certificates.insert(name.clone(), parse_json(spec).map_err(|e| unreadable(&e))?).map(drop)
             }
             None => return Err(unreadable(&"unknown kind")),
-        }
+        };
     }
     Ok(config)
 }
 
-pub(super) async fn write_row(
+/// Writes what `changes` say `config` now holds: each resource's row and its history row.
+pub(super) async fn write_changes(
     tx: &mut Transaction<'static, Any>,
-    write: &RowWrite,
+    config: &Config,
+    changes: &[ResourceChange],
     revision: Revision,
 ) -> Result<(), StoreError> {
-    let query = match write {
-        RowWrite::Upsert { kind, name, spec } => sqlx::query(
-            "INSERT INTO resources (kind, name, spec, revision) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (kind, name) DO UPDATE SET spec = excluded.spec, revision = excluded.revision",
-        )
-        .bind(kind.singular())
-        .bind(name.as_str())
-        .bind(spec.as_str())
-        .bind(to_db(revision)?),
-        RowWrite::Delete { kind, name } => {
-            sqlx::query("DELETE FROM resources WHERE kind = $1 AND name = $2").bind(kind.singular()).bind(name.as_str())
-        }
-    };
-    query.execute(&mut **tx).await.map_err(unavailable)?;
+    let rev = to_db(revision)?;
+    for c in changes {
+        let spec = spec_json(config, c.kind, &c.name)?;
+        let query = match &spec {
+            Some(spec) => sqlx::query(
+                "INSERT INTO resources (kind, name, spec, revision) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (kind, name) DO UPDATE SET spec = excluded.spec, revision = excluded.revision",
+            )
+            .bind(c.kind.singular())
+            .bind(c.name.as_str())
+            .bind(spec.as_str())
+            .bind(rev),
+            None => sqlx::query("DELETE FROM resources WHERE kind = $1 AND name = $2")
+                .bind(c.kind.singular())
+                .bind(c.name.as_str()),
+        };
+        query.execute(&mut **tx).await.map_err(unavailable)?;
+        sqlx::query("INSERT INTO resource_history (revision, kind, name, spec) VALUES ($1, $2, $3, $4)")
+            .bind(rev)
+            .bind(c.kind.singular())
+            .bind(c.name.as_str())
+            .bind(spec)
+            .execute(&mut **tx)
+            .await
+            .map_err(unavailable)?;
+    }
     Ok(())
+}
+
+pub(super) async fn record_revision(
+    tx: &mut Transaction<'static, Any>,
+    record: &RevisionRecord,
+) -> Result<(), StoreError> {
+    let summary = serde_json::json!({ "changes": record.changes, "note": record.note }).to_string();
+    sqlx::query("INSERT INTO revisions (revision, at_ms, who, summary) VALUES ($1, $2, $3, $4)")
+        .bind(to_db(record.revision)?)
+        .bind(record.at_ms)
+        .bind(record.who.as_str())
+        .bind(summary)
+        .execute(&mut **tx)
+        .await
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+/// The newest `limit` recorded revisions at or below `below`, newest first.
+pub(super) async fn revisions(pool: &AnyPool, limit: u32, below: Revision) -> Result<Vec<RevisionRecord>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT revision, at_ms, who, summary FROM revisions WHERE revision <= $1 ORDER BY revision DESC LIMIT $2",
+    )
+    .bind(to_db(below)?)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await
+    .map_err(unavailable)?;
+    rows.iter().map(revision_record).collect()
+}
+
+pub(super) async fn revision(pool: &AnyPool, revision: Revision) -> Result<Option<RevisionRecord>, StoreError> {
+    let row = sqlx::query("SELECT revision, at_ms, who, summary FROM revisions WHERE revision = $1")
+        .bind(to_db(revision)?)
+        .fetch_optional(pool)
+        .await
+        .map_err(unavailable)?;
+    row.as_ref().map(revision_record).transpose()
+}
+
+fn revision_record(row: &AnyRow) -> Result<RevisionRecord, StoreError> {
+    #[derive(serde::Deserialize)]
+    struct Summary {
+        #[serde(default)]
+        changes: Vec<ResourceChange>,
+        #[serde(default)]
+        note: Option<String>,
+    }
+    let revision = to_revision(row.try_get(0).map_err(unavailable)?)?;
+    let summary: String = row.try_get(3).map_err(unavailable)?;
+    let summary: Summary = serde_json::from_str(&summary)
+        .map_err(|e| StoreError::Unavailable(format!("stored summary of revision {revision}: {e}")))?;
+    Ok(RevisionRecord {
+        revision,
+        at_ms: row.try_get(1).map_err(unavailable)?,
+        who: row.try_get(2).map_err(unavailable)?,
+        changes: summary.changes,
+        note: summary.note,
+    })
+}
+
+/// The first revision whose whole config the history can rebuild.
+pub(super) async fn history_since(pool: &AnyPool) -> Result<Revision, StoreError> {
+    let value: Option<String> = sqlx::query_scalar("SELECT value FROM settings WHERE name = 'history_since'")
+        .fetch_optional(pool)
+        .await
+        .map_err(unavailable)?;
+    Ok(value.and_then(|v| v.parse().ok()).unwrap_or(0))
+}
+
+/// The whole config as it was at `revision`: each resource's newest history row at or below it.
+pub(super) async fn config_at(pool: &AnyPool, revision: Revision) -> Result<Config, StoreError> {
+    let rows = sqlx::query(
+        "SELECT h.kind, h.name, h.spec FROM resource_history h \
+         WHERE h.spec IS NOT NULL AND h.revision = (SELECT MAX(o.revision) FROM resource_history o \
+         WHERE o.kind = h.kind AND o.name = h.name AND o.revision <= $1)",
+    )
+    .bind(to_db(revision)?)
+    .fetch_all(pool)
+    .await
+    .map_err(unavailable)?;
+    config_of(rows)
 }
 
 pub(super) async fn upsert_node(pool: &AnyPool, n: &NodeRecord) -> Result<(), StoreError> {

@@ -9,6 +9,7 @@
 //! revocation holds at once), the audit log (`audit`) and the endpoint health nodes report (`health`).
 
 mod audit;
+mod batch;
 mod change;
 mod db;
 mod health;
@@ -24,6 +25,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use sluice_shared::changes::{diff, Op, ResourceChange};
+use sluice_shared::clock::unix_now_ms;
 use sluice_shared::model::{Certificate, Cluster, Listener, Route};
 use sluice_shared::{Config, Kind, Revision, ValidationError};
 use sqlx::AnyPool;
@@ -32,6 +35,7 @@ use tokio::sync::{watch, Mutex};
 use crate::nodes::NodeRecord;
 
 pub use audit::{AuditEntry, AuditRetention};
+pub use batch::{all_conflicts, Batch, Problem, MAX_PROBLEMS};
 pub use db::Backend;
 pub use health::{EndpointHealth, HealthUpdate};
 pub use tokens::{Scope, TokenRecord};
@@ -70,6 +74,26 @@ impl Resource {
             | Resource::Certificate(n, _) => n,
         }
     }
+
+    /// The resource's own rules, before any reference to others is looked at.
+    pub fn validate_alone(&self) -> Result<(), ValidationError> {
+        match self {
+            Resource::Cluster(_, c) => c.validate(),
+            Resource::Listener(_, l) => l.validate(),
+            Resource::Route(_, r) => r.validate(),
+            Resource::Certificate(_, c) => c.validate(),
+        }
+    }
+
+    /// Creates or replaces it in `config`.
+    pub fn insert_into(self, config: &mut Config) {
+        match self {
+            Resource::Cluster(n, c) => config.clusters.insert(n, c).map(drop),
+            Resource::Listener(n, l) => config.listeners.insert(n, l).map(drop),
+            Resource::Route(n, r) => config.routes.insert(n, r).map(drop),
+            Resource::Certificate(n, c) => config.certificates.insert(n, c).map(drop),
+        };
+    }
 }
 
 /// One write. Each successful one commits exactly one new revision.
@@ -85,6 +109,49 @@ pub enum Change {
         route: String,
         weights: BTreeMap<String, u32>,
     },
+    /// Many resources at once: one revision when anything changed, none when nothing did.
+    Batch(Batch),
+    /// Makes the config equal to `config`, the config as of `revision` (a rollback).
+    Restore {
+        revision: Revision,
+        config: Config,
+    },
+}
+
+impl Change {
+    /// What the revision history says of it beside the resources it changed.
+    fn note(&self) -> Option<String> {
+        match self {
+            Change::Restore { revision, .. } => Some(format!("rollback to revision {revision}")),
+            Change::SetWeights { route, .. } => Some(format!("weights of route {route}")),
+            _ => None,
+        }
+    }
+}
+
+/// One revision as the history records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevisionRecord {
+    pub revision: Revision,
+    pub at_ms: i64,
+    /// The caller that wrote it (a token's name, `admin`).
+    pub who: String,
+    pub changes: Vec<ResourceChange>,
+    pub note: Option<String>,
+}
+
+/// The outcome of [`Store::write`] or [`Store::plan`].
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// After the write (or, for a plan, the config it would make at the current revision).
+    pub state: Arc<State>,
+    /// The config it was based on.
+    pub before: Arc<State>,
+    pub changes: Vec<ResourceChange>,
+    /// False when nothing was written: a plan, or a batch equal to what is stored.
+    pub committed: bool,
+    /// Routes the write leaves that can never match, and why.
+    pub warnings: Vec<Problem>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,10 +159,16 @@ pub enum StoreError {
     /// The change would make the config invalid (REST 422, or 409 when `kind` is `Conflict`).
     #[error("{0}")]
     Invalid(ValidationError),
+    /// Every problem of a write of many resources (REST 422, or 409 when each is a conflict).
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Problems(Vec<Problem>),
     #[error("{kind} {name} does not exist")]
     NotFound { kind: Kind, name: String },
     #[error("{kind} {name} is still used by {}", by.join(", "))]
     InUse { kind: Kind, name: String, by: Vec<String> },
+    /// A revision the history cannot show (REST 404).
+    #[error("{0}")]
+    NoHistory(String),
     #[error("revision is {current}, not {expected}")]
     RevisionMismatch { expected: Revision, current: Revision },
     /// The database cannot be reached or failed (REST 503). The text is for logs and operators.
@@ -184,9 +257,15 @@ impl Store {
         self.inner.published.subscribe()
     }
 
-    /// Applies one change in one transaction. `if_match`: the revision the caller based it on.
-    /// A rejected change stores nothing and bumps nothing.
+    /// Applies one change in one transaction, written by `internal` (tests, the demo).
     pub async fn apply(&self, change: Change, if_match: Option<Revision>) -> Result<Arc<State>, StoreError> {
+        Ok(self.write(change, if_match, "internal").await?.state)
+    }
+
+    /// Applies one change in one transaction, recording `who` in the revision history.
+    /// `if_match`: the revision the caller based it on. A rejected change stores nothing and bumps
+    /// nothing; so does a batch that changes nothing.
+    pub async fn write(&self, change: Change, if_match: Option<Revision>, who: &str) -> Result<Written, StoreError> {
         let inner = &self.inner;
         let _guard = inner.write_lock.lock().await;
         let mut tx = inner.pool.begin().await.map_err(db::unavailable)?;
@@ -204,19 +283,65 @@ impl Store {
             db::rollback(tx).await;
             return Err(StoreError::RevisionMismatch { expected, current });
         }
-        let (config, write) = match change::apply(&base.config, change) {
-            Ok(ok) => ok,
+        let note = change.note();
+        let planned = match plan_on(&base, change) {
+            Ok(p) => p,
             Err(e) => {
                 db::rollback(tx).await;
                 return Err(e);
             }
         };
-        db::write_row(&mut tx, &write, next).await?;
+        let (applied, mut written) = planned;
+        if written.changes.is_empty() && !applied.always_commit {
+            db::rollback(tx).await;
+            return Ok(written);
+        }
+        db::write_changes(&mut tx, &applied.config, &written.changes, next).await?;
+        let record = RevisionRecord {
+            revision: next,
+            at_ms: unix_now_ms(),
+            who: who.to_string(),
+            changes: written.changes.clone(),
+            note,
+        };
+        db::record_revision(&mut tx, &record).await?;
         tx.commit().await.map_err(db::unavailable)?;
-        let state = Arc::new(State { revision: next, config });
+        let state = Arc::new(State { revision: next, config: applied.config });
         inner.publish(state.clone());
         tracing::debug!(revision = next, "committed");
-        Ok(state)
+        written.state = state;
+        written.committed = true;
+        Ok(written)
+    }
+
+    /// What `change` would do to the current config, without writing anything (a dry run).
+    pub fn plan(&self, change: Change) -> Result<Written, StoreError> {
+        Ok(plan_on(&self.state(), change)?.1)
+    }
+
+    /// Recorded revisions, newest first: at most `limit`, none newer than `below`.
+    pub async fn revisions(&self, limit: u32, below: Revision) -> Result<Vec<RevisionRecord>, StoreError> {
+        db::revisions(&self.inner.pool, limit, below).await
+    }
+
+    pub async fn revision_record(&self, revision: Revision) -> Result<Option<RevisionRecord>, StoreError> {
+        db::revision(&self.inner.pool, revision).await
+    }
+
+    /// The whole config as of `revision`; `NotFound` for revisions the history cannot rebuild
+    /// (newer than the current one, or older than the history's start).
+    pub async fn config_at(&self, revision: Revision) -> Result<Config, StoreError> {
+        let since = db::history_since(&self.inner.pool).await?;
+        let current = self.state().revision;
+        if revision < since || revision > current {
+            let why = if revision > current {
+                format!("revision {revision} is newer than the current revision {current}")
+            } else {
+                format!("revision {revision} predates the recorded history, which starts at revision {since}")
+            };
+            return Err(StoreError::NoHistory(why));
+        }
+        db::config_at(&self.inner.pool, revision).await
     }
 
     /// Re-reads the state from the database now (as the poller does) and publishes it if newer.
@@ -237,6 +362,25 @@ impl Store {
     pub async fn close(&self) {
         self.inner.pool.close().await;
     }
+}
+
+/// Applies `change` to `base` in memory: the new config, and what a write of it reports.
+fn plan_on(base: &Arc<State>, change: Change) -> Result<(change::Applied, Written), StoreError> {
+    let applied = change::apply(&base.config, change)?;
+    let changes = diff(&base.config, &applied.config);
+    let touched = changes.iter().filter(|c| c.kind == Kind::Route && c.op != Op::Delete).map(|c| c.name.as_str());
+    let warnings = sluice_shared::shadow::shadowed_routes(&applied.config, touched)
+        .into_iter()
+        .map(|(route, error)| Problem { resource: Some(format!("route {route}")), error })
+        .collect();
+    let planned = Written {
+        state: Arc::new(State { revision: base.revision, config: applied.config.clone() }),
+        before: base.clone(),
+        changes,
+        committed: false,
+        warnings,
+    };
+    Ok((applied, planned))
 }
 
 impl Inner {
