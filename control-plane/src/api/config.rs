@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use sluice_shared::clock::rfc3339_ms;
-use sluice_shared::validate::{parse_json, parse_value, ValidationError};
+use sluice_shared::validate::{self, parse_json, parse_value, ValidationError};
 use sluice_shared::{Certificate, Config, Kind, Revision};
 
 use super::error::problem_json;
@@ -96,9 +96,14 @@ async fn apply(
     let mut problems = Vec::new();
     let mut puts = Vec::with_capacity(body.resources.len());
     for d in body.resources {
-        match resource(d, &stored.config) {
-            Ok(r) => puts.push(r),
-            Err(p) => problems.push(p),
+        let problem = |error| Problem { resource: Some(format!("{} {}", d.kind, d.name)), error };
+        // Shape and then each resource's own rules, so that one answer lists every such mistake.
+        match resource(&d, &stored.config) {
+            Ok(r) => match validate::name("name", r.name()).and_then(|_| r.validate_alone()) {
+                Ok(()) => puts.push(r),
+                Err(e) => problems.push(problem(e)),
+            },
+            Err(e) => problems.push(problem(e)),
         }
     }
     if !problems.is_empty() {
@@ -124,14 +129,7 @@ async fn write(
 ) -> Result<Response, ApiError> {
     let expected = if_match(headers, app.store.state().revision)?;
     let written = if dry_run {
-        if let Some(e) = expected.filter(|&e| e != app.store.state().revision) {
-            return Err(crate::store::StoreError::RevisionMismatch {
-                expected: e,
-                current: app.store.state().revision,
-            }
-            .into());
-        }
-        app.store.plan(change)?
+        app.store.plan(change, expected)?
     } else {
         app.store.write(change, expected, caller.who()).await?
     };
@@ -168,9 +166,8 @@ fn outcome_json(w: &Written, dry_run: bool) -> Value {
 
 /// One `{kind, name, spec}` of a batch as a typed resource. A certificate without `key_pem` keeps
 /// the stored key when its chain is the stored one, so that what reads show applies back.
-fn resource(d: DocBody, stored: &Config) -> Result<Resource, Problem> {
-    let DocBody { kind, name, mut spec } = d;
-    let problem = |error: ValidationError| Problem { resource: Some(format!("{kind} {name}")), error };
+fn resource(d: &DocBody, stored: &Config) -> Result<Resource, ValidationError> {
+    let (kind, name, mut spec) = (d.kind, d.name.clone(), d.spec.clone());
     if kind == Kind::Certificate {
         if let Some(obj) = spec.as_object_mut() {
             for k in CERT_READ_ONLY {
@@ -186,10 +183,10 @@ fn resource(d: DocBody, stored: &Config) -> Result<Resource, Problem> {
                         obj.insert("key_pem".into(), c.key_pem.clone().into());
                     }
                     None => {
-                        return Err(problem(ValidationError::invalid(
+                        return Err(ValidationError::invalid(
                             "key_pem",
                             "is required for a new certificate or a changed chain (the stored key is kept only for the same cert_pem)",
-                        )))
+                        ))
                     }
                 }
             }
@@ -201,7 +198,7 @@ fn resource(d: DocBody, stored: &Config) -> Result<Resource, Problem> {
         Kind::Route => parse_value(spec).map(|s| Resource::Route(name.clone(), s)),
         Kind::Certificate => parse_value(spec).map(|s| Resource::Certificate(name.clone(), s)),
     };
-    parsed.map_err(problem)
+    parsed
 }
 
 /// How a certificate's key shows in a read.

@@ -16,6 +16,8 @@ mod tests;
 mod tests_access;
 #[cfg(test)]
 mod tests_certs;
+#[cfg(test)]
+mod tests_config;
 mod tokens;
 
 use std::sync::Arc;

@@ -315,8 +315,12 @@ impl Store {
     }
 
     /// What `change` would do to the current config, without writing anything (a dry run).
-    pub fn plan(&self, change: Change) -> Result<Written, StoreError> {
-        Ok(plan_on(&self.state(), change)?.1)
+    pub fn plan(&self, change: Change, if_match: Option<Revision>) -> Result<Written, StoreError> {
+        let base = self.state();
+        if let Some(expected) = if_match.filter(|&e| e != base.revision) {
+            return Err(StoreError::RevisionMismatch { expected, current: base.revision });
+        }
+        Ok(plan_on(&base, change)?.1)
     }
 
     /// Recorded revisions, newest first: at most `limit`, none newer than `below`.
