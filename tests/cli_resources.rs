@@ -28,18 +28,22 @@ async fn apply_get_delete_status() {
     let file = write_file(cp.dir(), "shop.yaml", &yaml);
     let out = cli(BIN, api_addr, &["apply", "-f", file.to_str().unwrap()]).await;
     assert!(out.success(), "{out:?}");
-    let lines: Vec<&str> = out.stdout.lines().collect();
-    assert_eq!(lines.len(), 3, "{out:?}");
-    assert!(lines[0].starts_with("cluster api applied (revision "), "{out:?}");
-    assert!(lines[1].starts_with("listener web applied"), "{out:?}");
-    assert!(lines[2].starts_with("route api applied"), "{out:?}");
-    let revs: Vec<u64> = lines.iter().map(|l| revision_in(l)).collect();
-    assert!(revs.windows(2).all(|w| w[0] < w[1]), "{revs:?}");
-    assert_eq!(api.revision().await, Some(revs[2]));
+    let heads: Vec<&str> = out.stdout.lines().filter(|l| !l.starts_with(' ')).collect();
+    assert_eq!(
+        heads,
+        [
+            "+ cluster api (created)",
+            "+ listener web (created)",
+            "+ route api (created)",
+            "applied: 3 created, 0 updated, 0 deleted (revision 1)"
+        ],
+        "{out:?}"
+    );
+    assert_eq!(api.revision().await, Some(1), "one file, one revision");
 
-    // Applying the same file again is idempotent in content (each PUT still commits a revision).
+    // Applying the same file again writes nothing.
     let again = cli(BIN, api_addr, &["apply", "-f", file.to_str().unwrap()]).await;
-    assert!(again.success(), "{again:?}");
+    assert_eq!(again.stdout.trim(), "unchanged (revision 1)", "{again:?}");
 
     let out = cli(BIN, api_addr, &["get", "routes"]).await;
     assert!(out.success(), "{out:?}");
@@ -53,9 +57,9 @@ async fn apply_get_delete_status() {
     let out = cli(BIN, api_addr, &["get", "route", "api", "-o", "json"]).await;
     assert!(out.success(), "{out:?}");
     let route: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
-    assert_eq!(route["name"], "api");
-    assert_eq!(route["listener"], "web");
-    assert_eq!(route["backends"][0]["cluster"], "api");
+    assert_eq!((route["kind"].as_str(), route["name"].as_str()), (Some("route"), Some("api")));
+    assert_eq!(route["spec"]["listener"], "web");
+    assert_eq!(route["spec"]["backends"][0]["cluster"], "api");
 
     let out = cli(BIN, api_addr, &["get", "listeners", "web", "-o", "yaml"]).await;
     assert!(out.success() && out.stdout.contains("protocol: http"), "{out:?}");
@@ -67,13 +71,13 @@ async fn apply_get_delete_status() {
     let file = write_file(cp.dir(), "broken.json", json);
     let out = cli(BIN, api_addr, &["apply", "-f", file.to_str().unwrap()]).await;
     assert_eq!(out.code, Some(1), "{out:?}");
-    assert!(out.stderr.contains("422") && out.stderr.contains("backends[0].cluster"), "{out:?}");
+    assert!(out.stderr.contains("422") && out.stderr.contains("route broken: backends[0].cluster"), "{out:?}");
     assert_eq!(api.revision().await, before, "a refused apply stores nothing");
     let out = cli(BIN, api_addr, &["get", "route", "broken"]).await;
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(out.stderr.contains("404"), "{out:?}");
 
-    // A mistake in a file is caught before anything is sent.
+    // A mistake in a file stores nothing of it.
     let file = write_file(
         cp.dir(),
         "typo.yaml",

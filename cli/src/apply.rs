@@ -1,15 +1,18 @@
-//! `sluice apply -f FILE`: read resources from YAML or JSON and PUT them in dependency order.
+//! `sluice apply -f FILE|DIR…`: read resources from YAML or JSON files and write them all in one
+//! revision with `POST /v1/config` (the server validates the whole set and lists every problem).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use reqwest::Method;
 use serde::Deserialize;
-use serde_json::Value;
-use sluice_shared::validate::{parse_json, ParseError};
-use sluice_shared::{Certificate, Cluster, Kind, Listener, Route, ValidationError};
+use serde_json::{json, Value};
+use sluice_shared::Kind;
 
+use crate::args::ApplyArgs;
 use crate::client::{revision_of, Client};
+use crate::{render, wait};
 
 /// One resource to apply.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,14 +22,8 @@ pub struct Doc {
     pub spec: Value,
 }
 
-/// Certificates and clusters first: listeners refer to them, and routes refer to listeners.
-fn rank(kind: Kind) -> u8 {
-    match kind {
-        Kind::Certificate => 0,
-        Kind::Cluster => 1,
-        Kind::Listener => 2,
-        Kind::Route => 3,
-    }
+fn rank(kind: Kind) -> usize {
+    Kind::DEPENDENCY_ORDER.iter().position(|k| *k == kind).unwrap_or(0)
 }
 
 /// Parses a file's text (YAML, JSON, or YAML documents) into resources, sorted in dependency order.
@@ -35,9 +32,6 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<Doc>> {
     for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let value = Value::deserialize(de).with_context(|| format!("document {} is not valid YAML or JSON", i + 1))?;
         collect(value, &mut docs).with_context(|| format!("document {}", i + 1))?;
-    }
-    if docs.is_empty() {
-        bail!("the file holds no resources");
     }
     let mut seen = HashSet::new();
     for d in &docs {
@@ -93,47 +87,84 @@ fn collect(value: Value, out: &mut Vec<Doc>) -> anyhow::Result<()> {
     }
 }
 
-/// Checks each resource on its own before anything is sent, so that a typo in the last resource of
-/// a file does not leave the first ones applied. References are left to the API.
-pub fn precheck(doc: &Doc) -> Result<(), ValidationError> {
-    sluice_shared::validate::name("name", &doc.name)?;
-    let bytes = serde_json::to_vec(&doc.spec).unwrap_or_default();
-    fn shape<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, ValidationError> {
-        parse_json(b).map_err(|e| match e {
-            ParseError::Invalid(v) => v,
-            ParseError::Malformed(m) => ValidationError::invalid("", m),
-        })
+/// The files a path stands for: itself, or every .yaml, .yml and .json file under a directory, in
+/// name order.
+fn files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if path.as_os_str() == "-" || !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
     }
-    match doc.kind {
-        Kind::Cluster => shape::<Cluster>(&bytes)?.validate(),
-        Kind::Listener => shape::<Listener>(&bytes)?.validate(),
-        Kind::Route => shape::<Route>(&bytes)?.validate(),
-        Kind::Certificate => shape::<Certificate>(&bytes)?.validate(),
-    }
-}
-
-pub async fn run(client: &Client, file: &std::path::Path) -> anyhow::Result<()> {
-    let text = if file.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin()).context("reading stdin")?
-    } else {
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
-    };
-    let docs = parse(&text).with_context(|| format!("{}", file.display()))?;
-    for d in &docs {
-        precheck(d).map_err(|e| anyhow::anyhow!("{} {}: invalid: {e}", d.kind, d.name))?;
-    }
-    for d in &docs {
-        let path = format!("/v1/{}/{}", d.kind.plural(), d.name);
-        let answer = client
-            .call(Method::PUT, &path, Some(&d.spec))
-            .await
-            .with_context(|| format!("applying {} {}", d.kind, d.name))?;
-        match revision_of(&answer) {
-            Some(rev) => println!("{} {} applied (revision {rev})", d.kind, d.name),
-            None => println!("{} {} applied", d.kind, d.name),
+    let mut out = Vec::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+        .with_context(|| format!("reading directory {}", path.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("reading directory {}", path.display()))?;
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            out.extend(files(&p)?);
+        } else if p.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e, "yaml" | "yml" | "json")) {
+            out.push(p);
         }
     }
-    Ok(())
+    Ok(out)
+}
+
+/// Every resource the paths name, in dependency order; a resource named twice is an error that
+/// says where.
+pub fn read_all(paths: &[PathBuf]) -> anyhow::Result<Vec<Doc>> {
+    let mut docs = Vec::new();
+    let mut origin: HashMap<(Kind, String), PathBuf> = HashMap::new();
+    for path in paths {
+        for file in files(path)? {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("reading stdin")?
+            } else {
+                std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?
+            };
+            for d in parse(&text).with_context(|| format!("{}", file.display()))? {
+                if let Some(first) = origin.insert((d.kind, d.name.clone()), file.clone()) {
+                    bail!("{} {} is in both {} and {}", d.kind, d.name, first.display(), file.display());
+                }
+                docs.push(d);
+            }
+        }
+    }
+    docs.sort_by_key(|d| rank(d.kind));
+    Ok(docs)
+}
+
+pub fn docs_json(docs: &[Doc]) -> Vec<Value> {
+    docs.iter().map(|d| json!({"kind": d.kind, "name": d.name, "spec": d.spec})).collect()
+}
+
+pub async fn run(client: &Client, args: &ApplyArgs) -> anyhow::Result<()> {
+    let docs = read_all(&args.files)?;
+    if docs.is_empty() && !args.prune {
+        bail!("the files hold no resources");
+    }
+    let mut body = json!({
+        "resources": docs_json(&docs),
+        "keep_weights": args.keep_weights,
+        "dry_run": args.dry_run,
+    });
+    if let Some(prefix) = args.prefix.as_deref().filter(|_| args.prune) {
+        body["prune"] = json!({ "prefix": prefix });
+    }
+    let answer = client.call(Method::POST, "/v1/config", Some(&body)).await.context("applying")?;
+    report(&answer);
+    if args.dry_run {
+        return Ok(());
+    }
+    let revision = revision_of(&answer).context("the API answered without a revision")?;
+    wait::for_fleet(client, revision, &args.wait).await
+}
+
+/// Prints a write's changes and summary to stdout and its warnings to stderr.
+pub fn report(answer: &Value) {
+    print!("{}", render::changes(answer));
+    eprint!("{}", render::warnings(answer));
+    println!("{}", render::summary(answer));
 }
 
 #[cfg(test)]
@@ -151,7 +182,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!(names(&docs), ["cluster/api", "listener/web", "route/api"]);
-        assert!(docs.iter().all(|d| precheck(d).is_ok()));
     }
 
     #[test]
@@ -171,14 +201,24 @@ mod tests {
     #[test]
     fn mistakes_are_reported() {
         assert!(parse("widgets: {a: {}}").unwrap_err().to_string().contains("document 1"));
-        assert!(parse("").is_err());
+        assert!(parse("").unwrap().is_empty());
         assert!(parse("clusters: {a: {}}\n---\nclusters: {a: {}}").is_err(), "duplicates");
         assert!(parse("- {kind: cluster, spec: {}}").is_err(), "no name");
         assert!(parse("- {kind: gadget, name: a, spec: {}}").is_err());
-        let docs = parse("clusters: {a: {endpoints: [{address: \"127.0.0.1:1\", wieght: 1}]}}").unwrap();
-        let e = precheck(&docs[0]).unwrap_err();
-        assert!(e.field.as_deref().unwrap_or("").starts_with("endpoints[0]"), "{e}");
-        let docs = parse("clusters: {Bad_Name: {}}").unwrap();
-        assert!(precheck(&docs[0]).is_err());
+    }
+
+    #[test]
+    fn directories_are_read_in_name_order_and_duplicates_named() {
+        let dir = std::env::temp_dir().join(format!("sluice-apply-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("b.yaml"), "routes: {r: {listener: web, backends: [{cluster: c}]}}").unwrap();
+        std::fs::write(dir.join("sub/a.json"), r#"{"clusters": {"c": {}}}"#).unwrap();
+        std::fs::write(dir.join("notes.txt"), "not config").unwrap();
+        let docs = read_all(std::slice::from_ref(&dir)).unwrap();
+        assert_eq!(names(&docs), ["cluster/c", "route/r"]);
+        std::fs::write(dir.join("c.yml"), "clusters: {c: {}}").unwrap();
+        let e = read_all(std::slice::from_ref(&dir)).unwrap_err().to_string();
+        assert!(e.contains("cluster c is in both") && e.contains("c.yml"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -12,9 +12,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     name = "sluice",
     version,
     propagate_version = true,
-    after_help = "Client commands (apply, get, delete, weights, status) read SLUICE_API_URL (default \
-                  http://127.0.0.1:7070) and SLUICE_TOKEN; without SLUICE_TOKEN they use ./.sluice/admin-token, \
-                  the token `sluice dev` writes. RUST_LOG sets the log level (servers default to info)."
+    after_help = "Client commands (apply, get, delete, export, revisions, diff, rollback, weights, status) \
+                  read SLUICE_API_URL (default http://127.0.0.1:7070) and SLUICE_TOKEN; without SLUICE_TOKEN, \
+                  and only for the default API URL, they use ./.sluice/admin-token, the token `sluice dev` \
+                  writes. RUST_LOG sets the log level (servers default to info)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -35,16 +36,30 @@ pub enum Command {
     ControlPlane(ControlPlaneArgs),
     /// Run a data-plane proxy node that takes its config from the control plane(s).
     Proxy(ProxyArgs),
-    /// Create or replace resources from a YAML or JSON file (`-` reads stdin).
+    /// Create or replace resources from YAML or JSON files, all in one revision (or none).
     ///
-    /// The file holds either the config shape `{clusters: {NAME: SPEC}, listeners: {...}, routes:
-    /// {...}, certificates: {...}}` or a list (or YAML documents) of `{kind, name, spec}`.
-    /// Resources are applied in dependency order: certificates, clusters, listeners, routes.
+    /// Each file holds either the config shape `{clusters: {NAME: SPEC}, listeners: {...}, routes:
+    /// {...}, certificates: {...}}` (what `export` writes) or a list (or YAML documents) of `{kind,
+    /// name, spec}` (what `get -o yaml` prints). A directory means every .yaml, .yml and .json file
+    /// under it. The whole set is one write: nothing is applied unless all of it is valid, and a
+    /// set equal to what is stored writes nothing.
     Apply(ApplyArgs),
-    /// Show resources: a table of all of a kind, or one resource.
+    /// Show resources: a table of all of a kind, or one resource; -o yaml or json prints documents
+    /// that `apply` takes back unchanged.
     Get(GetArgs),
-    /// Delete one resource.
+    /// Delete resources: one by kind and name, or those a file names.
     Delete(DeleteArgs),
+    /// Write the whole config in the shape `apply` takes (certificates without their keys unless
+    /// --include-keys, which needs the admin token).
+    Export(ExportArgs),
+    /// The revision history: number, time, who, what changed.
+    Revisions(RevisionsArgs),
+    /// What changed between two revisions (the second defaults to the current one).
+    Diff(DiffArgs),
+    /// Write one new revision whose config equals an earlier revision's.
+    ///
+    /// Certificates go back with the keys they had then; tokens are not config and stay as they are.
+    Rollback(RollbackArgs),
     /// Shift the weights of a route's backends in one revision.
     ///
     /// With --wait, returns once every connected node has acknowledged the new revision; exits 3 when a
@@ -162,9 +177,77 @@ pub struct ProxyArgs {
 
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
-    /// YAML or JSON file; `-` for stdin.
-    #[arg(short = 'f', long = "file")]
-    pub file: PathBuf,
+    /// YAML or JSON file, or a directory of them; `-` for stdin. Repeatable.
+    #[arg(short = 'f', long = "file", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Validate on the server and show the diff; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also delete stored resources the files do not name, among those whose names start with
+    /// --prefix (so that a prune never reaches another team's resources).
+    #[arg(long, requires = "prefix")]
+    pub prune: bool,
+    /// The name prefix --prune is limited to.
+    #[arg(long, requires = "prune")]
+    pub prefix: Option<String>,
+    /// Routes that exist keep their current backend weights: weights belong to whoever shifts
+    /// them at run time (`sluice weights`, a rollout), not to the file.
+    #[arg(long)]
+    pub keep_weights: bool,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// Waiting for the fleet after a write.
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Wait until every connected node has acknowledged the new revision (exit 3 when a node
+    /// rejects it, 4 on timeout).
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits (e.g. 60s, 2m, 500ms).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Include certificates' private keys (admin token only).
+    #[arg(long)]
+    pub include_keys: bool,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Yaml)]
+    pub output: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Args)]
+pub struct RevisionsArgs {
+    /// How many of the newest revisions to show.
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    pub from: u64,
+    /// Defaults to the current revision.
+    pub to: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The revision whose config to restore.
+    pub revision: u64,
+    /// Show what the rollback would change; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub wait: WaitArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -187,8 +270,18 @@ pub struct GetArgs {
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
     /// clusters, listeners, routes or certificates (singular works too).
-    pub kind: String,
-    pub name: String,
+    #[arg(required_unless_present = "files", requires = "name", conflicts_with = "files")]
+    pub kind: Option<String>,
+    pub name: Option<String>,
+    /// Delete every resource these files (or directories) name, in one revision.
+    #[arg(short = 'f', long = "file")]
+    pub files: Vec<PathBuf>,
+    /// Also delete what refers to them (routes of a listener, …); shows the list first.
+    #[arg(long)]
+    pub cascade: bool,
+    /// Do not ask before a cascade (needed when stdin is not a terminal).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]
@@ -198,12 +291,8 @@ pub struct WeightsArgs {
     /// New weights as CLUSTER=WEIGHT; clusters not named keep their weight.
     #[arg(required = true, value_name = "CLUSTER=WEIGHT", value_parser = parse_weight)]
     pub weights: Vec<(String, u32)>,
-    /// Wait until every connected node has acknowledged the new revision.
-    #[arg(long)]
-    pub wait: bool,
-    /// How long --wait waits (e.g. 60s, 2m, 500ms).
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
-    pub timeout: Duration,
+    #[command(flatten)]
+    pub wait: WaitArgs,
 }
 
 fn parse_weight(s: &str) -> Result<(String, u32), String> {
@@ -268,8 +357,8 @@ mod tests {
             Command::Weights(w) => {
                 assert_eq!(w.route, "api");
                 assert_eq!(w.weights.len(), 2);
-                assert!(w.wait);
-                assert_eq!(w.timeout, Duration::from_secs(5));
+                assert!(w.wait.wait);
+                assert_eq!(w.wait.timeout, Duration::from_secs(5));
             }
             other => panic!("unexpected {other:?}"),
         }

@@ -20,10 +20,19 @@ pub struct ApiError {
     pub code: String,
     pub message: String,
     pub field: Option<String>,
+    /// Every problem of a write of many resources, as `resource: field: message` lines.
+    pub errors: Vec<String>,
 }
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.errors.is_empty() {
+            write!(f, "{} ({}): {} problem(s):", self.code, self.status.as_u16(), self.errors.len())?;
+            for e in &self.errors {
+                write!(f, "\n  {e}")?;
+            }
+            return Ok(());
+        }
         write!(f, "{} ({}): {}", self.code, self.status.as_u16(), self.message)?;
         if let Some(field) = &self.field {
             write!(f, " [field: {field}]")?;
@@ -39,21 +48,35 @@ impl ApiError {
         let parsed: Option<Value> = serde_json::from_str(body).ok();
         let err = parsed.as_ref().and_then(|v| v.get("error"));
         let text = |k: &str| err.and_then(|e| e.get(k)).and_then(Value::as_str).map(str::to_string);
+        let problem = |p: &Value| {
+            let s = |k: &str| p.get(k).and_then(Value::as_str);
+            [s("resource"), s("field"), s("message")].into_iter().flatten().collect::<Vec<_>>().join(": ")
+        };
         match err {
-            Some(_) => ApiError {
+            Some(e) => ApiError {
                 status,
                 code: text("code").unwrap_or_else(|| "error".into()),
                 message: text("message").unwrap_or_default(),
                 field: text("field"),
+                errors: e.get("errors").and_then(Value::as_array).into_iter().flatten().map(problem).collect(),
             },
             None => ApiError {
                 status,
                 code: status.canonical_reason().unwrap_or("error").to_lowercase().replace(' ', "_"),
                 message: body.trim().chars().take(200).collect(),
                 field: None,
+                errors: Vec::new(),
             },
         }
     }
+}
+
+/// Where the client's token came from, said when the API refuses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    Env,
+    DevFile,
+    None,
 }
 
 #[derive(Clone)]
@@ -61,6 +84,7 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+    source: TokenSource,
 }
 
 impl Client {
@@ -70,26 +94,47 @@ impl Client {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .context("building the HTTP client")?;
-        Ok(Client { http, base: base.trim_end_matches('/').to_string(), token })
+        let source = if token.is_some() { TokenSource::Env } else { TokenSource::None };
+        Ok(Client { http, base: base.trim_end_matches('/').to_string(), token, source })
     }
 
-    /// SLUICE_API_URL and SLUICE_TOKEN; without SLUICE_TOKEN, the token `sluice dev` wrote in
-    /// ./.sluice/admin-token (so that a newcomer's first commands just work).
+    /// SLUICE_API_URL and SLUICE_TOKEN. Without SLUICE_TOKEN, and only for the default API URL
+    /// (the one `sluice dev` serves), the token `sluice dev` wrote in ./.sluice/admin-token: a
+    /// local admin token is never sent to another control plane.
     pub fn from_env() -> anyhow::Result<Client> {
         let base = std::env::var("SLUICE_API_URL").ok().filter(|s| !s.is_empty());
-        let token = match std::env::var("SLUICE_TOKEN").ok().filter(|s| !s.is_empty()) {
-            Some(t) => Some(t),
-            None => read_token_file(Path::new(DEV_TOKEN_FILE)),
+        let base = base.as_deref().unwrap_or(DEFAULT_API_URL);
+        let (token, source) = match std::env::var("SLUICE_TOKEN").ok().filter(|s| !s.is_empty()) {
+            Some(t) => (Some(t), TokenSource::Env),
+            None if base.trim_end_matches('/') == DEFAULT_API_URL => match read_token_file(Path::new(DEV_TOKEN_FILE)) {
+                Some(t) => (Some(t), TokenSource::DevFile),
+                None => (None, TokenSource::None),
+            },
+            None => (None, TokenSource::None),
         };
-        Client::new(base.as_deref().unwrap_or(DEFAULT_API_URL), token)
+        Ok(Client { source, ..Client::new(base, token)? })
     }
 
     /// Sends one request; a non-2xx answer becomes an [`ApiError`] inside the `anyhow::Error`.
     pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+        self.call_if_match(method, path, body, None).await
+    }
+
+    /// [`Client::call`] conditioned on the revision (`If-Match`): 412 when it moved.
+    pub async fn call_if_match(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        if_match: Option<u64>,
+    ) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method.clone(), &url);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
+        }
+        if let Some(rev) = if_match {
+            req = req.header(reqwest::header::IF_MATCH, format!("\"{rev}\""));
         }
         if let Some(b) = body {
             req = req.json(b);
@@ -99,8 +144,14 @@ impl Client {
         let text = resp.text().await.with_context(|| format!("reading the answer to {method} {path}"))?;
         if !status.is_success() {
             let mut err = ApiError::from_response(status, &text);
-            if status == StatusCode::UNAUTHORIZED && self.token.is_none() {
-                err.message.push_str(" (set SLUICE_TOKEN)");
+            if status == StatusCode::UNAUTHORIZED {
+                err.message.push_str(match self.source {
+                    TokenSource::Env => " (the token came from SLUICE_TOKEN)",
+                    TokenSource::DevFile => {
+                        " (the token came from ./.sluice/admin-token, written by `sluice dev`; set SLUICE_TOKEN)"
+                    }
+                    TokenSource::None => " (no token was sent: set SLUICE_TOKEN)",
+                });
             }
             return Err(err.into());
         }

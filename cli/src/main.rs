@@ -1,16 +1,19 @@
 //! `sluice`: the one binary users install — control plane, proxy, dev mode and the client commands.
 //!
 //! Exit codes: 0 success, 1 error (the API's error code, message and field are printed), 2 usage,
-//! 3 `weights --wait` saw a node reject the revision (NACK), 4 `weights --wait` timed out.
+//! 3 `--wait` (weights, apply, rollback) saw a node reject the revision (NACK), 4 `--wait` timed out.
 
 mod apply;
 mod args;
 mod client;
 mod demo;
+mod history;
+mod render;
 mod resources;
 mod servers;
 mod status;
 mod table;
+mod wait;
 mod weights;
 
 use std::process::ExitCode;
@@ -82,11 +85,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Dev(a) => servers::dev(a).await,
         Command::ControlPlane(a) => servers::control_plane(a).await,
         Command::Proxy(a) => servers::proxy(a).await,
-        Command::Apply(a) => apply::run(&Client::from_env()?, &a.file).await,
+        Command::Apply(a) => apply::run(&Client::from_env()?, &a).await,
         Command::Get(a) => resources::get(&Client::from_env()?, &a).await,
         Command::Delete(a) => resources::delete(&Client::from_env()?, &a).await,
         Command::Weights(a) => weights::run(&Client::from_env()?, &a).await,
         Command::Status => status::run(&Client::from_env()?).await,
+        Command::Export(a) => history::export(&Client::from_env()?, &a).await,
+        Command::Revisions(a) => history::revisions(&Client::from_env()?, &a).await,
+        Command::Diff(a) => history::diff(&Client::from_env()?, &a).await,
+        Command::Rollback(a) => history::rollback(&Client::from_env()?, &a).await,
     }
 }
 

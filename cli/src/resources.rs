@@ -1,11 +1,14 @@
 //! `sluice get` and `sluice delete`.
 
-use anyhow::Context;
+use std::io::{BufRead, IsTerminal};
+
+use anyhow::{bail, Context};
 use reqwest::Method;
-use serde_json::Value;
+use serde_json::{json, Value};
 use sluice_shared::Kind;
 
-use crate::args::{DeleteArgs, GetArgs, Output};
+use crate::apply::{read_all, report};
+use crate::args::{DeleteArgs, Format, GetArgs, Output};
 use crate::client::{revision_of, Client};
 use crate::table::Table;
 
@@ -16,37 +19,103 @@ pub fn parse_kind(s: &str) -> anyhow::Result<Kind> {
 
 pub async fn get(client: &Client, args: &GetArgs) -> anyhow::Result<()> {
     let kind = parse_kind(&args.kind)?;
-    let path = match &args.name {
+    let format = match args.output {
+        Output::Json => Format::Json,
+        Output::Yaml => Format::Yaml,
+        Output::Table => return get_table(client, kind, args.name.as_deref()).await,
+    };
+    // The export's shape, so that what is printed applies back unchanged.
+    let mut path = format!("/v1/config?kind={}", kind.singular());
+    if let Some(n) = &args.name {
+        path.push_str(&format!("&name={n}"));
+    }
+    let config = client.get(&path).await?;
+    let docs: Vec<Value> = config
+        .get(kind.plural())
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(name, spec)| json!({"kind": kind, "name": name, "spec": spec}))
+        .collect();
+    print!("{}", documents(&docs, format, args.name.is_some())?);
+    Ok(())
+}
+
+/// `{kind, name, spec}` documents: YAML documents separated by `---`, or JSON (one object for one
+/// resource asked for by name, else a list).
+pub fn documents(docs: &[Value], format: Format, one: bool) -> anyhow::Result<String> {
+    Ok(match (format, one, docs) {
+        (Format::Json, true, [doc]) => format!("{}\n", serde_json::to_string_pretty(doc)?),
+        (Format::Json, _, _) => format!("{}\n", serde_json::to_string_pretty(docs)?),
+        (Format::Yaml, _, _) => {
+            let texts = docs.iter().map(serde_yaml::to_string).collect::<Result<Vec<_>, _>>()?;
+            texts.join("---\n")
+        }
+    })
+}
+
+async fn get_table(client: &Client, kind: Kind, name: Option<&str>) -> anyhow::Result<()> {
+    let path = match name {
         Some(n) => format!("/v1/{}/{n}", kind.plural()),
         None => format!("/v1/{}", kind.plural()),
     };
-    let value = client.get(&path).await?;
-    match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&value)?),
-        Output::Yaml => print!("{}", serde_yaml::to_string(&value)?),
-        Output::Table => {
-            let items = match value {
-                Value::Array(items) => items,
-                one => vec![one],
-            };
-            if items.is_empty() && args.name.is_none() {
-                eprintln!("no {}", kind.plural());
-                return Ok(());
-            }
-            print!("{}", table(kind, &items).render());
-        }
+    let items = match client.get(&path).await? {
+        Value::Array(items) => items,
+        one => vec![one],
+    };
+    if items.is_empty() && name.is_none() {
+        eprintln!("no {}", kind.plural());
+        return Ok(());
     }
+    print!("{}", table(kind, &items).render());
     Ok(())
 }
 
 pub async fn delete(client: &Client, args: &DeleteArgs) -> anyhow::Result<()> {
-    let kind = parse_kind(&args.kind)?;
-    let answer = client.call(Method::DELETE, &format!("/v1/{}/{}", kind.plural(), args.name), None).await?;
-    match revision_of(&answer) {
-        Some(rev) => println!("{kind} {} deleted (revision {rev})", args.name),
-        None => println!("{kind} {} deleted", args.name),
+    let targets: Vec<Value> = match (&args.kind, &args.name) {
+        (Some(kind), Some(name)) if !args.cascade => {
+            let kind = parse_kind(kind)?;
+            let answer = client.call(Method::DELETE, &format!("/v1/{}/{name}", kind.plural()), None).await?;
+            match revision_of(&answer) {
+                Some(rev) => println!("{kind} {name} deleted (revision {rev})"),
+                None => println!("{kind} {name} deleted"),
+            }
+            return Ok(());
+        }
+        (Some(kind), Some(name)) => vec![json!({"kind": parse_kind(kind)?, "name": name})],
+        _ => read_all(&args.files)?.iter().map(|d| json!({"kind": d.kind, "name": d.name})).collect(),
+    };
+    if targets.is_empty() {
+        bail!("the files name no resources");
     }
+    let mut body = json!({"delete": targets, "cascade": args.cascade});
+    let mut if_match = None;
+    if args.cascade && !args.yes {
+        // Show what goes before it goes.
+        body["dry_run"] = true.into();
+        let plan = client.call(Method::POST, "/v1/config", Some(&body)).await?;
+        print!("{}", crate::render::changes(&plan));
+        if !confirm("delete these resources?")? {
+            bail!("nothing deleted");
+        }
+        body["dry_run"] = false.into();
+        // Only what was shown: a write since then makes this fail (412) rather than delete more.
+        if_match = revision_of(&plan);
+    }
+    let answer = client.call_if_match(Method::POST, "/v1/config", Some(&body), if_match).await?;
+    report(&answer);
     Ok(())
+}
+
+/// Asks on the terminal; refuses (rather than assumes) when stdin is not one.
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        bail!("a cascade needs --yes when stdin is not a terminal");
+    }
+    eprint!("{question} [y/N] ");
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes"))
 }
 
 fn text(v: &Value, key: &str) -> String {

@@ -1,58 +1,14 @@
 //! `sluice weights ROUTE CLUSTER=W… [--wait]`: shift weights, optionally wait for the fleet to ack.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::args::WeightsArgs;
 use crate::client::{revision_of, Client};
-use crate::Failure;
-
-/// How often --wait polls GET /v1/nodes.
-const POLL: Duration = Duration::from_millis(200);
-
-/// What the fleet says about one revision.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Progress {
-    /// Every connected node acknowledged it (the ids of those nodes).
-    Done(Vec<String>),
-    /// A node rejected it or a newer revision: (node id, NACKed revision, message).
-    Rejected(String, u64, String),
-    /// These connected nodes have not acknowledged it yet: (id, acked revision).
-    Behind(Vec<(String, u64)>),
-}
-
-/// Judges a `GET /v1/nodes` answer against `revision`.
-pub fn progress(nodes: &Value, revision: u64) -> Progress {
-    let empty = Vec::new();
-    let nodes = nodes.as_array().unwrap_or(&empty);
-    let id = |n: &Value| n.get("id").and_then(Value::as_str).unwrap_or("?").to_string();
-    for n in nodes {
-        let nack = n.get("last_nack").filter(|v| !v.is_null());
-        if let Some(nack) = nack {
-            let rev = nack.get("revision").and_then(Value::as_u64).unwrap_or(0);
-            if rev >= revision {
-                let msg = nack.get("message").and_then(Value::as_str).unwrap_or("").to_string();
-                return Progress::Rejected(id(n), rev, msg);
-            }
-        }
-    }
-    let connected: Vec<&Value> =
-        nodes.iter().filter(|n| n.get("state").and_then(Value::as_str) != Some("disconnected")).collect();
-    let behind: Vec<(String, u64)> = connected
-        .iter()
-        .map(|n| (id(n), n.get("acked_revision").and_then(Value::as_u64).unwrap_or(0)))
-        .filter(|(_, acked)| *acked < revision)
-        .collect();
-    if behind.is_empty() {
-        Progress::Done(connected.iter().map(|n| id(n)).collect())
-    } else {
-        Progress::Behind(behind)
-    }
-}
+use crate::wait;
 
 pub async fn run(client: &Client, args: &WeightsArgs) -> anyhow::Result<()> {
     let weights: BTreeMap<&str, u32> = args.weights.iter().map(|(c, w)| (c.as_str(), *w)).collect();
@@ -62,67 +18,5 @@ pub async fn run(client: &Client, args: &WeightsArgs) -> anyhow::Result<()> {
         .with_context(|| format!("shifting the weights of route {}", args.route))?;
     let revision = revision_of(&answer).context("the API answered without a revision")?;
     println!("route {} weights set (revision {revision})", args.route);
-    if !args.wait {
-        return Ok(());
-    }
-    let deadline = Instant::now() + args.timeout;
-    loop {
-        let nodes = client.get("/v1/nodes").await.context("polling GET /v1/nodes")?;
-        match progress(&nodes, revision) {
-            Progress::Done(ids) if ids.is_empty() => {
-                eprintln!("warning: no connected nodes; nothing to wait for");
-                return Ok(());
-            }
-            Progress::Done(ids) => {
-                println!("revision {revision} acknowledged by {} node(s): {}", ids.len(), ids.join(", "));
-                return Ok(());
-            }
-            Progress::Rejected(node, rev, msg) => {
-                return Err(Failure::Nack(format!("node {node} rejected revision {rev}: {msg}")).into());
-            }
-            Progress::Behind(behind) => {
-                if Instant::now() >= deadline {
-                    let list: Vec<String> = behind.iter().map(|(id, acked)| format!("{id} (at {acked})")).collect();
-                    return Err(Failure::Timeout(format!(
-                        "timed out after {:?} waiting for revision {revision}; still behind: {}",
-                        args.timeout,
-                        list.join(", ")
-                    ))
-                    .into());
-                }
-            }
-        }
-        tokio::time::sleep(POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn waits_for_connected_nodes_only() {
-        let nodes = json!([
-            {"id": "a", "state": "synced", "acked_revision": 7, "last_nack": null},
-            {"id": "b", "state": "stale", "acked_revision": 6, "last_nack": null},
-            {"id": "c", "state": "disconnected", "acked_revision": 2, "last_nack": null},
-        ]);
-        assert_eq!(progress(&nodes, 7), Progress::Behind(vec![("b".into(), 6)]));
-        assert_eq!(progress(&nodes, 6), Progress::Done(vec!["a".into(), "b".into()]));
-    }
-
-    #[test]
-    fn nack_of_this_or_newer_revision_fails() {
-        let nodes = json!([
-            {"id": "a", "state": "nacked", "acked_revision": 5, "last_nack": {"revision": 8, "message": "bind: in use"}},
-        ]);
-        assert_eq!(progress(&nodes, 7), Progress::Rejected("a".into(), 8, "bind: in use".into()));
-        // An older NACK says nothing about this revision.
-        assert_eq!(progress(&nodes, 9), Progress::Behind(vec![("a".into(), 5)]));
-    }
-
-    #[test]
-    fn no_nodes_is_done() {
-        assert_eq!(progress(&json!([]), 3), Progress::Done(vec![]));
-    }
+    wait::for_fleet(client, revision, &args.wait).await
 }

@@ -126,7 +126,6 @@ fn got_value(got: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::model::{Cluster, Route};
     use crate::validate::{parse_json, ParseError};
 
@@ -151,8 +150,15 @@ mod tests {
         assert!(m.starts_with("endpoints[0].adress: unknown field adress; the fields here are address"), "{m}");
         let m = message::<Cluster>(r#"{"lb_policy":"fastest"}"#);
         assert!(m.starts_with(r#"lb_policy: "fastest" is not one of round_robin"#), "{m}");
-        for m in [m.as_str()] {
-            assert!(!m.contains("struct") && !m.contains("u32") && !m.contains('`'), "{m}");
+        let others = [
+            message::<Cluster>(r#"{"health_check":"/healthz"}"#),
+            message::<Route>(r#"{"listener":"web","backends":["api"]}"#),
+            message::<Route>(r#"{"listener":5,"backends":[]}"#),
+            message::<Route>(r#"{"listener":"web","priority":1.5,"backends":[]}"#),
+        ];
+        for m in &others {
+            assert!(!m.contains("struct") && !m.contains("i32") && !m.contains('`'), "{m}");
         }
+        assert!(others[1].contains(r#"expected an object such as {"cluster": "api", "weight": 1}"#), "{}", others[1]);
     }
 }

@@ -14,12 +14,12 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use sluice_shared::clock::rfc3339_ms;
-use sluice_shared::validate::{self, parse_json, parse_value, ValidationError};
+use sluice_shared::validate::{parse_json, parse_value, ValidationError};
 use sluice_shared::{Certificate, Config, Kind, Revision};
 
 use super::error::problem_json;
 use super::{committed, if_match, read_body, with_etag, Action, ApiError, Caller, Shared};
-use crate::store::{Batch, Change, Problem, Resource, RevisionRecord, Written};
+use crate::store::{Batch, Change, Resource, RevisionRecord, Written};
 
 /// Revisions `GET /v1/revisions` returns without `?limit=`, and the most it returns with one.
 const DEFAULT_LIMIT: u32 = 50;
@@ -93,21 +93,13 @@ async fn apply(
         }
     }
     let stored = app.store.state();
-    let mut problems = Vec::new();
     let mut puts = Vec::with_capacity(body.resources.len());
+    let mut unreadable = Vec::new();
     for d in body.resources {
-        let problem = |error| Problem { resource: Some(format!("{} {}", d.kind, d.name)), error };
-        // Shape and then each resource's own rules, so that one answer lists every such mistake.
         match resource(&d, &stored.config) {
-            Ok(r) => match validate::name("name", r.name()).and_then(|_| r.validate_alone()) {
-                Ok(()) => puts.push(r),
-                Err(e) => problems.push(problem(e)),
-            },
-            Err(e) => problems.push(problem(e)),
+            Ok(r) => puts.push(r),
+            Err(e) => unreadable.push((d.kind, d.name, e)),
         }
-    }
-    if !problems.is_empty() {
-        return Err(ApiError::problems(problems));
     }
     let batch = Batch {
         puts,
@@ -115,6 +107,7 @@ async fn apply(
         prune_prefix: body.prune.map(|p| p.prefix),
         keep_weights: body.keep_weights,
         cascade: body.cascade,
+        unreadable,
     };
     write(&app, &caller, &headers, Change::Batch(batch), body.dry_run).await
 }
@@ -192,13 +185,12 @@ fn resource(d: &DocBody, stored: &Config) -> Result<Resource, ValidationError> {
             }
         }
     }
-    let parsed = match kind {
-        Kind::Cluster => parse_value(spec).map(|s| Resource::Cluster(name.clone(), s)),
-        Kind::Listener => parse_value(spec).map(|s| Resource::Listener(name.clone(), s)),
-        Kind::Route => parse_value(spec).map(|s| Resource::Route(name.clone(), s)),
-        Kind::Certificate => parse_value(spec).map(|s| Resource::Certificate(name.clone(), s)),
-    };
-    parsed
+    match kind {
+        Kind::Cluster => parse_value(spec).map(|s| Resource::Cluster(name, s)),
+        Kind::Listener => parse_value(spec).map(|s| Resource::Listener(name, s)),
+        Kind::Route => parse_value(spec).map(|s| Resource::Route(name, s)),
+        Kind::Certificate => parse_value(spec).map(|s| Resource::Certificate(name, s)),
+    }
 }
 
 /// How a certificate's key shows in a read.

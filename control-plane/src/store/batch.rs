@@ -25,6 +25,9 @@ pub struct Batch {
     pub keep_weights: bool,
     /// Deleting a resource deletes what refers to it too (transitively) instead of failing.
     pub cascade: bool,
+    /// Resources of the write that could not even be read (a wrong shape), as `(kind, name)` and
+    /// why: reported with the rest, and counted as present when others refer to them.
+    pub unreadable: Vec<(Kind, String, ValidationError)>,
 }
 
 /// One thing wrong with a write: the resource (`route api`) and the error in its own terms.
@@ -61,10 +64,18 @@ impl Problem {
     }
 }
 
-/// The config the batch makes of `base`, or every problem found (up to [`MAX_PROBLEMS`]).
+/// The config the batch makes of `base`, or every problem found (up to [`MAX_PROBLEMS`]): each
+/// resource's own first, then what spans resources among those that are sound.
 pub(super) fn plan(base: &Config, batch: &Batch) -> Result<Config, StoreError> {
-    let mut problems = Vec::new();
+    let mut problems: Vec<Problem> = Vec::new();
     let mut named = BTreeSet::new();
+    // Named in the write but unusable: their problems are reported, and others may refer to them.
+    let mut broken = BTreeSet::new();
+    for (kind, name, e) in &batch.unreadable {
+        named.insert((*kind, name.clone()));
+        broken.insert((*kind, name.clone()));
+        problems.push(Problem::of(*kind, name, e.clone()));
+    }
     for r in &batch.puts {
         let (kind, name) = (r.kind(), r.name());
         if !named.insert((kind, name.to_string())) {
@@ -72,9 +83,12 @@ pub(super) fn plan(base: &Config, batch: &Batch) -> Result<Config, StoreError> {
             continue;
         }
         if let Err(e) = validate::name("name", name).and_then(|_| r.validate_alone()) {
+            broken.insert((kind, name.to_string()));
             problems.push(Problem::of(kind, name, e));
         }
     }
+    // Dependency order, then name: a file's problems read in the order its resources apply.
+    problems.sort_by_key(|p| p.resource.clone().map(|r| resource_order(&r)));
     for (kind, name) in &batch.deletes {
         if named.contains(&(*kind, name.clone())) {
             problems.push(Problem::of(*kind, name, ValidationError::invalid("", "is both applied and deleted")));
@@ -82,23 +96,13 @@ pub(super) fn plan(base: &Config, batch: &Batch) -> Result<Config, StoreError> {
             problems.push(Problem::of(*kind, name, ValidationError::invalid("", "does not exist")));
         }
     }
-    if let Some(prefix) = &batch.prune_prefix {
-        if prefix.is_empty() {
-            problems.push(Problem {
-                resource: None,
-                error: ValidationError::invalid(
-                    "prune.prefix",
-                    "name a prefix, so that a prune never deletes another team's resources",
-                ),
-            });
-        }
-    }
-    if !problems.is_empty() {
-        return Err(StoreError::Problems(problems));
+    if batch.prune_prefix.as_deref() == Some("") {
+        let why = "name a prefix, so that a prune never deletes another team's resources";
+        problems.push(Problem { resource: None, error: ValidationError::invalid("prune.prefix", why) });
     }
 
     let mut config = base.clone();
-    for r in &batch.puts {
+    for r in batch.puts.iter().filter(|r| !broken.contains(&(r.kind(), r.name().to_string()))) {
         let mut r = r.clone();
         if batch.keep_weights {
             keep_weights(base, &mut r);
@@ -106,7 +110,7 @@ pub(super) fn plan(base: &Config, batch: &Batch) -> Result<Config, StoreError> {
         r.insert_into(&mut config);
     }
     let mut doomed: BTreeSet<(Kind, String)> = batch.deletes.iter().cloned().collect();
-    if let Some(prefix) = batch.prune_prefix.as_deref() {
+    if let Some(prefix) = batch.prune_prefix.as_deref().filter(|p| !p.is_empty()) {
         for kind in Kind::ALL {
             for name in names(&config, kind).filter(|n| n.starts_with(prefix)) {
                 if !named.contains(&(kind, name.to_string())) {
@@ -132,14 +136,30 @@ pub(super) fn plan(base: &Config, batch: &Batch) -> Result<Config, StoreError> {
             });
         }
     }
-    if problems.is_empty() {
-        problems.extend(config.problems(MAX_PROBLEMS).into_iter().map(Problem::from_config_error));
-    }
+    // References to what is reported already (broken, or deleted while still used) are not news.
+    let refers_to_broken = |p: &Problem| {
+        broken.iter().chain(doomed.iter()).any(|(k, n)| p.error.message == format!("{k} {n} does not exist"))
+    };
+    let spanning: Vec<Problem> = config
+        .problems(MAX_PROBLEMS)
+        .into_iter()
+        .map(Problem::from_config_error)
+        .filter(|p| !refers_to_broken(p))
+        .collect();
+    problems.extend(spanning);
+    problems.truncate(MAX_PROBLEMS);
     if problems.is_empty() {
         Ok(config)
     } else {
         Err(StoreError::Problems(problems))
     }
+}
+
+/// Sort key of a problem's resource (`route api`): dependency order of its kind, then its name.
+fn resource_order(resource: &str) -> (usize, String) {
+    let (kind, name) = resource.split_once(' ').unwrap_or((resource, ""));
+    let rank = Kind::parse(kind).and_then(|k| Kind::DEPENDENCY_ORDER.iter().position(|o| *o == k)).unwrap_or(0);
+    (rank, name.to_string())
 }
 
 fn names(config: &Config, kind: Kind) -> Box<dyn Iterator<Item = &str> + '_> {
@@ -223,19 +243,26 @@ mod tests {
             "s".into(),
             parse_json(br#"{"listener":"nope","backends":[{"cluster":"a-blue"}]}"#).unwrap(),
         );
-        let batch = Batch { puts: vec![bad_cluster, bad_route, dangling], ..Batch::default() };
-        // Each resource's own mistakes first; references once each resource is sound.
+        let refers_to_bad =
+            Resource::Route("t".into(), parse_json(br#"{"listener":"a-web","backends":[{"cluster":"c"}]}"#).unwrap());
+        let unreadable = vec![(Kind::Listener, "u".into(), ValidationError::invalid("address", "expected a string"))];
+        let batch =
+            Batch { puts: vec![dangling, bad_route, bad_cluster, refers_to_bad], unreadable, ..Batch::default() };
+        // Each resource's own mistakes first, in dependency order; then references among the sound
+        // ones, except to resources already reported.
         let p = problems(plan(&base(), &batch));
-        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!(p.len(), 4, "{p:?}");
         assert!(p[0].starts_with("cluster c: endpoints[0].address"), "{p:?}");
-        assert!(p[1].starts_with("route r: backends"), "{p:?}");
+        assert!(p[1].starts_with("listener u: address"), "{p:?}");
+        assert!(p[2].starts_with("route r: backends"), "{p:?}");
+        assert_eq!(p[3], "route s: listener: listener nope does not exist");
         let batch = Batch {
-            puts: vec![batch.puts[2].clone()],
+            puts: vec![batch.puts[0].clone()],
             deletes: vec![(Kind::Route, "ghost".into())],
             ..Batch::default()
         };
         let p = problems(plan(&base(), &batch));
-        assert_eq!(p, ["route ghost: does not exist"]);
+        assert_eq!(p, ["route ghost: does not exist", "route s: listener: listener nope does not exist"]);
     }
 
     #[test]
