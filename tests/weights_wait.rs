@@ -1,4 +1,5 @@
-//! `sluice weights --wait`: returns once every node acknowledged, fails non-zero on a NACK.
+//! `sluice weights --wait`: returns once every node acknowledged, fails at once, non-zero, when a
+//! node could not apply the revision or part of it.
 
 use std::time::Duration;
 
@@ -48,7 +49,7 @@ async fn weights_wait_returns_after_the_dev_node_acks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn weights_wait_fails_when_a_node_nacks() {
+async fn weights_wait_fails_at_once_when_a_node_leaves_a_resource_out() {
     let cp = Sluice::control_plane(BIN).await;
     let api = cp.api();
     let _proxy = Sluice::proxy(BIN, cp.grpc_addr.unwrap(), "edge-1").await;
@@ -58,7 +59,7 @@ async fn weights_wait_fails_when_a_node_nacks() {
     })
     .await;
 
-    // The listener's port is held here, so the node cannot bind it and must NACK.
+    // The listener's port is held here, so the node cannot bind it: it installs the rest.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let backend = HttpBackend::start("b").await;
     api.put("clusters", "b", json!({"endpoints": [{"address": backend.address.to_string()}]})).await;
@@ -71,14 +72,21 @@ async fn weights_wait_fails_when_a_node_nacks() {
     )
     .await;
 
+    let started = std::time::Instant::now();
     let out = cli(BIN, cp.api_addr.unwrap(), &["weights", "r", "b=1", "c=3", "--wait", "--timeout", "30s"]).await;
     assert_eq!(out.code, Some(3), "{out:?}");
-    assert!(out.stderr.contains("node edge-1 rejected revision"), "{out:?}");
+    let taken_addr = taken.local_addr().unwrap();
+    assert!(
+        out.stderr.contains("node edge-1 installed revision")
+            && out.stderr.contains(&format!("without: listener web: cannot bind {taken_addr}")),
+        "names the node, the resource and the reason: {out:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20), "fails once the node answers, not at the timeout");
 
     let node: Value = api.node("edge-1").await.unwrap();
-    assert_eq!(node["state"], "nacked", "{node}");
+    assert_eq!(node["state"], "degraded", "{node}");
     let out = cli(BIN, cp.api_addr.unwrap(), &["status"]).await;
     let row = out.stdout.lines().find(|l| l.starts_with("edge-1 ")).unwrap_or_else(|| panic!("{out:?}"));
-    assert!(row.contains("nacked"), "{row}");
+    assert!(row.contains("degraded") && row.contains("listener web: cannot bind"), "{row}");
     drop(taken);
 }

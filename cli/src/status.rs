@@ -20,7 +20,7 @@ pub fn render(nodes: &Value) -> String {
     if nodes.is_empty() {
         return "no nodes\n".to_string();
     }
-    let mut t = Table::new(&["NODE", "GROUP", "STATE", "ACKED", "LAST NACK", "LAST SEEN"]);
+    let mut t = Table::new(&["NODE", "GROUP", "STATE", "ACKED", "LAST NACK", "LAST SEEN", "NOT APPLIED"]);
     for n in nodes {
         let s = |k: &str| n.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
         let nack = match n.get("last_nack").filter(|v| !v.is_null()) {
@@ -32,7 +32,18 @@ pub fn render(nodes: &Value) -> String {
             None => "-".to_string(),
         };
         let acked = n.get("acked_revision").and_then(Value::as_u64).unwrap_or(0).to_string();
-        t.row(vec![s("id"), s("group"), s("state"), acked, nack, s("last_seen")]);
+        let left_out: Vec<String> = n
+            .get("resource_errors")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("?");
+                format!("{} {}: {}", s("kind"), s("name"), s("message"))
+            })
+            .collect();
+        let left_out = if left_out.is_empty() { "-".to_string() } else { left_out.join("; ") };
+        t.row(vec![s("id"), s("group"), s("state"), acked, nack, s("last_seen"), left_out]);
     }
     t.render()
 }
@@ -47,6 +58,13 @@ mod tests {
         let out = render(&json!([{"id": "dev", "group": "default", "state": "nacked", "acked_revision": 3,
             "last_nack": {"revision": 4, "message": "port in use"}, "last_seen": "2025-01-01T00:00:00Z"}]));
         assert!(out.starts_with("NODE  GROUP    STATE   ACKED  LAST NACK       LAST SEEN"), "{out}");
+        let degraded = render(&json!([{"id": "dev", "group": "default", "state": "degraded", "acked_revision": 5,
+            "last_nack": null, "resource_errors": [{"kind": "listener", "name": "web", "message": "port in use"}],
+            "last_seen": "2025-01-01T00:00:00Z"}]));
+        assert!(
+            degraded.ends_with("degraded  5      -          2025-01-01T00:00:00Z  listener web: port in use\n"),
+            "{degraded}"
+        );
         assert!(out.contains("dev   default  nacked  3      4: port in use"), "{out}");
         assert_eq!(render(&json!([])), "no nodes\n");
     }

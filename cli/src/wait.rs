@@ -20,6 +20,8 @@ pub enum Progress {
     Done(Vec<String>),
     /// A node rejected it or a newer revision: (node id, NACKed revision, message).
     Rejected(String, u64, String),
+    /// A node installed it (or a newer one) without some resources: (node id, revision, what and why).
+    LeftOut(String, u64, Vec<String>),
     /// These connected nodes have not acknowledged it yet: (id, acked revision).
     Behind(Vec<(String, u64)>),
 }
@@ -37,6 +39,22 @@ pub fn progress(nodes: &Value, revision: u64) -> Progress {
                 let msg = nack.get("message").and_then(Value::as_str).unwrap_or("").to_string();
                 return Progress::Rejected(id(n), rev, msg);
             }
+        }
+    }
+    for n in nodes {
+        let acked = n.get("acked_revision").and_then(Value::as_u64).unwrap_or(0);
+        let errors: Vec<String> = n
+            .get("resource_errors")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("?");
+                format!("{} {}: {}", s("kind"), s("name"), s("message"))
+            })
+            .collect();
+        if acked >= revision && !errors.is_empty() {
+            return Progress::LeftOut(id(n), acked, errors);
         }
     }
     let connected: Vec<&Value> =
@@ -72,6 +90,10 @@ pub async fn for_fleet(client: &Client, revision: u64, args: &WaitArgs) -> anyho
             }
             Progress::Rejected(node, rev, msg) => {
                 return Err(Failure::Nack(format!("node {node} rejected revision {rev}: {msg}")).into());
+            }
+            Progress::LeftOut(node, rev, errors) => {
+                let what = errors.join("; ");
+                return Err(Failure::Nack(format!("node {node} installed revision {rev} without: {what}")).into());
             }
             Progress::Behind(behind) => {
                 if Instant::now() >= deadline {
@@ -113,6 +135,17 @@ mod tests {
         assert_eq!(progress(&nodes, 7), Progress::Rejected("a".into(), 8, "bind: in use".into()));
         // An older NACK says nothing about this revision.
         assert_eq!(progress(&nodes, 9), Progress::Behind(vec![("a".into(), 5)]));
+    }
+
+    #[test]
+    fn resources_left_out_fail_at_once() {
+        let nodes = json!([
+            {"id": "a", "state": "degraded", "acked_revision": 7, "last_nack": null,
+             "resource_errors": [{"kind": "listener", "name": "web", "message": "cannot bind 127.0.0.1:80"}]},
+        ]);
+        let what = vec!["listener web: cannot bind 127.0.0.1:80".to_string()];
+        assert_eq!(progress(&nodes, 7), Progress::LeftOut("a".into(), 7, what));
+        assert_eq!(progress(&nodes, 8), Progress::Behind(vec![("a".into(), 7)]));
     }
 
     #[test]

@@ -130,7 +130,12 @@ impl Node {
     }
 
     async fn ack(&self, s: &pb::Snapshot) {
-        let ack = pb::Ack { revision: s.revision, nonce: s.nonce.clone() };
+        let ack = pb::Ack { revision: s.revision, nonce: s.nonce.clone(), errors: vec![] };
+        self.tx.send(pb::NodeMessage { msg: Some(NodeMsg::Ack(ack)) }).await.unwrap();
+    }
+
+    async fn ack_in_part(&self, s: &pb::Snapshot, errors: Vec<pb::ResourceError>) {
+        let ack = pb::Ack { revision: s.revision, nonce: s.nonce.clone(), errors };
         self.tx.send(pb::NodeMessage { msg: Some(NodeMsg::Ack(ack)) }).await.unwrap();
     }
 
@@ -202,12 +207,33 @@ async fn nacked_content_is_never_resent() {
     assert_eq!(s3.revision, fixed);
     node.ack(&s3).await;
     let n = h.node_eventually("n1", "acked the fix", |n| n.acked_revision == fixed).await;
-    assert_eq!(n.last_nack, Some((bad, "port 18080 in use".to_string())), "history is kept");
+    assert_eq!(n.last_nack, None, "an installed revision clears the NACK");
 
     // Going back to the NACKed content is not resent either, even at a new revision.
     h.set_weight(7).await;
     let later = h.set_weight(9).await;
     assert_eq!(node.snapshot().await.revision, later);
+    h.cp.shutdown().await;
+}
+
+#[tokio::test]
+async fn resources_a_node_left_out_are_recorded_until_it_applies_cleanly() {
+    let h = Harness::start().await;
+    let mut node = Node::connect(h.cp.grpc_addr(), "n1", "default", 0).await;
+    let s1 = node.snapshot().await;
+    let taken = pb::ResourceError { kind: "listener".into(), name: "web".into(), message: "port in use".into() };
+    node.ack_in_part(&s1, vec![taken; 500]).await;
+    let n = h.node_eventually("n1", "acked in part", |n| n.acked_revision == s1.revision).await;
+    assert_eq!(n.resource_errors.len(), 100, "bounded whatever a node sends");
+    assert_eq!((n.resource_errors[0].name.as_str(), n.resource_errors[0].message.as_str()), ("web", "port in use"));
+
+    // Later revisions keep flowing to the node, and a clean Ack clears what it reported.
+    let next = h.set_weight(4).await;
+    let s2 = node.snapshot().await;
+    assert_eq!(s2.revision, next);
+    node.ack(&s2).await;
+    let n = h.node_eventually("n1", "acked cleanly", |n| n.acked_revision == next).await;
+    assert!(n.resource_errors.is_empty(), "{n:?}");
     h.cp.shutdown().await;
 }
 
@@ -282,7 +308,9 @@ async fn a_stream_must_start_with_hello() {
     let h = Harness::start().await;
     let mut client = ConfigDiscoveryClient::connect(format!("http://{}", h.cp.grpc_addr())).await.unwrap();
     let (tx, out) = mpsc::channel(4);
-    tx.send(pb::NodeMessage { msg: Some(NodeMsg::Ack(pb::Ack { revision: 1, nonce: "x".into() })) }).await.unwrap();
+    tx.send(pb::NodeMessage { msg: Some(NodeMsg::Ack(pb::Ack { revision: 1, nonce: "x".into(), errors: vec![] })) })
+        .await
+        .unwrap();
     let mut rx = client.stream(ReceiverStream::new(out)).await.unwrap().into_inner();
     let status = tokio::time::timeout(WAIT, rx.message()).await.unwrap().unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);

@@ -43,7 +43,7 @@ impl Node {
             Ok(Ok(Some(pb::ServerMessage { msg: Some(ServerMsg::Snapshot(s)) }))) => s,
             other => panic!("expected a snapshot, got {other:?}"),
         };
-        let ack = pb::Ack { revision: snapshot.revision, nonce: snapshot.nonce };
+        let ack = pb::Ack { revision: snapshot.revision, nonce: snapshot.nonce, errors: vec![] };
         tx.send(pb::NodeMessage { msg: Some(NodeMsg::Ack(ack)) }).await.unwrap();
         Node { tx, _rx: rx }
     }

@@ -1,13 +1,16 @@
 //! Installing a snapshot: convert, validate, compile (off the runtime's worker threads), bind the
 //! listeners it adds, swap the table in with one `ArcSwap::store`, stop the listeners it drops,
-//! persist it. Any failure before the swap leaves the previous table serving, untouched.
+//! persist it. A snapshot that is invalid as a whole leaves the previous table serving, untouched
+//! (a NACK). A listener that cannot be bound on this node is left out, with its routes (or keeps
+//! its previous address, when it moved), and everything else is installed: the Ack names what
+//! was left out, and each later snapshot tries it again.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_shared::proto::v1 as pb;
-use sluice_shared::{Config, Revision, ValidationError};
+use sluice_shared::{Config, Kind, Revision, ValidationError};
 
 use crate::cache::SnapshotCache;
 use crate::health::HealthCheckers;
@@ -25,8 +28,6 @@ pub enum InstallError {
     #[error("cannot compile: {0}")]
     Compile(#[from] CompileError),
     #[error(transparent)]
-    Bind(#[from] BindError),
-    #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("internal error: {0}")]
     Internal(String),
@@ -38,11 +39,27 @@ pub struct Installer {
     cache: Option<SnapshotCache>,
     /// Active health checks of the installed table's clusters.
     health: HealthCheckers,
+    /// The config the installed table was compiled from (what could not be applied left out).
+    config: Option<Config>,
+}
+
+/// A resource of a snapshot this node could not apply (the rest serves); sent with the Ack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceError {
+    pub kind: Kind,
+    pub name: String,
+    pub message: String,
+}
+
+impl From<ResourceError> for pb::ResourceError {
+    fn from(e: ResourceError) -> Self {
+        pb::ResourceError { kind: e.kind.singular().into(), name: e.name, message: e.message }
+    }
 }
 
 impl Installer {
     pub fn new(shared: Arc<Shared>, cache: Option<SnapshotCache>) -> Installer {
-        Installer { shared, listeners: Listeners::new(), cache, health: HealthCheckers::default() }
+        Installer { shared, listeners: Listeners::new(), cache, health: HealthCheckers::default(), config: None }
     }
 
     /// Boots from the cached snapshot if there is a valid one; a bad one is logged and ignored.
@@ -53,7 +70,7 @@ impl Installer {
             Ok(Ok(Some(snapshot))) => {
                 let revision = snapshot.revision;
                 match self.install(snapshot, false).await {
-                    Ok(()) => tracing::info!(revision, "serving the cached snapshot until a control plane answers"),
+                    Ok(_) => tracing::info!(revision, "serving the cached snapshot until a control plane answers"),
                     Err(e) => tracing::warn!(revision, error = %e, "ignoring the cached snapshot"),
                 }
             }
@@ -63,23 +80,34 @@ impl Installer {
         }
     }
 
-    /// Installs a snapshot; `persist` writes it to the cache once it serves.
-    pub async fn install(&mut self, snapshot: pb::Snapshot, persist: bool) -> Result<(), InstallError> {
+    /// Installs a snapshot; `persist` writes it to the cache once it serves. Returns the resources
+    /// left out because this node could not apply them.
+    pub async fn install(&mut self, snapshot: pb::Snapshot, persist: bool) -> Result<Vec<ResourceError>, InstallError> {
         let revision = snapshot.revision;
         let previous = self.shared.installed.load_full();
         let keep = persist.then(|| snapshot.clone());
         let node_key = self.shared.node_sticky_key;
-        let compiled = tokio::task::spawn_blocking(move || prepare(snapshot, previous.as_deref(), &node_key))
-            .await
-            .map_err(|e| InstallError::Internal(e.to_string()))?;
-        let (table, tls, sticky) = compiled?;
+        let (config, key) = decode(snapshot)?;
+        let built = build_off_runtime(config.clone(), previous.clone(), key.clone(), node_key).await?;
+        let (mut table, mut tls, mut sticky) = built;
+
+        let mut plan = self.listeners.plan(&table);
+        let (mut bound, failed) = self.listeners.bind(&plan);
+        let mut config = config;
+        let mut errors = Vec::new();
+        if !failed.is_empty() {
+            let (reduced, left_out) = leave_out(&config, self.config.as_ref(), &failed);
+            errors = left_out;
+            for e in &errors {
+                tracing::warn!(revision, kind = %e.kind, name = %e.name, error = %e.message, "not applied on this node");
+            }
+            (table, tls, sticky) = build_off_runtime(reduced.clone(), previous, key, node_key).await?;
+            config = reduced;
+            plan = self.listeners.plan(&table);
+            // Sockets bound for what the reduced table no longer adds are closed as they drop.
+            bound.retain(|b| Listeners::still_planned(&plan, b));
+        }
         let table = table.with_revision(revision);
-
-        let plan = self.listeners.plan(&table);
-        // New listeners are bound before the swap: a port that cannot be bound refuses the whole
-        // snapshot (the sockets bound so far are closed as `bound` drops).
-        let bound = self.listeners.bind(&plan)?;
-
         let stats = self.shared.metrics.index(&table);
         let installed = Arc::new(Installed { revision, table, stats, tls, sticky });
         self.health.sync(&installed.table, &installed.tls);
@@ -92,6 +120,7 @@ impl Installer {
         m.config_applies.fetch_add(1, Ordering::Relaxed);
         m.ready.store(true, Ordering::Relaxed);
         tracing::info!(revision, added = plan.add.len(), removed = plan.remove.len(), "config installed");
+        self.config = Some(config);
 
         if let (Some(cache), Some(snapshot)) = (self.cache.clone(), keep) {
             // The table already serves: a cache that cannot be written is worth a warning, not a NACK.
@@ -101,7 +130,7 @@ impl Installer {
                 Err(e) => tracing::warn!(revision, error = %e, "cannot persist the snapshot cache"),
             }
         }
-        Ok(())
+        Ok(errors)
     }
 
     /// The control plane says the group's content is unchanged at a newer revision.
@@ -119,17 +148,74 @@ impl Installer {
     }
 }
 
-/// The CPU part: proto -> model, validation, compile, TLS configs, sticky cookie ids.
-fn prepare(
-    mut snapshot: pb::Snapshot,
-    previous: Option<&Installed>,
-    node_key: &[u8],
-) -> Result<(Table, TlsConfigs, StickySessions), InstallError> {
+/// proto -> model, validated as a whole (a NACK otherwise), and the snapshot's sticky key.
+fn decode(mut snapshot: pb::Snapshot) -> Result<(Config, Vec<u8>), InstallError> {
     let key = std::mem::take(&mut snapshot.sticky_key);
     let config = Config::try_from(snapshot)?;
     config.validate()?;
-    let tls = TlsConfigs::build(&config, previous.map(|i| &i.tls))?;
-    let table = compile(&config, previous.map(|i| &i.table))?;
-    let sticky = StickySessions::new(if key.is_empty() { node_key } else { &key }, &table);
+    Ok((config, key.to_vec()))
+}
+
+/// [`build`] on a blocking thread: compiling a large table must not stall the runtime.
+async fn build_off_runtime(
+    config: Config,
+    previous: Option<Arc<Installed>>,
+    key: Vec<u8>,
+    node_key: [u8; 32],
+) -> Result<(Table, TlsConfigs, StickySessions), InstallError> {
+    tokio::task::spawn_blocking(move || {
+        build(&config, previous.as_deref(), if key.is_empty() { &node_key } else { &key })
+    })
+    .await
+    .map_err(|e| InstallError::Internal(e.to_string()))?
+}
+
+/// The CPU part: compile, TLS configs, sticky cookie ids.
+fn build(
+    config: &Config,
+    previous: Option<&Installed>,
+    sticky_key: &[u8],
+) -> Result<(Table, TlsConfigs, StickySessions), InstallError> {
+    let tls = TlsConfigs::build(config, previous.map(|i| &i.tls))?;
+    let table = compile(config, previous.map(|i| &i.table))?;
+    let sticky = StickySessions::new(sticky_key, &table);
     Ok((table, tls, sticky))
+}
+
+/// `config` without the listeners that could not be bound: a listener that moved keeps its
+/// previous spec (it is still bound and serving), a new one is left out with its routes.
+fn leave_out(config: &Config, installed: Option<&Config>, failed: &[BindError]) -> (Config, Vec<ResourceError>) {
+    let mut reduced = config.clone();
+    let mut errors = Vec::new();
+    for f in failed {
+        let name = &f.listener;
+        let message = format!("cannot bind {}: {}", f.address, f.source);
+        if let Some(old) = installed.and_then(|c| c.listeners.get(name)) {
+            let mut kept = reduced.clone();
+            kept.listeners.insert(name.clone(), old.clone());
+            if kept.validate().is_ok() {
+                reduced = kept;
+                errors.push(ResourceError {
+                    kind: Kind::Listener,
+                    name: name.clone(),
+                    message: format!("{message}; still serving its previous address {}", old.address),
+                });
+                continue;
+            }
+        }
+        reduced.listeners.remove(name);
+        let routes: Vec<String> =
+            reduced.routes.iter().filter(|(_, r)| &r.listener == name).map(|(n, _)| n.clone()).collect();
+        for r in routes {
+            reduced.routes.remove(&r);
+            errors.push(ResourceError {
+                kind: Kind::Route,
+                name: r,
+                message: format!("not applied: its listener {name} could not be applied"),
+            });
+        }
+        errors.push(ResourceError { kind: Kind::Listener, name: name.clone(), message });
+    }
+    errors.sort_by_key(|e| (Kind::DEPENDENCY_ORDER.iter().position(|k| *k == e.kind), e.name.clone()));
+    (reduced, errors)
 }

@@ -125,24 +125,29 @@ impl Listeners {
         plan
     }
 
-    /// Binds every listener the plan adds; on the first failure, everything bound so far is released.
-    pub fn bind(&self, plan: &Plan) -> Result<Vec<Bound>, BindError> {
-        plan.add
-            .iter()
-            .map(|(name, spec)| {
-                let sockets = match spec.protocol {
-                    Protocol::Udp => {
-                        crate::udp::bind_reuseport(spec.address, self.sockets_per_listener).map(Sockets::Datagram)
-                    }
-                    _ => bind_reuseport(spec.address, self.sockets_per_listener).map(Sockets::Stream),
-                };
-                sockets.map(|sockets| Bound { name: name.clone(), spec: *spec, sockets }).map_err(|source| BindError {
-                    listener: name.clone(),
-                    address: spec.address,
-                    source,
-                })
-            })
-            .collect()
+    /// Binds every listener the plan adds: the sockets of those that could be bound, and why each
+    /// other one could not (its port taken on this node, say).
+    pub fn bind(&self, plan: &Plan) -> (Vec<Bound>, Vec<BindError>) {
+        let mut bound = Vec::with_capacity(plan.add.len());
+        let mut failed = Vec::new();
+        for (name, spec) in &plan.add {
+            let sockets = match spec.protocol {
+                Protocol::Udp => {
+                    crate::udp::bind_reuseport(spec.address, self.sockets_per_listener).map(Sockets::Datagram)
+                }
+                _ => bind_reuseport(spec.address, self.sockets_per_listener).map(Sockets::Stream),
+            };
+            match sockets {
+                Ok(sockets) => bound.push(Bound { name: name.clone(), spec: *spec, sockets }),
+                Err(source) => failed.push(BindError { listener: name.clone(), address: spec.address, source }),
+            }
+        }
+        (bound, failed)
+    }
+
+    /// Whether `bound` is what `plan` adds for its listener (a replanned install keeps only those).
+    pub fn still_planned(plan: &Plan, bound: &Bound) -> bool {
+        plan.add.iter().any(|(name, spec)| *name == bound.name && *spec == bound.spec)
     }
 
     /// Starts accepting on freshly bound sockets (after the table that needs them is installed).

@@ -130,9 +130,10 @@ impl StreamClient {
                     let (revision, nonce) = (snapshot.revision, snapshot.nonce.clone());
                     let mut installer = self.installer.lock().await;
                     let reply = match installer.install(snapshot, true).await {
-                        Ok(()) => {
+                        Ok(left_out) => {
                             installed.notify_one();
-                            pb::node_message::Msg::Ack(pb::Ack { revision, nonce })
+                            let errors = left_out.into_iter().map(Into::into).collect();
+                            pb::node_message::Msg::Ack(pb::Ack { revision, nonce, errors })
                         }
                         Err(e) => {
                             installer.rejected();

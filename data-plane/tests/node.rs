@@ -1,4 +1,5 @@
-//! A node and its control plane: install + ACK, NACK on failures with the old table serving,
+//! A node and its control plane: install + ACK (in part when a port is taken on the node), NACK
+//! on invalid snapshots with the old table serving,
 //! readiness, revision advance, failover between URLs, listener removal, the snapshot cache, TCP.
 
 mod support;
@@ -20,7 +21,7 @@ fn one_route(listener: SocketAddr, backend: SocketAddr) -> Config {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ready_after_ack_then_nack_keeps_the_old_table() {
+async fn a_taken_port_is_left_out_and_an_invalid_snapshot_nacked() {
     let a = Backend::start("a").await;
     let b = Backend::start("b").await;
     let cp = ControlPlane::start(None).await;
@@ -48,7 +49,8 @@ async fn ready_after_ack_then_nack_keeps_the_old_table() {
     assert_eq!(admin(&node, "/readyz").await.status, 200);
     assert!(get(main, "x", "/").await.body.contains("backend=a"));
 
-    // Revision 2 points the route at b but adds a listener on a taken port: refused, nothing swapped.
+    // Revision 2 points the route at b and adds a listener on a taken port: everything but that
+    // listener is installed, and the Ack says what was left out and why.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_addr = taken.local_addr().unwrap();
     let mut cfg = one_route(main, b.addr);
@@ -59,18 +61,17 @@ async fn ready_after_ack_then_nack_keeps_the_old_table() {
     );
     cp.send_snapshot(snapshot(&cfg, 2)).await;
     match cp.reply_to(2).await {
-        pb::node_message::Msg::Nack(n) => {
-            assert!(
-                n.message.contains("listener extra") && n.message.contains(&taken_addr.to_string()),
-                "{}",
-                n.message
-            );
-            assert_eq!(n.nonce, "nonce-2");
+        pb::node_message::Msg::Ack(a) => {
+            assert_eq!(a.nonce, "nonce-2");
+            assert_eq!(a.errors.len(), 1, "{:?}", a.errors);
+            let e = &a.errors[0];
+            assert_eq!((e.kind.as_str(), e.name.as_str()), ("listener", "extra"));
+            assert!(e.message.contains(&format!("cannot bind {taken_addr}")), "{}", e.message);
         }
-        other => panic!("expected a nack, got {other:?}"),
+        other => panic!("expected an ack, got {other:?}"),
     }
-    assert!(get(main, "x", "/").await.body.contains("backend=a"), "the old table keeps serving");
-    assert_eq!(node.revision(), 1);
+    assert!(get(main, "x", "/").await.body.contains("backend=b"), "the rest of revision 2 serves");
+    assert_eq!(node.revision(), 2);
 
     // An invalid snapshot (route to a missing cluster) is refused with the field at fault.
     let mut bad = one_route(main, b.addr);
@@ -81,16 +82,40 @@ async fn ready_after_ack_then_nack_keeps_the_old_table() {
         other => panic!("expected a nack, got {other:?}"),
     }
 
-    // A good revision afterwards goes through; a RevisionAdvance moves the revision on.
+    assert!(get(main, "x", "/").await.body.contains("backend=b"), "revision 2 keeps serving");
+
+    // Once the port is free, the next snapshot binds it; a listener moved to a taken port keeps
+    // its previous address.
     drop(taken);
-    cp.send_snapshot(snapshot(&one_route(main, b.addr), 4)).await;
-    assert!(matches!(cp.reply_to(4).await, pb::node_message::Msg::Ack(_)));
-    assert!(get(main, "x", "/").await.body.contains("backend=b"));
+    cp.send_snapshot(snapshot(&cfg, 4)).await;
+    match cp.reply_to(4).await {
+        pb::node_message::Msg::Ack(a) => assert!(a.errors.is_empty(), "{:?}", a.errors),
+        other => panic!("expected an ack, got {other:?}"),
+    }
+    assert_eq!(get(taken_addr, "x", "/").await.status, 404, "the listener that was left out now serves");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut moved = one_route(taken.local_addr().unwrap(), b.addr);
+    moved.listeners.insert("extra".into(), cfg.listeners["extra"].clone());
+    cp.send_snapshot(snapshot(&moved, 5)).await;
+    match cp.reply_to(5).await {
+        pb::node_message::Msg::Ack(a) => {
+            let what: Vec<_> = a.errors.iter().map(|e| (e.kind.as_str(), e.name.as_str())).collect();
+            assert_eq!(what, [("listener", "main")]);
+            assert!(
+                a.errors[0].message.contains(&format!("still serving its previous address {main}")),
+                "{:?}",
+                a.errors
+            );
+        }
+        other => panic!("expected an ack, got {other:?}"),
+    }
+    assert!(get(main, "x", "/").await.body.contains("backend=b"), "the moved listener serves where it was");
+    drop(taken);
     cp.send(pb::server_message::Msg::Advance(pb::RevisionAdvance { revision: 9 })).await;
     eventually("advance", || async { (node.revision() == 9).then_some(()) }).await;
     let metrics = admin(&node, "/metrics").await.body;
-    assert!(metrics.contains("sluice_config_applies_total 2"), "{metrics}");
-    assert!(metrics.contains("sluice_config_rejects_total 2"), "{metrics}");
+    assert!(metrics.contains("sluice_config_applies_total 4"), "{metrics}");
+    assert!(metrics.contains("sluice_config_rejects_total 1"), "{metrics}");
     assert!(metrics.contains("sluice_config_revision 9"), "{metrics}");
     node.shutdown().await;
     cp.stop().await;

@@ -9,7 +9,7 @@ use sluice_shared::clock::{rfc3339_ms, unix_now_ms as now_ms};
 use sluice_shared::Revision;
 
 use super::{with_etag, Action, ApiError, Caller, Shared};
-use crate::nodes::NodeRecord;
+use crate::nodes::{NodeRecord, ResourceError};
 
 /// A node not heard from for this long counts as disconnected, whatever its stream last said.
 pub const DISCONNECTED_AFTER_MS: i64 = 30_000;
@@ -20,6 +20,8 @@ pub enum NodeState {
     Synced,
     Stale,
     Nacked,
+    /// Installed its acknowledged revision except some resources (see `resource_errors`).
+    Degraded,
     Disconnected,
 }
 
@@ -30,6 +32,8 @@ struct NodeView<'a> {
     state: NodeState,
     acked_revision: Revision,
     last_nack: Option<NackView<'a>>,
+    /// What the node could not apply of its acknowledged revision, and why.
+    resource_errors: &'a [ResourceError],
     last_seen: String,
 }
 
@@ -44,6 +48,8 @@ pub fn node_state(n: &NodeRecord, current: Revision, now_ms: i64) -> NodeState {
         NodeState::Disconnected
     } else if n.last_nack.as_ref().is_some_and(|(rev, _)| *rev > n.acked_revision) {
         NodeState::Nacked
+    } else if !n.resource_errors.is_empty() {
+        NodeState::Degraded
     } else if n.acked_revision == current {
         NodeState::Synced
     } else {
@@ -64,6 +70,7 @@ pub(super) async fn list(State(app): State<Shared>, caller: Extension<Caller>) -
             state: node_state(n, current, now),
             acked_revision: n.acked_revision,
             last_nack: n.last_nack.as_ref().map(|(revision, message)| NackView { revision: *revision, message }),
+            resource_errors: &n.resource_errors,
             last_seen: rfc3339_ms(n.last_seen_ms),
         })
         .collect();
@@ -83,6 +90,7 @@ mod tests {
             group: "default".into(),
             acked_revision: 5,
             last_nack: None,
+            resource_errors: Vec::new(),
             last_seen_ms: now - 1_000,
             connected: true,
         };
@@ -92,6 +100,9 @@ mod tests {
         assert_eq!(node_state(&nacked, 6, now), NodeState::Nacked);
         let recovered = NodeRecord { last_nack: Some((4, "old".into())), ..n.clone() };
         assert_eq!(node_state(&recovered, 5, now), NodeState::Synced);
+        let error = ResourceError { kind: "listener".into(), name: "web".into(), message: "port taken".into() };
+        let degraded = NodeRecord { resource_errors: vec![error], ..n.clone() };
+        assert_eq!(node_state(&degraded, 5, now), NodeState::Degraded);
         let quiet = NodeRecord { last_seen_ms: now - 31_000, ..n.clone() };
         assert_eq!(node_state(&quiet, 5, now), NodeState::Disconnected);
         let gone = NodeRecord { connected: false, ..n };

@@ -433,6 +433,7 @@ async fn nodes_show_derived_state() {
             group: "default".into(),
             acked_revision: acked,
             last_nack: nack.map(|(r, m)| (r, m.to_string())),
+            resource_errors: Vec::new(),
             last_seen_ms: now - seen_ago,
             connected,
         };

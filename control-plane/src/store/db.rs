@@ -333,12 +333,15 @@ pub(super) async fn upsert_node(pool: &AnyPool, n: &NodeRecord) -> Result<(), St
         Some((rev, msg)) => (Some(to_db(*rev)?), Some(msg.as_str())),
         None => (None, None),
     };
+    let resource_errors = serde_json::to_string(&n.resource_errors)
+        .map_err(|e| StoreError::Unavailable(format!("cannot encode the errors of node {}: {e}", n.id)))?;
     sqlx::query(
-        "INSERT INTO nodes (id, node_group, acked_revision, nack_revision, nack_message, last_seen_ms, connected) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+        "INSERT INTO nodes (id, node_group, acked_revision, nack_revision, nack_message, last_seen_ms, connected, \
+         resource_errors) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
          ON CONFLICT (id) DO UPDATE SET node_group = excluded.node_group, acked_revision = excluded.acked_revision, \
          nack_revision = excluded.nack_revision, nack_message = excluded.nack_message, \
-         last_seen_ms = excluded.last_seen_ms, connected = excluded.connected",
+         last_seen_ms = excluded.last_seen_ms, connected = excluded.connected, \
+         resource_errors = excluded.resource_errors",
     )
     .bind(n.id.as_str())
     .bind(n.group.as_str())
@@ -347,6 +350,7 @@ pub(super) async fn upsert_node(pool: &AnyPool, n: &NodeRecord) -> Result<(), St
     .bind(nack_message)
     .bind(n.last_seen_ms)
     .bind(i64::from(n.connected))
+    .bind(resource_errors)
     .execute(pool)
     .await
     .map_err(unavailable)?;
@@ -355,8 +359,8 @@ pub(super) async fn upsert_node(pool: &AnyPool, n: &NodeRecord) -> Result<(), St
 
 pub(super) async fn nodes(pool: &AnyPool) -> Result<Vec<NodeRecord>, StoreError> {
     let rows = sqlx::query(
-        "SELECT id, node_group, acked_revision, nack_revision, nack_message, last_seen_ms, connected \
-         FROM nodes ORDER BY id",
+        "SELECT id, node_group, acked_revision, nack_revision, nack_message, last_seen_ms, connected, \
+         resource_errors FROM nodes ORDER BY id",
     )
     .fetch_all(pool)
     .await
@@ -376,6 +380,8 @@ pub(super) async fn nodes(pool: &AnyPool) -> Result<Vec<NodeRecord>, StoreError>
                 last_nack,
                 last_seen_ms: row.try_get(5).map_err(unavailable)?,
                 connected: row.try_get::<i64, _>(6).map_err(unavailable)? != 0,
+                resource_errors: serde_json::from_str(&row.try_get::<String, _>(7).map_err(unavailable)?)
+                    .map_err(|e| StoreError::Unavailable(format!("stored resource errors: {e}")))?,
             })
         })
         .collect()

@@ -198,6 +198,7 @@ async fn nodes_round_trip() {
             group: "edge".into(),
             acked_revision: 3,
             last_nack: None,
+            resource_errors: Vec::new(),
             last_seen_ms: 1_700_000_000_123,
             connected: true,
         };

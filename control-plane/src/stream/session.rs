@@ -20,12 +20,19 @@ use tonic::{Status, Streaming};
 
 use super::wire::Outgoing;
 use super::{SessionGuard, Shared};
-use crate::nodes::NodeRecord;
+use crate::nodes::{NodeRecord, ResourceError};
 use crate::store::{EndpointHealth, HealthUpdate, State};
 
 const MAX_NODE_ID: usize = 128;
 /// NACK messages are stored and shown to operators; a node cannot make us store megabytes.
 const MAX_NACK_MESSAGE: usize = 4096;
+/// Resource errors kept per node: enough to act on, bounded whatever a node sends.
+const MAX_RESOURCE_ERRORS: usize = 100;
+
+fn resource_error(e: pb::ResourceError) -> ResourceError {
+    let short = |s: String| truncate(s, 256);
+    ResourceError { kind: short(e.kind), name: short(e.name), message: truncate(e.message, MAX_NACK_MESSAGE) }
+}
 
 type Outbound = mpsc::Sender<Result<Outgoing, Status>>;
 
@@ -59,6 +66,8 @@ struct Session {
     held: Option<u64>,
     in_flight: Option<InFlight>,
     last_nack: Option<(Revision, String)>,
+    /// What the node left out of its acknowledged revision.
+    resource_errors: Vec<ResourceError>,
     generation: u64,
     /// The endpoint health stored for this node by this stream; `None` until its first report lands.
     health: Option<BTreeMap<String, Vec<EndpointHealth>>>,
@@ -151,7 +160,8 @@ impl Session {
         };
         let session = Session {
             held: hash_at(&shared, &hello.group, reported, &state).await,
-            last_nack: previous.and_then(|p| p.last_nack),
+            last_nack: previous.as_ref().and_then(|p| p.last_nack.clone()),
+            resource_errors: previous.map(|p| p.resource_errors).unwrap_or_default(),
             shared,
             tx,
             node_id: hello.node_id,
@@ -258,9 +268,16 @@ impl Session {
         match m.msg {
             Some(NodeMsg::Ack(a)) => {
                 let Some(f) = self.take_in_flight(&a.nonce, a.revision) else { return Ok(()) };
-                tracing::info!(revision = f.revision, "acked");
+                self.resource_errors = a.errors.into_iter().take(MAX_RESOURCE_ERRORS).map(resource_error).collect();
+                if self.resource_errors.is_empty() {
+                    tracing::info!(revision = f.revision, "acked");
+                } else {
+                    tracing::warn!(revision = f.revision, left_out = self.resource_errors.len(), "acked in part");
+                }
                 self.acked = f.revision;
                 self.held = Some(f.content_hash);
+                // A newer revision is installed: an older NACK no longer describes the node.
+                self.last_nack = None;
                 self.write_status(true).await;
             }
             Some(NodeMsg::Nack(n)) => {
@@ -350,6 +367,7 @@ impl Session {
             group: self.group.clone(),
             acked_revision: self.acked,
             last_nack: self.last_nack.clone(),
+            resource_errors: self.resource_errors.clone(),
             last_seen_ms: now_ms(),
             connected,
         };
