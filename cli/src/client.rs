@@ -12,6 +12,9 @@ use serde_json::Value;
 pub const DEFAULT_API_URL: &str = "http://127.0.0.1:7070";
 /// Where `sluice dev` writes its generated admin token (relative to the default data dir).
 pub const DEV_TOKEN_FILE: &str = "./.sluice/admin-token";
+/// Beside it, the URL of the API that `sluice dev` serves: the one URL that token goes to.
+pub const DEV_URL_FILE: &str = "./.sluice/api-url";
+pub const DEV_URL_FILE_NAME: &str = "api-url";
 
 /// An error answer of the API: `{"error": {"code", "message", "field"}}`.
 #[derive(Debug)]
@@ -98,15 +101,16 @@ impl Client {
         Ok(Client { http, base: base.trim_end_matches('/').to_string(), token, source })
     }
 
-    /// SLUICE_API_URL and SLUICE_TOKEN. Without SLUICE_TOKEN, and only for the default API URL
-    /// (the one `sluice dev` serves), the token `sluice dev` wrote in ./.sluice/admin-token: a
-    /// local admin token is never sent to another control plane.
+    /// SLUICE_API_URL and SLUICE_TOKEN. Without SLUICE_TOKEN, the token `sluice dev` wrote in
+    /// ./.sluice/admin-token, but only for the API URL that `sluice dev` recorded beside it
+    /// (./.sluice/api-url; the default URL when there is none): a local admin token is never sent
+    /// to another control plane.
     pub fn from_env() -> anyhow::Result<Client> {
         let base = std::env::var("SLUICE_API_URL").ok().filter(|s| !s.is_empty());
         let base = base.as_deref().unwrap_or(DEFAULT_API_URL);
         let (token, source) = match std::env::var("SLUICE_TOKEN").ok().filter(|s| !s.is_empty()) {
             Some(t) => (Some(t), TokenSource::Env),
-            None if base.trim_end_matches('/') == DEFAULT_API_URL => match read_token_file(Path::new(DEV_TOKEN_FILE)) {
+            None if same_url(base, &dev_api_url()) => match read_token_file(Path::new(DEV_TOKEN_FILE)) {
                 Some(t) => (Some(t), TokenSource::DevFile),
                 None => (None, TokenSource::None),
             },
@@ -150,7 +154,9 @@ impl Client {
                     TokenSource::DevFile => {
                         " (the token came from ./.sluice/admin-token, written by `sluice dev`; set SLUICE_TOKEN)"
                     }
-                    TokenSource::None => " (no token was sent: set SLUICE_TOKEN)",
+                    TokenSource::None => {
+                        " (no token was sent: set SLUICE_TOKEN; ./.sluice/admin-token goes only to the API `sluice dev` serves)"
+                    }
                 });
             }
             return Err(err.into());
@@ -164,6 +170,15 @@ impl Client {
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.call(Method::GET, path, None).await
     }
+}
+
+/// The API URL the local `sluice dev` serves, as it recorded it.
+fn dev_api_url() -> String {
+    read_token_file(Path::new(DEV_URL_FILE)).unwrap_or_else(|| DEFAULT_API_URL.to_string())
+}
+
+fn same_url(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/').eq_ignore_ascii_case(b.trim_end_matches('/'))
 }
 
 pub fn read_token_file(path: &Path) -> Option<String> {

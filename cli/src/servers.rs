@@ -7,7 +7,7 @@ use sluice_control_plane::server::{ControlPlane, ControlPlaneOptions, GrpcTls};
 use sluice_data_plane::{ControlPlaneTls, Node, NodeOptions};
 
 use crate::args::{ControlPlaneArgs, DevArgs, ProxyArgs};
-use crate::client::{read_token_file, Client};
+use crate::client::{read_token_file, Client, DEV_URL_FILE_NAME};
 use crate::demo;
 
 const ADMIN_TOKEN_ENV: &str = "SLUICE_ADMIN_TOKEN";
@@ -111,6 +111,9 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("starting the in-process proxy node: {e}"))?;
 
     let api_url = format!("http://{}", cp.api_addr());
+    // Client commands send the token file's token only to the API that wrote it.
+    let url_file = args.data_dir.join(DEV_URL_FILE_NAME);
+    std::fs::write(&url_file, format!("{api_url}\n")).with_context(|| format!("writing {}", url_file.display()))?;
     let mut banner = format!(
         "Sluice dev is running.\n  REST API:     {api_url}\n  config gRPC:  http://{}\n  node admin:   http://{}/metrics\n",
         cp.grpc_addr(),
