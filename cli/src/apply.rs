@@ -151,6 +151,9 @@ pub async fn run(client: &Client, args: &ApplyArgs) -> anyhow::Result<()> {
     if let Some(prefix) = args.prefix.as_deref().filter(|_| args.prune) {
         body["prune"] = json!({ "prefix": prefix });
     }
+    if let Some(release) = crate::release::body(&args.release) {
+        body["release"] = release;
+    }
     let answer = client.call(Method::POST, "/v1/config", Some(&body)).await.context("applying")?;
     report(&answer);
     if args.dry_run {
@@ -165,6 +168,9 @@ pub fn report(answer: &Value) {
     print!("{}", render::changes(answer));
     eprint!("{}", render::warnings(answer));
     println!("{}", render::summary(answer));
+    if let Some(r) = answer.get("release").filter(|r| !r.is_null()) {
+        println!("{}", crate::release::describe(r));
+    }
 }
 
 #[cfg(test)]

@@ -60,6 +60,9 @@ pub enum Command {
     ///
     /// Certificates go back with the keys they had then; tokens are not config and stay as they are.
     Rollback(RollbackArgs),
+    /// Staged releases: status, promote, abort.
+    #[command(subcommand)]
+    Release(ReleaseCommand),
     /// Shift the weights of a route's backends in one revision.
     ///
     /// With --wait, returns once every connected node has acknowledged the new revision; exits 3 when a
@@ -118,6 +121,18 @@ pub struct ControlPlaneArgs {
     pub grpc_client_ca: Option<PathBuf>,
     #[command(flatten)]
     pub audit: AuditArgs,
+    /// Release every write to this group's nodes first (a write may ask otherwise).
+    #[arg(long, conflicts_with = "release_canary_percent")]
+    pub release_canary_group: Option<String>,
+    /// Release every write to this share of the connected nodes first.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=99))]
+    pub release_canary_percent: Option<u8>,
+    /// The bake of the default release.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub release_bake: Duration,
+    /// The error rate that fails the default release.
+    #[arg(long, default_value_t = 0.01)]
+    pub release_max_error_rate: f64,
 }
 
 /// What the audit log keeps (refused calls are recorded too, so it is bounded by count as well).
@@ -195,7 +210,30 @@ pub struct ApplyArgs {
     #[arg(long)]
     pub keep_weights: bool,
     #[command(flatten)]
+    pub release: ReleaseArgs,
+    #[command(flatten)]
     pub wait: WaitArgs,
+}
+
+/// Releasing a write to a canary share of the fleet first.
+#[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    /// Release to the nodes of this group first; the others keep the previous revision until
+    /// the canary nodes applied it cleanly and their error rate held for --bake.
+    #[arg(long, conflicts_with = "canary_percent")]
+    pub canary_group: Option<String>,
+    /// Release to this share of the connected nodes first (at least one).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=99))]
+    pub canary_percent: Option<u8>,
+    /// How long the canary nodes' error rate must hold (e.g. 60s, 5m).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub bake: Duration,
+    /// The canary nodes' share of 5xx responses over the bake that fails the release.
+    #[arg(long, default_value_t = 0.01)]
+    pub max_error_rate: f64,
+    /// Release at once, even when the control plane stages writes by default.
+    #[arg(long, conflicts_with_all = ["canary_group", "canary_percent"])]
+    pub immediate: bool,
 }
 
 /// Waiting for the fleet after a write.
@@ -247,7 +285,19 @@ pub struct RollbackArgs {
     #[arg(long)]
     pub dry_run: bool,
     #[command(flatten)]
+    pub release: ReleaseArgs,
+    #[command(flatten)]
     pub wait: WaitArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReleaseCommand {
+    /// The newest staged release: its state, canary nodes, bake, and why it failed.
+    Status,
+    /// End the bake now: every node gets the release.
+    Promote,
+    /// Stop the release: the canary nodes go back to the stable config.
+    Abort,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

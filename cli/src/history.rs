@@ -104,7 +104,10 @@ pub fn config_changes(from: &Value, to: &Value) -> Vec<Value> {
 }
 
 pub async fn rollback(client: &Client, args: &RollbackArgs) -> anyhow::Result<()> {
-    let body = json!({ "revision": args.revision, "dry_run": args.dry_run });
+    let mut body = json!({ "revision": args.revision, "dry_run": args.dry_run });
+    if let Some(release) = crate::release::body(&args.release) {
+        body["release"] = release;
+    }
     let answer = client
         .call(Method::POST, "/v1/rollback", Some(&body))
         .await

@@ -8,6 +8,7 @@ mod args;
 mod client;
 mod demo;
 mod history;
+mod release;
 mod render;
 mod resources;
 mod servers;
@@ -94,6 +95,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Revisions(a) => history::revisions(&Client::from_env()?, &a).await,
         Command::Diff(a) => history::diff(&Client::from_env()?, &a).await,
         Command::Rollback(a) => history::rollback(&Client::from_env()?, &a).await,
+        Command::Release(c) => release::run(&Client::from_env()?, &c).await,
     }
 }
 

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use sluice_control_plane::server::{ControlPlane, ControlPlaneOptions, GrpcTls};
+use sluice_control_plane::store::{Canary, ReleaseSpec};
 use sluice_data_plane::{ControlPlaneTls, Node, NodeOptions};
 
 use crate::args::{ControlPlaneArgs, DevArgs, ProxyArgs};
@@ -37,6 +38,7 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
         control_plane_id: None,
         grpc_tls,
         audit_retention: args.audit.retention(),
+        default_release: default_release(&args),
     })
     .await
     .map_err(|e| anyhow::anyhow!("starting the control plane: {e}"))?;
@@ -45,6 +47,16 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     cp.shutdown().await;
     Ok(())
+}
+
+/// The release every write gets unless it asks otherwise, from the control plane's flags.
+fn default_release(args: &ControlPlaneArgs) -> Option<ReleaseSpec> {
+    let canary = match (&args.release_canary_group, args.release_canary_percent) {
+        (Some(g), _) => Canary::Group(g.clone()),
+        (None, Some(p)) => Canary::Percent(p),
+        (None, None) => return None,
+    };
+    Some(ReleaseSpec { canary, bake: args.release_bake, max_error_rate: args.release_max_error_rate })
 }
 
 pub async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
@@ -96,6 +108,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         control_plane_id: None,
         grpc_tls: None,
         audit_retention: args.audit.retention(),
+        default_release: None,
     })
     .await
     .map_err(|e| anyhow::anyhow!("starting the control plane: {e}"))?;

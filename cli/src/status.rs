@@ -10,6 +10,12 @@ pub async fn run(client: &Client) -> anyhow::Result<()> {
     let nodes = client.get("/v1/nodes").await?;
     let revision = revision.get("revision").and_then(Value::as_u64).unwrap_or(0);
     println!("revision {revision}");
+    if let Some(r) = crate::release::latest(client).await? {
+        let state = r.get("state").and_then(Value::as_str).unwrap_or("");
+        if matches!(state, "applying" | "baking" | "failed") {
+            println!("{}", crate::release::describe(&r));
+        }
+    }
     print!("{}", render(&nodes));
     Ok(())
 }

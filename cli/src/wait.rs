@@ -77,7 +77,22 @@ pub async fn for_fleet(client: &Client, revision: u64, args: &WaitArgs) -> anyho
         return Ok(());
     }
     let deadline = Instant::now() + args.timeout;
+    // The write's answer already said the release is applying.
+    let mut shown = Some("applying".to_string());
     loop {
+        // A staged release holds most nodes back until it is baked: wait for it, fail with it.
+        if let Some(r) = crate::release::latest(client).await? {
+            let n = |k: &str| r.get(k).and_then(Value::as_u64);
+            let state = r.get("state").and_then(Value::as_str).unwrap_or("");
+            let ours = n("revision").is_some_and(|rev| rev <= revision);
+            if ours && state == "failed" && n("reverted_revision").is_some_and(|rev| rev > revision) {
+                return Err(Failure::Nack(crate::release::describe(&r)).into());
+            }
+            if ours && matches!(state, "applying" | "baking") && shown.as_deref() != Some(state) {
+                println!("{}", crate::release::describe(&r));
+                shown = Some(state.to_string());
+            }
+        }
         let nodes = client.get("/v1/nodes").await.context("polling GET /v1/nodes")?;
         match progress(&nodes, revision) {
             Progress::Done(ids) if ids.is_empty() => {

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod nodes;
+pub mod release;
 pub mod server;
 pub mod store;
 pub mod stream;

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
 use crate::api::{self, ApiState};
-use crate::store::{AuditRetention, Store, StoreError};
+use crate::store::{AuditRetention, ReleaseSpec, Store, StoreError, StoreOptions};
 use crate::stream::{ConfigStreamService, StreamOptions};
 
 /// How long shutdown waits for node streams and open HTTP connections before cutting them.
@@ -33,6 +33,8 @@ pub struct ControlPlaneOptions {
     pub grpc_tls: Option<GrpcTls>,
     /// What the audit log keeps (pruned at start and every ten minutes).
     pub audit_retention: AuditRetention,
+    /// Every write is released this way unless it asks otherwise (`None`: at once).
+    pub default_release: Option<ReleaseSpec>,
 }
 
 /// The config stream's server certificate and the CA that node client certificates must chain to
@@ -80,6 +82,7 @@ impl Default for ControlPlaneOptions {
             control_plane_id: None,
             grpc_tls: None,
             audit_retention: AuditRetention::default(),
+            default_release: None,
         }
     }
 }
@@ -128,7 +131,8 @@ impl ControlPlane {
         let grpc_listener = bind("gRPC", opts.grpc_addr).await?;
         let api_addr = local_addr("REST API", opts.api_addr, &api_listener)?;
         let grpc_addr = local_addr("gRPC", opts.grpc_addr, &grpc_listener)?;
-        let store = Store::open(&opts.database_url).await?;
+        let store_options = StoreOptions { default_release: opts.default_release.clone(), ..StoreOptions::default() };
+        let store = Store::open_with(&opts.database_url, store_options).await?;
 
         let control_plane_id =
             opts.control_plane_id.unwrap_or_else(|| format!("cp-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]));
@@ -145,6 +149,7 @@ impl ControlPlane {
             }
         });
         let audit_task = tokio::spawn(prune_audit(store.clone(), opts.audit_retention, stopped.clone()));
+        let release_task = tokio::spawn(crate::release::run(store.clone(), stopped.clone()));
         let grpc_task = tokio::spawn({
             let service = stream.clone().into_server();
             async move {
@@ -162,7 +167,12 @@ impl ControlPlane {
             }
         });
         tracing::info!(%api_addr, %grpc_addr, %control_plane_id, "control plane started");
-        let tasks = vec![("REST API", api_task), ("gRPC", grpc_task), ("audit pruning", audit_task)];
+        let tasks = vec![
+            ("REST API", api_task),
+            ("gRPC", grpc_task),
+            ("audit pruning", audit_task),
+            ("releases", release_task),
+        ];
         Ok(ControlPlane { store, api_addr, grpc_addr, stream, stop, tasks })
     }
 

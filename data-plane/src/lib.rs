@@ -30,6 +30,7 @@ mod tcp;
 #[cfg(test)]
 mod test_input;
 mod tls;
+mod traffic_report;
 mod udp;
 mod workers;
 

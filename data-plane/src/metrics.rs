@@ -169,6 +169,13 @@ impl Metrics {
         index
     }
 
+    /// HTTP responses since the node started, all routes together: (all, 5xx).
+    pub fn traffic_totals(&self) -> (u64, u64) {
+        let reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let rows = std::iter::once(self.unrouted.as_ref()).chain(reg.responses.values().map(Arc::as_ref));
+        rows.fold((0, 0), |(all, errors), c| (all + (1..=5).map(|class| c.get(class)).sum::<u64>(), errors + c.get(5)))
+    }
+
     pub fn connections(&self, listener: &str) -> Arc<ConnectionCounts> {
         let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         reg.connections.entry(listener.to_string()).or_default().clone()

@@ -113,6 +113,7 @@ impl StreamClient {
         tokio::select! {
             r = self.serve(&mut inbound, &tx, &installed, progressed) => r,
             () = report::run(self.shared.clone(), tx.clone(), &installed) => Err(SessionError::SendClosed),
+            () = crate::traffic_report::run(self.shared.clone(), tx.clone()) => Err(SessionError::SendClosed),
         }
     }
 

@@ -18,8 +18,9 @@ use sluice_shared::validate::{parse_json, parse_value, ValidationError};
 use sluice_shared::{Certificate, Config, Kind, Revision};
 
 use super::error::problem_json;
+use super::release::{staging, ReleaseBody};
 use super::{committed, if_match, read_body, with_etag, Action, ApiError, Caller, Shared};
-use crate::store::{Batch, Change, Resource, RevisionRecord, Written};
+use crate::store::{Batch, Change, Resource, RevisionRecord, Staging, Written};
 
 /// Revisions `GET /v1/revisions` returns without `?limit=`, and the most it returns with one.
 const DEFAULT_LIMIT: u32 = 50;
@@ -51,6 +52,8 @@ struct BatchBody {
     cascade: bool,
     #[serde(default)]
     dry_run: bool,
+    #[serde(default)]
+    release: Option<ReleaseBody>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,6 +84,7 @@ async fn apply(
     body: Body,
 ) -> Result<Response, ApiError> {
     let body: BatchBody = parse_json(&read_body(&headers, body).await?)?;
+    let staging = staging(body.release)?;
     for d in &body.resources {
         caller.permit(Action::Write { kind: d.kind, name: &d.name })?;
     }
@@ -109,7 +113,7 @@ async fn apply(
         cascade: body.cascade,
         unreadable,
     };
-    write(&app, &caller, &headers, Change::Batch(batch), body.dry_run).await
+    write(&app, &caller, &headers, Change::Batch(batch), body.dry_run, &staging).await
 }
 
 /// A dry run plans against the current revision; a write commits (or finds nothing to commit).
@@ -119,14 +123,21 @@ async fn write(
     headers: &HeaderMap,
     change: Change,
     dry_run: bool,
+    staging: &Staging,
 ) -> Result<Response, ApiError> {
     let expected = if_match(headers, app.store.state().revision)?;
     let written = if dry_run {
         app.store.plan(change, expected)?
     } else {
-        app.store.write(change, expected, caller.who()).await?
+        app.store.write_staged(change, expected, caller.who(), staging).await?
     };
-    let body = outcome_json(&written, dry_run);
+    let mut body = outcome_json(&written, dry_run);
+    // A write that started or joined a release says so.
+    if let Some(active) =
+        app.store.active_release().filter(|a| written.committed && a.release.revision <= written.state.revision)
+    {
+        body["release"] = super::release::release_json(&active.release);
+    }
     Ok(if written.committed {
         committed(written.state.revision, body)
     } else {
@@ -360,6 +371,8 @@ struct RollbackBody {
     revision: Revision,
     #[serde(default)]
     dry_run: bool,
+    #[serde(default)]
+    release: Option<ReleaseBody>,
 }
 
 /// Writes one new revision whose config equals revision n's, certificates (and their keys)
@@ -371,9 +384,10 @@ async fn rollback(
     body: Body,
 ) -> Result<Response, ApiError> {
     let body: RollbackBody = parse_json(&read_body(&headers, body).await?)?;
+    let staging = staging(body.release)?;
     for kind in Kind::ALL {
         caller.permit(Action::Write { kind, name: "*" })?;
     }
     let config = app.store.config_at(body.revision).await?;
-    write(&app, &caller, &headers, Change::Restore { revision: body.revision, config }, body.dry_run).await
+    write(&app, &caller, &headers, Change::Restore { revision: body.revision, config }, body.dry_run, &staging).await
 }

@@ -9,6 +9,7 @@ mod cluster_health;
 mod config;
 mod error;
 mod nodes;
+mod release;
 mod resources;
 #[cfg(test)]
 mod tests;
@@ -77,7 +78,7 @@ pub fn app_with_authorizer(store: Store, auth: Arc<dyn Authorizer>) -> Router {
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/tokens/{name}", delete(tokens::revoke))
         .route("/v1/audit", get(audit::list));
-    config::routes(resources::routes(router))
+    release::routes(config::routes(resources::routes(router)))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(axum::middleware::from_fn_with_state(shared.clone(), audit::identify_and_audit))

@@ -22,6 +22,8 @@ pub enum NodeState {
     Nacked,
     /// Installed its acknowledged revision except some resources (see `resource_errors`).
     Degraded,
+    /// Kept at a staged release's stable revision until the canary nodes have baked it.
+    Held,
     Disconnected,
 }
 
@@ -34,6 +36,8 @@ struct NodeView<'a> {
     last_nack: Option<NackView<'a>>,
     /// What the node could not apply of its acknowledged revision, and why.
     resource_errors: &'a [ResourceError],
+    /// Its part in the newest release while that is in progress or after it failed: canary or held.
+    release: serde_json::Value,
     last_seen: String,
 }
 
@@ -60,6 +64,7 @@ pub fn node_state(n: &NodeRecord, current: Revision, now_ms: i64) -> NodeState {
 pub(super) async fn list(State(app): State<Shared>, caller: Extension<Caller>) -> Result<Response, ApiError> {
     caller.permit(Action::Read)?;
     let records = app.store.nodes().await?;
+    let release = app.store.latest_release().await?;
     let current = app.store.state().revision;
     let now = now_ms();
     let views: Vec<_> = records
@@ -67,15 +72,26 @@ pub(super) async fn list(State(app): State<Shared>, caller: Extension<Caller>) -
         .map(|n| NodeView {
             id: &n.id,
             group: &n.group,
-            state: node_state(n, current, now),
+            state: match node_state(n, current, now) {
+                NodeState::Stale if held(release.as_ref(), n) => NodeState::Held,
+                state => state,
+            },
             acked_revision: n.acked_revision,
             last_nack: n.last_nack.as_ref().map(|(revision, message)| NackView { revision: *revision, message }),
             resource_errors: &n.resource_errors,
+            release: super::release::node_part(release.as_ref(), n),
             last_seen: rfc3339_ms(n.last_seen_ms),
         })
         .collect();
     let body = serde_json::to_value(views).map_err(|_| ApiError::unavailable())?;
     Ok(with_etag(StatusCode::OK, current, body))
+}
+
+/// Whether a release in progress keeps `n` at its stable revision.
+fn held(release: Option<&crate::store::Release>, n: &NodeRecord) -> bool {
+    release.is_some_and(|r| {
+        r.state.is_active() && !r.canary.includes(&n.id, &n.group) && n.acked_revision >= r.stable_revision
+    })
 }
 
 #[cfg(test)]

@@ -13,12 +13,15 @@ mod batch;
 mod change;
 mod db;
 mod health;
+mod release;
 #[cfg(test)]
 pub(crate) mod testdb;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_access;
+#[cfg(test)]
+mod tests_release;
 mod tokens;
 
 use std::collections::BTreeMap;
@@ -38,6 +41,9 @@ pub use audit::{AuditEntry, AuditRetention};
 pub use batch::{all_conflicts, Batch, Problem, MAX_PROBLEMS};
 pub use db::Backend;
 pub use health::{EndpointHealth, HealthUpdate};
+pub use release::{
+    pick_share, ActiveRelease, Canary, CanarySet, Move, NodeTraffic, Release, ReleaseSpec, ReleaseState, Staging,
+};
 pub use tokens::{Scope, TokenRecord};
 
 /// One committed revision of the whole config. Immutable; shared as `Arc<State>`.
@@ -189,11 +195,17 @@ pub struct StoreOptions {
     pub poll_interval: Duration,
     /// How long a request waits for a database connection before the store counts as unavailable.
     pub acquire_timeout: Duration,
+    /// Every write is released this way unless it asks otherwise (`None`: at once).
+    pub default_release: Option<ReleaseSpec>,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { poll_interval: Duration::from_millis(500), acquire_timeout: Duration::from_secs(5) }
+        Self {
+            poll_interval: Duration::from_millis(500),
+            acquire_timeout: Duration::from_secs(5),
+            default_release: None,
+        }
     }
 }
 
@@ -209,6 +221,9 @@ struct Inner {
     /// Serializes this process's writers (and reloads), so each sees the state the last one left.
     write_lock: Mutex<()>,
     published: watch::Sender<Arc<State>>,
+    /// The staged release in progress, with the state its held nodes keep.
+    release: watch::Sender<Option<Arc<ActiveRelease>>>,
+    default_release: Option<ReleaseSpec>,
     /// Signs sticky cookies fleet-wide; sent in every snapshot.
     sticky_key: prost::bytes::Bytes,
 }
@@ -233,9 +248,20 @@ impl Store {
         let state = db::load_state(&pool, backend).await?;
         tracing::info!(?backend, revision = state.revision, "store opened");
         let (published, _) = watch::channel(Arc::new(state));
-        let inner = Arc::new(Inner { pool, backend, write_lock: Mutex::new(()), published, sticky_key });
+        let (release, _) = watch::channel(None);
+        let inner = Arc::new(Inner {
+            pool,
+            backend,
+            write_lock: Mutex::new(()),
+            published,
+            release,
+            default_release: opts.default_release,
+            sticky_key,
+        });
         tokio::spawn(poll_other_replicas(Arc::downgrade(&inner), opts.poll_interval));
-        Ok(Store { inner })
+        let store = Store { inner };
+        store.refresh_release().await?;
+        Ok(store)
     }
 
     pub fn backend(&self) -> Backend {
@@ -262,10 +288,22 @@ impl Store {
         Ok(self.write(change, if_match, "internal").await?.state)
     }
 
-    /// Applies one change in one transaction, recording `who` in the revision history.
-    /// `if_match`: the revision the caller based it on. A rejected change stores nothing and bumps
-    /// nothing; so does a batch that changes nothing.
+    /// [`Store::write_staged`] released as the control plane's default says.
     pub async fn write(&self, change: Change, if_match: Option<Revision>, who: &str) -> Result<Written, StoreError> {
+        self.write_staged(change, if_match, who, &Staging::Default).await
+    }
+
+    /// Applies one change in one transaction, recording `who` in the revision history, and starts
+    /// or joins a staged release as `staging` says. `if_match`: the revision the caller based it
+    /// on. A rejected change stores nothing and bumps nothing; so does a batch that changes
+    /// nothing.
+    pub async fn write_staged(
+        &self,
+        change: Change,
+        if_match: Option<Revision>,
+        who: &str,
+        staging: &Staging,
+    ) -> Result<Written, StoreError> {
         let inner = &self.inner;
         let _guard = inner.write_lock.lock().await;
         let mut tx = inner.pool.begin().await.map_err(db::unavailable)?;
@@ -305,8 +343,15 @@ impl Store {
             note,
         };
         db::record_revision(&mut tx, &record).await?;
+        if !written.changes.is_empty() {
+            release::stage_write(&mut tx, staging, inner.default_release.as_ref(), next).await?;
+        }
         tx.commit().await.map_err(db::unavailable)?;
         let state = Arc::new(State { revision: next, config: applied.config });
+        // The release first: a session woken by the new state must already see who it holds back.
+        if let Err(e) = self.refresh_release().await {
+            tracing::warn!(error = %e, "reading the release after a write failed");
+        }
         inner.publish(state.clone());
         tracing::debug!(revision = next, "committed");
         written.state = state;

@@ -150,6 +150,8 @@ struct GroupEntry {
     latest: Option<Arc<GroupSnapshot>>,
     /// Content hash of every revision built for this group, oldest first.
     history: VecDeque<(Revision, u64)>,
+    /// One older revision asked for exactly: a staged release's stable one, which held nodes keep.
+    older: Option<Arc<GroupSnapshot>>,
 }
 
 /// Per-group snapshot cache shared by all sessions.
@@ -189,6 +191,30 @@ impl SnapshotCache {
         }
         entry.history.push_back((snapshot.revision, snapshot.content_hash));
         entry.latest = Some(snapshot.clone());
+        snapshot
+    }
+
+    /// The group's snapshot at exactly `state`'s revision, even when a newer one is cached (the
+    /// stable revision of a staged release). Built once and kept beside the newest.
+    pub async fn get_at(&self, group: &str, state: &Arc<State>) -> Arc<GroupSnapshot> {
+        let entry = self.entry(group);
+        let mut entry = entry.lock().await;
+        for s in [&entry.latest, &entry.older].into_iter().flatten() {
+            if s.revision == state.revision {
+                return s.clone();
+            }
+        }
+        if entry.latest.as_ref().is_none_or(|l| l.revision < state.revision) {
+            drop(entry);
+            return self.get(group, state).await;
+        }
+        let (state2, group2) = (state.clone(), group.to_string());
+        let built =
+            tokio::task::spawn_blocking(move || GroupSnapshot::build(&state2.config, &group2, state2.revision, None))
+                .await
+                .unwrap_or_else(|_| GroupSnapshot::build(&state.config, group, state.revision, None));
+        let snapshot = Arc::new(built);
+        entry.older = Some(snapshot.clone());
         snapshot
     }
 

@@ -21,7 +21,7 @@ use tonic::{Status, Streaming};
 use super::wire::Outgoing;
 use super::{SessionGuard, Shared};
 use crate::nodes::{NodeRecord, ResourceError};
-use crate::store::{EndpointHealth, HealthUpdate, State};
+use crate::store::{EndpointHealth, HealthUpdate, NodeTraffic, State};
 
 const MAX_NODE_ID: usize = 128;
 /// NACK messages are stored and shown to operators; a node cannot make us store megabytes.
@@ -47,6 +47,12 @@ enum End {
     Superseded,
     #[error("control plane shutting down")]
     Shutdown,
+}
+
+/// What a node should hold next.
+enum Target {
+    Newest(Arc<State>),
+    Snapshot(Arc<super::GroupSnapshot>),
 }
 
 struct InFlight {
@@ -192,6 +198,7 @@ impl Session {
 
     async fn serve_inner(&mut self, inbound: &mut Streaming<pb::NodeMessage>) -> Result<std::convert::Infallible, End> {
         let mut state_rx = self.shared.store.subscribe();
+        let mut release_rx = self.shared.store.subscribe_release();
         let mut shutdown = self.shared.shutdown.clone();
         let mut tick = tokio::time::interval(self.shared.options.status_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -201,8 +208,10 @@ impl Session {
                 return Err(End::Shutdown);
             }
             if self.in_flight.is_none() {
-                let state = state_rx.borrow_and_update().clone();
-                self.sync(&state).await?;
+                let newest = state_rx.borrow_and_update().clone();
+                release_rx.borrow_and_update();
+                let target = self.target(newest).await;
+                self.sync(target).await?;
             }
             tokio::select! {
                 changed = shutdown.changed() => {
@@ -224,6 +233,11 @@ impl Session {
                         return Err(End::Shutdown);
                     }
                 }
+                changed = release_rx.changed(), if self.in_flight.is_none() => {
+                    if changed.is_err() {
+                        return Err(End::Shutdown);
+                    }
+                }
                 _ = tick.tick() => {
                     if self.superseded() {
                         return Err(End::Superseded);
@@ -235,12 +249,34 @@ impl Session {
         }
     }
 
-    /// Brings the node to the newest state: nothing, an advance, or one snapshot.
-    async fn sync(&mut self, state: &Arc<State>) -> Result<(), End> {
-        if self.held.is_some() && state.revision == self.acked {
-            return Ok(());
+    /// What this node should hold: the newest state's snapshot, unless a staged release holds it
+    /// back (it is not a canary and the release changes its group's content): then the release's
+    /// stable one.
+    async fn target(&self, newest: Arc<State>) -> Target {
+        let Some(active) = self.shared.store.active_release() else { return Target::Newest(newest) };
+        if active.release.canary.includes(&self.node_id, &self.group) || active.stable.revision >= newest.revision {
+            return Target::Newest(newest);
         }
-        let snap = self.shared.cache.get(&self.group, state).await;
+        let stable = self.shared.cache.get_at(&self.group, &active.stable).await;
+        let next = self.shared.cache.get(&self.group, &newest).await;
+        if stable.content_hash == next.content_hash {
+            Target::Snapshot(next)
+        } else {
+            Target::Snapshot(stable)
+        }
+    }
+
+    /// Brings the node to `target`: nothing, an advance, or one snapshot.
+    async fn sync(&mut self, target: Target) -> Result<(), End> {
+        let snap = match target {
+            Target::Newest(state) => {
+                if self.held.is_some() && state.revision == self.acked {
+                    return Ok(());
+                }
+                self.shared.cache.get(&self.group, &state).await
+            }
+            Target::Snapshot(snap) => snap,
+        };
         if self.held == Some(snap.content_hash) {
             if snap.revision > self.acked {
                 // Nothing changed for this group: move the node along without resending.
@@ -288,6 +324,12 @@ impl Session {
                 self.write_status(true).await;
             }
             Some(NodeMsg::Health(report)) => self.record_health(report).await,
+            Some(NodeMsg::Traffic(t)) => {
+                let traffic = NodeTraffic { revision: t.revision, requests: t.requests, errors: t.errors };
+                if let Err(e) = self.shared.store.record_traffic(&self.node_id, traffic).await {
+                    tracing::warn!(error = %e, "cannot record traffic counts");
+                }
+            }
             Some(NodeMsg::Hello(_)) => return Err(End::Protocol("Hello sent twice on one stream".into())),
             // A message kind newer than this server: ignore it rather than drop the node.
             None => tracing::debug!("empty or unknown message ignored"),
