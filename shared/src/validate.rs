@@ -58,6 +58,21 @@ impl ValidationError {
 
 pub type Result<T, E = ValidationError> = std::result::Result<T, E>;
 
+/// Problems listed per resource at most (a resource with more is mostly one mistake repeated).
+pub const MAX_PROBLEMS_PER_RESOURCE: usize = 20;
+
+/// Runs independent checks and keeps every error, so that one answer lists them all.
+fn each(checks: &[&dyn Fn() -> Result<()>]) -> Vec<ValidationError> {
+    checks.iter().filter_map(|check| check().err()).take(MAX_PROBLEMS_PER_RESOURCE).collect()
+}
+
+fn first(problems: Vec<ValidationError>) -> Result<()> {
+    match problems.into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 /// Why a JSON body could not become a resource spec.
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {
@@ -186,58 +201,81 @@ pub fn host_pattern(field: &str, host: &str) -> Result<()> {
 
 impl Cluster {
     pub fn validate(&self) -> Result<()> {
-        list_len("endpoints", self.endpoints.len())?;
+        first(self.problems())
+    }
+
+    /// Every problem of the cluster: one per independent part (each endpoint, the health check, …).
+    pub fn problems(&self) -> Vec<ValidationError> {
+        let mut out = each(&[&|| list_len("endpoints", self.endpoints.len())]);
         let mut seen = HashSet::new();
         let mut names = HashSet::new();
         for (i, e) in self.endpoints.iter().enumerate() {
-            let f = format!("endpoints[{i}].address");
-            socket_addr(&f, &e.address)?;
-            if !seen.insert(e.socket_addr()) {
-                return Err(ValidationError::invalid(f, format!("{} is listed twice", e.address)));
-            }
-            if let Some(n) = &e.name {
-                let f = format!("endpoints[{i}].name");
-                name(&f, n)?;
-                if !names.insert(n.as_str()) {
-                    return Err(ValidationError::invalid(f, format!("{n} is listed twice")));
+            let mut endpoint = || {
+                let f = format!("endpoints[{i}].address");
+                socket_addr(&f, &e.address)?;
+                if !seen.insert(e.socket_addr()) {
+                    return Err(ValidationError::invalid(f, format!("{} is listed twice", e.address)));
                 }
-            }
-            if e.max_connections == Some(0) {
-                let f = format!("endpoints[{i}].max_connections");
-                return Err(ValidationError::invalid(f, "must be at least 1 (leave it out for no limit)"));
-            }
-        }
-        weights("endpoints", self.endpoints.iter().map(|e| e.weight))?;
-        if let Some(hc) = &self.health_check {
-            hc.validate().map_err(|e| e.within("health_check"))?;
-        }
-        if let Some(od) = &self.outlier_detection {
-            if od.consecutive_failures == 0 {
-                return Err(ValidationError::invalid("outlier_detection.consecutive_failures", "must be at least 1"));
-            }
-            timeout("outlier_detection.ejection_ms", od.ejection_ms)?;
-        }
-        if let Some(tls) = &self.tls {
-            tls.validate().map_err(|e| e.within("tls"))?;
-        }
-        if let Some(cb) = &self.circuit_breaker {
-            if cb.max_connections == Some(0) {
-                return Err(ValidationError::invalid("circuit_breaker.max_connections", "must be at least 1"));
-            }
-            if cb.max_requests == Some(0) {
-                return Err(ValidationError::invalid("circuit_breaker.max_requests", "must be at least 1"));
+                if let Some(n) = &e.name {
+                    let f = format!("endpoints[{i}].name");
+                    name(&f, n)?;
+                    if !names.insert(n.as_str()) {
+                        return Err(ValidationError::invalid(f, format!("{n} is listed twice")));
+                    }
+                }
+                if e.max_connections == Some(0) {
+                    let f = format!("endpoints[{i}].max_connections");
+                    return Err(ValidationError::invalid(f, "must be at least 1 (leave it out for no limit)"));
+                }
+                Ok(())
+            };
+            out.extend(endpoint().err());
+            if out.len() >= MAX_PROBLEMS_PER_RESOURCE {
+                return out;
             }
         }
-        if let Some(ms) = self.connect_timeout_ms {
-            timeout("connect_timeout_ms", ms)?;
-        }
-        if self.close_connections_on_health_change && self.health_check.is_none() && self.outlier_detection.is_none() {
-            return Err(ValidationError::invalid(
-                "close_connections_on_health_change",
-                "needs a health_check or outlier_detection: only they change an endpoint's health",
-            ));
-        }
-        Ok(())
+        out.extend(each(&[
+            &|| weights("endpoints", self.endpoints.iter().map(|e| e.weight)),
+            &|| self.health_check.as_ref().map_or(Ok(()), |hc| hc.validate().map_err(|e| e.within("health_check"))),
+            &|| {
+                if let Some(od) = &self.outlier_detection {
+                    if od.consecutive_failures == 0 {
+                        return Err(ValidationError::invalid(
+                            "outlier_detection.consecutive_failures",
+                            "must be at least 1",
+                        ));
+                    }
+                    timeout("outlier_detection.ejection_ms", od.ejection_ms)?;
+                }
+                Ok(())
+            },
+            &|| self.tls.as_ref().map_or(Ok(()), |tls| tls.validate().map_err(|e| e.within("tls"))),
+            &|| {
+                if let Some(cb) = &self.circuit_breaker {
+                    if cb.max_connections == Some(0) {
+                        return Err(ValidationError::invalid("circuit_breaker.max_connections", "must be at least 1"));
+                    }
+                    if cb.max_requests == Some(0) {
+                        return Err(ValidationError::invalid("circuit_breaker.max_requests", "must be at least 1"));
+                    }
+                }
+                Ok(())
+            },
+            &|| self.connect_timeout_ms.map_or(Ok(()), |ms| timeout("connect_timeout_ms", ms)),
+            &|| {
+                if self.close_connections_on_health_change
+                    && self.health_check.is_none()
+                    && self.outlier_detection.is_none()
+                {
+                    return Err(ValidationError::invalid(
+                        "close_connections_on_health_change",
+                        "needs a health_check or outlier_detection: only they change an endpoint's health",
+                    ));
+                }
+                Ok(())
+            },
+        ]));
+        out
     }
 }
 
@@ -337,53 +375,66 @@ impl HashOn {
 
 impl Listener {
     pub fn validate(&self) -> Result<()> {
-        socket_addr("address", &self.address)?;
-        name("group", &self.group)?;
-        if let Some(c) = &self.cluster {
-            name("cluster", c)?;
-        }
-        for (i, c) in self.certificates.iter().enumerate() {
-            name(&format!("certificates[{i}]"), c)?;
-        }
-        for (host, cluster) in &self.sni {
-            host_pattern(&format!("sni.{host}"), host)?;
-            name(&format!("sni.{host}"), cluster)?;
-        }
-        if let Some(ms) = self.idle_timeout_ms {
-            timeout("idle_timeout_ms", ms)?;
-        }
-        if let Some(h) = &self.hash_on {
-            h.validate().map_err(|e| e.within("hash_on"))?;
-        }
-        if self.max_connections == Some(0) {
-            return Err(ValidationError::invalid("max_connections", "must be at least 1"));
-        }
-        if let Some(ms) = self.drain_ms {
-            timeout("drain_ms", ms)?;
-        }
-        if let Some(k) = &self.tcp_keepalive {
-            k.validate().map_err(|e| e.within("tcp_keepalive"))?;
-        }
-        for (i, net) in self.proxy_protocol_from.iter().enumerate() {
-            if let Err(e) = net.parse::<crate::cidr::Cidr>() {
-                return Err(ValidationError::invalid(format!("proxy_protocol_from[{i}]"), e.to_string()));
-            }
-        }
-        if !self.proxy_protocol_from.is_empty() && !self.accept_proxy_protocol {
-            return Err(ValidationError::invalid(
-                "proxy_protocol_from",
-                "only a listener with accept_proxy_protocol takes this field",
-            ));
-        }
-        if let Some(h) = &self.http2 {
-            h.validate().map_err(|e| e.within("http2"))?;
-        }
-        let mut versions = HashSet::new();
-        for (i, v) in self.http_versions.iter().enumerate() {
-            if !versions.insert(v) {
-                return Err(ValidationError::invalid(format!("http_versions[{i}]"), "is listed twice"));
-            }
-        }
+        first(self.problems())
+    }
+
+    /// Every problem of the listener: one per independent part.
+    pub fn problems(&self) -> Vec<ValidationError> {
+        each(&[
+            &|| socket_addr("address", &self.address),
+            &|| name("group", &self.group),
+            &|| self.cluster.as_ref().map_or(Ok(()), |c| name("cluster", c)),
+            &|| {
+                for (i, c) in self.certificates.iter().enumerate() {
+                    name(&format!("certificates[{i}]"), c)?;
+                }
+                Ok(())
+            },
+            &|| {
+                for (host, cluster) in &self.sni {
+                    host_pattern(&format!("sni.{host}"), host)?;
+                    name(&format!("sni.{host}"), cluster)?;
+                }
+                Ok(())
+            },
+            &|| self.idle_timeout_ms.map_or(Ok(()), |ms| timeout("idle_timeout_ms", ms)),
+            &|| self.hash_on.as_ref().map_or(Ok(()), |h| h.validate().map_err(|e| e.within("hash_on"))),
+            &|| match self.max_connections {
+                Some(0) => Err(ValidationError::invalid("max_connections", "must be at least 1")),
+                _ => Ok(()),
+            },
+            &|| self.drain_ms.map_or(Ok(()), |ms| timeout("drain_ms", ms)),
+            &|| self.tcp_keepalive.as_ref().map_or(Ok(()), |k| k.validate().map_err(|e| e.within("tcp_keepalive"))),
+            &|| {
+                for (i, net) in self.proxy_protocol_from.iter().enumerate() {
+                    if let Err(e) = net.parse::<crate::cidr::Cidr>() {
+                        return Err(ValidationError::invalid(format!("proxy_protocol_from[{i}]"), e.to_string()));
+                    }
+                }
+                if !self.proxy_protocol_from.is_empty() && !self.accept_proxy_protocol {
+                    return Err(ValidationError::invalid(
+                        "proxy_protocol_from",
+                        "only a listener with accept_proxy_protocol takes this field",
+                    ));
+                }
+                Ok(())
+            },
+            &|| self.http2.as_ref().map_or(Ok(()), |h| h.validate().map_err(|e| e.within("http2"))),
+            &|| {
+                let mut versions = HashSet::new();
+                for (i, v) in self.http_versions.iter().enumerate() {
+                    if !versions.insert(v) {
+                        return Err(ValidationError::invalid(format!("http_versions[{i}]"), "is listed twice"));
+                    }
+                }
+                Ok(())
+            },
+            &|| self.protocol_fields(),
+        ])
+    }
+
+    /// The fields each protocol takes and needs.
+    fn protocol_fields(&self) -> Result<()> {
         let only = |field: &str, set: bool, protocols: &str| {
             if set {
                 Err(ValidationError::invalid(field, format!("only {protocols} listeners take this field")))
@@ -476,68 +527,83 @@ impl crate::model::Http2Settings {
 
 impl Route {
     pub fn validate(&self) -> Result<()> {
-        name("listener", &self.listener)?;
-        self.matcher.validate().map_err(|e| e.within("match"))?;
-        // A redirecting route never reaches a backend, so it may name none.
-        if self.backends.is_empty() && self.https_redirect.is_none() {
-            return Err(ValidationError::invalid("backends", "a route needs at least one backend"));
-        }
-        list_len("backends", self.backends.len())?;
-        let mut seen = HashSet::new();
-        for (i, b) in self.backends.iter().enumerate() {
-            let f = format!("backends[{i}].cluster");
-            name(&f, &b.cluster)?;
-            if !seen.insert(b.cluster.as_str()) {
-                return Err(ValidationError::invalid(f, format!("{} is listed twice", b.cluster)));
-            }
-        }
-        weights("backends", self.backends.iter().map(|b| b.weight))?;
-        if let Some(ms) = self.timeout_ms {
-            timeout("timeout_ms", ms)?;
-        }
-        if let Some(s) = &self.sticky {
-            if !is_token(&s.cookie) {
-                return Err(ValidationError::invalid("sticky.cookie", format!("{:?} is not a cookie name", s.cookie)));
-            }
-            if s.ttl_s == 0 {
-                return Err(ValidationError::invalid("sticky.ttl_s", "must be at least 1"));
-            }
-        }
-        if let Some(h) = &self.hash_on {
-            h.validate().map_err(|e| e.within("hash_on"))?;
-        }
-        if let Some(r) = &self.retries {
-            if r.attempts > MAX_RETRIES {
-                return Err(ValidationError::invalid("retries.attempts", format!("must be at most {MAX_RETRIES}")));
-            }
-            if let Some(ms) = r.per_try_timeout_ms {
-                timeout("retries.per_try_timeout_ms", ms)?;
-            }
-            if let Some(b) = &r.budget {
-                if b.percent > 1_000 {
-                    return Err(ValidationError::invalid("retries.budget.percent", "must be at most 1000"));
-                }
-                if b.percent == 0 && b.min_per_s == 0 {
-                    return Err(ValidationError::invalid(
-                        "retries.budget",
-                        "percent and min_per_s are both 0: no retry could ever be made",
-                    ));
-                }
-            }
-        }
-        if self.max_request_body_bytes == Some(0) {
-            return Err(ValidationError::invalid("max_request_body_bytes", "must be at least 1"));
-        }
-        if let Some(h) = &self.https_redirect {
-            if h.port == 0 {
-                return Err(ValidationError::invalid("https_redirect.port", "must be a port (1-65535)"));
-            }
-            if ![301, 302, 307, 308].contains(&h.status) {
-                return Err(ValidationError::invalid("https_redirect.status", "must be 301, 302, 307 or 308"));
-            }
-        }
-        Ok(())
+        first(self.problems())
     }
+
+    /// Every problem of the route: one per independent part.
+    pub fn problems(&self) -> Vec<ValidationError> {
+        each(&[
+            &|| name("listener", &self.listener),
+            &|| self.matcher.validate().map_err(|e| e.within("match")),
+            &|| {
+                // A redirecting route never reaches a backend, so it may name none.
+                if self.backends.is_empty() && self.https_redirect.is_none() {
+                    return Err(ValidationError::invalid("backends", "a route needs at least one backend"));
+                }
+                list_len("backends", self.backends.len())?;
+                let mut seen = HashSet::new();
+                for (i, b) in self.backends.iter().enumerate() {
+                    let f = format!("backends[{i}].cluster");
+                    name(&f, &b.cluster)?;
+                    if !seen.insert(b.cluster.as_str()) {
+                        return Err(ValidationError::invalid(f, format!("{} is listed twice", b.cluster)));
+                    }
+                }
+                weights("backends", self.backends.iter().map(|b| b.weight))
+            },
+            &|| self.timeout_ms.map_or(Ok(()), |ms| timeout("timeout_ms", ms)),
+            &|| {
+                if let Some(s) = &self.sticky {
+                    if !is_token(&s.cookie) {
+                        let message = format!("{:?} is not a cookie name", s.cookie);
+                        return Err(ValidationError::invalid("sticky.cookie", message));
+                    }
+                    if s.ttl_s == 0 {
+                        return Err(ValidationError::invalid("sticky.ttl_s", "must be at least 1"));
+                    }
+                }
+                Ok(())
+            },
+            &|| self.hash_on.as_ref().map_or(Ok(()), |h| h.validate().map_err(|e| e.within("hash_on"))),
+            &|| self.retries.as_ref().map_or(Ok(()), retries),
+            &|| match self.max_request_body_bytes {
+                Some(0) => Err(ValidationError::invalid("max_request_body_bytes", "must be at least 1")),
+                _ => Ok(()),
+            },
+            &|| {
+                if let Some(h) = &self.https_redirect {
+                    if h.port == 0 {
+                        return Err(ValidationError::invalid("https_redirect.port", "must be a port (1-65535)"));
+                    }
+                    if ![301, 302, 307, 308].contains(&h.status) {
+                        return Err(ValidationError::invalid("https_redirect.status", "must be 301, 302, 307 or 308"));
+                    }
+                }
+                Ok(())
+            },
+        ])
+    }
+}
+
+fn retries(r: &Retries) -> Result<()> {
+    if r.attempts > MAX_RETRIES {
+        return Err(ValidationError::invalid("retries.attempts", format!("must be at most {MAX_RETRIES}")));
+    }
+    if let Some(ms) = r.per_try_timeout_ms {
+        timeout("retries.per_try_timeout_ms", ms)?;
+    }
+    if let Some(b) = &r.budget {
+        if b.percent > 1_000 {
+            return Err(ValidationError::invalid("retries.budget.percent", "must be at most 1000"));
+        }
+        if b.percent == 0 && b.min_per_s == 0 {
+            return Err(ValidationError::invalid(
+                "retries.budget",
+                "percent and min_per_s are both 0: no retry could ever be made",
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl RouteMatch {

@@ -85,6 +85,16 @@ async fn every_problem_at_once_and_nothing_written() {
         assert_eq!(errors[1]["resource"], "route a-api");
         assert_eq!(errors[1]["field"], "match.path");
         assert_eq!(errors[1]["message"], r#"expected an object such as {"prefix": "/"}, not the string "/""#);
+        // Several mistakes in one resource are each reported.
+        let mut many = file();
+        many["resources"][3]["spec"]["sticky"] = json!({"ttl_s": 0});
+        many["resources"][3]["spec"]["retries"] = json!({"attempts": 99});
+        many["resources"][3]["spec"]["backends"][0]["cluster"] = "Bad Name".into();
+        let r = post(&api, "/v1/config", &many).await;
+        r.error(StatusCode::UNPROCESSABLE_ENTITY);
+        let fields: Vec<&str> =
+            r.body["error"]["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
+        assert_eq!(fields, ["backends[0].cluster", "sticky.ttl_s", "retries.attempts"], "{}", r.body);
         // A dangling reference in the last resource: nothing of the rest is written either.
         let mut dangling = file();
         dangling["resources"][3]["spec"]["listener"] = "nope".into();

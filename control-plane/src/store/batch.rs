@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use sluice_shared::validate::{self, ValidationError};
+use sluice_shared::validate::ValidationError;
 use sluice_shared::{Config, ErrorKind, Kind};
 
 use super::{Resource, StoreError};
@@ -82,12 +82,14 @@ pub(super) fn plan(base: &Config, batch: &Batch) -> Result<Config, StoreError> {
             problems.push(Problem::of(kind, name, ValidationError::invalid("", "appears twice in this write")));
             continue;
         }
-        if let Err(e) = validate::name("name", name).and_then(|_| r.validate_alone()) {
+        let own = r.problems();
+        if !own.is_empty() {
             broken.insert((kind, name.to_string()));
-            problems.push(Problem::of(kind, name, e));
+            problems.extend(own.into_iter().map(|e| Problem::of(kind, name, e)));
         }
     }
     // Dependency order, then name: a file's problems read in the order its resources apply.
+    // A stable sort keeps each resource's problems in field order.
     problems.sort_by_key(|p| p.resource.clone().map(|r| resource_order(&r)));
     for (kind, name) in &batch.deletes {
         if named.contains(&(*kind, name.clone())) {

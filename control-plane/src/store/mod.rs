@@ -83,12 +83,23 @@ impl Resource {
 
     /// The resource's own rules, before any reference to others is looked at.
     pub fn validate_alone(&self) -> Result<(), ValidationError> {
-        match self {
-            Resource::Cluster(_, c) => c.validate(),
-            Resource::Listener(_, l) => l.validate(),
-            Resource::Route(_, r) => r.validate(),
-            Resource::Certificate(_, c) => c.validate(),
+        match self.problems().into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
+    }
+
+    /// Every problem with its own rules (each independent part of it), name included.
+    pub fn problems(&self) -> Vec<ValidationError> {
+        let mut out: Vec<ValidationError> =
+            sluice_shared::validate::name("name", self.name()).err().into_iter().collect();
+        match self {
+            Resource::Cluster(_, c) => out.extend(c.problems()),
+            Resource::Listener(_, l) => out.extend(l.problems()),
+            Resource::Route(_, r) => out.extend(r.problems()),
+            Resource::Certificate(_, c) => out.extend(c.validate().err()),
+        }
+        out
     }
 
     /// Creates or replaces it in `config`.
