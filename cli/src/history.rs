@@ -26,11 +26,7 @@ pub async fn revisions(client: &Client, args: &RevisionsArgs) -> anyhow::Result<
     let mut t = Table::new(&["REVISION", "TIME", "WHO", "CHANGES"]);
     for r in list.as_array().into_iter().flatten() {
         let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
-        let mut what: Vec<String> = r
-            .get("changes")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
+        let mut what: Vec<String> = render::items(r, "changes")
             .map(|c| {
                 let s = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("?");
                 let mark = match s("op") {

@@ -37,7 +37,7 @@ pub fn describe(r: &Value) -> String {
     let canary = match r.get("canary") {
         Some(c) if c.get("group").is_some() => format!("canary group {}", c["group"].as_str().unwrap_or("?")),
         Some(c) => {
-            let ids: Vec<&str> = c["nodes"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            let ids: Vec<&str> = crate::render::items(c, "nodes").filter_map(Value::as_str).collect();
             format!("canary nodes {}", ids.join(","))
         }
         None => "canary ?".into(),

@@ -3,6 +3,21 @@
 
 use serde_json::Value;
 
+/// The elements of the array at `v[key]` (none when it is missing or not an array).
+pub fn items<'a>(v: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
+    v.get(key).and_then(Value::as_array).into_iter().flatten()
+}
+
+/// A node's `resource_errors` as `kind name: message` lines.
+pub fn resource_errors(node: &Value) -> Vec<String> {
+    items(node, "resource_errors")
+        .map(|e| {
+            let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("?");
+            format!("{} {}: {}", s("kind"), s("name"), s("message"))
+        })
+        .collect()
+}
+
 /// Past this many line pairs a changed spec is shown as removed and added, not diffed.
 const MAX_DIFF_CELLS: usize = 4_000_000;
 /// Unchanged lines shown around each change.
@@ -11,7 +26,7 @@ const CONTEXT: usize = 2;
 /// The `changes` of a `POST /v1/config` or rollback answer, as text.
 pub fn changes(answer: &Value) -> String {
     let mut out = String::new();
-    for c in answer.get("changes").and_then(Value::as_array).into_iter().flatten() {
+    for c in items(answer, "changes") {
         let s = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("?");
         let (mark, verb) = match s("op") {
             "create" => ('+', "created"),
@@ -31,7 +46,7 @@ pub fn changes(answer: &Value) -> String {
 /// `warning: …` lines for the answer's warnings.
 pub fn warnings(answer: &Value) -> String {
     let mut out = String::new();
-    for w in answer.get("warnings").and_then(Value::as_array).into_iter().flatten() {
+    for w in items(answer, "warnings") {
         let s = |k: &str| w.get(k).and_then(Value::as_str);
         let at = match (s("resource"), s("field")) {
             (Some(r), Some(f)) => format!("{r}: {f}: "),
@@ -45,13 +60,7 @@ pub fn warnings(answer: &Value) -> String {
 
 /// `applied: 2 created, 1 updated, 0 deleted (revision 7)`, or what a dry run would do.
 pub fn summary(answer: &Value) -> String {
-    let ops: Vec<&str> = answer
-        .get("changes")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c.get("op").and_then(Value::as_str))
-        .collect();
+    let ops: Vec<&str> = items(answer, "changes").filter_map(|c| c.get("op").and_then(Value::as_str)).collect();
     let n = |op: &str| ops.iter().filter(|o| **o == op).count();
     let revision = answer.get("revision").and_then(Value::as_u64).unwrap_or(0);
     let counts = format!("{} created, {} updated, {} deleted", n("create"), n("update"), n("delete"));

@@ -38,16 +38,7 @@ pub fn render(nodes: &Value) -> String {
             None => "-".to_string(),
         };
         let acked = n.get("acked_revision").and_then(Value::as_u64).unwrap_or(0).to_string();
-        let left_out: Vec<String> = n
-            .get("resource_errors")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .map(|e| {
-                let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("?");
-                format!("{} {}: {}", s("kind"), s("name"), s("message"))
-            })
-            .collect();
+        let left_out = crate::render::resource_errors(n);
         let left_out = if left_out.is_empty() { "-".to_string() } else { left_out.join("; ") };
         t.row(vec![s("id"), s("group"), s("state"), acked, nack, s("last_seen"), left_out]);
     }

@@ -43,16 +43,7 @@ pub fn progress(nodes: &Value, revision: u64) -> Progress {
     }
     for n in nodes {
         let acked = n.get("acked_revision").and_then(Value::as_u64).unwrap_or(0);
-        let errors: Vec<String> = n
-            .get("resource_errors")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .map(|e| {
-                let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("?");
-                format!("{} {}: {}", s("kind"), s("name"), s("message"))
-            })
-            .collect();
+        let errors = crate::render::resource_errors(n);
         if acked >= revision && !errors.is_empty() {
             return Progress::LeftOut(id(n), acked, errors);
         }

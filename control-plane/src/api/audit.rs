@@ -100,14 +100,7 @@ pub(super) async fn list(
 ) -> Result<Response, ApiError> {
     caller.permit(Action::Audit)?;
     let query = query.map_err(|e| ApiError::malformed(format!("bad query: {e}")))?;
-    let limit = match query.limit.as_deref() {
-        None => DEFAULT_LIMIT,
-        Some(text) => text
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| ApiError::malformed(format!("limit must be an integer from 1 to {MAX_LIMIT}")))?,
-    };
+    let limit = super::limit(query.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
     let entries = app.store.audit(limit).await?;
     let views: Vec<_> = entries
         .iter()

@@ -322,14 +322,7 @@ async fn revisions(
 ) -> Result<Response, ApiError> {
     caller.permit(Action::Read)?;
     let Query(q) = query.map_err(|e| ApiError::malformed(format!("bad query: {e}")))?;
-    let limit = match q.limit.as_deref() {
-        None => DEFAULT_LIMIT,
-        Some(t) => t
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| ApiError::malformed(format!("limit must be an integer from 1 to {MAX_LIMIT}")))?,
-    };
+    let limit = super::limit(q.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
     let current = app.store.state().revision;
     let below = match q.before.as_deref() {
         None => current,

@@ -133,6 +133,18 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     })
 }
 
+/// A `?limit=` query value: `default` when absent, else an integer from 1 to `max` (400 otherwise).
+fn limit(text: Option<&str>, default: u32, max: u32) -> Result<u32, ApiError> {
+    match text {
+        None => Ok(default),
+        Some(t) => t
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| ApiError::malformed(format!("limit must be an integer from 1 to {max}"))),
+    }
+}
+
 /// The revision a write is conditioned on (`If-Match: "N"`), checked atomically by the store.
 /// `*` or no header: unconditional. A list matches if any entry is the current revision.
 fn if_match(headers: &HeaderMap, current: Revision) -> Result<Option<Revision>, ApiError> {
