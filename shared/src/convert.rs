@@ -131,6 +131,16 @@ pub fn listener_to_pb(name: &str, l: &Listener) -> pb::Listener {
             idle_timeout_ms: h.idle_timeout_ms,
             max_connection_age_ms: h.max_connection_age_ms,
         }),
+        paths: l.paths.map(|p| pb::PathSettings {
+            merge_slashes: p.merge_slashes,
+            escaped_slashes: match p.escaped_slashes {
+                None => pb::EscapedSlashes::Default,
+                Some(EscapedSlashes::Keep) => pb::EscapedSlashes::Keep,
+                Some(EscapedSlashes::Reject) => pb::EscapedSlashes::Reject,
+                Some(EscapedSlashes::DecodeAndRedirect) => pb::EscapedSlashes::DecodeAndRedirect,
+            } as i32,
+        }),
+        header_timeout_ms: l.header_timeout_ms,
     }
 }
 
@@ -409,6 +419,20 @@ pub fn listener_from_pb(l: pb::Listener) -> Result<Listener> {
             idle_timeout_ms: h.idle_timeout_ms,
             max_connection_age_ms: h.max_connection_age_ms,
         }),
+        paths: l
+            .paths
+            .map(|p| {
+                let escaped_slashes = match pb::EscapedSlashes::try_from(p.escaped_slashes) {
+                    Ok(pb::EscapedSlashes::Default) => None,
+                    Ok(pb::EscapedSlashes::Keep) => Some(EscapedSlashes::Keep),
+                    Ok(pb::EscapedSlashes::Reject) => Some(EscapedSlashes::Reject),
+                    Ok(pb::EscapedSlashes::DecodeAndRedirect) => Some(EscapedSlashes::DecodeAndRedirect),
+                    Err(_) => return Err(ValidationError::invalid("paths.escaped_slashes", "unknown value")),
+                };
+                Ok(PathSettings { merge_slashes: p.merge_slashes, escaped_slashes })
+            })
+            .transpose()?,
+        header_timeout_ms: l.header_timeout_ms,
     })
 }
 

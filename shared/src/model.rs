@@ -288,6 +288,37 @@ pub struct Listener {
     /// http/https: limits on HTTP/2 clients; each unset one has an edge-safe default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http2: Option<Http2Settings>,
+    /// http/https: how request paths are normalized before routing (see docs/API.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paths: Option<PathSettings>,
+    /// http/https: how long a client may take to send a request head, idle keep-alive time
+    /// included; past it, 408 and the connection closes (default 30 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_timeout_ms: Option<u64>,
+}
+
+/// Path normalization of an http/https listener; dot segments are always removed and
+/// unreserved escapes always decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathSettings {
+    /// Runs of `/` become one (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge_slashes: Option<bool>,
+    /// What `%2F`, `%5C` and `\` in a path do (default reject).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escaped_slashes: Option<EscapedSlashes>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashes {
+    /// Left encoded and never treated as a separator.
+    Keep,
+    /// 400.
+    Reject,
+    /// Decoded, and the client redirected (307) to the decoded path.
+    DecodeAndRedirect,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

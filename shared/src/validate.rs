@@ -429,6 +429,7 @@ impl Listener {
                 }
                 Ok(())
             },
+            &|| self.header_timeout_ms.map_or(Ok(()), |ms| timeout("header_timeout_ms", ms)),
             &|| self.protocol_fields(),
         ])
     }
@@ -467,6 +468,8 @@ impl Listener {
             Protocol::Tcp | Protocol::Udp | Protocol::Tls => {
                 only("http_versions", !self.http_versions.is_empty(), "http and https")?;
                 only("http2", self.http2.is_some(), "http and https")?;
+                only("paths", self.paths.is_some(), "http and https")?;
+                only("header_timeout_ms", self.header_timeout_ms.is_some(), "http and https")?;
             }
         }
         match self.protocol {
@@ -751,6 +754,16 @@ mod tests {
         assert_eq!(field(&format!(r#"{{{tcp},"http_versions":["http1"]}}"#)).as_deref(), Some("http_versions"));
         assert_eq!(field(&format!(r#"{{{tcp},"http2":{{}}}}"#)).as_deref(), Some("http2"));
         assert!(parse_json::<Listener>(format!(r#"{{{http},"http_versions":["h3"]}}"#).as_bytes()).is_err());
+        // Path normalization and the head timeout: http and https only.
+        let paths =
+            r#""paths":{"merge_slashes":false,"escaped_slashes":"decode_and_redirect"},"header_timeout_ms":10000"#;
+        assert_eq!(field(&format!("{{{http},{paths}}}")), None);
+        assert_eq!(field(&format!(r#"{{{http},"header_timeout_ms":0}}"#)).as_deref(), Some("header_timeout_ms"));
+        assert_eq!(field(&format!(r#"{{{tcp},"paths":{{}}}}"#)).as_deref(), Some("paths"));
+        assert_eq!(field(&format!(r#"{{{tcp},"header_timeout_ms":1000}}"#)).as_deref(), Some("header_timeout_ms"));
+        assert!(
+            parse_json::<Listener>(format!(r#"{{{http},"paths":{{"escaped_slashes":"ignore"}}}}"#).as_bytes()).is_err()
+        );
 
         let cluster =
             |json: &str| parse_json::<Cluster>(json.as_bytes()).unwrap().validate().err().and_then(|e| e.field);

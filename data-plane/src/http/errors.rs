@@ -3,6 +3,7 @@
 use http::{header, HeaderValue, Response, StatusCode};
 
 use super::body::ProxyBody;
+use super::codec::path::PathError;
 use crate::table::Overflow;
 
 static X_SLUICE_OVERFLOW: header::HeaderName = header::HeaderName::from_static("x-sluice-overflow");
@@ -25,6 +26,12 @@ pub enum ProxyError {
     NoHost,
     /// The request body is over the route's `max_request_body_bytes`.
     BodyTooLarge,
+    /// The request's path cannot be normalized (see `codec/path.rs`).
+    BadPath(PathError),
+    /// The Host (or the target's authority) is not a valid authority.
+    BadHost,
+    /// CONNECT: no route tunnels.
+    Connect,
 }
 
 impl ProxyError {
@@ -39,6 +46,8 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ClientBody | ProxyError::NoHost => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BadPath(_) | ProxyError::BadHost => StatusCode::BAD_REQUEST,
+            ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -57,6 +66,11 @@ impl ProxyError {
             ProxyError::ClientBody => "request body could not be read\n",
             ProxyError::NoHost => "no host to redirect to\n",
             ProxyError::BodyTooLarge => "request body too large\n",
+            ProxyError::BadPath(PathError::NotOriginForm) => "the request target is not a path\n",
+            ProxyError::BadPath(PathError::BadEscape) => "malformed percent-encoding in the path\n",
+            ProxyError::BadPath(PathError::EscapedSlash) => "encoded slash or backslash in the path\n",
+            ProxyError::BadHost => "invalid host\n",
+            ProxyError::Connect => "CONNECT is not supported\n",
         }
     }
 
@@ -78,6 +92,9 @@ impl ProxyError {
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(msg.len()));
         self.mark_overflow(h);
+        if self == ProxyError::Connect {
+            h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
+        }
         // What it was, for a gRPC call's status (`grpc::error_response`).
         resp.extensions_mut().insert(self);
         resp

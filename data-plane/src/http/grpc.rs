@@ -36,7 +36,8 @@ pub fn code(err: ProxyError) -> Code {
         | ProxyError::UpstreamFailed
         | ProxyError::NotReady => Code::Unavailable,
         ProxyError::UpstreamTimeout => Code::DeadlineExceeded,
-        ProxyError::ClientBody | ProxyError::NoHost => Code::Internal,
+        ProxyError::ClientBody | ProxyError::NoHost | ProxyError::BadPath(_) | ProxyError::BadHost => Code::Internal,
+        ProxyError::Connect => Code::Unimplemented,
     }
 }
 

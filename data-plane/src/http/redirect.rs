@@ -26,6 +26,22 @@ pub fn to_https(redirect: &HttpsRedirect, host: Option<&str>, uri: &Uri) -> Opti
     Some(resp)
 }
 
+/// 307 to `path` (a normalized path, so a valid Location) with the request's `query`.
+pub fn to_path(path: &str, query: Option<&str>) -> Response<ProxyBody> {
+    let location = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut resp = Response::new(ProxyBody::Empty);
+    *resp.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::try_from(location) {
+        h.insert(header::LOCATION, v);
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    resp
+}
+
 fn is_host(h: &str) -> bool {
     let literal = h.strip_prefix('[').and_then(|r| r.strip_suffix(']'));
     match literal {

@@ -92,7 +92,7 @@ pub fn compile(cfg: &Config, previous: Option<&Table>) -> Result<Table, CompileE
                 proxy_protocol: l.proxy_protocol,
                 accept_proxy_protocol: l.accept_proxy_protocol.then(|| proxy_protocol_from.into()),
                 tcp_keepalive: l.tcp_keepalive,
-                http: HttpOptions::new(&l.http_versions, l.http2.unwrap_or_default()),
+                http: HttpOptions::of(l),
                 sni,
                 routes,
                 index,

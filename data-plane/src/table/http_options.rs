@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sluice_shared::model::{Http2Settings, HttpVersion};
+use sluice_shared::model::{self, Http2Settings, HttpVersion, Listener};
 
 /// Streams a client connection may have open at once.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
@@ -12,6 +12,33 @@ pub const DEFAULT_MAX_HEADER_LIST: u32 = 64 * 1024;
 pub const DEFAULT_STREAM_WINDOW: u32 = 64 * 1024;
 pub const DEFAULT_CONNECTION_WINDOW: u32 = 1024 * 1024;
 pub const DEFAULT_H2_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a client may take to send a request head (idle keep-alive time included).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What an http/https listener does with `%2F`, `%5C` and `\` in a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EscapedSlashes {
+    /// Left encoded: they never separate segments here (the endpoint must not decode them either).
+    Keep,
+    /// 400.
+    #[default]
+    Reject,
+    /// Decoded to `/`, and the client redirected to the decoded path.
+    DecodeAndRedirect,
+}
+
+/// How an http/https listener normalizes request paths (see `http/codec/path.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathPolicy {
+    pub merge_slashes: bool,
+    pub escaped_slashes: EscapedSlashes,
+}
+
+impl Default for PathPolicy {
+    fn default() -> Self {
+        PathPolicy { merge_slashes: true, escaped_slashes: EscapedSlashes::Reject }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpOptions {
@@ -23,6 +50,8 @@ pub struct HttpOptions {
     pub connection_window: u32,
     pub idle_timeout: Duration,
     pub max_connection_age: Option<Duration>,
+    pub paths: PathPolicy,
+    pub header_timeout: Duration,
 }
 
 impl Default for HttpOptions {
@@ -44,7 +73,24 @@ impl HttpOptions {
             connection_window: h2.initial_connection_window_bytes.unwrap_or(DEFAULT_CONNECTION_WINDOW),
             idle_timeout: h2.idle_timeout_ms.map_or(DEFAULT_H2_IDLE_TIMEOUT, Duration::from_millis),
             max_connection_age: h2.max_connection_age_ms.map(Duration::from_millis),
+            paths: PathPolicy::default(),
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
         }
+    }
+
+    /// A listener's options, defaults filled in.
+    pub fn of(l: &Listener) -> HttpOptions {
+        let mut o = HttpOptions::new(&l.http_versions, l.http2.unwrap_or_default());
+        if let Some(p) = &l.paths {
+            o.paths.merge_slashes = p.merge_slashes.unwrap_or(true);
+            o.paths.escaped_slashes = match p.escaped_slashes {
+                Some(model::EscapedSlashes::Keep) => EscapedSlashes::Keep,
+                Some(model::EscapedSlashes::DecodeAndRedirect) => EscapedSlashes::DecodeAndRedirect,
+                Some(model::EscapedSlashes::Reject) | None => EscapedSlashes::Reject,
+            };
+        }
+        o.header_timeout = l.header_timeout_ms.map_or(DEFAULT_HEADER_TIMEOUT, Duration::from_millis);
+        o
     }
 
     /// The ALPN protocols an https listener offers, preferred first.

@@ -91,10 +91,10 @@ use sluice_shared::Revision;
 pub use breaker::{Breaker, Overflow, PendingGuard, RequestPermit};
 pub use compile::compile;
 pub use hash::{hash_bytes, hash_ip};
-pub use http_options::HttpOptions;
+pub use http_options::{EscapedSlashes, HttpOptions, PathPolicy};
 pub use lb::{ClusterLb, EndpointGuard, EndpointState, LbEndpoint};
 pub use outlier::{max_ejected, OutlierPolicy};
-pub use request::{normalize_host, RequestView};
+pub use request::{normalize_host, valid_authority, RequestView};
 pub use retry::{RetryBucket, RetryPolicy};
 pub use route::{RouteEntry, RouteStats, WeightedBackend};
 

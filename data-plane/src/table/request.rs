@@ -43,6 +43,40 @@ pub fn normalize_host(raw: &str) -> Cow<'_, str> {
     }
 }
 
+/// Whether `raw` (a Host value or a target's authority) is `host[:port]` as RFC 9110 §7.2 allows:
+/// a DNS-style name (letters, digits, `-`, `_`, `~`, dots between non-empty labels) or an IP
+/// literal, and a port of at most 65535. No userinfo, path, spaces or anything else.
+pub fn valid_authority(raw: &str) -> bool {
+    let (host, port) = if let Some(rest) = raw.strip_prefix('[') {
+        let Some((v6, after)) = rest.split_once(']') else { return false };
+        if v6.is_empty() || !v6.bytes().all(|c| c.is_ascii_hexdigit() || c == b':' || c == b'.') {
+            return false;
+        }
+        match after {
+            "" => ("v6", None),
+            p => match p.strip_prefix(':') {
+                Some(port) => ("v6", Some(port)),
+                None => return false,
+            },
+        }
+    } else {
+        match raw.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (raw, None),
+        }
+    };
+    let port_ok = port.is_none_or(|p| {
+        p.is_empty()
+            || (p.len() <= 5 && p.bytes().all(|c| c.is_ascii_digit()) && p.parse::<u32>().is_ok_and(|n| n <= 65_535))
+    });
+    let name = host.strip_suffix('.').unwrap_or(host);
+    let name_ok = !name.is_empty()
+        && name.split('.').all(|label| {
+            !label.is_empty() && label.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'~'))
+        });
+    port_ok && name_ok
+}
+
 /// `name=value` pairs of a query string, still encoded. A pair without `=` has an empty value.
 pub(crate) fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
     query.split('&').filter(|p| !p.is_empty()).map(|p| p.split_once('=').unwrap_or((p, "")))
@@ -112,6 +146,19 @@ pub(crate) fn decode(raw: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn authorities() {
+        for ok in ["a.test", "A.Test:8080", "a.test.", "[::1]", "[::1]:80", "127.0.0.1:1", "x_y-z~w", "h:"] {
+            assert!(valid_authority(ok), "{ok}");
+        }
+        for bad in [
+            "", "a/b", "u@a.test", "a b", "a..b", ".a", "a:99999", "a:8x", "[::1", "[zz]", "[::1]x", "a:1:2", "ä.test",
+            "a%41",
+        ] {
+            assert!(!valid_authority(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn host_normalization() {

@@ -25,6 +25,8 @@ pub enum Reject {
     UriTooLong,
     /// 431: head over [`MAX_HEAD`] or over [`MAX_HEADERS`] fields.
     HeadTooLarge(&'static str),
+    /// 408: a head begun but not finished within the listener's header timeout.
+    HeadTimeout,
 }
 
 impl Reject {
@@ -33,6 +35,7 @@ impl Reject {
             Reject::BadRequest(_) => 400,
             Reject::UriTooLong => 414,
             Reject::HeadTooLarge(_) => 431,
+            Reject::HeadTimeout => 408,
         }
     }
 
@@ -41,6 +44,7 @@ impl Reject {
             Reject::BadRequest(why) => why,
             Reject::UriTooLong => "request line too long",
             Reject::HeadTooLarge(why) => why,
+            Reject::HeadTimeout => "request head timeout",
         }
     }
 
@@ -50,6 +54,7 @@ impl Reject {
             Reject::BadRequest(_) => (400, "Bad Request"),
             Reject::UriTooLong => (414, "URI Too Long"),
             Reject::HeadTooLarge(_) => (431, "Request Header Fields Too Large"),
+            Reject::HeadTimeout => (408, "Request Timeout"),
         };
         let body = format!("{}\n", self.reason());
         format!(

@@ -7,6 +7,7 @@ pub mod h2_body;
 pub mod head;
 pub mod headers;
 pub mod outgoing;
+pub mod path;
 pub mod request_body;
 pub mod response_head;
 

@@ -44,8 +44,6 @@ use crate::listeners::Phase;
 use crate::phase_watch::PhaseWatch;
 use crate::state::ConnCtx;
 
-/// A client gets this long to send a complete request head (an idle keep-alive connection too).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Response bytes gathered before a write: the head and the frames already there go out together.
 const COALESCE: usize = 64 * 1024;
 /// Before closing on a client that may still be sending, its bytes are read and dropped for a
@@ -61,7 +59,7 @@ pub async fn serve_plain(mut stream: TcpStream, conn: Arc<ConnCtx>, phase: watch
     let opts = conn.http_options();
     let mut first = BytesMut::new();
     if opts.http2 {
-        match tokio::time::timeout(HEADER_READ_TIMEOUT, sniff(&mut stream, &mut first)).await {
+        match tokio::time::timeout(opts.header_timeout, sniff(&mut stream, &mut first)).await {
             Ok(Some(true)) => {
                 // A copy of the few bytes read: the read buffer is not held for the connection's life.
                 let prefix = Bytes::copy_from_slice(&first);
@@ -106,8 +104,10 @@ pub async fn serve(stream: ClientStream, conn: Arc<ConnCtx>, phase: watch::Recei
 
 /// [`serve`], with the bytes already read from the client.
 async fn serve_read(stream: ClientStream, read: BytesMut, conn: Arc<ConnCtx>, phase: watch::Receiver<Phase>) {
+    let header_timeout = conn.http_options().header_timeout;
     let down = Downstream::new(conn);
     let server = Server {
+        header_timeout,
         wire: Arc::new(Mutex::new(Wire::with_read(stream, read))),
         phase: PhaseWatch::of_listener(phase),
         out: Vec::new(),
@@ -118,6 +118,8 @@ async fn serve_read(stream: ClientStream, read: BytesMut, conn: Arc<ConnCtx>, ph
 }
 
 struct Server {
+    /// How long a client gets to send a complete request head (an idle keep-alive one too).
+    header_timeout: Duration,
     wire: SharedWire,
     phase: PhaseWatch,
     /// Response bytes on their way out.
@@ -190,7 +192,7 @@ impl Server {
 
     /// Reads until a complete head is buffered (or the connection should close).
     async fn next_head(&mut self) -> Next {
-        let deadline = Instant::now() + HEADER_READ_TIMEOUT;
+        let deadline = Instant::now() + self.header_timeout;
         // How much of the buffer the last parse saw, when it needed more.
         let mut seen = 0;
         poll_fn(|cx| {
@@ -218,7 +220,12 @@ impl Server {
             }
             if self.head_timer.poll_expired(cx, deadline) {
                 tracing::debug!("request head timeout");
-                return Poll::Ready(Next::Close);
+                // A head begun gets 408 (as NGINX and HAProxy answer); an idle connection just closes.
+                return Poll::Ready(if w.rbuf.is_empty() {
+                    Next::Close
+                } else {
+                    Next::Refused(head::Reject::HeadTimeout)
+                });
             }
             Poll::Pending
         })
@@ -366,14 +373,21 @@ mod tests {
         (client, tokio::spawn(serve(Either::Left(stream), conn, rx)), tx)
     }
 
-    /// Waits for the server to close with nothing sent; asserts that came at the header timeout
-    /// after `started` (virtual time).
-    async fn closed_at_the_timeout<R: AsyncRead + Unpin>(client: &mut R, started: Instant) {
+    /// Waits for the server to close; asserts that came at the header timeout after `started`
+    /// (virtual time), with a 408 when a head was begun and nothing for an idle connection.
+    async fn closed_at_the_timeout<R: AsyncRead + Unpin>(client: &mut R, started: Instant, begun: bool) {
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.unwrap();
-        assert!(rest.is_empty(), "nothing is answered to an unfinished head: {rest:?}");
+        let answer = String::from_utf8_lossy(&rest);
+        if begun {
+            assert!(answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{answer}");
+            assert!(answer.contains("connection: close"), "{answer}");
+        } else {
+            assert!(rest.is_empty(), "an idle connection just closes: {answer}");
+        }
         let after = started.elapsed();
-        assert!(after >= HEADER_READ_TIMEOUT && after < HEADER_READ_TIMEOUT + Duration::from_secs(1), "{after:?}");
+        let timeout = crate::table::HttpOptions::default().header_timeout;
+        assert!(after >= timeout && after < timeout + Duration::from_secs(2), "{after:?}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -381,7 +395,7 @@ mod tests {
         let (mut client, server, _phase) = connected().await;
         let started = Instant::now();
         client.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
-        closed_at_the_timeout(&mut client, started).await;
+        closed_at_the_timeout(&mut client, started, true).await;
         server.await.unwrap();
     }
 
@@ -402,13 +416,13 @@ mod tests {
             }
         };
         tokio::select! {
-            () = closed_at_the_timeout(&mut reader, started) => {}
+            () = closed_at_the_timeout(&mut reader, started, true) => {}
             () = trickle => unreachable!(),
         }
         server.await.unwrap();
 
         let (mut idle, server, _phase) = connected().await;
-        closed_at_the_timeout(&mut idle, Instant::now()).await;
+        closed_at_the_timeout(&mut idle, Instant::now(), false).await;
         server.await.unwrap();
     }
 }

@@ -20,6 +20,7 @@
 mod failure;
 mod forward;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +29,7 @@ use http::uri::Authority;
 use http::{Request, Response, Version};
 
 use super::body::ProxyBody;
+use super::codec::path::{self, Normalized};
 use super::codec::request_body::RequestBody;
 use super::errors::ProxyError;
 use super::tunnel::upgrade_protocol;
@@ -37,7 +39,7 @@ use crate::access_log;
 use crate::lazy_timer::LazyTimer;
 use crate::metrics::ResponseCounts;
 use crate::state::{ConnCtx, Installed};
-use crate::table::{normalize_host, RequestView};
+use crate::table::{normalize_host, valid_authority, RequestView};
 use forward::forward;
 
 /// Used when a route sets no `timeout_ms`.
@@ -79,7 +81,7 @@ pub async fn handle(req: Request<RequestBody>, down: &Downstream, timer: &mut La
 
 /// `grpc`: a gRPC call, whose proxy-made errors are gRPC statuses.
 async fn route_and_forward(
-    req: Request<RequestBody>,
+    mut req: Request<RequestBody>,
     upgrade: Option<HeaderValue>,
     grpc: bool,
     down: &Downstream,
@@ -93,17 +95,31 @@ async fn route_and_forward(
     };
     let log = access_log::enabled()
         .then(|| access_log::Entry::start(&req, req.headers().get(header::HOST).and_then(|v| v.to_str().ok())));
+    if req.method() == http::Method::CONNECT {
+        return closing(unrouted, ProxyError::Connect);
+    }
+    // Routed on the normalized path, and exactly that path goes upstream.
+    match path::normalize(req.uri().path(), listener.http().paths) {
+        Ok(Normalized::Path(Cow::Borrowed(_))) => {}
+        Ok(Normalized::Path(Cow::Owned(p))) => set_path(&mut req, &p),
+        Ok(Normalized::Redirect(to)) => return redirect::to_path(&to, req.uri().query()),
+        Err(e) => return closing(unrouted, ProxyError::BadPath(e)),
+    }
     // RFC 9112 §3.2.2: an absolute-form target's authority wins over the Host header.
     let raw_host = req
         .uri()
         .authority()
         .map(Authority::as_str)
         .or_else(|| req.headers().get(header::HOST).and_then(|v| v.to_str().ok()));
+    if raw_host.is_some_and(|h| !valid_authority(h)) {
+        return closing(unrouted, ProxyError::BadHost);
+    }
     let host = raw_host.map(normalize_host);
+    let route_path = path::without_params(req.uri().path());
     let view = RequestView {
         method: req.method(),
         host: host.as_deref(),
-        path: req.uri().path(),
+        path: &route_path,
         query: req.uri().query(),
         headers: req.headers(),
     };
@@ -139,6 +155,23 @@ async fn route_and_forward(
         }
     }
     resp
+}
+
+/// Replaces the request target's path, keeping its query (and an absolute-form target's scheme
+/// and authority).
+fn set_path(req: &mut Request<RequestBody>, path: &str) {
+    let target = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut parts = req.uri().clone().into_parts();
+    // A normalized path holds only what a parsed one may: this cannot fail.
+    if let Ok(pq) = http::uri::PathAndQuery::try_from(target) {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
 }
 
 /// The proxy's own answer `err`, counted; a gRPC status for a gRPC call.
