@@ -47,35 +47,63 @@ pub fn normalize_host(raw: &str) -> Cow<'_, str> {
 /// a DNS-style name (letters, digits, `-`, `_`, `~`, dots between non-empty labels) or an IP
 /// literal, and a port of at most 65535. No userinfo, path, spaces or anything else.
 pub fn valid_authority(raw: &str) -> bool {
-    let (host, port) = if let Some(rest) = raw.strip_prefix('[') {
-        let Some((v6, after)) = rest.split_once(']') else { return false };
-        if v6.is_empty() || !v6.bytes().all(|c| c.is_ascii_hexdigit() || c == b':' || c == b'.') {
-            return false;
-        }
-        match after {
-            "" => ("v6", None),
-            p => match p.strip_prefix(':') {
-                Some(port) => ("v6", Some(port)),
-                None => return false,
-            },
+    let b = raw.as_bytes();
+    // One pass over the bytes with a table lookup each: this runs on every request.
+    let host_end = if b.first() == Some(&b'[') {
+        match b.iter().position(|&c| c == b']') {
+            Some(end) if end > 1 && b[1..end].iter().all(|&c| c.is_ascii_hexdigit() || c == b':' || c == b'.') => {
+                end + 1
+            }
+            _ => return false,
         }
     } else {
-        match raw.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (raw, None),
+        // Labels of name bytes between single dots; one trailing dot allowed.
+        let mut label = 0;
+        let mut i = 0;
+        while i < b.len() {
+            match NAME_BYTE[usize::from(b[i])] {
+                1 => label += 1,
+                2 if label > 0 => label = 0,
+                3 => break,
+                _ => return false,
+            }
+            i += 1;
         }
+        if i == 0 {
+            return false;
+        }
+        i
     };
-    let port_ok = port.is_none_or(|p| {
-        p.is_empty()
-            || (p.len() <= 5 && p.bytes().all(|c| c.is_ascii_digit()) && p.parse::<u32>().is_ok_and(|n| n <= 65_535))
-    });
-    let name = host.strip_suffix('.').unwrap_or(host);
-    let name_ok = !name.is_empty()
-        && name.split('.').all(|label| {
-            !label.is_empty() && label.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'~'))
-        });
-    port_ok && name_ok
+    match &b[host_end..] {
+        [] => true,
+        [b':', port @ ..] => {
+            port.len() <= 5
+                && port.iter().all(u8::is_ascii_digit)
+                && port.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= 65_535
+        }
+        _ => false,
+    }
 }
+
+/// Per byte of a host name: 1 a name byte (letter, digit, `-`, `_`, `~`), 2 `.`, 3 `:`, 0 other.
+static NAME_BYTE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'~' {
+            1
+        } else if b == b'.' {
+            2
+        } else if b == b':' {
+            3
+        } else {
+            0
+        };
+        c += 1;
+    }
+    t
+};
 
 /// `name=value` pairs of a query string, still encoded. A pair without `=` has an empty value.
 pub(crate) fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
