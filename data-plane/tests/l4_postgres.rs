@@ -247,7 +247,8 @@ async fn a_standby_serves_while_the_primary_is_down_and_hands_clients_back() {
     // It comes back: new clients go to it, and the session held on the standby is closed, so its
     // pool would reconnect to the primary too (psql without a terminal quits instead).
     primary.start_server().await.unwrap();
-    support::eventually("clients back on the primary", || async {
+    // A Postgres server restarting on a loaded machine may take longer than most waits.
+    support::eventually_within(Duration::from_secs(30), "clients back on the primary", || async {
         (psql(addr, "postgres", port).await.ok()? == primary_port).then_some(())
     })
     .await;

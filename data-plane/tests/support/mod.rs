@@ -24,12 +24,21 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 /// Polls `check` until it returns `Some`, every 20 ms, for at most 10 s.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    eventually_within(Duration::from_secs(10), what, check).await
+}
+
+/// [`eventually`] with another bound, for what waits on a slow outside process.
+pub async fn eventually_within<T, F, Fut>(bound: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + bound;
     loop {
         if let Some(v) = check().await {
             return v;

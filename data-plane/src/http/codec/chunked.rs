@@ -92,6 +92,11 @@ pub fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
 /// The most chunk-extension bytes one body may carry (hyper's limit). Extensions are dropped,
 /// so without a bound a peer could keep the proxy reading forever while forwarding nothing.
 pub const MAX_EXTENSIONS: u16 = 16 * 1024;
+/// RFC 9110 §5.6.2 `tchar`: what a field name is made of.
+fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 /// The most bytes of a size line before its extensions: hex digits (leading zeros included) and
 /// the blanks after them.
 pub const MAX_SIZE_LINE: u16 = 64;
@@ -121,6 +126,9 @@ enum ChunkState {
     Body,
     BodyCr,
     BodyLf,
+    /// A trailer field's name (token bytes up to `:`).
+    TrailerName,
+    /// A trailer field's value (visible bytes, blanks) up to CR.
     Trailer,
     TrailerLf,
     EndCr,
@@ -200,11 +208,13 @@ impl ChunkScan {
                 (SizeLf, b'\n') => Body,
                 (BodyCr, b'\r') => BodyLf,
                 (BodyLf, b'\n') => Start,
+                (TrailerName, b':') => Trailer,
+                (TrailerName, b) if is_token(b) => TrailerName,
                 (Trailer, b'\r') => TrailerLf,
-                (Trailer, _) => Trailer,
+                (Trailer, b) if b == b'\t' || b >= b' ' && b != 0x7f => Trailer,
                 (TrailerLf, b'\n') => EndCr,
                 (EndCr, b'\r') => EndLf,
-                (EndCr, _) => Trailer,
+                (EndCr, b) if is_token(b) => TrailerName,
                 (EndLf, b'\n') => {
                     *self = ChunkScan::default();
                     return Decoded::End(i + 1);
@@ -227,7 +237,7 @@ impl ChunkScan {
         let (counter, limit) = match self.state {
             Start | Size | SizeLws if b != b'\r' => (&mut self.line, MAX_SIZE_LINE),
             Extension if b != b'\r' => (&mut self.extensions, MAX_EXTENSIONS),
-            Trailer | TrailerLf | EndCr | EndLf => (&mut self.line, MAX_TRAILERS),
+            TrailerName | Trailer | TrailerLf | EndCr | EndLf => (&mut self.line, MAX_TRAILERS),
             _ => return true,
         };
         *counter = counter.saturating_add(1);
@@ -270,6 +280,12 @@ mod tests {
         assert_eq!(ChunkScan::default().scan(b"2\r\nabX"), Scanned::Bad(5));
         assert_eq!(ChunkScan::default().scan(b"2;a\nb"), Scanned::Bad(3));
         assert_eq!(ChunkScan::default().scan(b"fffffffffffffffff\r\n"), Scanned::Bad(16));
+        // Trailers are field lines ending in CRLF, or the body is malformed.
+        assert_eq!(ChunkScan::default().scan(b"0\r\nx-a: b c\r\n\r\n"), Scanned::End(15));
+        assert_eq!(ChunkScan::default().scan(b"0\r\nbad trailer\r\n\r\n"), Scanned::Bad(6));
+        assert_eq!(ChunkScan::default().scan(b"0\r\n: v\r\n\r\n"), Scanned::Bad(3));
+        assert_eq!(ChunkScan::default().scan(b"0\r\nx:1\n\r\n"), Scanned::Bad(6));
+        assert_eq!(ChunkScan::default().scan(b"0\r\nx:\x01\r\n\r\n"), Scanned::Bad(5));
     }
 
     /// The outcome of decoding `pieces` one after the other, as they would arrive from a socket:

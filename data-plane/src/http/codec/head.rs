@@ -27,6 +27,8 @@ pub enum Reject {
     HeadTooLarge(&'static str),
     /// 408: a head begun but not finished within the listener's header timeout.
     HeadTimeout,
+    /// 501: a transfer coding other than chunked (RFC 9112 §6.1).
+    NotImplemented(&'static str),
 }
 
 impl Reject {
@@ -36,6 +38,7 @@ impl Reject {
             Reject::UriTooLong => 414,
             Reject::HeadTooLarge(_) => 431,
             Reject::HeadTimeout => 408,
+            Reject::NotImplemented(_) => 501,
         }
     }
 
@@ -45,6 +48,7 @@ impl Reject {
             Reject::UriTooLong => "request line too long",
             Reject::HeadTooLarge(why) => why,
             Reject::HeadTimeout => "request head timeout",
+            Reject::NotImplemented(why) => why,
         }
     }
 
@@ -55,6 +59,7 @@ impl Reject {
             Reject::UriTooLong => (414, "URI Too Long"),
             Reject::HeadTooLarge(_) => (431, "Request Header Fields Too Large"),
             Reject::HeadTimeout => (408, "Request Timeout"),
+            Reject::NotImplemented(_) => (501, "Not Implemented"),
         };
         let body = format!("{}\n", self.reason());
         format!(
@@ -138,6 +143,18 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<RequestHead>, Reject> {
             h.value.len() as u32,
         );
     }
+    // Every line ends in CRLF: httparse also takes a bare LF, which a server behind us might read
+    // differently (RFC 9112 §2.2 lets a recipient refuse it).
+    let crlf = |end: usize| {
+        let after = buf[end..len].iter().position(|&c| c != b' ' && c != b'\t').map_or(len, |p| end + p);
+        buf.get(after..after + 2) == Some(b"\r\n")
+    };
+    if !buf[..len].ends_with(b"\r\n\r\n")
+        || !crlf(target.0 + target.1 + b" HTTP/1.1".len())
+        || !spans[..count].iter().all(|&(_, _, v, vl)| crlf((v + vl) as usize))
+    {
+        return Err(Reject::BadRequest("line ending without CR"));
+    }
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
         .map_err(|_| Reject::BadRequest("invalid request target"))?;
@@ -208,6 +225,7 @@ fn meta(version: u8, headers: &[httparse::Header<'_>]) -> Result<Meta, Reject> {
     let mut transfer_encoding = false;
     let mut chunked_count = 0;
     let mut last_coding_chunked = false;
+    let mut other_coding = false;
     let mut hosts = 0;
     let mut upgrade = false;
     let (mut close, mut keep_alive, mut expect_continue) = (false, false, false);
@@ -223,6 +241,7 @@ fn meta(version: u8, headers: &[httparse::Header<'_>]) -> Result<Meta, Reject> {
             for coding in tokens(h.value) {
                 last_coding_chunked = coding.eq_ignore_ascii_case(b"chunked");
                 chunked_count += usize::from(last_coding_chunked);
+                other_coding |= !last_coding_chunked;
             }
         } else if h.name.eq_ignore_ascii_case("host") {
             hosts += 1;
@@ -239,6 +258,10 @@ fn meta(version: u8, headers: &[httparse::Header<'_>]) -> Result<Meta, Reject> {
     }
     let framing =
         framing(version, length, transfer_encoding, last_coding_chunked && chunked_count == 1, upgrade, hosts)?;
+    if other_coding {
+        // Forwarding `gzip, chunked` as chunked alone would lose the gzip; nobody here decodes it.
+        return Err(Reject::NotImplemented("transfer coding other than chunked"));
+    }
     Ok(Meta { framing, close, keep_alive, expect_continue })
 }
 
@@ -320,8 +343,19 @@ mod tests {
         );
         assert_eq!(
             complete("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
-            Ok(Framing::Chunked)
+            Err(Reject::NotImplemented("transfer coding other than chunked")),
+            "the gzip would be lost"
         );
+        // Bare LF ends no line: not in the request line, a header line, nor the blank line.
+        for bare in [
+            "GET / HTTP/1.1\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\nX: 1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\n\n",
+            "GET / HTTP/1.1\r\nHost: a  \n\r\n",
+        ] {
+            assert_eq!(complete(bare), Err(Reject::BadRequest("line ending without CR")), "{bare:?}");
+        }
+        assert_eq!(complete("GET / HTTP/1.1\r\nHost: a \t\r\nX:\r\n\r\n"), Ok(Framing::Empty), "blanks before CRLF");
         assert_eq!(complete("GET / HTTP/1.0\r\n\r\n"), Ok(Framing::Empty));
         let ws = "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
         assert_eq!(complete(ws), Ok(Framing::Upgrade));

@@ -1,0 +1,71 @@
+//! Framing at the edge, raw bytes on the wire: bare LF line ends, transfer codings other than
+//! chunked, and malformed trailers are refused and close the connection; what follows them on the
+//! connection is never served.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use serde_json::json;
+use sluice_data_plane::Node;
+use sluice_shared::proto::v1 as pb;
+use support::*;
+
+async fn edge() -> (ControlPlane, Node, SocketAddr, Backend) {
+    let app = Backend::start("app").await;
+    let listener = free_addr();
+    let cfg = config(json!({
+        "clusters": {"app": {"endpoints": [{"address": app.addr.to_string()}]}},
+        "listeners": {"web": {"address": listener.to_string(), "protocol": "http"}},
+        "routes": {"app": {"listener": "web", "backends": [{"cluster": "app"}]}}
+    }));
+    let cp = ControlPlane::start(Some(snapshot(&cfg, 1))).await;
+    let node = start_node(vec![cp.url()], None).await;
+    assert!(matches!(cp.reply_to(1).await, pb::node_message::Msg::Ack(_)));
+    eventually("listener up", || async { try_get(listener, "a.test", "/").await }).await;
+    (cp, node, listener, app)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_lf_and_unknown_codings_never_reach_the_endpoint() {
+    let (_cp, _node, addr, app) = edge().await;
+    let before = app.hits();
+    let next = "GET /next HTTP/1.1\r\nHost: a.test\r\n\r\n";
+    for (head, status) in [
+        ("GET / HTTP/1.1\nHost: a.test\r\n\r\n".to_string(), 400),
+        ("GET / HTTP/1.1\r\nHost: a.test\nX-Smuggle: 1\r\n\r\n".to_string(), 400),
+        ("GET / HTTP/1.1\r\nHost: a.test\r\n\n".to_string(), 400),
+        ("POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n".to_string(), 501),
+    ] {
+        let r = raw(addr, format!("{head}{next}").as_bytes()).await;
+        assert_eq!(r.status, status, "{head:?}: {}", r.raw);
+        assert_eq!(r.headers.get("connection").map(String::as_str), Some("close"), "{head:?}");
+        assert_eq!(r.raw.matches("HTTP/1.1 ").count(), 1, "the pipelined request is not served: {}", r.raw);
+    }
+    assert_eq!(app.hits(), before, "nothing refused reaches the endpoint");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_trailer_is_a_400_and_ends_the_connection() {
+    let (_cp, _node, addr, _app) = edge().await;
+    let next = "GET /next HTTP/1.1\r\nHost: a.test\r\n\r\n";
+    for trailer in ["bad trailer\r\n", "x-a: 1\n", ": v\r\n", "x-a:\x01\r\n"] {
+        let req = format!(
+            "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n{trailer}\r\n{next}"
+        );
+        let r = raw(addr, req.as_bytes()).await;
+        assert_eq!(r.status, 400, "{trailer:?}: {}", r.raw);
+        assert_eq!(
+            r.raw.matches("HTTP/1.1 ").count(),
+            1,
+            "{trailer:?}: the pipelined request is not served: {}",
+            r.raw
+        );
+    }
+    // A valid trailer is taken (and dropped), and the next request served.
+    let req = format!(
+        "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-a: b\r\n\r\n{next}"
+    );
+    let r = raw(addr, req.as_bytes()).await;
+    assert_eq!(r.raw.matches("HTTP/1.1 200").count(), 2, "{}", r.raw);
+}
