@@ -145,11 +145,15 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<RequestHead>, Reject> {
     }
     // Every line ends in CRLF: httparse also takes a bare LF, which a server behind us might read
     // differently (RFC 9112 §2.2 lets a recipient refuse it).
-    let crlf = |end: usize| {
-        let after = buf[end..len].iter().position(|&c| c != b' ' && c != b'\t').map_or(len, |p| end + p);
-        buf.get(after..after + 2) == Some(b"\r\n")
+    let crlf = |mut at: usize| {
+        while at < len && (buf[at] == b' ' || buf[at] == b'\t') {
+            at += 1;
+        }
+        at + 1 < len && buf[at] == b'\r' && buf[at + 1] == b'\n'
     };
-    if !buf[..len].ends_with(b"\r\n\r\n")
+    // Byte compares, not slice equality: that would be a `bcmp` call per line.
+    let blank_line_crlf = len >= 4 && buf[len - 4] == b'\r' && buf[len - 3] == b'\n' && buf[len - 2] == b'\r';
+    if !blank_line_crlf
         || !crlf(target.0 + target.1 + b" HTTP/1.1".len())
         || !spans[..count].iter().all(|&(_, _, v, vl)| crlf((v + vl) as usize))
     {
