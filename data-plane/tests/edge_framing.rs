@@ -69,3 +69,58 @@ async fn a_malformed_trailer_is_a_400_and_ends_the_connection() {
     let r = raw(addr, req.as_bytes()).await;
     assert_eq!(r.raw.matches("HTTP/1.1 200").count(), 2, "{}", r.raw);
 }
+
+/// Two endpoints that outlier detection ejects after one failure, a route timeout shorter than
+/// a slow upload, and a body timeout.
+async fn slow_upload_edge() -> (ControlPlane, Node, SocketAddr, Backend, Backend) {
+    let (one, two) = (Backend::start("one").await, Backend::start("two").await);
+    let listener = free_addr();
+    let cfg = config(json!({
+        "clusters": {"app": {"endpoints": [{"address": one.addr.to_string()}, {"address": two.addr.to_string()}],
+                             "outlier_detection": {"consecutive_failures": 1}}},
+        "listeners": {"web": {"address": listener.to_string(), "protocol": "http", "body_timeout_ms": 700}},
+        "routes": {"app": {"listener": "web", "backends": [{"cluster": "app"}], "timeout_ms": 500}}
+    }));
+    let cp = ControlPlane::start(Some(snapshot(&cfg, 1))).await;
+    let node = start_node(vec![cp.url()], None).await;
+    assert!(matches!(cp.reply_to(1).await, pb::node_message::Msg::Ack(_)));
+    eventually("listener up", || async { try_get(listener, "a.test", "/").await }).await;
+    (cp, node, listener, one, two)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_uploader_is_timed_by_its_own_pace_and_never_blamed_on_an_endpoint() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_cp, _node, addr, one, two) = slow_upload_edge().await;
+
+    // 8 body bytes over ~1.2 s, well past the 500 ms route timeout: the timeout counts from the
+    // end of the body, so the endpoint answers in time.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: a.test\r\nContent-Length: 8\r\nConnection: close\r\n\r\n").await.unwrap();
+    for b in b"abcdefgh" {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        s.write_all(&[*b]).await.unwrap();
+    }
+    let mut answer = String::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_string(&mut answer)).await.unwrap().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("body=abcdefgh"), "{answer}");
+
+    // A client that stops sending its body gets 408 once it was silent for the body timeout.
+    for _ in 0..2 {
+        let started = std::time::Instant::now();
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /up HTTP/1.1\r\nHost: a.test\r\nContent-Length: 8\r\n\r\nab").await.unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_string(&mut answer)).await.unwrap().unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("request body timeout"), "{answer}");
+        assert!(started.elapsed() >= std::time::Duration::from_millis(700), "{:?}", started.elapsed());
+    }
+
+    // Neither endpoint was ejected: both still take requests.
+    let (a, b) = (one.hits(), two.hits());
+    for _ in 0..6 {
+        assert_eq!(get(addr, "a.test", "/").await.status, 200);
+    }
+    assert!(one.hits() > a && two.hits() > b, "both endpoints serve: {} {}", one.hits() - a, two.hits() - b);
+}

@@ -141,6 +141,7 @@ pub fn listener_to_pb(name: &str, l: &Listener) -> pb::Listener {
             } as i32,
         }),
         header_timeout_ms: l.header_timeout_ms,
+        body_timeout_ms: l.body_timeout_ms,
     }
 }
 
@@ -433,6 +434,7 @@ pub fn listener_from_pb(l: pb::Listener) -> Result<Listener> {
             })
             .transpose()?,
         header_timeout_ms: l.header_timeout_ms,
+        body_timeout_ms: l.body_timeout_ms,
     })
 }
 

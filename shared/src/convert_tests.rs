@@ -38,7 +38,7 @@ fn full() -> Config {
             r#"{"address":"127.0.0.1:8443","protocol":"https","certificates":["shop"],"group":"edge","http_versions":["http2"],
             "http2":{"max_concurrent_streams":50,"max_header_list_bytes":32768,"initial_stream_window_bytes":131072,
             "initial_connection_window_bytes":1048576,"idle_timeout_ms":60000,"max_connection_age_ms":3600000},
-            "paths":{"merge_slashes":false,"escaped_slashes":"keep"},"header_timeout_ms":12000}"#,
+            "paths":{"merge_slashes":false,"escaped_slashes":"keep"},"header_timeout_ms":12000,"body_timeout_ms":9000}"#,
         ),
         (
             "pg",

@@ -295,6 +295,11 @@ pub struct Listener {
     /// included; past it, 408 and the connection closes (default 30 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header_timeout_ms: Option<u64>,
+    /// http/https: how long a client sending a request body may go without sending any of it;
+    /// past it, 408, and the endpoint is not blamed (default 30 s). Route and per-try timeouts
+    /// count from the end of the body, not while the client is still sending it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_timeout_ms: Option<u64>,
 }
 
 /// Path normalization of an http/https listener; dot segments are always removed and

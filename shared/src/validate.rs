@@ -430,6 +430,7 @@ impl Listener {
                 Ok(())
             },
             &|| self.header_timeout_ms.map_or(Ok(()), |ms| timeout("header_timeout_ms", ms)),
+            &|| self.body_timeout_ms.map_or(Ok(()), |ms| timeout("body_timeout_ms", ms)),
             &|| self.protocol_fields(),
         ])
     }
@@ -470,6 +471,7 @@ impl Listener {
                 only("http2", self.http2.is_some(), "http and https")?;
                 only("paths", self.paths.is_some(), "http and https")?;
                 only("header_timeout_ms", self.header_timeout_ms.is_some(), "http and https")?;
+                only("body_timeout_ms", self.body_timeout_ms.is_some(), "http and https")?;
             }
         }
         match self.protocol {
@@ -761,6 +763,8 @@ mod tests {
         assert_eq!(field(&format!(r#"{{{http},"header_timeout_ms":0}}"#)).as_deref(), Some("header_timeout_ms"));
         assert_eq!(field(&format!(r#"{{{tcp},"paths":{{}}}}"#)).as_deref(), Some("paths"));
         assert_eq!(field(&format!(r#"{{{tcp},"header_timeout_ms":1000}}"#)).as_deref(), Some("header_timeout_ms"));
+        assert_eq!(field(&format!(r#"{{{tcp},"body_timeout_ms":1000}}"#)).as_deref(), Some("body_timeout_ms"));
+        assert_eq!(field(&format!(r#"{{{http},"body_timeout_ms":0}}"#)).as_deref(), Some("body_timeout_ms"));
         assert!(
             parse_json::<Listener>(format!(r#"{{{http},"paths":{{"escaped_slashes":"ignore"}}}}"#).as_bytes()).is_err()
         );

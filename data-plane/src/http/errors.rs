@@ -32,6 +32,8 @@ pub enum ProxyError {
     BadHost,
     /// CONNECT: no route tunnels.
     Connect,
+    /// The client stopped sending its request body for the listener's `body_timeout_ms`.
+    ClientTimeout,
 }
 
 impl ProxyError {
@@ -48,6 +50,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadPath(_) | ProxyError::BadHost => StatusCode::BAD_REQUEST,
             ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -71,6 +74,7 @@ impl ProxyError {
             ProxyError::BadPath(PathError::EscapedSlash) => "encoded slash or backslash in the path\n",
             ProxyError::BadHost => "invalid host\n",
             ProxyError::Connect => "CONNECT is not supported\n",
+            ProxyError::ClientTimeout => "request body timeout\n",
         }
     }
 

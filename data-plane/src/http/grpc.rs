@@ -35,7 +35,7 @@ pub fn code(err: ProxyError) -> Code {
         | ProxyError::UpstreamConnect
         | ProxyError::UpstreamFailed
         | ProxyError::NotReady => Code::Unavailable,
-        ProxyError::UpstreamTimeout => Code::DeadlineExceeded,
+        ProxyError::UpstreamTimeout | ProxyError::ClientTimeout => Code::DeadlineExceeded,
         ProxyError::ClientBody | ProxyError::NoHost | ProxyError::BadPath(_) | ProxyError::BadHost => Code::Internal,
         ProxyError::Connect => Code::Unimplemented,
     }

@@ -14,6 +14,8 @@ pub const DEFAULT_CONNECTION_WINDOW: u32 = 1024 * 1024;
 pub const DEFAULT_H2_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a client may take to send a request head (idle keep-alive time included).
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client sending a request body may go without sending any of it.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What an http/https listener does with `%2F`, `%5C` and `\` in a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -52,6 +54,7 @@ pub struct HttpOptions {
     pub max_connection_age: Option<Duration>,
     pub paths: PathPolicy,
     pub header_timeout: Duration,
+    pub body_timeout: Duration,
 }
 
 impl Default for HttpOptions {
@@ -75,6 +78,7 @@ impl HttpOptions {
             max_connection_age: h2.max_connection_age_ms.map(Duration::from_millis),
             paths: PathPolicy::default(),
             header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
         }
     }
 
@@ -90,6 +94,7 @@ impl HttpOptions {
             };
         }
         o.header_timeout = l.header_timeout_ms.map_or(DEFAULT_HEADER_TIMEOUT, Duration::from_millis);
+        o.body_timeout = l.body_timeout_ms.map_or(DEFAULT_BODY_TIMEOUT, Duration::from_millis);
         o
     }
 

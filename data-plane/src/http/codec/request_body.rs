@@ -69,9 +69,43 @@ pub fn lock(wire: &Mutex<Wire>) -> MutexGuard<'_, Wire> {
     wire.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// How far a client is with sending a request body: the body records when the proxy waits for
+/// the client's bytes and when the body ended, and the pipeline asks, when a timeout fires,
+/// whether the client or the endpoint is slow.
+#[derive(Debug)]
+pub struct BodyProgress(std::sync::Mutex<Progress>);
+
+/// What a request body is doing, as [`BodyProgress::state`] tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// The proxy is not waiting for the client (it has not asked for more, or has what it asked).
+    Idle,
+    /// The proxy has been waiting for the client's next bytes since then.
+    Waiting(tokio::time::Instant),
+    /// The body ended then.
+    Done(tokio::time::Instant),
+}
+
+impl BodyProgress {
+    fn new() -> Arc<BodyProgress> {
+        Arc::new(BodyProgress(std::sync::Mutex::new(Progress::Idle)))
+    }
+
+    pub fn state(&self) -> Progress {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set(&self, f: impl FnOnce(Progress) -> Progress) {
+        let mut p = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        *p = f(*p);
+    }
+}
+
 /// A request's body as the client sends it, read from its connection on demand.
 pub struct RequestBody {
     source: Source,
+    /// `None` for a request without a body.
+    progress: Option<Arc<BodyProgress>>,
 }
 
 enum Source {
@@ -85,7 +119,12 @@ enum Source {
 
 impl RequestBody {
     pub fn empty() -> RequestBody {
-        RequestBody { source: Source::None }
+        RequestBody { source: Source::None, progress: None }
+    }
+
+    /// How far the client is with this body (`None`: the request has none).
+    pub fn progress(&self) -> Option<Arc<BodyProgress>> {
+        self.progress.clone()
     }
 
     /// An HTTP/2 request's body (see [`H2Body`]).
@@ -93,7 +132,7 @@ impl RequestBody {
         if recv.is_end_stream() {
             return RequestBody::empty();
         }
-        RequestBody { source: Source::H2(Box::new(H2Body::new(recv, length))) }
+        RequestBody { source: Source::H2(Box::new(H2Body::new(recv, length))), progress: Some(BodyProgress::new()) }
     }
 
     /// The body of the request whose head was just parsed off `wire`, framed by `framing`.
@@ -107,7 +146,7 @@ impl RequestBody {
         w.body = left;
         w.continue_owed = expect_continue.then_some(0);
         drop(w);
-        RequestBody { source: Source::Wire(wire.clone()) }
+        RequestBody { source: Source::Wire(wire.clone()), progress: Some(BodyProgress::new()) }
     }
 }
 
@@ -116,63 +155,28 @@ impl Body for RequestBody {
     type Error = BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let wire = match &mut self.get_mut().source {
+        let this = self.get_mut();
+        let polled = match &mut this.source {
             Source::None => return Poll::Ready(None),
-            Source::H2(b) => return b.poll_frame(cx),
-            Source::Wire(w) => w,
+            Source::H2(b) => b.poll_frame(cx),
+            Source::Wire(w) => poll_wire(w, cx),
         };
-        let mut guard = lock(wire);
-        let w = &mut *guard;
-        if matches!(w.body, Left::Done | Left::Failed) {
-            return Poll::Ready(None);
-        }
-        if let Some(written) = &mut w.continue_owed {
-            // The client waits for this before sending the body (RFC 9110 §10.1.1).
-            while *written < CONTINUE.len() {
-                match ready!(Pin::new(&mut w.io).poll_write(cx, &CONTINUE[*written..])) {
-                    Ok(0) | Err(_) => return fail(w, io::ErrorKind::WriteZero.into()),
-                    Ok(n) => *written += n,
+        if let Some(p) = &this.progress {
+            let now = tokio::time::Instant::now;
+            match &polled {
+                Poll::Pending => p.set(|s| if s == Progress::Idle { Progress::Waiting(now()) } else { s }),
+                Poll::Ready(Some(Ok(_))) if !this.source.ended() => p.set(|_| Progress::Idle),
+                Poll::Ready(Some(Ok(_)) | None) => {
+                    p.set(|s| if let Progress::Done(_) = s { s } else { Progress::Done(now()) })
                 }
-            }
-            if ready!(Pin::new(&mut w.io).poll_flush(cx)).is_err() {
-                return fail(w, io::ErrorKind::BrokenPipe.into());
-            }
-            w.continue_owed = None;
-        }
-        loop {
-            if !w.rbuf.is_empty() {
-                let Left::Body(framed) = &mut w.body else { return Poll::Ready(None) };
-                // What follows the body stays in the buffer: the next request.
-                match framed.take(&mut w.rbuf) {
-                    Taken::Data(data) => {
-                        if framed.ended() {
-                            w.body = Left::Done;
-                        }
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                    Taken::More => continue,
-                    Taken::End => {
-                        w.body = Left::Done;
-                        return Poll::Ready(None);
-                    }
-                    Taken::Bad => return fail(w, io::Error::new(io::ErrorKind::InvalidData, "malformed chunked body")),
-                }
-            }
-            w.rbuf.reserve(READ_CHUNK);
-            match ready!(poll_read_buf(Pin::new(&mut w.io), cx, &mut w.rbuf)) {
-                Ok(0) => return fail(w, io::ErrorKind::UnexpectedEof.into()),
-                Ok(_) => {}
-                Err(e) => return fail(w, e),
+                Poll::Ready(Some(Err(_))) => p.set(|_| Progress::Idle),
             }
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.source {
-            Source::None => true,
-            Source::Wire(w) => matches!(lock(w).body, Left::Done | Left::Failed),
-            Source::H2(b) => b.is_end_stream(),
-        }
+        self.source.ended()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -183,6 +187,64 @@ impl Body for RequestBody {
                 Left::Done | Left::Failed => SizeHint::with_exact(0),
             },
             Source::H2(b) => b.size_hint(),
+        }
+    }
+}
+
+impl Source {
+    fn ended(&self) -> bool {
+        match self {
+            Source::None => true,
+            Source::Wire(w) => matches!(lock(w).body, Left::Done | Left::Failed),
+            Source::H2(b) => b.is_end_stream(),
+        }
+    }
+}
+
+/// The next piece of an HTTP/1.1 body from the client's connection.
+fn poll_wire(wire: &SharedWire, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    let mut guard = lock(wire);
+    let w = &mut *guard;
+    if matches!(w.body, Left::Done | Left::Failed) {
+        return Poll::Ready(None);
+    }
+    if let Some(written) = &mut w.continue_owed {
+        // The client waits for this before sending the body (RFC 9110 §10.1.1).
+        while *written < CONTINUE.len() {
+            match ready!(Pin::new(&mut w.io).poll_write(cx, &CONTINUE[*written..])) {
+                Ok(0) | Err(_) => return fail(w, io::ErrorKind::WriteZero.into()),
+                Ok(n) => *written += n,
+            }
+        }
+        if ready!(Pin::new(&mut w.io).poll_flush(cx)).is_err() {
+            return fail(w, io::ErrorKind::BrokenPipe.into());
+        }
+        w.continue_owed = None;
+    }
+    loop {
+        if !w.rbuf.is_empty() {
+            let Left::Body(framed) = &mut w.body else { return Poll::Ready(None) };
+            // What follows the body stays in the buffer: the next request.
+            match framed.take(&mut w.rbuf) {
+                Taken::Data(data) => {
+                    if framed.ended() {
+                        w.body = Left::Done;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Taken::More => continue,
+                Taken::End => {
+                    w.body = Left::Done;
+                    return Poll::Ready(None);
+                }
+                Taken::Bad => return fail(w, io::Error::new(io::ErrorKind::InvalidData, "malformed chunked body")),
+            }
+        }
+        w.rbuf.reserve(READ_CHUNK);
+        match ready!(poll_read_buf(Pin::new(&mut w.io), cx, &mut w.rbuf)) {
+            Ok(0) => return fail(w, io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            Err(e) => return fail(w, e),
         }
     }
 }

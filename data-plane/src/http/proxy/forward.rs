@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -21,7 +21,7 @@ use crate::access_log;
 use crate::http::body::ProxyBody;
 use crate::http::codec::headers::{content_length, origin_form, prepare_headers, Forwarding};
 use crate::http::codec::outgoing::RequestOut;
-use crate::http::codec::request_body::RequestBody;
+use crate::http::codec::request_body::{BodyProgress, Progress, RequestBody};
 use crate::http::errors::ProxyError;
 use crate::http::tunnel::switch_protocols;
 use crate::http::upstream::h1::is_idempotent;
@@ -81,9 +81,37 @@ pub(super) async fn forward(
             None => prep.deadline,
         };
         let started = Instant::now();
-        let sent =
+        let mut sent =
             std::pin::pin!(one_try(down, cluster, addr, dial, upgrade.is_some(), request, prep.forwarding.lines()));
-        let failure = match timer.within(try_deadline, sent).await {
+        let mut try_deadline = try_deadline;
+        let outcome = loop {
+            let Some(out) = timer.within(try_deadline, sent.as_mut()).await else {
+                // A deadline that passes while the client is still sending its body is the
+                // client's, not the endpoint's.
+                match client_pace(
+                    prep.progress.as_deref(),
+                    Deadline::from_std(started),
+                    try_deadline,
+                    body_timeout(down, installed),
+                ) {
+                    Pace::EndpointLate => break None,
+                    Pace::ClientLate => {
+                        tracing::debug!(route = route.name(), "request body timeout");
+                        let f = Failure { close: true, ..Failure::new(Side::Downstream, ProxyError::ClientTimeout) };
+                        return fail(counts, f, grpc);
+                    }
+                    Pace::WaitUntil(later) => {
+                        if try_deadline >= prep.deadline {
+                            prep.deadline = later;
+                        }
+                        try_deadline = later;
+                        continue;
+                    }
+                }
+            };
+            break Some(out);
+        };
+        let failure = match outcome {
             None if try_deadline >= prep.deadline => {
                 tracing::debug!(route = route.name(), %addr, "upstream timeout");
                 return fail(counts, Failure::new(Side::Upstream, ProxyError::UpstreamTimeout), grpc);
@@ -143,6 +171,55 @@ pub(super) async fn forward(
         tried.push(addr);
         attempt += 1;
     }
+}
+
+/// Whose a passed deadline is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pace {
+    /// The endpoint's: the body was in before the try began, or it has had its full time since.
+    EndpointLate,
+    /// The client's: it sent none of its body for the listener's body timeout.
+    ClientLate,
+    /// Neither yet: wait until then (the body is still coming, or came late in the try).
+    WaitUntil(Deadline),
+}
+
+/// Timeouts count from the end of the request body: a try whose `deadline` passed while the
+/// proxy was waiting for the client's body is given its time again from when the body ends, and
+/// a client that sends nothing of its body for `body_timeout` is the one that is late. When the
+/// proxy is not waiting for the client (the endpoint is not taking the body, or not answering),
+/// the endpoint is late.
+fn client_pace(progress: Option<&BodyProgress>, started: Deadline, deadline: Deadline, body_timeout: Duration) -> Pace {
+    let Some(p) = progress else { return Pace::EndpointLate };
+    let now = Deadline::now();
+    match p.state() {
+        Progress::Idle => Pace::EndpointLate,
+        Progress::Done(done) if done <= started => Pace::EndpointLate,
+        Progress::Done(done) => {
+            let due = done + deadline.saturating_duration_since(started);
+            if due <= now {
+                Pace::EndpointLate
+            } else {
+                Pace::WaitUntil(due)
+            }
+        }
+        Progress::Waiting(since) => {
+            let idle = now.saturating_duration_since(since);
+            if idle >= body_timeout {
+                Pace::ClientLate
+            } else {
+                Pace::WaitUntil(now + (body_timeout - idle))
+            }
+        }
+    }
+}
+
+/// The listener's `body_timeout_ms` (looked up only when a deadline passes).
+fn body_timeout(down: &Downstream, installed: &Installed) -> Duration {
+    installed
+        .table
+        .listener(&down.ctx.listener)
+        .map_or(crate::table::HttpOptions::default().body_timeout, |l| l.http().body_timeout)
 }
 
 fn fail(counts: &ResponseCounts, f: Failure, grpc: bool) -> Response<ProxyBody> {
@@ -234,6 +311,8 @@ struct Prepared {
     forwarding: Forwarding,
     request_id: Option<HeaderValue>,
     deadline: Deadline,
+    /// How far the client is with the body (`None`: no body), to tell whose a timeout is.
+    progress: Option<Arc<BodyProgress>>,
     idempotent: bool,
     /// The body for the first try.
     body: Option<RequestOut>,
@@ -260,6 +339,7 @@ fn prepare(
     down: &Downstream,
 ) -> Result<Prepared, Failure> {
     let (mut parts, body) = req.into_parts();
+    let progress = body.progress();
     let forwarding = prepare_headers(&mut parts.headers, parts.uri.authority(), &down.peer_ip, down.ctx.scheme);
     let request_id = logging.then(|| forwarding.request_id(&parts.headers)).flatten();
     if let Some(protocol) = upgrade {
@@ -297,6 +377,7 @@ fn prepare(
         forwarding,
         request_id,
         deadline,
+        progress,
         idempotent,
         body: Some(body),
         replay,
@@ -322,7 +403,8 @@ impl Prepared {
                 self.replay = Some(Some(b));
                 Ok(())
             }
-            Some(Err(_)) | None => Err(Failure::new(Side::Downstream, ProxyError::ClientBody)),
+            Some(Err(_)) => Err(Failure::new(Side::Downstream, ProxyError::ClientBody)),
+            None => Err(Failure { close: true, ..Failure::new(Side::Downstream, ProxyError::ClientTimeout) }),
         }
     }
 
