@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -344,6 +344,11 @@ impl Acceptor {
     /// Serves one accepted connection on this worker. Each protocol spawns its own future, so a
     /// connection's task is the size its protocol needs.
     fn serve(&self, mut stream: TcpStream, peer: SocketAddr) {
+        if matches!(self.protocol, Protocol::Http | Protocol::Https) && !self.admit_http() {
+            // Over a cap: closed at once, so that the process keeps descriptors for the rest.
+            self.counts.refused.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let _ = stream.set_nodelay(true);
         let active = (ActiveConnection::new(&self.counts), self.spread.opened(self.worker));
         let span = tracing::debug_span!("conn", listener = %self.name, %peer, client = tracing::field::Empty);
@@ -379,8 +384,10 @@ impl Acceptor {
             Protocol::Https | Protocol::Http | Protocol::Udp => {
                 let (shared, listener, https) =
                     (self.shared.clone(), self.name.clone(), self.protocol == Protocol::Https);
+                let open = HttpOpen::new();
                 self.connections.spawn(
                     async move {
+                        let _open = open;
                         // Refused: counted in /metrics (the HTTP access log has a line per request).
                         let Ok((peer, _)) = take_origin(origin, &mut stream, peer).await else { return };
                         // What the connection's requests share.
@@ -399,12 +406,65 @@ impl Acceptor {
         }
     }
 
+    /// Whether an http/https connection fits under this listener's `max_connections` (default:
+    /// none) and the process's cap on client connections (see [`http_connection_cap`]).
+    fn admit_http(&self) -> bool {
+        let installed = self.shared.installed.load();
+        let limit = installed.as_ref().and_then(|i| i.table.listener(&self.name)).and_then(|l| l.max_connections());
+        let active = self.counts.active.load(Ordering::Relaxed);
+        limit.is_none_or(|max| active < i64::from(max))
+            && HTTP_OPEN.load(Ordering::Relaxed) < HTTP_CAP.load(Ordering::Relaxed)
+    }
+
     /// Whether this listener's connections start with a PROXY protocol header (and from which
     /// senders), as of the table installed now: a change applies to the connections accepted after it.
     fn accepts_proxy_protocol(&self) -> Option<Arc<[Cidr]>> {
         let installed = self.shared.installed.load();
         installed.as_ref()?.table.listener(&self.name)?.accept_proxy_protocol().cloned()
     }
+}
+
+/// Client connections of every http/https listener of the process, and the most there may be.
+static HTTP_OPEN: AtomicI64 = AtomicI64::new(0);
+static HTTP_CAP: AtomicI64 = AtomicI64::new(i64::MAX);
+
+/// One open http/https client connection, counted in [`HTTP_OPEN`] while it lives.
+struct HttpOpen;
+
+impl HttpOpen {
+    fn new() -> HttpOpen {
+        HTTP_OPEN.fetch_add(1, Ordering::Relaxed);
+        HttpOpen
+    }
+}
+
+impl Drop for HttpOpen {
+    fn drop(&mut self) {
+        HTTP_OPEN.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Raises the open-files soft limit to the hard one and caps the process's http/https client
+/// connections at half of what is then left after a reserve (each may hold an endpoint
+/// connection too), so that a flood of idle clients leaves descriptors for the endpoints, the
+/// admin server and the control plane's REST API in the same process. Returns the cap.
+pub fn set_http_connection_cap() -> u64 {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-files limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+        }
+    };
+    let cap = http_connection_cap(limit);
+    HTTP_CAP.store(i64::try_from(cap).unwrap_or(i64::MAX), Ordering::Relaxed);
+    tracing::info!(open_files = limit, http_client_connections = cap, "connection limits");
+    cap
+}
+
+/// Half of `open_files` after a reserve of 512 (at least 64).
+pub fn http_connection_cap(open_files: u64) -> u64 {
+    (open_files.saturating_sub(512) / 2).max(64)
 }
 
 /// [`take_origin`] on a tcp or tls listener, where a connection refused over its header also gets
@@ -458,6 +518,13 @@ async fn take_origin(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cap_leaves_room_for_endpoints_and_the_rest() {
+        assert_eq!(super::http_connection_cap(20_000), 9_744);
+        assert_eq!(super::http_connection_cap(1_024), 256);
+        assert_eq!(super::http_connection_cap(100), 64);
+    }
 
     #[test]
     fn reuseport_binds_many_and_refuses_a_taken_port() {

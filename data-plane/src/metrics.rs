@@ -74,6 +74,8 @@ pub struct ConnectionCounts {
     pub accepted: AtomicU64,
     /// Closed for a missing, malformed or late PROXY protocol header (`accept_proxy_protocol`).
     pub proxy_header_errors: AtomicU64,
+    /// http/https: closed at once, over the listener's or the process's connection cap.
+    pub refused: AtomicU64,
 }
 
 /// Keeps a listener's active-connection gauge up for as long as it lives.
@@ -245,8 +247,13 @@ impl Metrics {
             );
         }
         type Counter = fn(&ConnectionCounts) -> &AtomicU64;
-        let counters: [(&str, &str, Counter); 2] = [
+        let counters: [(&str, &str, Counter); 3] = [
             ("sluice_connections_total", "Accepted downstream connections by listener.", |c| &c.accepted),
+            (
+                "sluice_connections_refused_total",
+                "http/https connections closed at once, over the listener's max_connections or the process's cap.",
+                |c| &c.refused,
+            ),
             (
                 "sluice_proxy_protocol_errors_total",
                 "Connections closed for a missing, malformed or late PROXY protocol header, by listener.",

@@ -70,6 +70,7 @@ impl Node {
     /// Binds the admin server, installs the cached snapshot (if any and valid), then connects to
     /// the control plane in the background. Returns once the admin server and cache are up.
     pub async fn start(opts: NodeOptions) -> Result<Node, NodeError> {
+        crate::listeners::set_http_connection_cap();
         let endpoints = opts
             .control_planes
             .iter()

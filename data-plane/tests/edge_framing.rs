@@ -124,3 +124,46 @@ async fn a_slow_uploader_is_timed_by_its_own_pace_and_never_blamed_on_an_endpoin
     }
     assert!(one.hits() > a && two.hits() > b, "both endpoints serve: {} {}", one.hits() - a, two.hits() - b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_listener_caps_its_client_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = Backend::start("app").await;
+    let listener = free_addr();
+    let cfg = config(json!({
+        "clusters": {"app": {"endpoints": [{"address": app.addr.to_string()}]}},
+        "listeners": {"web": {"address": listener.to_string(), "protocol": "http", "max_connections": 2}},
+        "routes": {"app": {"listener": "web", "backends": [{"cluster": "app"}]}}
+    }));
+    let cp = ControlPlane::start(Some(snapshot(&cfg, 1))).await;
+    let node = start_node(vec![cp.url()], None).await;
+    assert!(matches!(cp.reply_to(1).await, pb::node_message::Msg::Ack(_)));
+    eventually("listener up", || async { try_get(listener, "a.test", "/").await }).await;
+
+    // Two keep-alive clients hold the listener's two connections.
+    let request = b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n";
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(listener).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        held.push(s);
+    }
+    // A third is closed at once, unanswered, and counted.
+    let mut third = tokio::net::TcpStream::connect(listener).await.unwrap();
+    let _ = third.write_all(request).await;
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), third.read_to_end(&mut rest)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed at once: {read:?} {rest:?}");
+    let refused = metric(&node, "sluice_connections_refused_total", &[("listener", "web")]).await;
+    assert_eq!(refused, Some(1.0));
+    // The held ones still serve; once one closes, a new client gets in.
+    held[0].write_all(request).await.unwrap();
+    let mut buf = [0u8; 512];
+    let n = held[0].read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    drop(held.pop());
+    eventually("a free slot", || async { (get(listener, "a.test", "/").await.status == 200).then_some(()) }).await;
+}

@@ -259,7 +259,8 @@ pub struct Listener {
     pub idle_timeout_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_on: Option<HashOn>,
-    /// tcp/udp/tls: open connections (udp: client sessions) beyond which new ones are refused.
+    /// Open client connections (udp: client sessions) beyond which new ones are closed at once
+    /// (http/https: besides the process's cap, half of its open-files limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
     /// How long a removed (or re-addressed) listener's open connections may finish before they

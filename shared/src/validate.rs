@@ -447,7 +447,6 @@ impl Listener {
         match self.protocol {
             Protocol::Http => {
                 only("cluster", self.cluster.is_some(), "tcp, udp and tls")?;
-                only("max_connections", self.max_connections.is_some(), "tcp, udp and tls")?;
                 only("proxy_protocol", self.proxy_protocol.is_some(), "tcp and tls")?;
                 only("tcp_keepalive", self.tcp_keepalive.is_some(), "tcp and tls")?;
                 only("certificates", !self.certificates.is_empty(), "https")?;
@@ -455,7 +454,6 @@ impl Listener {
             }
             Protocol::Https => {
                 only("cluster", self.cluster.is_some(), "tcp, udp and tls")?;
-                only("max_connections", self.max_connections.is_some(), "tcp, udp and tls")?;
                 only("proxy_protocol", self.proxy_protocol.is_some(), "tcp and tls")?;
                 only("tcp_keepalive", self.tcp_keepalive.is_some(), "tcp and tls")?;
                 only("sni", !self.sni.is_empty(), "tls")?;
@@ -797,6 +795,8 @@ mod tests {
         assert_eq!(field(&format!(r#"{{{tcp},"drain_ms":0}}"#)).as_deref(), Some("drain_ms"));
         assert_eq!(field(&format!(r#"{{{tcp},"hash_on":{{"header":"x-user"}}}}"#)).as_deref(), Some("hash_on"));
         let http = r#"{"address":"127.0.0.1:80","protocol":"http","max_connections":5}"#;
+        assert_eq!(field(http), None, "http listeners cap their client connections too");
+        let http = r#"{"address":"127.0.0.1:80","protocol":"http","max_connections":0}"#;
         assert_eq!(field(http).as_deref(), Some("max_connections"));
     }
 
