@@ -444,10 +444,18 @@ impl Drop for HttpOpen {
     }
 }
 
+/// Whether the process's http/https client connections are past three quarters of their cap:
+/// then idle keep-alive connections get a short idle timeout, so that they make room first.
+pub fn under_pressure() -> bool {
+    let cap = HTTP_CAP.load(Ordering::Relaxed);
+    HTTP_OPEN.load(Ordering::Relaxed) >= cap - cap / 4
+}
+
 /// Raises the open-files soft limit to the hard one and caps the process's http/https client
 /// connections at half of what is then left after a reserve (each may hold an endpoint
 /// connection too), so that a flood of idle clients leaves descriptors for the endpoints, the
-/// admin server and the control plane's REST API in the same process. Returns the cap.
+/// admin server and the control plane's REST API in the same process; `SLUICE_MAX_CLIENT_CONNECTIONS`
+/// sets the cap instead. Returns the cap.
 pub fn set_http_connection_cap() -> u64 {
     let limit = match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => n,
@@ -456,7 +464,8 @@ pub fn set_http_connection_cap() -> u64 {
             rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
         }
     };
-    let cap = http_connection_cap(limit);
+    let set = std::env::var("SLUICE_MAX_CLIENT_CONNECTIONS").ok().and_then(|v| v.trim().parse::<u64>().ok());
+    let cap = set.filter(|&n| n > 0).unwrap_or_else(|| http_connection_cap(limit));
     HTTP_CAP.store(i64::try_from(cap).unwrap_or(i64::MAX), Ordering::Relaxed);
     tracing::info!(open_files = limit, http_client_connections = cap, "connection limits");
     cap

@@ -44,6 +44,8 @@ use crate::listeners::Phase;
 use crate::phase_watch::PhaseWatch;
 use crate::state::ConnCtx;
 
+/// How long an idle keep-alive connection is kept while the process is near its connection cap.
+const IDLE_UNDER_PRESSURE: Duration = Duration::from_secs(1);
 /// Response bytes gathered before a write: the head and the frames already there go out together.
 const COALESCE: usize = 64 * 1024;
 /// Before closing on a client that may still be sending, its bytes are read and dropped for a
@@ -192,7 +194,7 @@ impl Server {
 
     /// Reads until a complete head is buffered (or the connection should close).
     async fn next_head(&mut self) -> Next {
-        let deadline = Instant::now() + self.header_timeout;
+        let mut deadline = None;
         // How much of the buffer the last parse saw, when it needed more.
         let mut seen = 0;
         poll_fn(|cx| {
@@ -202,6 +204,12 @@ impl Server {
             }
             let mut w = lock(&self.wire);
             let w = &mut *w;
+            let header_timeout = self.header_timeout;
+            let deadline = *deadline.get_or_insert_with(|| {
+                // Near the process's connection cap, idle keep-alive connections make room first.
+                let idle = w.rbuf.is_empty() && crate::listeners::under_pressure();
+                Instant::now() + if idle { IDLE_UNDER_PRESSURE } else { header_timeout }
+            });
             loop {
                 if !w.rbuf.is_empty() && head::worth_parsing(&w.rbuf, seen) {
                     match head::parse(&mut w.rbuf) {
