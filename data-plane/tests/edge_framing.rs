@@ -167,3 +167,33 @@ async fn an_http_listener_caps_its_client_connections() {
     drop(held.pop());
     eventually("a free slot", || async { (get(listener, "a.test", "/").await.status == 200).then_some(()) }).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_admit_clients_by_network() {
+    let app = Backend::start("app").await;
+    let listener = free_addr();
+    let cfg = config(json!({
+        "clusters": {"app": {"endpoints": [{"address": app.addr.to_string()}]}},
+        "listeners": {"web": {"address": listener.to_string(), "protocol": "http"}},
+        "routes": {
+            "open": {"listener": "web", "match": {"path": {"prefix": "/open"}}, "backends": [{"cluster": "app"}],
+                     "allow_from": ["127.0.0.0/8"]},
+            "closed": {"listener": "web", "match": {"path": {"prefix": "/closed"}}, "backends": [{"cluster": "app"}],
+                       "allow_from": ["10.0.0.0/8"]},
+            "denied": {"listener": "web", "match": {"path": {"prefix": "/denied"}}, "backends": [{"cluster": "app"}],
+                       "deny_from": ["127.0.0.1"]}
+        }
+    }));
+    let cp = ControlPlane::start(Some(snapshot(&cfg, 1))).await;
+    let _node = start_node(vec![cp.url()], None).await;
+    assert!(matches!(cp.reply_to(1).await, pb::node_message::Msg::Ack(_)));
+    eventually("listener up", || async { try_get(listener, "a.test", "/open").await }).await;
+    let before = app.hits();
+    assert_eq!(get(listener, "a.test", "/open").await.status, 200);
+    for path in ["/closed", "/denied"] {
+        let r = get(listener, "a.test", path).await;
+        assert_eq!(r.status, 403, "{path}: {}", r.raw);
+        assert_eq!(r.body, "forbidden\n");
+    }
+    assert_eq!(app.hits(), before + 1, "refused clients never reach the endpoint");
+}

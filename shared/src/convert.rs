@@ -205,6 +205,8 @@ pub fn route_to_pb(name: &str, r: &Route) -> pb::Route {
             .https_redirect
             .map(|h| pb::HttpsRedirect { port: u32::from(h.port), status: u32::from(h.status) }),
         max_request_body_bytes: r.max_request_body_bytes,
+        allow_from: r.allow_from.clone(),
+        deny_from: r.deny_from.clone(),
     }
 }
 
@@ -479,6 +481,8 @@ pub fn route_from_pb(r: pb::Route) -> Result<Route> {
             }),
         },
         max_request_body_bytes: r.max_request_body_bytes,
+        allow_from: r.allow_from,
+        deny_from: r.deny_from,
     })
 }
 

@@ -73,7 +73,10 @@ fn full() -> Config {
             "versioned",
             r#"{"listener":"secure","priority":-1,"match":{"path":{"regex":"^/v[0-9]+/"}},"backends":[{"cluster":"web","weight":0},{"cluster":"api"}]}"#,
         ),
-        ("any", r#"{"listener":"web","backends":[{"cluster":"empty"}],"retries":{"attempts":1}}"#),
+        (
+            "any",
+            r#"{"listener":"web","backends":[{"cluster":"empty"}],"retries":{"attempts":1},"allow_from":["10.0.0.0/8"],"deny_from":["10.9.0.0/16"]}"#,
+        ),
         ("to-https", r#"{"listener":"web","priority":9,"backends":[],"https_redirect":{"port":8443,"status":308}}"#),
     ] {
         c.routes.insert(name.into(), parse_json(json.as_bytes()).unwrap());

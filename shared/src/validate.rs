@@ -573,6 +573,8 @@ impl Route {
                 Some(0) => Err(ValidationError::invalid("max_request_body_bytes", "must be at least 1")),
                 _ => Ok(()),
             },
+            &|| cidrs("allow_from", &self.allow_from),
+            &|| cidrs("deny_from", &self.deny_from),
             &|| {
                 if let Some(h) = &self.https_redirect {
                     if h.port == 0 {
@@ -586,6 +588,17 @@ impl Route {
             },
         ])
     }
+}
+
+/// A list of networks (`10.0.0.0/8`, `::1/128`, or a bare address).
+fn cidrs(field: &str, list: &[String]) -> Result<()> {
+    list_len(field, list.len())?;
+    for (i, net) in list.iter().enumerate() {
+        if let Err(e) = net.parse::<crate::cidr::Cidr>() {
+            return Err(ValidationError::invalid(format!("{field}[{i}]"), e.to_string()));
+        }
+    }
+    Ok(())
 }
 
 fn retries(r: &Retries) -> Result<()> {
@@ -892,6 +905,13 @@ mod tests {
         let r: Route =
             parse_json(br#"{"listener":"web","match":{"hosts":["*.Shop.com"]},"backends":[{"cluster":"a"}]}"#).unwrap();
         assert_eq!(r.validate().unwrap_err().field.as_deref(), Some("match.hosts[0]"));
+        let route = |extra: &str| {
+            let json = format!(r#"{{"listener":"web","backends":[{{"cluster":"a"}}]{extra}}}"#);
+            parse_json::<Route>(json.as_bytes()).unwrap().validate().err().and_then(|e| e.field)
+        };
+        assert_eq!(route(r#","allow_from":["10.0.0.0/8","::1"],"deny_from":["10.9.0.0/16"]"#), None);
+        assert_eq!(route(r#","allow_from":["10.0.0.0/8","nope"]"#).as_deref(), Some("allow_from[1]"));
+        assert_eq!(route(r#","deny_from":["10.0.0.0/33"]"#).as_deref(), Some("deny_from[0]"));
     }
 
     #[test]

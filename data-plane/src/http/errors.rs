@@ -34,6 +34,8 @@ pub enum ProxyError {
     Connect,
     /// The client stopped sending its request body for the listener's `body_timeout_ms`.
     ClientTimeout,
+    /// The route's `allow_from` / `deny_from` refuse the client's address.
+    Forbidden,
 }
 
 impl ProxyError {
@@ -51,6 +53,7 @@ impl ProxyError {
             ProxyError::BadPath(_) | ProxyError::BadHost => StatusCode::BAD_REQUEST,
             ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::Forbidden => StatusCode::FORBIDDEN,
         }
     }
 
@@ -75,6 +78,7 @@ impl ProxyError {
             ProxyError::BadHost => "invalid host\n",
             ProxyError::Connect => "CONNECT is not supported\n",
             ProxyError::ClientTimeout => "request body timeout\n",
+            ProxyError::Forbidden => "forbidden\n",
         }
     }
 

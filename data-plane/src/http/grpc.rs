@@ -20,6 +20,7 @@ static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 #[repr(u8)]
 pub enum Code {
     DeadlineExceeded = 4,
+    PermissionDenied = 7,
     ResourceExhausted = 8,
     Unimplemented = 12,
     Internal = 13,
@@ -38,6 +39,7 @@ pub fn code(err: ProxyError) -> Code {
         ProxyError::UpstreamTimeout | ProxyError::ClientTimeout => Code::DeadlineExceeded,
         ProxyError::ClientBody | ProxyError::NoHost | ProxyError::BadPath(_) | ProxyError::BadHost => Code::Internal,
         ProxyError::Connect => Code::Unimplemented,
+        ProxyError::Forbidden => Code::PermissionDenied,
     }
 }
 

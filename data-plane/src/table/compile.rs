@@ -173,6 +173,8 @@ fn compile_route(
         hash_on: r.hash_on.clone(),
         https_redirect: r.https_redirect,
         max_request_body: r.max_request_body_bytes,
+        ip_policy: super::IpPolicy::new(&r.allow_from, &r.deny_from)
+            .map_err(|(f, why)| CompileError::new(format!("{field}.{f}"), why))?,
         stats,
     })
 }

@@ -78,6 +78,8 @@ pub struct RouteEntry {
     pub(crate) hash_on: Option<HashOn>,
     pub(crate) https_redirect: Option<HttpsRedirect>,
     pub(crate) max_request_body: Option<u64>,
+    /// Client networks allowed and denied (`None`: any client).
+    pub(crate) ip_policy: Option<super::IpPolicy>,
     pub(crate) stats: Arc<RouteStats>,
 }
 
@@ -88,6 +90,11 @@ impl RouteEntry {
 
     pub fn priority(&self) -> i32 {
         self.priority
+    }
+
+    /// Whether a client at `ip` may use the route.
+    pub fn admits(&self, ip: std::net::IpAddr) -> bool {
+        self.ip_policy.as_ref().is_none_or(|p| p.permits(ip))
     }
 
     /// The cluster for this request: a weighted random choice (thread-local wyrand, no lock), so over

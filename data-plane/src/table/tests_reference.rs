@@ -84,6 +84,8 @@ fn random_route(rng: &mut Rng) -> Route {
         retries: None,
         https_redirect: None,
         max_request_body_bytes: None,
+        allow_from: Vec::new(),
+        deny_from: Vec::new(),
     }
 }
 

@@ -131,6 +131,14 @@ async fn route_and_forward(
         return resp;
     };
     route.stats().record_request();
+    if !route.admits(conn.peer.ip()) {
+        let resp = refuse(unrouted, ProxyError::Forbidden, grpc);
+        route.stats().record_response(resp.status().as_u16());
+        if let Some(entry) = log {
+            entry.finish(&conn.listener, conn.peer, Some(route.name()), &resp);
+        }
+        return resp;
+    }
     let resp = match route.https_redirect().filter(|_| conn.scheme == "http") {
         Some(r) => match redirect::to_https(r, host.as_deref(), req.uri()) {
             Some(resp) => resp,
