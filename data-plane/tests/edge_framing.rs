@@ -197,3 +197,23 @@ async fn routes_admit_clients_by_network() {
     }
     assert_eq!(app.hits(), before + 1, "refused clients never reach the endpoint");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_can_answer_by_itself() {
+    let listener = free_addr();
+    let cfg = config(json!({
+        "clusters": {},
+        "listeners": {"web": {"address": listener.to_string(), "protocol": "http"}},
+        "routes": {"maintenance": {"listener": "web", "backends": [],
+            "direct_response": {"status": 503, "body": "<h1>back soon</h1>", "content_type": "text/html"}}}
+    }));
+    let cp = ControlPlane::start(Some(snapshot(&cfg, 1))).await;
+    let _node = start_node(vec![cp.url()], None).await;
+    assert!(matches!(cp.reply_to(1).await, pb::node_message::Msg::Ack(_)));
+    let r = eventually("listener up", || async { try_get(listener, "a.test", "/any").await }).await;
+    assert_eq!(r.status, 503, "{}", r.raw);
+    assert_eq!(r.body, "<h1>back soon</h1>");
+    assert_eq!(r.headers.get("content-type").map(String::as_str), Some("text/html"));
+    let head = raw(listener, b"HEAD /x HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n").await;
+    assert_eq!((head.status, head.body.as_str()), (503, ""), "HEAD: no body");
+}

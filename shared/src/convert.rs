@@ -207,6 +207,11 @@ pub fn route_to_pb(name: &str, r: &Route) -> pb::Route {
         max_request_body_bytes: r.max_request_body_bytes,
         allow_from: r.allow_from.clone(),
         deny_from: r.deny_from.clone(),
+        direct_response: r.direct_response.as_ref().map(|d| pb::DirectResponse {
+            status: u32::from(d.status),
+            body: d.body.clone(),
+            content_type: d.content_type.clone(),
+        }),
     }
 }
 
@@ -483,6 +488,15 @@ pub fn route_from_pb(r: pb::Route) -> Result<Route> {
         max_request_body_bytes: r.max_request_body_bytes,
         allow_from: r.allow_from,
         deny_from: r.deny_from,
+        direct_response: match r.direct_response {
+            None => None,
+            Some(d) => Some(DirectResponse {
+                status: u16::try_from(d.status)
+                    .map_err(|_| ValidationError::invalid("direct_response.status", "must be 200-599"))?,
+                body: d.body,
+                content_type: d.content_type,
+            }),
+        },
     })
 }
 

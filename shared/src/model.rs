@@ -449,6 +449,23 @@ pub struct Route {
     /// Client networks refused (403), even when `allow_from` lists them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deny_from: Vec<String>,
+    /// Answer every request with this, no backend involved (a maintenance page, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_response: Option<DirectResponse>,
+}
+
+/// A fixed answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponse {
+    /// 200-599.
+    pub status: u16,
+    /// At most 64 KiB.
+    #[serde(default)]
+    pub body: String,
+    /// Default `text/plain; charset=utf-8`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

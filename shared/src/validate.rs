@@ -539,8 +539,8 @@ impl Route {
             &|| name("listener", &self.listener),
             &|| self.matcher.validate().map_err(|e| e.within("match")),
             &|| {
-                // A redirecting route never reaches a backend, so it may name none.
-                if self.backends.is_empty() && self.https_redirect.is_none() {
+                // A redirecting or directly answering route never reaches a backend: it may name none.
+                if self.backends.is_empty() && self.https_redirect.is_none() && self.direct_response.is_none() {
                     return Err(ValidationError::invalid("backends", "a route needs at least one backend"));
                 }
                 list_len("backends", self.backends.len())?;
@@ -573,6 +573,7 @@ impl Route {
                 Some(0) => Err(ValidationError::invalid("max_request_body_bytes", "must be at least 1")),
                 _ => Ok(()),
             },
+            &|| self.direct_response.as_ref().map_or(Ok(()), direct_response),
             &|| cidrs("allow_from", &self.allow_from),
             &|| cidrs("deny_from", &self.deny_from),
             &|| {
@@ -588,6 +589,24 @@ impl Route {
             },
         ])
     }
+}
+
+/// Longest body of a `direct_response`.
+pub const MAX_DIRECT_BODY: usize = 64 * 1024;
+
+fn direct_response(d: &DirectResponse) -> Result<()> {
+    if !(200..=599).contains(&d.status) {
+        return Err(ValidationError::invalid("direct_response.status", "must be 200-599"));
+    }
+    if d.body.len() > MAX_DIRECT_BODY {
+        return Err(ValidationError::invalid("direct_response.body", format!("at most {MAX_DIRECT_BODY} bytes")));
+    }
+    if let Some(t) = &d.content_type {
+        if t.is_empty() || t.bytes().any(|c| c.is_ascii_control()) {
+            return Err(ValidationError::invalid("direct_response.content_type", "a media type without control bytes"));
+        }
+    }
+    Ok(())
 }
 
 /// A list of networks (`10.0.0.0/8`, `::1/128`, or a bare address).
@@ -912,6 +931,11 @@ mod tests {
         assert_eq!(route(r#","allow_from":["10.0.0.0/8","::1"],"deny_from":["10.9.0.0/16"]"#), None);
         assert_eq!(route(r#","allow_from":["10.0.0.0/8","nope"]"#).as_deref(), Some("allow_from[1]"));
         assert_eq!(route(r#","deny_from":["10.0.0.0/33"]"#).as_deref(), Some("deny_from[0]"));
+        assert_eq!(route(r#","direct_response":{"status":503,"body":"down"}"#), None);
+        assert_eq!(route(r#","direct_response":{"status":99}"#).as_deref(), Some("direct_response.status"));
+        let direct: Route =
+            parse_json(br#"{"listener":"web","backends":[],"direct_response":{"status":200}}"#).unwrap();
+        assert_eq!(direct.validate(), Ok(()), "a direct response needs no backend");
     }
 
     #[test]

@@ -157,7 +157,7 @@ fn compile_route(
         cumulative.push(sum);
         backends.push(WeightedBackend { cluster, weight: b.weight });
     }
-    if sum == 0 && r.https_redirect.is_none() {
+    if sum == 0 && r.https_redirect.is_none() && r.direct_response.is_none() {
         // Also covers "no backends": `pick_cluster` relies on a positive weight sum.
         return Err(CompileError::new(format!("{field}.backends"), "needs a backend with a non-zero weight"));
     }
@@ -173,6 +173,7 @@ fn compile_route(
         hash_on: r.hash_on.clone(),
         https_redirect: r.https_redirect,
         max_request_body: r.max_request_body_bytes,
+        direct_response: r.direct_response.clone().map(Arc::new),
         ip_policy: super::IpPolicy::new(&r.allow_from, &r.deny_from)
             .map_err(|(f, why)| CompileError::new(format!("{field}.{f}"), why))?,
         stats,

@@ -78,6 +78,7 @@ pub struct RouteEntry {
     pub(crate) hash_on: Option<HashOn>,
     pub(crate) https_redirect: Option<HttpsRedirect>,
     pub(crate) max_request_body: Option<u64>,
+    pub(crate) direct_response: Option<Arc<sluice_shared::model::DirectResponse>>,
     /// Client networks allowed and denied (`None`: any client).
     pub(crate) ip_policy: Option<super::IpPolicy>,
     pub(crate) stats: Arc<RouteStats>,
@@ -144,6 +145,11 @@ impl RouteEntry {
     }
 
     /// On plain http listeners: answer with a redirect to https instead of forwarding.
+    /// The fixed answer of a route that answers by itself.
+    pub fn direct_response(&self) -> Option<&sluice_shared::model::DirectResponse> {
+        self.direct_response.as_deref()
+    }
+
     pub fn https_redirect(&self) -> Option<&HttpsRedirect> {
         self.https_redirect.as_ref()
     }

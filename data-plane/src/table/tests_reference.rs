@@ -86,6 +86,7 @@ fn random_route(rng: &mut Rng) -> Route {
         max_request_body_bytes: None,
         allow_from: Vec::new(),
         deny_from: Vec::new(),
+        direct_response: None,
     }
 }
 

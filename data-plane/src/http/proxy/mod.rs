@@ -144,7 +144,10 @@ async fn route_and_forward(
             Some(resp) => resp,
             None => answer(unrouted, ProxyError::NoHost),
         },
-        None => forward(req, upgrade, log.is_some(), grpc, down, installed, route, timer).await,
+        None => match route.direct_response() {
+            Some(d) => direct_response(d),
+            None => forward(req, upgrade, log.is_some(), grpc, down, installed, route, timer).await,
+        },
     };
     let mut resp = if grpc { grpc::proxy_error_as_status(resp) } else { resp };
     route.stats().record_response(resp.status().as_u16());
@@ -162,6 +165,19 @@ async fn route_and_forward(
             entry.finish(&conn.listener, conn.peer, Some(route.name()), &resp);
         }
     }
+    resp
+}
+
+/// A route's fixed answer.
+fn direct_response(d: &sluice_shared::model::DirectResponse) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::Static(Some(bytes::Bytes::copy_from_slice(d.body.as_bytes()))));
+    *resp.status_mut() = http::StatusCode::from_u16(d.status).unwrap_or(http::StatusCode::OK);
+    let h = resp.headers_mut();
+    let content_type = d.content_type.as_deref().unwrap_or("text/plain; charset=utf-8");
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(d.body.len()));
     resp
 }
 
