@@ -118,7 +118,7 @@ pub async fn run(store: Store, mut stopped: watch::Receiver<bool>) {
 async fn step(store: &Store) -> Result<(), StoreError> {
     let Some(active) = store.refresh_release().await? else { return Ok(()) };
     let r = &active.release;
-    let nodes = store.nodes_for_release().await?;
+    let nodes = store.nodes().await?;
     let traffic = store.node_traffic().await?;
     match judge(r, &nodes, &traffic, store.state().revision, unix_now_ms()) {
         Verdict::Wait => {}

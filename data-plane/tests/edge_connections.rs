@@ -7,7 +7,6 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sluice_shared::proto::v1 as pb;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -32,9 +31,7 @@ async fn near_the_cap_idle_connections_make_room_first() {
         "listeners": {"web": {"address": listener.to_string(), "protocol": "http"}},
         "routes": {"app": {"listener": "web", "backends": [{"cluster": "app"}]}}
     }));
-    let cp = ControlPlane::start(Some(snapshot(&cfg, 1))).await;
-    let node = start_node(vec![cp.url()], None).await;
-    assert!(matches!(cp.reply_to(1).await, pb::node_message::Msg::Ack(_)));
+    let (_cp, node) = node_with(&cfg).await;
     eventually("listener up", || async { try_get(listener, "a.test", "/").await }).await;
 
     // Eight keep-alive clients: the cap. Those that went idle at six or more open (three quarters

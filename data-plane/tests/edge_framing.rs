@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 
 use serde_json::json;
 use sluice_data_plane::Node;
-use sluice_shared::proto::v1 as pb;
 use support::*;
 
 async fn edge() -> (ControlPlane, Node, SocketAddr, Backend) {
@@ -19,9 +18,7 @@ async fn edge() -> (ControlPlane, Node, SocketAddr, Backend) {
         "listeners": {"web": {"address": listener.to_string(), "protocol": "http"}},
         "routes": {"app": {"listener": "web", "backends": [{"cluster": "app"}]}}
     }));
-    let cp = ControlPlane::start(Some(snapshot(&cfg, 1))).await;
-    let node = start_node(vec![cp.url()], None).await;
-    assert!(matches!(cp.reply_to(1).await, pb::node_message::Msg::Ack(_)));
+    let (cp, node) = node_with(&cfg).await;
     eventually("listener up", || async { try_get(listener, "a.test", "/").await }).await;
     (cp, node, listener, app)
 }
@@ -81,9 +78,7 @@ async fn slow_upload_edge() -> (ControlPlane, Node, SocketAddr, Backend, Backend
         "listeners": {"web": {"address": listener.to_string(), "protocol": "http", "body_timeout_ms": 700}},
         "routes": {"app": {"listener": "web", "backends": [{"cluster": "app"}], "timeout_ms": 500}}
     }));
-    let cp = ControlPlane::start(Some(snapshot(&cfg, 1))).await;
-    let node = start_node(vec![cp.url()], None).await;
-    assert!(matches!(cp.reply_to(1).await, pb::node_message::Msg::Ack(_)));
+    let (cp, node) = node_with(&cfg).await;
     eventually("listener up", || async { try_get(listener, "a.test", "/").await }).await;
     (cp, node, listener, one, two)
 }
@@ -135,9 +130,7 @@ async fn an_http_listener_caps_its_client_connections() {
         "listeners": {"web": {"address": listener.to_string(), "protocol": "http", "max_connections": 2}},
         "routes": {"app": {"listener": "web", "backends": [{"cluster": "app"}]}}
     }));
-    let cp = ControlPlane::start(Some(snapshot(&cfg, 1))).await;
-    let node = start_node(vec![cp.url()], None).await;
-    assert!(matches!(cp.reply_to(1).await, pb::node_message::Msg::Ack(_)));
+    let (_cp, node) = node_with(&cfg).await;
     eventually("listener up", || async { try_get(listener, "a.test", "/").await }).await;
 
     // Two keep-alive clients hold the listener's two connections.
@@ -184,9 +177,7 @@ async fn routes_admit_clients_by_network() {
                        "deny_from": ["127.0.0.1"]}
         }
     }));
-    let cp = ControlPlane::start(Some(snapshot(&cfg, 1))).await;
-    let _node = start_node(vec![cp.url()], None).await;
-    assert!(matches!(cp.reply_to(1).await, pb::node_message::Msg::Ack(_)));
+    let (_cp, _node) = node_with(&cfg).await;
     eventually("listener up", || async { try_get(listener, "a.test", "/open").await }).await;
     let before = app.hits();
     assert_eq!(get(listener, "a.test", "/open").await.status, 200);
@@ -207,9 +198,7 @@ async fn a_route_can_answer_by_itself() {
         "routes": {"maintenance": {"listener": "web", "backends": [],
             "direct_response": {"status": 503, "body": "<h1>back soon</h1>", "content_type": "text/html"}}}
     }));
-    let cp = ControlPlane::start(Some(snapshot(&cfg, 1))).await;
-    let _node = start_node(vec![cp.url()], None).await;
-    assert!(matches!(cp.reply_to(1).await, pb::node_message::Msg::Ack(_)));
+    let (_cp, _node) = node_with(&cfg).await;
     let r = eventually("listener up", || async { try_get(listener, "a.test", "/any").await }).await;
     assert_eq!(r.status, 503, "{}", r.raw);
     assert_eq!(r.body, "<h1>back soon</h1>");

@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 
 use serde_json::json;
 use sluice_data_plane::Node;
-use sluice_shared::proto::v1 as pb;
 use support::*;
 
 struct Edge {
@@ -55,9 +54,7 @@ async fn edge() -> Edge {
         },
         "routes": routes
     }));
-    let cp = ControlPlane::start(Some(snapshot(&cfg, 1))).await;
-    let node = start_node(vec![cp.url()], None).await;
-    assert!(matches!(cp.reply_to(1).await, pb::node_message::Msg::Ack(_)));
+    let (cp, node) = node_with(&cfg).await;
     for addr in [strict, keep, redirect] {
         eventually("listener up", || async move { try_get(addr, "a.test", "/").await }).await;
     }

@@ -70,6 +70,12 @@ impl Caller {
         }
     }
 
+    /// Ok when the caller may write resources of every kind named `name` (`*`: any, `team-*`: a
+    /// prefix), as a rollback, a release move or a prune does.
+    pub fn permit_writes(&self, name: &str) -> Result<(), ApiError> {
+        Kind::ALL.into_iter().try_for_each(|kind| self.permit(Action::Write { kind, name }))
+    }
+
     /// Ok when the caller may do `action`; 401 or 403 otherwise.
     pub fn permit(&self, action: Action<'_>) -> Result<(), ApiError> {
         let token = match self {

@@ -92,9 +92,7 @@ async fn apply(
         caller.permit(Action::Write { kind: d.kind, name: &d.name })?;
     }
     if let Some(p) = &body.prune {
-        for kind in Kind::ALL {
-            caller.permit(Action::Write { kind, name: &format!("{}*", p.prefix) })?;
-        }
+        caller.permit_writes(&format!("{}*", p.prefix))?;
     }
     let stored = app.store.state();
     let mut puts = Vec::with_capacity(body.resources.len());
@@ -378,9 +376,7 @@ async fn rollback(
 ) -> Result<Response, ApiError> {
     let body: RollbackBody = parse_json(&read_body(&headers, body).await?)?;
     let staging = staging(body.release)?;
-    for kind in Kind::ALL {
-        caller.permit(Action::Write { kind, name: "*" })?;
-    }
+    caller.permit_writes("*")?;
     let config = app.store.config_at(body.revision).await?;
     write(&app, &caller, &headers, Change::Restore { revision: body.revision, config }, body.dry_run, &staging).await
 }

@@ -12,7 +12,6 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sluice_shared::clock::rfc3339_ms;
 use sluice_shared::validate::ValidationError;
-use sluice_shared::Kind;
 
 use super::{with_etag, Action, ApiError, Caller, Shared};
 use crate::nodes::NodeRecord;
@@ -123,13 +122,6 @@ async fn latest(State(app): State<Shared>, caller: Extension<Caller>) -> Result<
     Ok(with_etag(StatusCode::OK, app.store.state().revision, release_json(&r)))
 }
 
-fn permit_release(caller: &Caller) -> Result<(), ApiError> {
-    for kind in Kind::ALL {
-        caller.permit(Action::Write { kind, name: "*" })?;
-    }
-    Ok(())
-}
-
 async fn active(app: &Shared) -> Result<Release, ApiError> {
     let active = app.store.refresh_release().await?;
     active.map(|a| a.release.clone()).ok_or_else(|| ApiError::not_found("no release is in progress"))
@@ -137,7 +129,7 @@ async fn active(app: &Shared) -> Result<Release, ApiError> {
 
 /// Skips the rest of the bake: every node gets the release now.
 async fn promote(State(app): State<Shared>, caller: Extension<Caller>) -> Result<Response, ApiError> {
-    permit_release(&caller)?;
+    caller.permit_writes("*")?;
     let r = active(&app).await?;
     let reason = format!("promoted by {}", caller.who());
     let m = Move { reason: Some(&reason), ..Move::default() };
@@ -150,7 +142,7 @@ async fn promote(State(app): State<Shared>, caller: Extension<Caller>) -> Result
 
 /// Stops the release: the canary nodes go back to the stable config.
 async fn abort(State(app): State<Shared>, caller: Extension<Caller>) -> Result<Response, ApiError> {
-    permit_release(&caller)?;
+    caller.permit_writes("*")?;
     let r = active(&app).await?;
     crate::release::fail(&app.store, &r, &format!("aborted by {}", caller.who())).await?;
     let r = app.store.latest_release().await?.unwrap_or(r);

@@ -340,12 +340,12 @@ impl Store {
                 return Err(e);
             }
         };
-        let (applied, mut written) = planned;
-        if written.changes.is_empty() && !applied.always_commit {
+        let (always_commit, mut written) = planned;
+        if written.changes.is_empty() && !always_commit {
             db::rollback(tx).await;
             return Ok(written);
         }
-        db::write_changes(&mut tx, &applied.config, &written.changes, next).await?;
+        db::write_changes(&mut tx, &written.state.config, &written.changes, next).await?;
         let record = RevisionRecord {
             revision: next,
             at_ms: unix_now_ms(),
@@ -358,7 +358,10 @@ impl Store {
             release::stage_write(&mut tx, staging, inner.default_release.as_ref(), next).await?;
         }
         tx.commit().await.map_err(db::unavailable)?;
-        let state = Arc::new(State { revision: next, config: applied.config });
+        // The planned state is this write's alone: its config moves into the committed one.
+        let config =
+            Arc::try_unwrap(std::mem::take(&mut written.state)).map_or_else(|s| s.config.clone(), |s| s.config);
+        let state = Arc::new(State { revision: next, config });
         // The release first: a session woken by the new state must already see who it holds back.
         if let Err(e) = self.refresh_release().await {
             tracing::warn!(error = %e, "reading the release after a write failed");
@@ -424,8 +427,9 @@ impl Store {
     }
 }
 
-/// Applies `change` to `base` in memory: the new config, and what a write of it reports.
-fn plan_on(base: &Arc<State>, change: Change) -> Result<(change::Applied, Written), StoreError> {
+/// Applies `change` to `base` in memory: whether it commits a revision even unchanged, and what a
+/// write of it reports (its state holds the new config, at the base's revision).
+fn plan_on(base: &Arc<State>, change: Change) -> Result<(bool, Written), StoreError> {
     let applied = change::apply(&base.config, change)?;
     let changes = diff(&base.config, &applied.config);
     let touched = changes.iter().filter(|c| c.kind == Kind::Route && c.op != Op::Delete).map(|c| c.name.as_str());
@@ -434,13 +438,13 @@ fn plan_on(base: &Arc<State>, change: Change) -> Result<(change::Applied, Writte
         .map(|(route, error)| Problem { resource: Some(format!("route {route}")), error })
         .collect();
     let planned = Written {
-        state: Arc::new(State { revision: base.revision, config: applied.config.clone() }),
+        state: Arc::new(State { revision: base.revision, config: applied.config }),
         before: base.clone(),
         changes,
         committed: false,
         warnings,
     };
-    Ok((applied, planned))
+    Ok((applied.always_commit, planned))
 }
 
 impl Inner {

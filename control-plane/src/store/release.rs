@@ -12,9 +12,8 @@ use sluice_shared::Revision;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
-use super::db::{self, to_db, to_revision, unavailable};
+use super::db::{to_db, to_revision, unavailable};
 use super::{State, Store, StoreError};
-use crate::nodes::NodeRecord;
 
 /// Which nodes take a release first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +148,9 @@ pub struct NodeTraffic {
     pub errors: u64,
 }
 
+/// The release in progress (at most one), newest first should there ever be more.
+const ACTIVE: &str = "WHERE state IN ('applying', 'baking') ORDER BY revision DESC LIMIT 1";
+
 const COLUMNS: &str = "revision, stable_revision, canary, bake_ms, max_error_rate, state, reason, started_ms, \
                        applying_since_ms, baking_since_ms, baseline, updated_ms, reverted_revision";
 
@@ -179,8 +181,7 @@ fn release_of(row: &AnyRow) -> Result<Release, StoreError> {
 
 /// The release in progress, if any (inside a write's transaction).
 pub(super) async fn active_in(tx: &mut Transaction<'static, Any>) -> Result<Option<Release>, StoreError> {
-    let sql =
-        format!("SELECT {COLUMNS} FROM releases WHERE state IN ('applying', 'baking') ORDER BY revision DESC LIMIT 1");
+    let sql = format!("SELECT {COLUMNS} FROM releases {ACTIVE}");
     let row = sqlx::query(&sql).fetch_optional(&mut **tx).await.map_err(unavailable)?;
     row.as_ref().map(release_of).transpose()
 }
@@ -275,9 +276,7 @@ impl Store {
 
     /// Re-reads the release in progress and publishes it (another replica may have moved it).
     pub async fn refresh_release(&self) -> Result<Option<Arc<ActiveRelease>>, StoreError> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM releases WHERE state IN ('applying', 'baking') ORDER BY revision DESC LIMIT 1"
-        );
+        let sql = format!("SELECT {COLUMNS} FROM releases {ACTIVE}");
         let row = sqlx::query(&sql).fetch_optional(&self.inner.pool).await.map_err(unavailable)?;
         let release = row.as_ref().map(release_of).transpose()?;
         let current = self.active_release();
@@ -382,11 +381,6 @@ impl Store {
                 ))
             })
             .collect()
-    }
-
-    /// The nodes a release's judge looks at.
-    pub async fn nodes_for_release(&self) -> Result<Vec<NodeRecord>, StoreError> {
-        db::nodes(&self.inner.pool).await
     }
 }
 

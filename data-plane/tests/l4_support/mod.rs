@@ -12,17 +12,11 @@ use sluice_shared::Config;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 
-use crate::support::{admin, eventually, snapshot, start_node, ControlPlane};
+use crate::support::{admin, eventually, snapshot, ControlPlane};
 
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A node that has acknowledged `cfg` as revision 1.
-pub async fn node_with(cfg: &Config) -> (ControlPlane, Node) {
-    let cp = ControlPlane::start(Some(snapshot(cfg, 1))).await;
-    let node = start_node(vec![cp.url()], None).await;
-    cp.expect_ack(1).await;
-    (cp, node)
-}
+pub use crate::support::node_with;
 
 /// Sends `cfg` as `revision` and waits for its ACK.
 pub async fn apply(cp: &ControlPlane, cfg: &Config, revision: u64) {

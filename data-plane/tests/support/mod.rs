@@ -182,6 +182,14 @@ pub fn config(json: serde_json::Value) -> Config {
 
 // ------------------------------------------------------------------------------------ nodes
 
+/// A node that has acknowledged `cfg` as revision 1.
+pub async fn node_with(cfg: &Config) -> (ControlPlane, Node) {
+    let cp = ControlPlane::start(Some(snapshot(cfg, 1))).await;
+    let node = start_node(vec![cp.url()], None).await;
+    cp.expect_ack(1).await;
+    (cp, node)
+}
+
 pub async fn start_node(cps: Vec<String>, cache_dir: Option<std::path::PathBuf>) -> Node {
     Node::start(NodeOptions {
         control_planes: cps,
