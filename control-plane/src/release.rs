@@ -100,15 +100,23 @@ pub fn judge(
     }
 }
 
-/// Looks at the release in progress every [`TICK`] until `stopped`.
+/// Looks at the release in progress every [`TICK`] until `stopped`. With none in progress, the
+/// database is read only when the revision moved (a write here or, through the store's poller, on
+/// another replica is what starts a release).
 pub async fn run(store: Store, mut stopped: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stopped.changed() => return,
         }
+        let revision = store.state().revision;
+        if store.active_release().is_none() && seen == Some(revision) {
+            continue;
+        }
+        seen = Some(revision);
         if let Err(e) = step(&store).await {
             tracing::warn!(error = %e, "moving the release on failed");
         }
