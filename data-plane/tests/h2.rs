@@ -85,7 +85,8 @@ struct Setup {
     h2_accepted: Arc<AtomicUsize>,
     health: tonic_health::server::HealthReporter,
     config: serde_json::Value,
-    _held: (socket2::Socket, (socket2::Socket, std::net::TcpStream), Backend),
+    h1: Backend,
+    _held: (socket2::Socket, (socket2::Socket, std::net::TcpStream)),
 }
 
 async fn setup() -> Setup {
@@ -145,7 +146,8 @@ async fn setup() -> Setup {
         h2_accepted,
         health,
         config,
-        _held: (dead_socket, silent_socket, h1),
+        h1,
+        _held: (dead_socket, silent_socket),
     }
 }
 
@@ -635,7 +637,10 @@ async fn a_drained_listener_finishes_its_streams_then_says_goaway() {
     let conn = tokio::spawn(conn);
     let mut client = client.ready().await.unwrap();
     // In flight when the listener goes: the backend answers /slow after 2 s.
+    let before = s.h1.hits();
     let (slow, _) = client.send_request(http::Request::get("http://h1.test/slow").body(()).unwrap(), true).unwrap();
+    // Routed and at the endpoint before the listener is withdrawn, so the drain is what is tested.
+    eventually("the slow request reached the endpoint", || async { (s.h1.hits() > before).then_some(()) }).await;
 
     let mut cfg = s.config.clone();
     cfg["listeners"].as_object_mut().unwrap().remove("main");
