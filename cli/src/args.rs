@@ -188,6 +188,27 @@ pub struct ProxyArgs {
     /// ms), with the other logs on stderr.
     #[arg(long)]
     pub access_log: bool,
+    /// DNS server (IP:port) for endpoints given by name; repeatable. Default: the system's
+    /// (/etc/resolv.conf with its search domains, and /etc/hosts).
+    #[arg(long = "resolver", value_name = "IP:PORT")]
+    pub resolvers: Vec<SocketAddr>,
+    /// The longest an answer for an endpoint name is used before it is looked up again, whatever
+    /// its TTL (seconds).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub dns_max_ttl_s: u64,
+}
+
+impl ProxyArgs {
+    pub fn dns(&self) -> sluice_data_plane::DnsOptions {
+        let defaults = sluice_data_plane::DnsOptions::default();
+        let max_ttl = std::time::Duration::from_secs(self.dns_max_ttl_s);
+        sluice_data_plane::DnsOptions {
+            servers: self.resolvers.clone(),
+            min_ttl: defaults.min_ttl.min(max_ttl),
+            max_ttl,
+            ..defaults
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -71,6 +71,7 @@ pub async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
             Some(ControlPlaneTls { ca_pem: read_pem(ca)?, client })
         }
     };
+    let dns = args.dns();
     let node_id = match args.node_id {
         Some(id) => id,
         None => default_node_id(),
@@ -82,6 +83,7 @@ pub async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         admin_addr: args.admin_addr,
         cache_dir: args.cache_dir,
         control_plane_tls,
+        dns,
     })
     .await
     .map_err(|e| anyhow::anyhow!("starting the proxy: {e}"))?;
@@ -119,6 +121,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         admin_addr: args.admin_addr,
         cache_dir: Some(args.data_dir.join("cache")),
         control_plane_tls: None,
+        dns: Default::default(),
     })
     .await
     .map_err(|e| anyhow::anyhow!("starting the in-process proxy node: {e}"))?;

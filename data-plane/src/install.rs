@@ -13,6 +13,7 @@ use sluice_shared::proto::v1 as pb;
 use sluice_shared::{Config, Kind, Revision, ValidationError};
 
 use crate::cache::SnapshotCache;
+use crate::dns::{self, Answers, Dns};
 use crate::health::HealthCheckers;
 use crate::http::sticky::StickySessions;
 use crate::listeners::{BindError, Listeners};
@@ -39,8 +40,12 @@ pub struct Installer {
     cache: Option<SnapshotCache>,
     /// Active health checks of the installed table's clusters.
     health: HealthCheckers,
-    /// The config the installed table was compiled from (what could not be applied left out).
+    /// The config the installed table was compiled from (what could not be applied left out),
+    /// endpoints by name not yet expanded.
     config: Option<Config>,
+    /// The sticky-cookie key the installed snapshot came with (empty: the node's own).
+    sticky_key: Vec<u8>,
+    dns: Arc<Dns>,
 }
 
 /// A resource of a snapshot this node could not apply (the rest serves); sent with the Ack.
@@ -58,8 +63,16 @@ impl From<ResourceError> for pb::ResourceError {
 }
 
 impl Installer {
-    pub fn new(shared: Arc<Shared>, cache: Option<SnapshotCache>) -> Installer {
-        Installer { shared, listeners: Listeners::new(), cache, health: HealthCheckers::default(), config: None }
+    pub fn new(shared: Arc<Shared>, cache: Option<SnapshotCache>, dns: Arc<Dns>) -> Installer {
+        Installer {
+            shared,
+            listeners: Listeners::new(),
+            cache,
+            health: HealthCheckers::default(),
+            config: None,
+            sticky_key: Vec::new(),
+            dns,
+        }
     }
 
     /// Boots from the cached snapshot if there is a valid one; a bad one is logged and ignored.
@@ -88,7 +101,9 @@ impl Installer {
         let keep = persist.then(|| snapshot.clone());
         let node_key = self.shared.node_sticky_key;
         let (config, key) = decode(snapshot)?;
-        let built = build_off_runtime(config.clone(), previous.clone(), key.clone(), node_key).await?;
+        self.dns.track(&dns::names(&config)).await;
+        let answers = Arc::new(self.dns.answers());
+        let built = build_off_runtime(config.clone(), answers.clone(), previous.clone(), key.clone(), node_key).await?;
         let (mut table, mut tls, mut sticky) = built;
 
         let mut plan = self.listeners.plan(&table);
@@ -101,7 +116,7 @@ impl Installer {
             for e in &errors {
                 tracing::warn!(revision, kind = %e.kind, name = %e.name, error = %e.message, "not applied on this node");
             }
-            (table, tls, sticky) = build_off_runtime(reduced.clone(), previous, key, node_key).await?;
+            (table, tls, sticky) = build_off_runtime(reduced.clone(), answers, previous, key.clone(), node_key).await?;
             config = reduced;
             plan = self.listeners.plan(&table);
             // Sockets bound for what the reduced table no longer adds are closed as they drop.
@@ -121,6 +136,7 @@ impl Installer {
         m.ready.store(true, Ordering::Relaxed);
         tracing::info!(revision, added = plan.add.len(), removed = plan.remove.len(), "config installed");
         self.config = Some(config);
+        self.sticky_key = key;
 
         if let (Some(cache), Some(snapshot)) = (self.cache.clone(), keep) {
             // The table already serves: a cache that cannot be written is worth a warning, not a NACK.
@@ -131,6 +147,26 @@ impl Installer {
             }
         }
         Ok(errors)
+    }
+
+    /// Recompiles the installed config with the names' current answers (same revision, same
+    /// listeners): what a changed DNS answer calls. A failure keeps the table serving.
+    pub async fn refresh_endpoints(&mut self) {
+        let (Some(config), Some(previous)) = (self.config.clone(), self.shared.installed.load_full()) else { return };
+        let revision = previous.revision;
+        let answers = Arc::new(self.dns.answers());
+        let key = self.sticky_key.clone();
+        match build_off_runtime(config, answers, Some(previous.clone()), key, self.shared.node_sticky_key).await {
+            Ok((table, tls, sticky)) => {
+                let table = table.with_revision(revision);
+                let stats = self.shared.metrics.index(&table);
+                let installed = Arc::new(Installed { revision, table, stats, tls, sticky });
+                self.health.sync(&installed.table, &installed.tls);
+                self.shared.installed.store(Some(installed));
+                tracing::info!(revision, "endpoints by name re-resolved: table updated");
+            }
+            Err(e) => tracing::warn!(revision, error = %e, "cannot apply the new DNS answers; the table keeps serving"),
+        }
     }
 
     /// The control plane says the group's content is unchanged at a newer revision.
@@ -159,11 +195,13 @@ fn decode(mut snapshot: pb::Snapshot) -> Result<(Config, Vec<u8>), InstallError>
 /// [`build`] on a blocking thread: compiling a large table must not stall the runtime.
 async fn build_off_runtime(
     config: Config,
+    answers: Arc<Answers>,
     previous: Option<Arc<Installed>>,
     key: Vec<u8>,
     node_key: [u8; 32],
 ) -> Result<(Table, TlsConfigs, StickySessions), InstallError> {
     tokio::task::spawn_blocking(move || {
+        let config = dns::expand(&config, &answers);
         build(&config, previous.as_deref(), if key.is_empty() { &node_key } else { &key })
     })
     .await

@@ -10,6 +10,7 @@
 mod access_log;
 mod admin;
 mod cache;
+mod dns;
 mod fast_hash;
 mod flag_waker;
 mod health;
@@ -35,4 +36,5 @@ mod udp;
 mod workers;
 
 pub use cache::{CacheError, SnapshotCache};
+pub use dns::DnsOptions;
 pub use node::{ControlPlaneTls, Node, NodeError, NodeOptions};

@@ -11,6 +11,7 @@ use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
 
 use crate::cache::SnapshotCache;
+use crate::dns::{Dns, DnsOptions};
 use crate::install::Installer;
 use crate::state::Shared;
 use crate::stream_client::{self, StreamClient};
@@ -31,6 +32,8 @@ pub struct NodeOptions {
     pub cache_dir: Option<PathBuf>,
     /// TLS to the control planes (`https://` URLs); `None`: plaintext (`http://` URLs).
     pub control_plane_tls: Option<ControlPlaneTls>,
+    /// How endpoints given by DNS name are resolved.
+    pub dns: DnsOptions,
 }
 
 /// How a node verifies the control plane (CA bundle) and proves itself (client certificate). PEM text.
@@ -86,12 +89,22 @@ impl Node {
 
         let shared = Arc::new(Shared::new());
         let cache = opts.cache_dir.as_deref().map(|d| SnapshotCache::new(d, &opts.group));
-        let mut installer = Installer::new(shared.clone(), cache);
+        let dns = Arc::new(Dns::new(opts.dns.clone()));
+        let mut installer = Installer::new(shared.clone(), cache, dns.clone());
         installer.install_cached().await;
         let installer = Arc::new(Mutex::new(installer));
 
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = vec![tokio::spawn(crate::admin::run(admin, shared.clone(), stop_rx.clone()))];
+        let refresh = installer.clone();
+        let mut dns_stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let refresher = dns.refresh_loop(|| async { refresh.lock().await.refresh_endpoints().await });
+            tokio::select! {
+                _ = refresher => {}
+                _ = dns_stop.wait_for(|stopped| *stopped) => {}
+            }
+        }));
         if endpoints.is_empty() {
             tracing::warn!("no control plane configured: serving the cached snapshot only");
         } else {

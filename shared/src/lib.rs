@@ -10,6 +10,7 @@ pub mod cidr;
 pub mod clock;
 pub mod config;
 pub mod convert;
+pub mod endpoint_address;
 pub mod model;
 pub mod proto;
 pub mod shadow;

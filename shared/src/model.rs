@@ -118,7 +118,8 @@ pub struct UpstreamTls {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
-    /// `IP:port`; checked by validation, kept as text so errors can quote it.
+    /// `IP:port`, or `host:port` with a DNS name the nodes resolve (every address of the answer an
+    /// endpoint); checked by validation, kept as text so errors can quote it.
     pub address: String,
     #[serde(default = "default_weight")]
     pub weight: u32,
@@ -139,8 +140,8 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// The parsed address. Only call on validated endpoints; an invalid one yields `None`.
-    pub fn socket_addr(&self) -> Option<SocketAddr> {
-        self.address.parse().ok()
+    pub fn parsed_address(&self) -> Option<crate::endpoint_address::EndpointAddress> {
+        crate::endpoint_address::EndpointAddress::parse(&self.address).ok()
     }
 }
 

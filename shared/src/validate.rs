@@ -9,6 +9,7 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 
 use crate::model::*;
+use crate::endpoint_address::EndpointAddress;
 
 /// Why a resource or a whole config was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,8 +213,8 @@ impl Cluster {
         for (i, e) in self.endpoints.iter().enumerate() {
             let mut endpoint = || {
                 let f = format!("endpoints[{i}].address");
-                socket_addr(&f, &e.address)?;
-                if !seen.insert(e.socket_addr()) {
+                let address = EndpointAddress::parse(&e.address).map_err(|why| ValidationError::invalid(&f, why))?;
+                if !seen.insert(address) {
                     return Err(ValidationError::invalid(f, format!("{} is listed twice", e.address)));
                 }
                 if let Some(n) = &e.name {

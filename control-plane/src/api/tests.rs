@@ -170,7 +170,7 @@ async fn malformed_and_invalid_bodies_store_nothing() {
             ),
             (
                 "/v1/clusters/api",
-                r#"{"endpoints":[{"address":"localhost:1"}]}"#.into(),
+                r#"{"endpoints":[{"address":"local_host..:1"}]}"#.into(),
                 StatusCode::UNPROCESSABLE_ENTITY,
                 Some("endpoints[0].address"),
             ),

@@ -198,6 +198,7 @@ pub async fn start_node(cps: Vec<String>, cache_dir: Option<std::path::PathBuf>)
         admin_addr: "127.0.0.1:0".parse().unwrap(),
         cache_dir,
         control_plane_tls: None,
+        dns: Default::default(),
     })
     .await
     .unwrap()
@@ -245,7 +246,11 @@ pub struct Backend {
 
 impl Backend {
     pub async fn start(name: &'static str) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Backend::start_on(name, TcpListener::bind("127.0.0.1:0").await.unwrap())
+    }
+
+    /// [`Backend::start`] on a listener the caller bound (another loopback address, a given port).
+    pub fn start_on(name: &'static str, listener: TcpListener) -> Backend {
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let counter = hits.clone();
