@@ -62,3 +62,38 @@ async fn endpoint_health_follows_the_backend() {
     );
     accept.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_by_name_is_resolved_by_the_node_and_reported_per_address() {
+    let cp = Sluice::control_plane(BIN).await;
+    let api = cp.api();
+    let _node = Sluice::proxy(BIN, cp.grpc_addr.unwrap(), "node-1").await;
+    let backend = sluice_e2e::l7::Backend::start("by-name").await;
+    // `localhost` resolves through the system's resolver (/etc/hosts).
+    let by_name = format!("localhost:{}", backend.address.port());
+    let check =
+        json!({"tcp": {}, "interval_ms": 100, "timeout_ms": 500, "healthy_threshold": 1, "unhealthy_threshold": 2});
+    api.put("clusters", "svc", json!({"endpoints": [{"address": by_name}], "health_check": check})).await;
+    let web = free_addr();
+    api.put("listeners", "web", json!({"address": web.to_string(), "protocol": "http"})).await;
+    let rev = api.put("routes", "svc", json!({"listener": "web", "backends": [{"cluster": "svc"}]})).await;
+    wait_acked(&api, &["node-1"], rev).await;
+
+    let answer = sluice_e2e::http_get(web, "any", "/").await;
+    assert_eq!(answer, Some((200, "by-name\n".to_string())));
+    let up = health_until(&api, "the name's address to be healthy on node-1", |h| h["healthy_nodes"] == 1).await;
+    assert_eq!(up["nodes"], json!([{"node": "node-1", "healthy": true, "ejected": false}]));
+    let (_, body) = api.get("/v1/clusters/svc").await;
+    let endpoint = &body["endpoints"][0];
+    assert_eq!(endpoint["address"], by_name, "the spec as written: {body}");
+    // Each address of the answer (127.0.0.1, and ::1 where the resolver adds it for localhost).
+    let resolved = endpoint["resolved"].as_array().expect("resolved addresses").clone();
+    assert!(
+        resolved.contains(&json!({"address": backend.address.to_string(), "healthy_nodes": 1, "unhealthy_nodes": 0})),
+        "{resolved:?}"
+    );
+    for r in &resolved {
+        let address: std::net::SocketAddr = r["address"].as_str().unwrap().parse().unwrap();
+        assert!(address.ip().is_loopback() && address.port() == backend.address.port(), "{resolved:?}");
+    }
+}

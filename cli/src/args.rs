@@ -196,6 +196,18 @@ pub struct ProxyArgs {
     /// its TTL (seconds).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub dns_max_ttl_s: u64,
+    /// Unix socket for restarts and upgrades that drop nothing: a proxy started with the path of
+    /// a running one takes its listening sockets over, and the old one drains and exits.
+    #[arg(long, value_name = "PATH")]
+    pub upgrade_socket: Option<PathBuf>,
+    /// On SIGTERM or Ctrl-C, how long /readyz fails while the proxy still serves, before it
+    /// drains (so load balancers and Kubernetes in front of it stop sending first).
+    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+    pub shutdown_grace_s: u64,
+    /// How long open connections may take to finish once the proxy stops accepting (default:
+    /// each listener's drain_ms, 30 s unless set). A second signal stops at once.
+    #[arg(long, value_name = "SECONDS")]
+    pub drain_s: Option<u64>,
 }
 
 impl ProxyArgs {

@@ -1,6 +1,7 @@
 //! The long-running commands: `sluice control-plane`, `sluice proxy` and `sluice dev`.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use sluice_control_plane::server::{ControlPlane, ControlPlaneOptions, GrpcTls};
@@ -84,13 +85,30 @@ pub async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         cache_dir: args.cache_dir,
         control_plane_tls,
         dns,
+        upgrade_socket: args.upgrade_socket,
+        shutdown_drain: args.drain_s.map(Duration::from_secs),
     })
     .await
     .map_err(|e| anyhow::anyhow!("starting the proxy: {e}"))?;
     tracing::info!(node = %node_id, admin = %node.admin_addr(), "proxy running");
-    shutdown_signal().await;
-    tracing::info!("shutting down");
-    node.shutdown().await;
+    tokio::select! {
+        _ = shutdown_signal() => {
+            // Readiness fails first; serving goes on while whatever balances over the nodes
+            // notices, then the listeners drain.
+            node.stop_being_ready();
+            let grace = Duration::from_secs(args.shutdown_grace_s);
+            tracing::info!(?grace, "shutting down: /readyz fails, still serving for the grace period");
+            tokio::select! {
+                _ = tokio::time::sleep(grace) => {}
+                _ = shutdown_signal() => tracing::info!("second signal: draining now"),
+            }
+        }
+        _ = node.handed_over() => tracing::info!("a new process serves the listeners now: draining"),
+    }
+    tokio::select! {
+        _ = node.shutdown() => {}
+        _ = shutdown_signal() => tracing::info!("another signal: stopping without waiting for open connections"),
+    }
     Ok(())
 }
 
@@ -122,6 +140,8 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         cache_dir: Some(args.data_dir.join("cache")),
         control_plane_tls: None,
         dns: Default::default(),
+        upgrade_socket: None,
+        shutdown_drain: Some(Duration::from_secs(5)),
     })
     .await
     .map_err(|e| anyhow::anyhow!("starting the in-process proxy node: {e}"))?;

@@ -67,11 +67,15 @@ fn respond(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => match shared.installed.load().as_ref() {
+            _ if shared.stopping.load(Ordering::Relaxed) => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready: shutting down\n".into())
+            }
             Some(i) => text(StatusCode::OK, format!("ready: revision {}\n", i.revision)),
             None => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no valid configuration installed yet\n".into()),
         },
         "/metrics" => {
-            shared.metrics.ready.store(shared.installed.load().is_some(), Ordering::Relaxed);
+            let ready = shared.installed.load().is_some() && !shared.stopping.load(Ordering::Relaxed);
+            shared.metrics.ready.store(ready, Ordering::Relaxed);
             let mut resp = text(StatusCode::OK, shared.metrics.render());
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,

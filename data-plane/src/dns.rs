@@ -102,7 +102,8 @@ impl Dns {
     /// Re-resolves the names whose time has come; true when an answer changed.
     pub async fn refresh_due(&self) -> bool {
         let now = Instant::now();
-        let due: Vec<String> = self.lock().iter().filter(|(_, e)| e.refresh_at <= now).map(|(n, _)| n.clone()).collect();
+        let due: Vec<String> =
+            self.lock().iter().filter(|(_, e)| e.refresh_at <= now).map(|(n, _)| n.clone()).collect();
         if due.is_empty() {
             return false;
         }
@@ -247,9 +248,10 @@ pub fn expand(config: &Config, answers: &Answers) -> Config {
         let mut endpoints = Vec::with_capacity(cluster.endpoints.len());
         for e in std::mem::take(&mut cluster.endpoints) {
             let resolved: Vec<SocketAddr> = match e.parsed_address() {
-                Some(EndpointAddress::Name { host, port }) => {
-                    answers.get(&host).map(|a| a.iter().map(|ip| SocketAddr::new(*ip, port)).collect()).unwrap_or_default()
-                }
+                Some(EndpointAddress::Name { host, port }) => answers
+                    .get(&host)
+                    .map(|a| a.iter().map(|ip| SocketAddr::new(*ip, port)).collect())
+                    .unwrap_or_default(),
                 Some(EndpointAddress::Ip(a)) => vec![a],
                 None => continue,
             };
@@ -315,7 +317,8 @@ mod tests {
 
     #[test]
     fn failed_lookups_back_off_up_to_the_maximum() {
-        let opts = DnsOptions { min_ttl: Duration::from_secs(1), max_ttl: Duration::from_secs(30), ..DnsOptions::default() };
+        let opts =
+            DnsOptions { min_ttl: Duration::from_secs(1), max_ttl: Duration::from_secs(30), ..DnsOptions::default() };
         let waits: Vec<u64> = (1..=7).map(|n| retry_after(n, &opts).as_secs()).collect();
         assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30]);
         assert_eq!(retry_after(u32::MAX, &opts), Duration::from_secs(30));

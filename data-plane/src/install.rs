@@ -20,6 +20,7 @@ use crate::listeners::{BindError, Listeners};
 use crate::state::{Installed, Shared};
 use crate::table::{compile, CompileError, Table};
 use crate::tls::{TlsConfigs, TlsError};
+use crate::upgrade::{Inherited, SocketKind};
 
 /// Why a snapshot was refused; the display text is the NACK message.
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +130,7 @@ impl Installer {
         self.shared.installed.store(Some(installed));
         self.listeners.stop(&plan.remove);
         self.listeners.start(bound, &self.shared);
+        self.listeners.forget_inherited();
 
         let m = &self.shared.metrics;
         m.revision.store(revision, Ordering::Relaxed);
@@ -178,7 +180,19 @@ impl Installer {
         self.shared.metrics.config_rejects.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub async fn shutdown(&mut self, grace: Duration) {
+    /// Sockets handed over by the process this one replaces (see `upgrade.rs`).
+    pub fn inherit(&mut self, inherited: Inherited) {
+        self.listeners.inherit(inherited);
+    }
+
+    /// Duplicates of every listening socket, for a process taking over.
+    pub fn listening_sockets(&self) -> Vec<(std::net::SocketAddr, SocketKind, Vec<std::os::fd::OwnedFd>)> {
+        self.listeners.sockets()
+    }
+
+    /// Stops health checks and listeners; open connections get `grace` (`None`: each listener's
+    /// drain time) to finish.
+    pub async fn shutdown(&mut self, grace: Option<Duration>) {
         self.health.stop_all();
         self.listeners.shutdown(grace).await;
     }

@@ -33,6 +33,7 @@ mod test_input;
 mod tls;
 mod traffic_report;
 mod udp;
+mod upgrade;
 mod workers;
 
 pub use cache::{CacheError, SnapshotCache};

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,7 @@ use crate::proxy_protocol;
 use crate::spread::{Handed, Spread};
 use crate::state::{ConnCtx, Shared};
 use crate::table::Table;
+use crate::upgrade::{Inherited, SocketKind};
 use crate::workers::Workers;
 
 /// How long a stopped listener's open connections may take to finish before they are cut.
@@ -81,6 +83,8 @@ struct Running {
     drain: Duration,
     /// Where the drain state is reported.
     stats: Arc<L4Stats>,
+    /// Duplicates of the listening sockets, for a new process taking over (see `upgrade.rs`).
+    fds: Vec<OwnedFd>,
 }
 
 /// The listeners a node runs. Only the installer touches it (off the request path).
@@ -89,6 +93,8 @@ pub struct Listeners {
     sockets_per_listener: usize,
     /// The threads the accept loops and their connections run on (see `workers.rs`).
     workers: Workers,
+    /// Sockets a replaced process handed over, used before binding new ones.
+    inherited: Inherited,
 }
 
 /// Which listeners a new table adds (or changes) and which it drops.
@@ -105,7 +111,33 @@ impl Listeners {
             running: HashMap::new(),
             sockets_per_listener: threads.clamp(1, 16),
             workers: Workers::new(threads.clamp(1, 16)),
+            inherited: Inherited::default(),
         }
+    }
+
+    /// Sockets from the process this one replaces: listeners at their addresses serve on them
+    /// (connections queued there are not lost), binding more only if there are fewer than usual.
+    pub fn inherit(&mut self, inherited: Inherited) {
+        self.inherited = inherited;
+    }
+
+    /// Closes inherited sockets no listener took (the config no longer has them).
+    pub fn forget_inherited(&mut self) {
+        if !self.inherited.is_empty() {
+            tracing::info!(sockets = self.inherited.len(), "closing inherited sockets no listener uses");
+            self.inherited = Inherited::default();
+        }
+    }
+
+    /// Duplicates of every running listener's sockets, for a process taking over.
+    pub fn sockets(&self) -> Vec<(SocketAddr, SocketKind, Vec<OwnedFd>)> {
+        let mut out = Vec::with_capacity(self.running.len());
+        for r in self.running.values() {
+            let kind = if r.spec.protocol == Protocol::Udp { SocketKind::Datagram } else { SocketKind::Stream };
+            let fds = r.fds.iter().filter_map(|f| f.try_clone().ok()).collect();
+            out.push((r.spec.address, kind, fds));
+        }
+        out
     }
 
     pub fn plan(&self, table: &Table) -> Plan {
@@ -127,15 +159,30 @@ impl Listeners {
 
     /// Binds every listener the plan adds: the sockets of those that could be bound, and why each
     /// other one could not (its port taken on this node, say).
-    pub fn bind(&self, plan: &Plan) -> (Vec<Bound>, Vec<BindError>) {
+    pub fn bind(&mut self, plan: &Plan) -> (Vec<Bound>, Vec<BindError>) {
         let mut bound = Vec::with_capacity(plan.add.len());
         let mut failed = Vec::new();
+        let count = self.sockets_per_listener;
         for (name, spec) in &plan.add {
             let sockets = match spec.protocol {
                 Protocol::Udp => {
-                    crate::udp::bind_reuseport(spec.address, self.sockets_per_listener).map(Sockets::Datagram)
+                    let mut have: Vec<std::net::UdpSocket> =
+                        self.inherited.take(spec.address, SocketKind::Datagram).into_iter().map(From::from).collect();
+                    let more = count.saturating_sub(have.len());
+                    crate::udp::bind_reuseport(spec.address, more).map(|s| {
+                        have.extend(s);
+                        Sockets::Datagram(have)
+                    })
                 }
-                _ => bind_reuseport(spec.address, self.sockets_per_listener).map(Sockets::Stream),
+                _ => {
+                    let mut have: Vec<std::net::TcpListener> =
+                        self.inherited.take(spec.address, SocketKind::Stream).into_iter().map(From::from).collect();
+                    let more = count.saturating_sub(have.len());
+                    bind_reuseport(spec.address, more).map(|s| {
+                        have.extend(s);
+                        Sockets::Stream(have)
+                    })
+                }
             };
             match sockets {
                 Ok(sockets) => bound.push(Bound { name: name.clone(), spec: *spec, sockets }),
@@ -164,9 +211,14 @@ impl Listeners {
             let connections = TaskTracker::new();
             let name: Arc<str> = Arc::from(b.name.as_str());
             let stats = shared.metrics.l4.listener(&name);
+            let mut fds = Vec::new();
             let sockets = match b.sockets {
-                Sockets::Stream(sockets) => sockets,
+                Sockets::Stream(sockets) => {
+                    fds.extend(sockets.iter().filter_map(|s| s.try_clone().ok()).map(OwnedFd::from));
+                    sockets
+                }
                 Sockets::Datagram(sockets) => {
+                    fds.extend(sockets.iter().filter_map(|s| s.try_clone().ok()).map(OwnedFd::from));
                     for socket in sockets {
                         let serve =
                             crate::udp::serve(socket, name.clone(), shared.clone(), stats.clone(), phase.subscribe());
@@ -207,7 +259,7 @@ impl Listeners {
             tracing::info!(listener = %name, address = %b.spec.address, protocol = ?b.spec.protocol, "listening");
             // Replacing a listener of the same name: the old one drains on its own.
             let drain_for = drain_of(&b.name);
-            let running = Running { spec: b.spec, phase, accept_tasks, connections, drain: drain_for, stats };
+            let running = Running { spec: b.spec, phase, accept_tasks, connections, drain: drain_for, stats, fds };
             if let Some(old) = self.running.insert(b.name, running) {
                 let grace = old.drain;
                 drain(old, grace);
@@ -227,9 +279,17 @@ impl Listeners {
         }
     }
 
-    /// Stops everything, waiting up to `grace` for open connections.
-    pub async fn shutdown(&mut self, grace: Duration) {
-        let waits: Vec<_> = self.running.drain().map(|(_, r)| drain(r, grace)).collect();
+    /// Stops everything, waiting up to `grace` for open connections (`None`: each listener's
+    /// own drain time).
+    pub async fn shutdown(&mut self, grace: Option<Duration>) {
+        let waits: Vec<_> = self
+            .running
+            .drain()
+            .map(|(_, r)| {
+                let grace = grace.unwrap_or(r.drain);
+                drain(r, grace)
+            })
+            .collect();
         for w in waits {
             let _ = w.await;
         }
@@ -357,11 +417,15 @@ impl Acceptor {
         match self.protocol {
             Protocol::Tcp => {
                 let (shared, name, l4) = (self.shared.clone(), self.name.clone(), self.l4.clone());
+                let counts = self.counts.clone();
                 self.connections.spawn(
                     async move {
                         let Some((peer, local)) = take_l4_origin(origin, &mut stream, peer, &name).await else {
                             return;
                         };
+                        if !admits(&shared, &name, peer, Some(&counts)) {
+                            return L4Entry::start(&name, peer).end("client_denied");
+                        }
                         crate::tcp::serve(stream, peer, local, &name, &shared, &l4, phase).await;
                         drop(active);
                     }
@@ -370,11 +434,15 @@ impl Acceptor {
             }
             Protocol::Tls => {
                 let (shared, name, l4) = (self.shared.clone(), self.name.clone(), self.l4.clone());
+                let counts = self.counts.clone();
                 self.connections.spawn(
                     async move {
                         let Some((peer, local)) = take_l4_origin(origin, &mut stream, peer, &name).await else {
                             return;
                         };
+                        if !admits(&shared, &name, peer, Some(&counts)) {
+                            return L4Entry::start(&name, peer).end("client_denied");
+                        }
                         crate::tls::passthrough::serve(stream, peer, local, &name, &shared, &l4, phase).await;
                         drop(active);
                     }
@@ -385,11 +453,15 @@ impl Acceptor {
                 let (shared, listener, https) =
                     (self.shared.clone(), self.name.clone(), self.protocol == Protocol::Https);
                 let open = HttpOpen::new();
+                let counts = self.counts.clone();
                 self.connections.spawn(
                     async move {
                         let _open = open;
                         // Refused: counted in /metrics (the HTTP access log has a line per request).
                         let Ok((peer, _)) = take_origin(origin, &mut stream, peer).await else { return };
+                        if !admits(&shared, &listener, peer, Some(&counts)) {
+                            return;
+                        }
                         // What the connection's requests share.
                         let scheme = if https { "https" } else { "http" };
                         let conn = Arc::new(ConnCtx { listener, peer, scheme, shared });
@@ -485,6 +557,22 @@ async fn take_l4_origin(
     listener: &str,
 ) -> Option<(SocketAddr, Option<SocketAddr>)> {
     take_origin(origin, stream, peer).await.map_err(|why| L4Entry::start(listener, peer).end(why)).ok()
+}
+
+/// Whether the listener's `allow_from` / `deny_from` let `client` in (udp: open a session), as of
+/// the table installed now; a refused client is counted in `counts` (else the listener's, looked
+/// up only then).
+pub fn admits(shared: &Shared, listener: &str, client: SocketAddr, counts: Option<&ConnectionCounts>) -> bool {
+    let installed = shared.installed.load();
+    let admitted = installed.as_ref().and_then(|i| i.table.listener(listener)).is_none_or(|l| l.admits(client.ip()));
+    if !admitted {
+        tracing::debug!(%client, "client refused by the listener's allow_from / deny_from");
+        match counts {
+            Some(c) => c.denied.fetch_add(1, Ordering::Relaxed),
+            None => shared.metrics.connections(listener).denied.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+    admitted
 }
 
 /// A listener behind another balancer: who may send the PROXY header, and where a connection

@@ -76,6 +76,8 @@ pub struct ConnectionCounts {
     pub proxy_header_errors: AtomicU64,
     /// http/https: closed at once, over the listener's or the process's connection cap.
     pub refused: AtomicU64,
+    /// Closed (udp: datagrams dropped) for a client outside `allow_from` or inside `deny_from`.
+    pub denied: AtomicU64,
 }
 
 /// Keeps a listener's active-connection gauge up for as long as it lives.
@@ -247,7 +249,7 @@ impl Metrics {
             );
         }
         type Counter = fn(&ConnectionCounts) -> &AtomicU64;
-        let counters: [(&str, &str, Counter); 3] = [
+        let counters: [(&str, &str, Counter); 4] = [
             ("sluice_connections_total", "Accepted downstream connections by listener.", |c| &c.accepted),
             (
                 "sluice_connections_refused_total",
@@ -258,6 +260,11 @@ impl Metrics {
                 "sluice_proxy_protocol_errors_total",
                 "Connections closed for a missing, malformed or late PROXY protocol header, by listener.",
                 |c| &c.proxy_header_errors,
+            ),
+            (
+                "sluice_connections_denied_total",
+                "Connections closed (udp: datagrams dropped) for a client the listener's allow_from or deny_from refuses.",
+                |c| &c.denied,
             ),
         ];
         for (name, help, counter) in counters {

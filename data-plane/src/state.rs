@@ -30,6 +30,8 @@ pub struct Shared {
     pub client: UpstreamClient,
     /// Signs sticky cookies when the control plane sends no fleet-wide key (an older one).
     pub node_sticky_key: [u8; 32],
+    /// The node is shutting down: `/readyz` fails so that what sends traffic here stops.
+    pub stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -39,6 +41,7 @@ impl Shared {
             metrics: Metrics::default(),
             client: upstream::client(),
             node_sticky_key: rand::random(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }

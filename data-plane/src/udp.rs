@@ -137,7 +137,7 @@ pub async fn serve(
                 let session = match sessions.entry(client) {
                     Entry::Occupied(o) => o.into_mut(),
                     Entry::Vacant(v) => {
-                        if draining {
+                        if draining || !crate::listeners::admits(&shared, &listener, client, None) {
                             continue;
                         }
                         match open(&socket, client, &listener, &shared, &stats, start, Pick::Any).await {

@@ -151,6 +151,8 @@ async fn a_name_balances_over_its_answer_follows_changes_and_survives_a_failing_
             max_ttl,
             timeout: Duration::from_millis(500),
         },
+        upgrade_socket: None,
+        shutdown_drain: Some(Duration::from_secs(5)),
     })
     .await
     .unwrap();

@@ -142,6 +142,8 @@ pub fn listener_to_pb(name: &str, l: &Listener) -> pb::Listener {
         }),
         header_timeout_ms: l.header_timeout_ms,
         body_timeout_ms: l.body_timeout_ms,
+        allow_from: l.allow_from.clone(),
+        deny_from: l.deny_from.clone(),
     }
 }
 
@@ -442,6 +444,8 @@ pub fn listener_from_pb(l: pb::Listener) -> Result<Listener> {
             .transpose()?,
         header_timeout_ms: l.header_timeout_ms,
         body_timeout_ms: l.body_timeout_ms,
+        allow_from: l.allow_from,
+        deny_from: l.deny_from,
     })
 }
 

@@ -12,7 +12,10 @@ const MAX_LABEL: usize = 63;
 pub enum EndpointAddress {
     Ip(SocketAddr),
     /// `host` is lower case, without a trailing dot.
-    Name { host: String, port: u16 },
+    Name {
+        host: String,
+        port: u16,
+    },
 }
 
 impl EndpointAddress {
@@ -83,7 +86,10 @@ mod tests {
         assert_eq!(EndpointAddress::parse("api.internal:8080"), name("api.internal", 8080));
         assert_eq!(EndpointAddress::parse("API.Internal.:8080"), name("api.internal", 8080));
         assert_eq!(EndpointAddress::parse("db:5432"), name("db", 5432));
-        assert_eq!(EndpointAddress::parse("_grpc.svc-1.ns.svc.cluster.local:9"), name("_grpc.svc-1.ns.svc.cluster.local", 9));
+        assert_eq!(
+            EndpointAddress::parse("_grpc.svc-1.ns.svc.cluster.local:9"),
+            name("_grpc.svc-1.ns.svc.cluster.local", 9)
+        );
         assert_eq!(EndpointAddress::parse("api.internal:8080").unwrap().to_string(), "api.internal:8080");
     }
 

@@ -302,6 +302,14 @@ pub struct Listener {
     /// count from the end of the body, not while the client is still sending it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_timeout_ms: Option<u64>,
+    /// Client networks (CIDRs) that may connect; empty: any. Checked on the client address (the
+    /// one a trusted PROXY header names); other connections are closed before anything is read
+    /// (udp: their datagrams dropped).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_from: Vec<String>,
+    /// Client networks refused, even when `allow_from` lists them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny_from: Vec<String>,
 }
 
 /// Path normalization of an http/https listener; dot segments are always removed and

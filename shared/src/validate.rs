@@ -8,8 +8,8 @@ use std::fmt;
 
 use serde::de::DeserializeOwned;
 
-use crate::model::*;
 use crate::endpoint_address::EndpointAddress;
+use crate::model::*;
 
 /// Why a resource or a whole config was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -432,6 +432,8 @@ impl Listener {
             },
             &|| self.header_timeout_ms.map_or(Ok(()), |ms| timeout("header_timeout_ms", ms)),
             &|| self.body_timeout_ms.map_or(Ok(()), |ms| timeout("body_timeout_ms", ms)),
+            &|| cidrs("allow_from", &self.allow_from),
+            &|| cidrs("deny_from", &self.deny_from),
             &|| self.protocol_fields(),
         ])
     }
@@ -932,6 +934,13 @@ mod tests {
         assert_eq!(route(r#","allow_from":["10.0.0.0/8","::1"],"deny_from":["10.9.0.0/16"]"#), None);
         assert_eq!(route(r#","allow_from":["10.0.0.0/8","nope"]"#).as_deref(), Some("allow_from[1]"));
         assert_eq!(route(r#","deny_from":["10.0.0.0/33"]"#).as_deref(), Some("deny_from[0]"));
+        let listener = |extra: &str| {
+            let json = format!(r#"{{"address":"127.0.0.1:5432","protocol":"tcp","cluster":"db"{extra}}}"#);
+            parse_json::<Listener>(json.as_bytes()).unwrap().validate().err().and_then(|e| e.field)
+        };
+        assert_eq!(listener(r#","allow_from":["10.0.0.0/8"],"deny_from":["10.9.0.0/16","::1"]"#), None);
+        assert_eq!(listener(r#","allow_from":["10.0.0.1/8"]"#).as_deref(), Some("allow_from[0]"));
+        assert_eq!(listener(r#","deny_from":["x"]"#).as_deref(), Some("deny_from[0]"));
         assert_eq!(route(r#","direct_response":{"status":503,"body":"down"}"#), None);
         assert_eq!(route(r#","direct_response":{"status":99}"#).as_deref(), Some("direct_response.status"));
         let direct: Route =

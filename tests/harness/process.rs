@@ -119,6 +119,12 @@ impl Sluice {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
     }
 
+    /// Sends SIGTERM (what systemd, Kubernetes and `docker stop` send).
+    pub fn terminate(&self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        assert!(matches!(status, Ok(s) if s.success()), "kill -TERM {}: {status:?}", self.name);
+    }
+
     /// The exit status if the process has ended.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()

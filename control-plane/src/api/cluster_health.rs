@@ -3,11 +3,12 @@
 //! counted over the connected nodes of the groups that receive the cluster and that reported it.
 //! An endpoint counts as healthy on a node when it passes the checks there and is not ejected.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 
 use serde::Serialize;
 use sluice_shared::clock::unix_now_ms;
+use sluice_shared::endpoint_address::EndpointAddress;
 use sluice_shared::Config;
 
 use super::nodes::{node_state, NodeState};
@@ -70,22 +71,58 @@ pub(super) async fn add_endpoint_health(
         }
     }
     let Some(endpoints) = value.get_mut("endpoints").and_then(|e| e.as_array_mut()) else { return Ok(()) };
+    let literal: BTreeSet<String> =
+        endpoints.iter().filter_map(|e| e.get("address")?.as_str()).map(canonical).collect();
     for endpoint in endpoints {
         let Some(obj) = endpoint.as_object_mut() else { continue };
-        let address = obj.get("address").and_then(|a| a.as_str()).map(canonical).unwrap_or_default();
-        let mut health = Health::default();
-        for (node, e) in by_address.get(&address).map(Vec::as_slice).unwrap_or_default() {
-            if e.healthy && !e.ejected {
-                health.healthy_nodes += 1;
-            } else {
-                health.unhealthy_nodes += 1;
+        let address = obj.get("address").and_then(|a| a.as_str()).unwrap_or_default();
+        let reported = |a: &str| by_address.get(a).map(Vec::as_slice).unwrap_or_default();
+        let health = match EndpointAddress::parse(address) {
+            // A name: the nodes report each address of their answers (same port, not listed
+            // literally); the endpoint is healthy on a node where one of them is.
+            Ok(EndpointAddress::Name { port, .. }) => {
+                let mut resolved: Vec<&String> = by_address
+                    .keys()
+                    .filter(|a| !literal.contains(*a))
+                    .filter(|a| a.parse::<SocketAddr>().is_ok_and(|s| s.port() == port))
+                    .collect();
+                resolved.sort();
+                let per_address: Vec<serde_json::Value> = resolved
+                    .iter()
+                    .map(|a| {
+                        let h = tally(reported(a).iter().map(|(n, e)| (*n, e.healthy, e.ejected)));
+                        serde_json::json!({"address": a, "healthy_nodes": h.healthy_nodes, "unhealthy_nodes": h.unhealthy_nodes})
+                    })
+                    .collect();
+                obj.insert("resolved".into(), per_address.into());
+                let mut by_node: BTreeMap<&str, (bool, bool)> = BTreeMap::new();
+                for (node, e) in resolved.iter().flat_map(|a| reported(a)) {
+                    let entry = by_node.entry(node).or_insert((false, true));
+                    entry.0 |= e.healthy && !e.ejected;
+                    entry.1 &= e.ejected;
+                }
+                tally(by_node.into_iter().map(|(n, (healthy, ejected))| (n, healthy, ejected)))
             }
-            health.nodes.push(NodeHealth { node, healthy: e.healthy, ejected: e.ejected });
-        }
+            _ => tally(reported(&canonical(address)).iter().map(|(n, e)| (*n, e.healthy, e.ejected))),
+        };
         let rendered = serde_json::to_value(&health).map_err(|_| ApiError::unavailable())?;
         obj.insert("health".into(), rendered);
     }
     Ok(())
+}
+
+/// Per node: (node, healthy, ejected) -> the counts the API shows.
+fn tally<'a>(verdicts: impl Iterator<Item = (&'a str, bool, bool)>) -> Health<'a> {
+    let mut health = Health::default();
+    for (node, healthy, ejected) in verdicts {
+        if healthy && !ejected {
+            health.healthy_nodes += 1;
+        } else {
+            health.unhealthy_nodes += 1;
+        }
+        health.nodes.push(NodeHealth { node, healthy, ejected });
+    }
+    health
 }
 
 /// Addresses as the stream stores them (`SocketAddr` display), so `[::1]:80` spellings agree.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_shared::cidr::CidrError;
+use sluice_shared::endpoint_address::EndpointAddress;
 use sluice_shared::model::{Cluster, Route};
 use sluice_shared::Config;
 
@@ -92,6 +93,8 @@ pub fn compile(cfg: &Config, previous: Option<&Table>) -> Result<Table, CompileE
                 proxy_protocol: l.proxy_protocol,
                 accept_proxy_protocol: l.accept_proxy_protocol.then(|| proxy_protocol_from.into()),
                 tcp_keepalive: l.tcp_keepalive,
+                clients: super::IpPolicy::new(&l.allow_from, &l.deny_from)
+                    .map_err(|(f, why)| CompileError::new(format!("{field}.{f}"), why))?,
                 http: HttpOptions::of(l),
                 sni,
                 routes,
@@ -111,12 +114,12 @@ fn compile_cluster(name: &str, c: &Cluster, previous: Option<&Arc<ClusterLb>>) -
         previous.map(|p| p.endpoints().iter().map(|e| (e.state.address(), &e.state)).collect()).unwrap_or_default();
     let mut endpoints = Vec::with_capacity(c.endpoints.len());
     for (i, e) in c.endpoints.iter().enumerate() {
-        let address: SocketAddr = e.address.parse().map_err(|_| {
-            CompileError::new(
-                format!("clusters.{name}.endpoints[{i}].address"),
-                format!("{:?} is not IP:port", e.address),
-            )
-        })?;
+        let address = match EndpointAddress::parse(&e.address) {
+            Ok(EndpointAddress::Ip(a)) => a,
+            // A name `dns::expand` had no answer for: no endpoint until it resolves.
+            Ok(EndpointAddress::Name { .. }) => continue,
+            Err(why) => return Err(CompileError::new(format!("clusters.{name}.endpoints[{i}].address"), why)),
+        };
         let state = old.get(&address).map(|s| Arc::clone(s)).unwrap_or_else(|| Arc::new(EndpointState::new(address)));
         endpoints.push(LbEndpoint {
             state,

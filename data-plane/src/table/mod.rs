@@ -172,6 +172,8 @@ pub struct ListenerTable {
     /// `Some` when connections start with a PROXY header: the sources trusted to send it (empty: any).
     accept_proxy_protocol: Option<Arc<[Cidr]>>,
     tcp_keepalive: Option<TcpKeepalive>,
+    /// `allow_from` / `deny_from`: who may connect at all; `None`: anyone.
+    clients: Option<IpPolicy>,
     http: HttpOptions,
     sni: sni::SniMap,
     /// Sorted by name; the index refers to routes by position.
@@ -231,6 +233,11 @@ impl ListenerTable {
     /// networks its senders must be in (empty: any source), `None` when no header is expected.
     pub fn accept_proxy_protocol(&self) -> Option<&Arc<[Cidr]>> {
         self.accept_proxy_protocol.as_ref()
+    }
+
+    /// Whether a client at `ip` may connect to this listener (`allow_from`, `deny_from`).
+    pub fn admits(&self, ip: std::net::IpAddr) -> bool {
+        self.clients.as_ref().is_none_or(|p| p.permits(ip))
     }
 
     /// tcp/tls: keepalive probes on both sides of each connection.

@@ -199,6 +199,8 @@ pub async fn start_node(cps: Vec<String>, cache_dir: Option<std::path::PathBuf>)
         cache_dir,
         control_plane_tls: None,
         dns: Default::default(),
+        upgrade_socket: None,
+        shutdown_drain: Some(Duration::from_secs(5)),
     })
     .await
     .unwrap()

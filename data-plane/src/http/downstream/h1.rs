@@ -46,6 +46,8 @@ use crate::state::ConnCtx;
 
 /// How long an idle keep-alive connection is kept while the process is near its connection cap.
 const IDLE_UNDER_PRESSURE: Duration = Duration::from_secs(1);
+/// How long an idle keep-alive connection of a draining listener waits for one more request.
+const DRAIN_LINGER: Duration = Duration::from_secs(1);
 /// Response bytes gathered before a write: the head and the frames already there go out together.
 const COALESCE: usize = 64 * 1024;
 /// Before closing on a client that may still be sending, its bytes are read and dropped for a
@@ -195,12 +197,16 @@ impl Server {
     /// Reads until a complete head is buffered (or the connection should close).
     async fn next_head(&mut self) -> Next {
         let mut deadline = None;
+        let mut drain_deadline = None;
         // How much of the buffer the last parse saw, when it needed more.
         let mut seen = 0;
         poll_fn(|cx| {
-            // A drain closes idle connections; a pipelined head already here is not taken either.
-            if self.phase.poll(cx) != Phase::Serving {
-                return Poll::Ready(Next::Close);
+            match self.phase.poll(cx) {
+                Phase::Serving => {}
+                // A request the client sent as the drain began is still served (its response
+                // says close): closing at once would race it, and fail it.
+                Phase::Draining => _ = drain_deadline.get_or_insert_with(|| Instant::now() + DRAIN_LINGER),
+                Phase::Abort => return Poll::Ready(Next::Close),
             }
             let mut w = lock(&self.wire);
             let w = &mut *w;
@@ -226,6 +232,10 @@ impl Server {
                     Poll::Pending => break,
                 }
             }
+            let deadline = match drain_deadline {
+                Some(d) if w.rbuf.is_empty() => d.min(deadline),
+                _ => deadline,
+            };
             if self.head_timer.poll_expired(cx, deadline) {
                 tracing::debug!("request head timeout");
                 // A head begun gets 408 (as NGINX and HAProxy answer); an idle connection just closes.
