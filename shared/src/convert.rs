@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use crate::config::Config;
 use crate::model::*;
 use crate::proto::v1 as pb;
+use crate::transforms::{HeaderRewrite, Redirect, RegexRewrite, Rewrite};
 use crate::validate::{Result, ValidationError};
 
 // ------------------------------------------------------------------------------------ model -> proto
@@ -214,7 +215,38 @@ pub fn route_to_pb(name: &str, r: &Route) -> pb::Route {
             body: d.body.clone(),
             content_type: d.content_type.clone(),
         }),
+        redirect: r.redirect.as_ref().map(|d| pb::Redirect {
+            scheme: d.scheme.clone(),
+            host: d.host.clone(),
+            port: d.port.map(u32::from),
+            path: d.path.clone(),
+            prefix: d.prefix.clone(),
+            strip_query: d.strip_query,
+            status: u32::from(d.status),
+        }),
+        rewrite: r.rewrite.as_ref().map(|w| pb::Rewrite {
+            prefix: w.prefix.clone(),
+            regex: w
+                .regex
+                .as_ref()
+                .map(|x| pb::RegexRewrite { pattern: x.pattern.clone(), substitution: x.substitution.clone() }),
+            host: w.host.clone(),
+        }),
+        request_headers: r.request_headers.as_deref().map(header_rewrite_to_pb),
+        response_headers: r.response_headers.as_deref().map(header_rewrite_to_pb),
     }
+}
+
+fn header_rewrite_to_pb(h: &HeaderRewrite) -> pb::HeaderRewrite {
+    pb::HeaderRewrite {
+        remove: h.remove.clone(),
+        set: h.set.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        add: h.add.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}
+
+fn header_rewrite_from_pb(h: pb::HeaderRewrite) -> Box<HeaderRewrite> {
+    Box::new(HeaderRewrite { remove: h.remove, set: h.set.into_iter().collect(), add: h.add.into_iter().collect() })
 }
 
 pub fn certificate_to_pb(name: &str, c: &Certificate) -> pb::Certificate {
@@ -501,6 +533,30 @@ pub fn route_from_pb(r: pb::Route) -> Result<Route> {
                 content_type: d.content_type,
             }),
         },
+        redirect: match r.redirect {
+            None => None,
+            Some(d) => Some(Box::new(Redirect {
+                scheme: d.scheme,
+                host: d.host,
+                port: d
+                    .port
+                    .map(|p| u16::try_from(p).map_err(|_| ValidationError::invalid("redirect.port", "1-65535")))
+                    .transpose()?,
+                path: d.path,
+                prefix: d.prefix,
+                strip_query: d.strip_query,
+                status: u16::try_from(d.status).map_err(|_| ValidationError::invalid("redirect.status", "301-308"))?,
+            })),
+        },
+        rewrite: r.rewrite.map(|w| {
+            Box::new(Rewrite {
+                prefix: w.prefix,
+                regex: w.regex.map(|x| RegexRewrite { pattern: x.pattern, substitution: x.substitution }),
+                host: w.host,
+            })
+        }),
+        request_headers: r.request_headers.map(header_rewrite_from_pb),
+        response_headers: r.response_headers.map(header_rewrite_from_pb),
     })
 }
 

@@ -63,7 +63,10 @@ fn full() -> Config {
             "query":[{"name":"debug","present":true},{"name":"q","exact":"v"},{"name":"r","regex":"[0-9]+"}]},
             "backends":[{"cluster":"api","weight":90},{"cluster":"web","weight":10}],"timeout_ms":15000,
             "sticky":{"cookie":"s","ttl_s":60},"hash_on":{"header":"x-user"},"retries":{"attempts":2,"on":["connect_failure","reset","5xx"],
-            "per_try_timeout_ms":250,"budget":{"percent":10,"min_per_s":0}},"max_request_body_bytes":1048576}"#,
+            "per_try_timeout_ms":250,"budget":{"percent":10,"min_per_s":0}},"max_request_body_bytes":1048576,
+            "rewrite":{"prefix":"/v2/","host":"api.internal"},
+            "request_headers":{"remove":["x-a"],"set":{"x-client":"%CLIENT_IP%"},"add":{"x-route":"%ROUTE%"}},
+            "response_headers":{"set":{"server":"sluice"}}}"#,
         ),
         (
             "login",
@@ -78,6 +81,16 @@ fn full() -> Config {
             r#"{"listener":"web","backends":[{"cluster":"empty"}],"retries":{"attempts":1},"allow_from":["10.0.0.0/8"],"deny_from":["10.9.0.0/16"]}"#,
         ),
         ("to-https", r#"{"listener":"web","priority":9,"backends":[],"https_redirect":{"port":8443,"status":308}}"#),
+        (
+            "moved",
+            r#"{"listener":"web","priority":8,"match":{"path":{"prefix":"/old/"}},"backends":[],
+            "redirect":{"scheme":"https","host":"b.com","port":8443,"prefix":"/new/","strip_query":true,"status":307}}"#,
+        ),
+        (
+            "regex",
+            r#"{"listener":"web","match":{"path":{"prefix":"/u/"}},"backends":[{"cluster":"api"}],
+            "rewrite":{"regex":{"pattern":"^/u/([0-9]+)$","substitution":"/users/$1"}}}"#,
+        ),
     ] {
         c.routes.insert(name.into(), parse_json(json.as_bytes()).unwrap());
     }
@@ -113,7 +126,7 @@ fn empty_and_group_views_round_trip() {
 fn snapshot_is_sorted_by_name() {
     let s = pb::Snapshot::from(&full());
     let names: Vec<_> = s.routes.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(names, ["any", "api", "login", "to-https", "versioned"]);
+    assert_eq!(names, ["any", "api", "login", "moved", "regex", "to-https", "versioned"]);
     assert_eq!(s.revision, 0);
     assert!(s.nonce.is_empty());
 }

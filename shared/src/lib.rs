@@ -14,6 +14,7 @@ pub mod endpoint_address;
 pub mod model;
 pub mod proto;
 pub mod shadow;
+pub mod transforms;
 pub mod validate;
 pub mod wording;
 

@@ -461,6 +461,26 @@ pub struct Route {
     /// Answer every request with this, no backend involved (a maintenance page, say).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct_response: Option<DirectResponse>,
+    /// Answer every request with a redirect (scheme, host, port, path or prefix replaced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Box<crate::transforms::Redirect>>,
+    /// The path and Host the endpoint gets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Box<crate::transforms::Rewrite>>,
+    /// Headers removed, set and added on the request to the endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<Box<crate::transforms::HeaderRewrite>>,
+    /// Headers removed, set and added on the response to the client (the proxy's own answers
+    /// of the route included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<Box<crate::transforms::HeaderRewrite>>,
+}
+
+impl Route {
+    /// A route answering by itself (a redirect or a fixed response) never reaches a backend.
+    pub fn answers_itself(&self) -> bool {
+        self.https_redirect.is_some() || self.direct_response.is_some() || self.redirect.is_some()
+    }
 }
 
 /// A fixed answer.

@@ -543,7 +543,7 @@ impl Route {
             &|| self.matcher.validate().map_err(|e| e.within("match")),
             &|| {
                 // A redirecting or directly answering route never reaches a backend: it may name none.
-                if self.backends.is_empty() && self.https_redirect.is_none() && self.direct_response.is_none() {
+                if self.backends.is_empty() && !self.answers_itself() {
                     return Err(ValidationError::invalid("backends", "a route needs at least one backend"));
                 }
                 list_len("backends", self.backends.len())?;
@@ -579,6 +579,31 @@ impl Route {
             &|| self.direct_response.as_ref().map_or(Ok(()), direct_response),
             &|| cidrs("allow_from", &self.allow_from),
             &|| cidrs("deny_from", &self.deny_from),
+            &|| {
+                let answers = [self.https_redirect.is_some(), self.direct_response.is_some(), self.redirect.is_some()];
+                if answers.iter().filter(|a| **a).count() > 1 {
+                    let why = "https_redirect, direct_response and redirect exclude each other";
+                    return Err(ValidationError::invalid("redirect", why));
+                }
+                let prefix = self.matcher.path.as_ref().is_some_and(|p| p.prefix.is_some());
+                if let Some(r) = &self.redirect {
+                    r.validate(prefix).map_err(|e| e.within("redirect"))?;
+                }
+                if let Some(r) = &self.rewrite {
+                    r.validate(prefix).map_err(|e| e.within("rewrite"))?;
+                }
+                Ok(())
+            },
+            &|| {
+                self.request_headers
+                    .as_ref()
+                    .map_or(Ok(()), |h| h.validate(true).map_err(|e| e.within("request_headers")))
+            },
+            &|| {
+                self.response_headers
+                    .as_ref()
+                    .map_or(Ok(()), |h| h.validate(false).map_err(|e| e.within("response_headers")))
+            },
             &|| {
                 if let Some(h) = &self.https_redirect {
                     if h.port == 0 {

@@ -36,6 +36,8 @@ pub enum ProxyError {
     ClientTimeout,
     /// The route's `allow_from` / `deny_from` refuse the client's address.
     Forbidden,
+    /// The route's regex rewrite made something that is not a path.
+    BadRewrite,
 }
 
 impl ProxyError {
@@ -54,6 +56,7 @@ impl ProxyError {
             ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Forbidden => StatusCode::FORBIDDEN,
+            ProxyError::BadRewrite => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -79,6 +82,7 @@ impl ProxyError {
             ProxyError::Connect => "CONNECT is not supported\n",
             ProxyError::ClientTimeout => "request body timeout\n",
             ProxyError::Forbidden => "forbidden\n",
+            ProxyError::BadRewrite => "the route's rewrite made an invalid path\n",
         }
     }
 

@@ -40,6 +40,7 @@ pub fn code(err: ProxyError) -> Code {
         ProxyError::ClientBody | ProxyError::NoHost | ProxyError::BadPath(_) | ProxyError::BadHost => Code::Internal,
         ProxyError::Connect => Code::Unimplemented,
         ProxyError::Forbidden => Code::PermissionDenied,
+        ProxyError::BadRewrite => Code::Internal,
     }
 }
 

@@ -160,7 +160,7 @@ fn compile_route(
         cumulative.push(sum);
         backends.push(WeightedBackend { cluster, weight: b.weight });
     }
-    if sum == 0 && r.https_redirect.is_none() && r.direct_response.is_none() {
+    if sum == 0 && !r.answers_itself() {
         // Also covers "no backends": `pick_cluster` relies on a positive weight sum.
         return Err(CompileError::new(format!("{field}.backends"), "needs a backend with a non-zero weight"));
     }
@@ -179,6 +179,7 @@ fn compile_route(
         direct_response: r.direct_response.clone().map(Arc::new),
         ip_policy: super::IpPolicy::new(&r.allow_from, &r.deny_from)
             .map_err(|(f, why)| CompileError::new(format!("{field}.{f}"), why))?,
+        transforms: super::Transforms::compile(&field, r)?,
         stats,
     })
 }

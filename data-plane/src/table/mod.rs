@@ -68,6 +68,7 @@ mod request;
 mod retry;
 mod route;
 mod sni;
+mod transform;
 
 #[cfg(test)]
 mod tests_accepted_compiles;
@@ -99,6 +100,7 @@ pub use outlier::{max_ejected, OutlierPolicy};
 pub use request::{normalize_host, valid_authority, RequestView};
 pub use retry::{RetryBucket, RetryPolicy};
 pub use route::{RouteEntry, RouteStats, WeightedBackend};
+pub use transform::{HeaderOps, PathRewrite, RouteRedirect, RouteRewrite, Transforms, Values};
 
 use index::RouteIndex;
 

@@ -81,6 +81,8 @@ pub struct RouteEntry {
     pub(crate) direct_response: Option<Arc<sluice_shared::model::DirectResponse>>,
     /// Client networks allowed and denied (`None`: any client).
     pub(crate) ip_policy: Option<super::IpPolicy>,
+    /// Header, path and Host rewrites and the redirect; `None`: the route changes nothing.
+    pub(crate) transforms: Option<Box<super::Transforms>>,
     pub(crate) stats: Arc<RouteStats>,
 }
 
@@ -152,6 +154,10 @@ impl RouteEntry {
 
     pub fn https_redirect(&self) -> Option<&HttpsRedirect> {
         self.https_redirect.as_ref()
+    }
+
+    pub fn transforms(&self) -> Option<&super::Transforms> {
+        self.transforms.as_deref()
     }
 
     /// Counts the request toward the retry budget (only routes with retries keep one).

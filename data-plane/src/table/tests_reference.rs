@@ -87,6 +87,10 @@ fn random_route(rng: &mut Rng) -> Route {
         allow_from: Vec::new(),
         deny_from: Vec::new(),
         direct_response: None,
+        redirect: None,
+        rewrite: None,
+        request_headers: None,
+        response_headers: None,
     }
 }
 

@@ -115,15 +115,20 @@ pub fn prepare_headers(
         push_header(lines, X_FORWARDED_HOST.as_str().as_bytes(), host.as_bytes());
     }
     if !id {
-        // `Uuid::new_v4` asks the OS for randomness (a syscall per request); the thread-local
-        // generator gives the same v4 ids from user space.
-        let uuid = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
-        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        uuid.hyphenated().encode_lower(&mut buf);
+        let buf = new_request_id();
         push_header(lines, X_REQUEST_ID.as_str().as_bytes(), &buf);
         out.generated_id = Some(buf);
     }
     out
+}
+
+/// A v4 UUID, hyphenated. `Uuid::new_v4` asks the OS for randomness (a syscall per request); the
+/// thread-local generator gives the same ids from user space.
+pub fn new_request_id() -> [u8; uuid::fmt::Hyphenated::LENGTH] {
+    let uuid = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid.hyphenated().encode_lower(&mut buf);
+    buf
 }
 
 /// Header lines (`name: value` and CRLF each, as [`push_header`] writes them) into a map, for an

@@ -16,6 +16,7 @@ use sluice_shared::model::{LbPolicy, Sticky, UpstreamProtocol};
 use tokio::time::Instant as Deadline;
 
 use super::failure::{classify, may_retry, Failure, Side, TryFailure};
+use super::transform;
 use super::{answer, closing, Downstream, DEFAULT_TIMEOUT};
 use crate::access_log;
 use crate::http::body::ProxyBody;
@@ -31,7 +32,7 @@ use crate::http::{grpc, sticky};
 use crate::lazy_timer::LazyTimer;
 use crate::metrics::ResponseCounts;
 use crate::state::Installed;
-use crate::table::{hash_bytes, hash_ip, ClusterLb, EndpointGuard, RequestPermit, RouteEntry};
+use crate::table::{hash_bytes, hash_ip, ClusterLb, EndpointGuard, RequestPermit, RouteEntry, Values};
 
 /// Request bodies up to this size are kept in memory when a retry on `reset` or `5xx` may need
 /// them again; larger ones stream and are only retried when none of them was sent.
@@ -347,6 +348,21 @@ fn prepare(
         parts.headers.insert(header::UPGRADE, protocol.clone());
     }
     parts.uri = origin_form(std::mem::take(&mut parts.uri));
+    if let Some(t) = route.transforms() {
+        let id = t
+            .request_headers
+            .as_ref()
+            .filter(|o| o.uses_request_id)
+            .and_then(|_| forwarding.request_id(&parts.headers));
+        let values = Values {
+            client_ip: down.peer_ip.to_str().unwrap_or_default(),
+            request_id: id.as_ref().and_then(|v| v.to_str().ok()),
+            route: route.name(),
+        };
+        if transform::request(&mut parts, t, &values).is_err() {
+            return Err(Failure::new(Side::Internal, ProxyError::BadRewrite));
+        }
+    }
     let mut deadline = Deadline::now() + route.timeout().unwrap_or(DEFAULT_TIMEOUT);
     if parts.version == Version::HTTP_2 {
         if let Some(t) = grpc::timeout(&parts.headers) {

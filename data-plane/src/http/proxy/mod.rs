@@ -19,6 +19,7 @@
 
 mod failure;
 mod forward;
+mod transform;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use http::uri::Authority;
 use http::{Request, Response, Version};
 
 use super::body::ProxyBody;
+use super::codec::headers::{self, X_REQUEST_ID};
 use super::codec::path::{self, Normalized};
 use super::codec::request_body::RequestBody;
 use super::errors::ProxyError;
@@ -39,7 +41,7 @@ use crate::access_log;
 use crate::lazy_timer::LazyTimer;
 use crate::metrics::ResponseCounts;
 use crate::state::{ConnCtx, Installed};
-use crate::table::{normalize_host, valid_authority, RequestView};
+use crate::table::{normalize_host, valid_authority, RequestView, Values};
 use forward::forward;
 
 /// Used when a route sets no `timeout_ms`.
@@ -139,17 +141,44 @@ async fn route_and_forward(
         }
         return resp;
     }
+    let transforms = route.transforms();
+    // The request id a response header names is the one the endpoint gets: made here if need be.
+    let response_id = transforms
+        .and_then(|t| t.response_headers.as_ref())
+        .filter(|o| o.uses_request_id)
+        .map(|_| req.headers().get(&X_REQUEST_ID).cloned().unwrap_or_else(new_request_id));
+    let redirect_to = transforms.and_then(|t| t.redirect.as_ref());
     let resp = match route.https_redirect().filter(|_| conn.scheme == "http") {
         Some(r) => match redirect::to_https(r, host.as_deref(), req.uri()) {
             Some(resp) => resp,
             None => answer(unrouted, ProxyError::NoHost),
         },
-        None => match route.direct_response() {
-            Some(d) => direct_response(d),
-            None => forward(req, upgrade, log.is_some(), grpc, down, installed, route, timer).await,
+        None => match (route.direct_response(), redirect_to) {
+            (Some(d), _) => direct_response(d),
+            (None, Some(r)) => {
+                let port = raw_host.and_then(authority_port);
+                match transform::redirect(r, conn.scheme, host.as_deref(), port, req.uri()) {
+                    Some(resp) => resp,
+                    None => answer(unrouted, ProxyError::NoHost),
+                }
+            }
+            (None, None) => {
+                if let Some(id) = &response_id {
+                    req.headers_mut().insert(&X_REQUEST_ID, id.clone());
+                }
+                forward(req, upgrade, log.is_some(), grpc, down, installed, route, timer).await
+            }
         },
     };
     let mut resp = if grpc { grpc::proxy_error_as_status(resp) } else { resp };
+    if let Some(t) = transforms {
+        let values = Values {
+            client_ip: down.peer_ip.to_str().unwrap_or_default(),
+            request_id: response_id.as_ref().and_then(|v| v.to_str().ok()),
+            route: route.name(),
+        };
+        transform::response(&mut resp, t, &values);
+    }
     route.stats().record_response(resp.status().as_u16());
     if let Some(entry) = log {
         // A streamed gRPC answer's status comes in its trailers: the line waits for them.
@@ -166,6 +195,20 @@ async fn route_and_forward(
         }
     }
     resp
+}
+
+/// A request id for a request that came without one.
+fn new_request_id() -> HeaderValue {
+    HeaderValue::from_bytes(&headers::new_request_id()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// The port of a Host value or authority, if it names one.
+fn authority_port(raw: &str) -> Option<u16> {
+    let after_host = match raw.rfind(']') {
+        Some(end) => &raw[end + 1..],
+        None => raw,
+    };
+    after_host.rsplit_once(':').and_then(|(_, p)| p.parse().ok())
 }
 
 /// A route's fixed answer.
