@@ -98,6 +98,8 @@ fn json<T: serde::de::DeserializeOwned>(s: &str) -> T {
 struct Node {
     tx: mpsc::Sender<pb::NodeMessage>,
     rx: tonic::Streaming<pb::ServerMessage>,
+    /// The group's node count the last `FleetShare` said.
+    group_nodes: Option<u32>,
 }
 
 impl Node {
@@ -112,13 +114,32 @@ impl Node {
         };
         tx.send(pb::NodeMessage { msg: Some(NodeMsg::Hello(hello)) }).await.unwrap();
         let rx = client.stream(ReceiverStream::new(out)).await.unwrap().into_inner();
-        Node { tx, rx }
+        Node { tx, rx, group_nodes: None }
     }
 
+    /// The next snapshot or advance; fleet shares on the way are noted.
     async fn next(&mut self) -> ServerMsg {
-        match tokio::time::timeout(WAIT, self.rx.message()).await {
-            Ok(Ok(Some(pb::ServerMessage { msg: Some(m) }))) => m,
-            other => panic!("expected a message, got {other:?}"),
+        loop {
+            match tokio::time::timeout(WAIT, self.rx.message()).await {
+                Ok(Ok(Some(pb::ServerMessage { msg: Some(ServerMsg::FleetShare(f)) }))) => {
+                    self.group_nodes = Some(f.group_nodes)
+                }
+                Ok(Ok(Some(pb::ServerMessage { msg: Some(m) }))) => return m,
+                other => panic!("expected a message, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reads messages until a `FleetShare` says `n` nodes.
+    async fn fleet_share(&mut self, n: u32) {
+        while self.group_nodes != Some(n) {
+            match tokio::time::timeout(WAIT, self.rx.message()).await {
+                Ok(Ok(Some(pb::ServerMessage { msg: Some(ServerMsg::FleetShare(f)) }))) => {
+                    self.group_nodes = Some(f.group_nodes)
+                }
+                Ok(Ok(Some(_))) => {}
+                other => panic!("expected a fleet share of {n}, got {other:?}"),
+            }
         }
     }
 
@@ -126,6 +147,7 @@ impl Node {
         match self.next().await {
             ServerMsg::Snapshot(s) => s,
             ServerMsg::Advance(a) => panic!("expected a snapshot, got an advance to {}", a.revision),
+            ServerMsg::FleetShare(_) => unreachable!("next skips fleet shares"),
         }
     }
 
@@ -264,6 +286,7 @@ async fn other_groups_writes_advance_without_resend() {
     match node.next().await {
         ServerMsg::Advance(a) => assert_eq!(a.revision, rev),
         ServerMsg::Snapshot(s) => panic!("resent unchanged content at {}", s.revision),
+        ServerMsg::FleetShare(_) => unreachable!("next skips fleet shares"),
     }
     h.node_eventually("n1", "advanced", |n| n.acked_revision == rev).await;
     h.cp.shutdown().await;
@@ -350,5 +373,25 @@ async fn nodes_of_one_group_get_the_same_content_with_their_own_nonce() {
     assert_eq!(b.snapshot().await.revision, next);
     a.ack(&sa).await;
     assert_eq!(a.snapshot().await.revision, next, "a's own ACK released the next snapshot");
+    h.cp.shutdown().await;
+}
+
+#[tokio::test]
+async fn nodes_learn_how_many_share_their_group() {
+    let h = Harness::start().await;
+    let mut a = Node::connect(h.cp.grpc_addr(), "a", "default", 0).await;
+    let s = a.snapshot().await;
+    a.ack(&s).await;
+    a.fleet_share(1).await;
+    let mut b = Node::connect(h.cp.grpc_addr(), "b", "default", 0).await;
+    let s = b.snapshot().await;
+    b.ack(&s).await;
+    b.fleet_share(2).await;
+    // The first node hears of the second at its next status tick.
+    a.fleet_share(2).await;
+    let mut other = Node::connect(h.cp.grpc_addr(), "c", "edge", 0).await;
+    let s = other.snapshot().await;
+    other.ack(&s).await;
+    other.fleet_share(1).await;
     h.cp.shutdown().await;
 }

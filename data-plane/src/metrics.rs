@@ -106,6 +106,8 @@ struct Registry {
     clusters: Vec<Arc<ClusterLb>>,
     /// The installed table's routes with a retry policy, for the retry counters.
     retrying_routes: Vec<(String, Arc<RouteStats>)>,
+    /// Routes with a rate limit, by name.
+    limited_routes: Vec<(String, Arc<RouteStats>)>,
 }
 
 #[derive(Default)]
@@ -165,6 +167,13 @@ impl Metrics {
             .map(|r| (r.name().to_string(), Arc::clone(r.stats())))
             .collect();
         reg.retrying_routes.sort_by(|a, b| a.0.cmp(&b.0));
+        reg.limited_routes = table
+            .listeners()
+            .flat_map(|(_, l)| l.routes())
+            .filter(|r| r.rate_limiter().is_some())
+            .map(|r| (r.name().to_string(), Arc::clone(r.stats())))
+            .collect();
+        reg.limited_routes.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, _) in table.clusters() {
             index.clusters.insert(name.to_string(), reg.latency.entry(name.to_string()).or_default().clone());
         }
@@ -307,6 +316,14 @@ impl Metrics {
         }
         render_endpoints(&mut out, &reg.clusters);
         render_retries(&mut out, &reg.retrying_routes);
+        let limited = reg.limited_routes.iter().map(|(r, s)| (format!("route=\"{}\"", esc(r)), s.rate_limited()));
+        family(
+            &mut out,
+            "sluice_route_rate_limited_total",
+            "counter",
+            "Requests refused with 429 by the route's rate limit.",
+            limited,
+        );
         render_breakers(&mut out, &reg.clusters);
         drop(reg);
         self.l4.render(&mut out);

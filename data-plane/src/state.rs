@@ -32,6 +32,9 @@ pub struct Shared {
     pub node_sticky_key: [u8; 32],
     /// The node is shutting down: `/readyz` fails so that what sends traffic here stops.
     pub stopping: std::sync::atomic::AtomicBool,
+    /// Connected nodes of this node's group, as the control plane counts them: what a
+    /// fleet-wide rate limit is shared among (1 until told).
+    pub group_nodes: std::sync::atomic::AtomicU32,
 }
 
 impl Shared {
@@ -42,6 +45,7 @@ impl Shared {
             client: upstream::client(),
             node_sticky_key: rand::random(),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            group_nodes: std::sync::atomic::AtomicU32::new(1),
         }
     }
 }

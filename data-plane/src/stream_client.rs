@@ -149,6 +149,10 @@ impl StreamClient {
                     tracing::debug!(revision = a.revision, "revision advanced without changes");
                     self.installer.lock().await.advance(a.revision);
                 }
+                Some(pb::server_message::Msg::FleetShare(f)) => {
+                    tracing::debug!(group_nodes = f.group_nodes, "fleet-wide limits shared among the group's nodes");
+                    self.shared.group_nodes.store(f.group_nodes.max(1), std::sync::atomic::Ordering::Relaxed);
+                }
                 None => tracing::debug!("ignoring an empty server message"),
             }
         }

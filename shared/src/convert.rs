@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use crate::config::Config;
 use crate::model::*;
 use crate::proto::v1 as pb;
+use crate::rate_limit::{RateLimit, RateLimitKey};
 use crate::transforms::{HeaderRewrite, Redirect, RegexRewrite, Rewrite};
 use crate::validate::{Result, ValidationError};
 
@@ -234,6 +235,17 @@ pub fn route_to_pb(name: &str, r: &Route) -> pb::Route {
         }),
         request_headers: r.request_headers.as_deref().map(header_rewrite_to_pb),
         response_headers: r.response_headers.as_deref().map(header_rewrite_to_pb),
+        rate_limit: r.rate_limit.as_deref().map(|l| pb::RateLimit {
+            requests_per_s: l.requests_per_s,
+            burst: l.burst,
+            key: match l.key {
+                RateLimitKey::ClientIp => pb::RateLimitKey::ClientIp,
+                RateLimitKey::Header => pb::RateLimitKey::Header,
+                RateLimitKey::Route => pb::RateLimitKey::Route,
+            } as i32,
+            header: l.header.clone(),
+            fleet: l.fleet,
+        }),
     }
 }
 
@@ -557,6 +569,21 @@ pub fn route_from_pb(r: pb::Route) -> Result<Route> {
         }),
         request_headers: r.request_headers.map(header_rewrite_from_pb),
         response_headers: r.response_headers.map(header_rewrite_from_pb),
+        rate_limit: match r.rate_limit {
+            None => None,
+            Some(l) => Some(Box::new(RateLimit {
+                requests_per_s: l.requests_per_s,
+                burst: l.burst,
+                key: match pb::RateLimitKey::try_from(l.key) {
+                    Ok(pb::RateLimitKey::ClientIp) => RateLimitKey::ClientIp,
+                    Ok(pb::RateLimitKey::Header) => RateLimitKey::Header,
+                    Ok(pb::RateLimitKey::Route) => RateLimitKey::Route,
+                    Err(_) => return Err(ValidationError::invalid("rate_limit.key", "unknown value")),
+                },
+                header: l.header,
+                fleet: l.fleet,
+            })),
+        },
     })
 }
 

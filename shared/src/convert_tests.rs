@@ -66,7 +66,8 @@ fn full() -> Config {
             "per_try_timeout_ms":250,"budget":{"percent":10,"min_per_s":0}},"max_request_body_bytes":1048576,
             "rewrite":{"prefix":"/v2/","host":"api.internal"},
             "request_headers":{"remove":["x-a"],"set":{"x-client":"%CLIENT_IP%"},"add":{"x-route":"%ROUTE%"}},
-            "response_headers":{"set":{"server":"sluice"}}}"#,
+            "response_headers":{"set":{"server":"sluice"}},
+            "rate_limit":{"requests_per_s":50,"burst":100,"key":"header","header":"x-api-key","fleet":true}}"#,
         ),
         (
             "login",

@@ -13,6 +13,7 @@ pub mod convert;
 pub mod endpoint_address;
 pub mod model;
 pub mod proto;
+pub mod rate_limit;
 pub mod shadow;
 pub mod transforms;
 pub mod validate;

@@ -474,6 +474,9 @@ pub struct Route {
     /// of the route included).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_headers: Option<Box<crate::transforms::HeaderRewrite>>,
+    /// Requests over the rate get 429.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<Box<crate::rate_limit::RateLimit>>,
 }
 
 impl Route {

@@ -106,7 +106,7 @@ impl HeaderRewrite {
     pub fn validate(&self, request: bool) -> Result<()> {
         let name_ok = |field: String, name: &str| -> Result<()> {
             let lower = name.to_ascii_lowercase();
-            if name.is_empty() || !name.bytes().all(is_token_char) {
+            if !crate::validate::is_token(name) {
                 return Err(ValidationError::invalid(field, format!("{name:?} is not a header name")));
             }
             if NOT_REWRITABLE.contains(&lower.as_str()) || (request && FORWARDING.contains(&lower.as_str())) {
@@ -163,10 +163,6 @@ fn header_value(field: &str, value: &str) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn is_token_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// A path a rewrite or redirect puts in place: absolute, and only characters a request target

@@ -599,6 +599,7 @@ impl Route {
                     .as_ref()
                     .map_or(Ok(()), |h| h.validate(true).map_err(|e| e.within("request_headers")))
             },
+            &|| self.rate_limit.as_ref().map_or(Ok(()), |r| r.validate().map_err(|e| e.within("rate_limit"))),
             &|| {
                 self.response_headers
                     .as_ref()

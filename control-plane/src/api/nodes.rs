@@ -12,7 +12,6 @@ use super::{with_etag, Action, ApiError, Caller, Shared};
 use crate::nodes::{NodeRecord, ResourceError};
 
 /// A node not heard from for this long counts as disconnected, whatever its stream last said.
-pub const DISCONNECTED_AFTER_MS: i64 = 30_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -48,7 +47,7 @@ struct NackView<'a> {
 }
 
 pub fn node_state(n: &NodeRecord, current: Revision, now_ms: i64) -> NodeState {
-    if !n.connected || now_ms.saturating_sub(n.last_seen_ms) > DISCONNECTED_AFTER_MS {
+    if !n.is_live(now_ms) {
         NodeState::Disconnected
     } else if n.last_nack.as_ref().is_some_and(|(rev, _)| *rev > n.acked_revision) {
         NodeState::Nacked

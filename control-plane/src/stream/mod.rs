@@ -69,6 +69,25 @@ pub(crate) struct Shared {
     /// Running sessions; [`ConfigStreamService::shutdown`] waits for zero.
     active: AtomicUsize,
     idle: Notify,
+    /// Connected nodes per group, read from the store at most once per [`GROUP_COUNTS_TTL`].
+    group_counts: tokio::sync::Mutex<Option<(std::time::Instant, HashMap<String, u32>)>>,
+}
+
+/// How stale the per-group node counts sessions share may be.
+const GROUP_COUNTS_TTL: Duration = Duration::from_secs(1);
+
+impl Shared {
+    /// How many nodes of `group` are connected (to any replica), as the store says.
+    async fn group_nodes(&self, group: &str) -> Option<u32> {
+        let mut cached = self.group_counts.lock().await;
+        let fresh = cached.as_ref().is_some_and(|(at, _)| at.elapsed() < GROUP_COUNTS_TTL);
+        if !fresh {
+            let records = self.store.nodes().await.ok()?;
+            let now = sluice_shared::clock::unix_now_ms();
+            *cached = Some((std::time::Instant::now(), crate::nodes::live_per_group(&records, now)));
+        }
+        cached.as_ref().map(|(_, counts)| counts.get(group).copied().unwrap_or(1))
+    }
 }
 
 /// Counts a running session; dropping it (however the session ends) uncounts it.
@@ -129,6 +148,7 @@ impl ConfigStreamService {
             shutdown,
             active: AtomicUsize::new(0),
             idle: Notify::new(),
+            group_counts: tokio::sync::Mutex::new(None),
         });
         Self { shared, shutdown_tx: Arc::new(shutdown_tx) }
     }

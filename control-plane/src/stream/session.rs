@@ -77,6 +77,8 @@ struct Session {
     generation: u64,
     /// The endpoint health stored for this node by this stream; `None` until its first report lands.
     health: Option<BTreeMap<String, Vec<EndpointHealth>>>,
+    /// The group's node count last sent (`FleetShare`).
+    shared_among: Option<u32>,
 }
 
 /// Runs one node stream to its end, then records the node as disconnected.
@@ -176,6 +178,7 @@ impl Session {
             in_flight: None,
             generation,
             health: None,
+            shared_among: None,
         };
         // Refused content stays refused across reconnects (and restarts, while it is current).
         if let Some((nack_rev, _)) = session.last_nack.as_ref().filter(|(r, _)| *r > reported) {
@@ -213,6 +216,10 @@ impl Session {
                 let target = self.target(newest).await;
                 self.sync(target).await?;
             }
+            // After the first snapshot: what the node needs first is its config.
+            if self.shared_among.is_none() {
+                self.send_fleet_share().await?;
+            }
             tokio::select! {
                 changed = shutdown.changed() => {
                     if changed.is_err() {
@@ -243,6 +250,7 @@ impl Session {
                         return Err(End::Superseded);
                     }
                     self.write_status(true).await;
+                    self.send_fleet_share().await?;
                 }
                 _ = self.tx.closed() => return Err(End::Gone),
             }
@@ -400,6 +408,16 @@ impl Session {
     }
 
     /// Writes the node's status; a store error is logged, the stream goes on.
+    /// Tells the node how many nodes its group has, when that changed.
+    async fn send_fleet_share(&mut self) -> Result<(), End> {
+        let Some(n) = self.shared.group_nodes(&self.group).await else { return Ok(()) };
+        if self.shared_among != Some(n) {
+            self.send(ServerMsg::FleetShare(pb::FleetShare { group_nodes: n })).await?;
+            self.shared_among = Some(n);
+        }
+        Ok(())
+    }
+
     async fn write_status(&self, connected: bool) {
         if self.superseded() {
             return;

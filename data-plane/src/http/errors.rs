@@ -38,6 +38,8 @@ pub enum ProxyError {
     Forbidden,
     /// The route's regex rewrite made something that is not a path.
     BadRewrite,
+    /// The route's rate limit: no token for this request's key.
+    RateLimited,
 }
 
 impl ProxyError {
@@ -57,6 +59,7 @@ impl ProxyError {
             ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Forbidden => StatusCode::FORBIDDEN,
             ProxyError::BadRewrite => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -83,6 +86,7 @@ impl ProxyError {
             ProxyError::ClientTimeout => "request body timeout\n",
             ProxyError::Forbidden => "forbidden\n",
             ProxyError::BadRewrite => "the route's rewrite made an invalid path\n",
+            ProxyError::RateLimited => "rate limited\n",
         }
     }
 

@@ -41,6 +41,7 @@ pub fn code(err: ProxyError) -> Code {
         ProxyError::Connect => Code::Unimplemented,
         ProxyError::Forbidden => Code::PermissionDenied,
         ProxyError::BadRewrite => Code::Internal,
+        ProxyError::RateLimited => Code::ResourceExhausted,
     }
 }
 

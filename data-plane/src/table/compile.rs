@@ -17,8 +17,9 @@ use super::lb::{ClusterLb, EndpointState, LbEndpoint};
 use super::matcher::Conditions;
 use super::outlier::OutlierPolicy;
 use super::retry::RetryPolicy;
-use super::route::{RouteEntry, RouteStats, WeightedBackend};
+use super::route::{RouteEntry, WeightedBackend};
 use super::sni::SniMap;
+use super::RateLimiter;
 use super::{CompileError, ListenerTable, Table};
 
 /// Compiles a (validated) config into an immutable table. Live state is carried over from
@@ -30,8 +31,8 @@ pub fn compile(cfg: &Config, previous: Option<&Table>) -> Result<Table, CompileE
         let reuse = previous.and_then(|p| p.clusters.get(name.as_str()));
         clusters.insert(name.clone(), Arc::new(compile_cluster(name, c, reuse)?));
     }
-    let old_stats: HashMap<&str, &Arc<RouteStats>> = previous
-        .map(|p| p.listeners.values().flat_map(|l| l.routes.iter()).map(|r| (r.name(), r.stats())).collect())
+    let old_routes: HashMap<&str, &RouteEntry> = previous
+        .map(|p| p.listeners.values().flat_map(|l| l.routes.iter()).map(|r| (r.name(), r)).collect())
         .unwrap_or_default();
 
     // Routes by listener, in name order (BTreeMap order), which the index's tie-break relies on.
@@ -71,8 +72,7 @@ pub fn compile(cfg: &Config, previous: Option<&Table>) -> Result<Table, CompileE
         let mut routes = Vec::new();
         let mut hosts = Vec::new();
         for (route_name, r) in by_listener.remove(name.as_str()).unwrap_or_default() {
-            let stats = old_stats.get(route_name).map(|s| Arc::clone(s)).unwrap_or_default();
-            routes.push(compile_route(route_name, r, &clusters, stats)?);
+            routes.push(compile_route(route_name, r, &clusters, old_routes.get(route_name).copied())?);
             let mut patterns: Vec<String> = r.matcher.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
             patterns.sort();
             patterns.dedup();
@@ -147,9 +147,19 @@ fn compile_route(
     name: &str,
     r: &Route,
     clusters: &HashMap<String, Arc<ClusterLb>>,
-    stats: Arc<RouteStats>,
+    previous: Option<&RouteEntry>,
 ) -> Result<RouteEntry, CompileError> {
     let field = format!("routes.{name}");
+    let stats = previous.map(|p| Arc::clone(p.stats())).unwrap_or_default();
+    let rate_limiter = match r.rate_limit.as_deref() {
+        None => None,
+        Some(spec) => match previous.and_then(|p| p.rate_limiter()).filter(|l| l.spec() == spec) {
+            Some(same) => Some(Arc::clone(same)),
+            None => Some(Arc::new(RateLimiter::new(spec).ok_or_else(|| {
+                CompileError::new(format!("{field}.rate_limit.header"), "needs a valid header name")
+            })?)),
+        },
+    };
     let conditions = Conditions::compile(&field, &r.matcher)?;
     let mut backends = Vec::with_capacity(r.backends.len());
     let mut cumulative = Vec::with_capacity(r.backends.len());
@@ -180,6 +190,7 @@ fn compile_route(
         ip_policy: super::IpPolicy::new(&r.allow_from, &r.deny_from)
             .map_err(|(f, why)| CompileError::new(format!("{field}.{f}"), why))?,
         transforms: super::Transforms::compile(&field, r)?,
+        rate_limiter,
         stats,
     })
 }

@@ -20,6 +20,7 @@ pub struct RouteStats {
     responses: [AtomicU64; 5],
     retries: AtomicU64,
     budget_exhausted: AtomicU64,
+    rate_limited: AtomicU64,
     /// The retry budget's balance: it outlives revisions like the counters.
     pub(crate) retry_bucket: RetryBucket,
 }
@@ -44,6 +45,15 @@ impl RouteStats {
     /// Retries sent (each try after the first).
     pub fn retries(&self) -> u64 {
         self.retries.load(Ordering::Relaxed)
+    }
+
+    /// Requests the route's rate limit refused.
+    pub fn rate_limited(&self) -> u64 {
+        self.rate_limited.load(Ordering::Relaxed)
+    }
+
+    pub fn record_rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Retries the policy allowed but the budget refused.
@@ -83,6 +93,8 @@ pub struct RouteEntry {
     pub(crate) ip_policy: Option<super::IpPolicy>,
     /// Header, path and Host rewrites and the redirect; `None`: the route changes nothing.
     pub(crate) transforms: Option<Box<super::Transforms>>,
+    /// Kept across revisions while the route's limit stays the same (its buckets with it).
+    pub(crate) rate_limiter: Option<Arc<super::RateLimiter>>,
     pub(crate) stats: Arc<RouteStats>,
 }
 
@@ -158,6 +170,10 @@ impl RouteEntry {
 
     pub fn transforms(&self) -> Option<&super::Transforms> {
         self.transforms.as_deref()
+    }
+
+    pub fn rate_limiter(&self) -> Option<&Arc<super::RateLimiter>> {
+        self.rate_limiter.as_ref()
     }
 
     /// Counts the request toward the retry budget (only routes with retries keep one).

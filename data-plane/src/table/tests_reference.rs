@@ -91,6 +91,7 @@ fn random_route(rng: &mut Rng) -> Route {
         rewrite: None,
         request_headers: None,
         response_headers: None,
+        rate_limit: None,
     }
 }
 

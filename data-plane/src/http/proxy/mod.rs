@@ -41,7 +41,9 @@ use crate::access_log;
 use crate::lazy_timer::LazyTimer;
 use crate::metrics::ResponseCounts;
 use crate::state::{ConnCtx, Installed};
-use crate::table::{normalize_host, valid_authority, RequestView, Values};
+use crate::table::{
+    hash_bytes, hash_ip, normalize_host, valid_authority, LimitKey, Limited, RateLimiter, RequestView, Values,
+};
 use forward::forward;
 
 /// Used when a route sets no `timeout_ms`.
@@ -141,6 +143,17 @@ async fn route_and_forward(
         }
         return resp;
     }
+    if let Some(limiter) = route.rate_limiter() {
+        if let Err(limited) = rate_limit(limiter, &req, conn) {
+            route.stats().record_rate_limited();
+            let resp = limited_response(limiter, limited, &conn.shared, unrouted, grpc);
+            route.stats().record_response(resp.status().as_u16());
+            if let Some(entry) = log {
+                entry.finish(&conn.listener, conn.peer, Some(route.name()), &resp);
+            }
+            return resp;
+        }
+    }
     let transforms = route.transforms();
     // The request id a response header names is the one the endpoint gets: made here if need be.
     let response_id = transforms
@@ -193,6 +206,39 @@ async fn route_and_forward(
         } else {
             entry.finish(&conn.listener, conn.peer, Some(route.name()), &resp);
         }
+    }
+    resp
+}
+
+/// Takes a token of the route's limit for this request's key.
+fn rate_limit(limiter: &RateLimiter, req: &Request<RequestBody>, conn: &ConnCtx) -> Result<(), Limited> {
+    let key = match limiter.key() {
+        LimitKey::ClientIp => hash_ip(conn.peer.ip()),
+        LimitKey::Route => 0,
+        LimitKey::Header(name) => req.headers().get(name).map_or(0, |v| hash_bytes(v.as_bytes())),
+    };
+    let nodes = conn.shared.group_nodes.load(std::sync::atomic::Ordering::Relaxed);
+    limiter.check(key, std::time::Instant::now(), nodes)
+}
+
+/// 429 with `Retry-After` and the `RateLimit-*` fields (this node's share of a fleet limit).
+fn limited_response(
+    limiter: &RateLimiter,
+    limited: Limited,
+    shared: &crate::state::Shared,
+    counts: &ResponseCounts,
+    grpc: bool,
+) -> Response<ProxyBody> {
+    let mut resp = refuse(counts, ProxyError::RateLimited, grpc);
+    let (rate, burst) = limiter.local(shared.group_nodes.load(std::sync::atomic::Ordering::Relaxed));
+    let reset = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    let h = resp.headers_mut();
+    h.insert(header::RETRY_AFTER, HeaderValue::from(reset));
+    h.insert("ratelimit-limit", HeaderValue::from(burst.floor() as u64));
+    h.insert("ratelimit-remaining", HeaderValue::from_static("0"));
+    h.insert("ratelimit-reset", HeaderValue::from(reset));
+    if let Ok(policy) = HeaderValue::try_from(format!("{};w=1;burst={}", rate.floor() as u64, burst.floor() as u64)) {
+        h.insert("ratelimit-policy", policy);
     }
     resp
 }
