@@ -108,6 +108,8 @@ struct Registry {
     retrying_routes: Vec<(String, Arc<RouteStats>)>,
     /// Routes with a rate limit, by name.
     limited_routes: Vec<(String, Arc<RouteStats>)>,
+    /// Routes that mirror, by name.
+    mirroring_routes: Vec<(String, Arc<RouteStats>)>,
 }
 
 #[derive(Default)]
@@ -167,13 +169,18 @@ impl Metrics {
             .map(|r| (r.name().to_string(), Arc::clone(r.stats())))
             .collect();
         reg.retrying_routes.sort_by(|a, b| a.0.cmp(&b.0));
-        reg.limited_routes = table
-            .listeners()
-            .flat_map(|(_, l)| l.routes())
-            .filter(|r| r.rate_limiter().is_some())
-            .map(|r| (r.name().to_string(), Arc::clone(r.stats())))
-            .collect();
-        reg.limited_routes.sort_by(|a, b| a.0.cmp(&b.0));
+        let routes_where = |keep: fn(&crate::table::RouteEntry) -> bool| {
+            let mut v: Vec<_> = table
+                .listeners()
+                .flat_map(|(_, l)| l.routes())
+                .filter(|r| keep(r))
+                .map(|r| (r.name().to_string(), Arc::clone(r.stats())))
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        reg.limited_routes = routes_where(|r| r.rate_limiter().is_some());
+        reg.mirroring_routes = routes_where(|r| r.mirrors());
         for (name, _) in table.clusters() {
             index.clusters.insert(name.to_string(), reg.latency.entry(name.to_string()).or_default().clone());
         }
@@ -323,6 +330,14 @@ impl Metrics {
             "counter",
             "Requests refused with 429 by the route's rate limit.",
             limited,
+        );
+        let mirrored = reg.mirroring_routes.iter().map(|(r, s)| (format!("route=\"{}\"", esc(r)), s.mirrored()));
+        family(
+            &mut out,
+            "sluice_route_mirrored_total",
+            "counter",
+            "Requests copied to the route's mirror cluster.",
+            mirrored,
         );
         render_breakers(&mut out, &reg.clusters);
         drop(reg);

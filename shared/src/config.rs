@@ -165,8 +165,8 @@ impl Config {
             }
             Some(_) => {}
         }
-        for (i, b) in r.backends.iter().enumerate() {
-            self.require(Kind::Cluster, &format!("backends[{i}].cluster"), &b.cluster)?;
+        for (field, cluster) in r.clusters() {
+            self.require(Kind::Cluster, &field, cluster)?;
         }
         Ok(())
     }
@@ -220,7 +220,7 @@ impl Config {
         match kind {
             Kind::Cluster => {
                 for (n, r) in &self.routes {
-                    if r.backends.iter().any(|b| b.cluster == name) {
+                    if r.clusters().any(|(_, c)| c == name) {
                         out.push(format!("route {n}"));
                     }
                 }
@@ -273,7 +273,7 @@ impl Config {
             certificates.extend(l.certificates.iter().cloned());
         }
         for r in routes.values() {
-            clusters.extend(r.backends.iter().map(|b| b.cluster.clone()));
+            clusters.extend(r.clusters().map(|(_, c)| c.to_string()));
         }
         // Client certificates of upstream TLS travel with their clusters.
         for c in clusters.iter().filter_map(|c| self.clusters.get(c)) {
@@ -351,6 +351,19 @@ mod tests {
         assert_eq!(c.check_route(&r).unwrap_err().field.as_deref(), Some("backends[1].cluster"));
         let r: Route = parse_json(br#"{"listener":"pg","backends":[{"cluster":"api"}]}"#).unwrap();
         assert_eq!(c.check_route(&r).unwrap_err().field.as_deref(), Some("listener"));
+        let r: Route =
+            parse_json(br#"{"listener":"web","backends":[{"cluster":"api"}],"mirror":{"cluster":"nope"}}"#).unwrap();
+        assert_eq!(c.check_route(&r).unwrap_err().field.as_deref(), Some("mirror.cluster"));
+    }
+
+    #[test]
+    fn a_mirrored_cluster_is_referred_to_and_travels_with_the_route() {
+        let mut c = demo();
+        let r: Route =
+            parse_json(br#"{"listener":"web","backends":[{"cluster":"api"}],"mirror":{"cluster":"db"}}"#).unwrap();
+        c.routes.insert("api".into(), r);
+        assert!(c.referrers(Kind::Cluster, "db").contains(&"route api".to_string()));
+        assert!(c.for_group("default").clusters.contains_key("db"));
     }
 
     #[test]

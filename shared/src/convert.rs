@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::model::*;
 use crate::proto::v1 as pb;
 use crate::rate_limit::{RateLimit, RateLimitKey};
-use crate::transforms::{HeaderRewrite, Redirect, RegexRewrite, Rewrite};
+use crate::transforms::{HeaderRewrite, Mirror, Redirect, RegexRewrite, Rewrite};
 use crate::validate::{Result, ValidationError};
 
 // ------------------------------------------------------------------------------------ model -> proto
@@ -246,6 +246,7 @@ pub fn route_to_pb(name: &str, r: &Route) -> pb::Route {
             header: l.header.clone(),
             fleet: l.fleet,
         }),
+        mirror: r.mirror.as_deref().map(|m| pb::Mirror { cluster: m.cluster.clone(), percent: m.percent }),
     }
 }
 
@@ -584,6 +585,7 @@ pub fn route_from_pb(r: pb::Route) -> Result<Route> {
                 fleet: l.fleet,
             })),
         },
+        mirror: r.mirror.map(|m| Box::new(Mirror { cluster: m.cluster, percent: m.percent })),
     })
 }
 

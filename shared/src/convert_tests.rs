@@ -67,7 +67,8 @@ fn full() -> Config {
             "rewrite":{"prefix":"/v2/","host":"api.internal"},
             "request_headers":{"remove":["x-a"],"set":{"x-client":"%CLIENT_IP%"},"add":{"x-route":"%ROUTE%"}},
             "response_headers":{"set":{"server":"sluice"}},
-            "rate_limit":{"requests_per_s":50,"burst":100,"key":"header","header":"x-api-key","fleet":true}}"#,
+            "rate_limit":{"requests_per_s":50,"burst":100,"key":"header","header":"x-api-key","fleet":true},
+            "mirror":{"cluster":"web","percent":10}}"#,
         ),
         (
             "login",

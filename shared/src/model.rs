@@ -477,12 +477,23 @@ pub struct Route {
     /// Requests over the rate get 429.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<Box<crate::rate_limit::RateLimit>>,
+    /// A share of the requests copied to another cluster, its answers discarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Box<crate::transforms::Mirror>>,
 }
 
 impl Route {
     /// A route answering by itself (a redirect or a fixed response) never reaches a backend.
     pub fn answers_itself(&self) -> bool {
         self.https_redirect.is_some() || self.direct_response.is_some() || self.redirect.is_some()
+    }
+
+    /// Every cluster the route sends to, with the field that names it: its backends, then the
+    /// cluster it mirrors to.
+    pub fn clusters(&self) -> impl Iterator<Item = (String, &str)> {
+        let backends =
+            self.backends.iter().enumerate().map(|(i, b)| (format!("backends[{i}].cluster"), b.cluster.as_str()));
+        backends.chain(self.mirror.iter().map(|m| ("mirror.cluster".to_string(), m.cluster.as_str())))
     }
 }
 

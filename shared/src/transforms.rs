@@ -81,6 +81,30 @@ impl Redirect {
     }
 }
 
+/// A share of a route's requests copied to another cluster (responses discarded).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mirror {
+    pub cluster: String,
+    /// 1-100 (default 100).
+    #[serde(default = "Mirror::default_percent")]
+    pub percent: u32,
+}
+
+impl Mirror {
+    pub fn default_percent() -> u32 {
+        100
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        crate::validate::name("cluster", &self.cluster)?;
+        if !(1..=100).contains(&self.percent) {
+            return Err(ValidationError::invalid("percent", "1-100"));
+        }
+        Ok(())
+    }
+}
+
 /// Headers a rewrite may not touch: framing and connection management are the proxy's, and so
 /// are the forwarding headers it adds (request side).
 const NOT_REWRITABLE: [&str; 10] = [

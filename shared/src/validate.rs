@@ -600,6 +600,7 @@ impl Route {
                     .map_or(Ok(()), |h| h.validate(true).map_err(|e| e.within("request_headers")))
             },
             &|| self.rate_limit.as_ref().map_or(Ok(()), |r| r.validate().map_err(|e| e.within("rate_limit"))),
+            &|| self.mirror.as_ref().map_or(Ok(()), |m| m.validate().map_err(|e| e.within("mirror"))),
             &|| {
                 self.response_headers
                     .as_ref()

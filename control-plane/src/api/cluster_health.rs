@@ -37,7 +37,7 @@ pub(super) fn groups_receiving(config: &Config, cluster: &str) -> BTreeSet<Strin
             groups.insert(l.group.clone());
         }
     }
-    for r in config.routes.values().filter(|r| r.backends.iter().any(|b| b.cluster == cluster)) {
+    for r in config.routes.values().filter(|r| r.clusters().any(|(_, c)| c == cluster)) {
         if let Some(l) = config.listeners.get(&r.listener) {
             groups.insert(l.group.clone());
         }

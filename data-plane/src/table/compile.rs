@@ -191,6 +191,10 @@ fn compile_route(
             .map_err(|(f, why)| CompileError::new(format!("{field}.{f}"), why))?,
         transforms: super::Transforms::compile(&field, r)?,
         rate_limiter,
+        mirror: match r.mirror.as_deref() {
+            Some(m) => Some((lookup(clusters, &format!("{field}.mirror.cluster"), &m.cluster)?, m.percent)),
+            None => None,
+        },
         stats,
     })
 }

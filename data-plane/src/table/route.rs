@@ -21,6 +21,7 @@ pub struct RouteStats {
     retries: AtomicU64,
     budget_exhausted: AtomicU64,
     rate_limited: AtomicU64,
+    mirrored: AtomicU64,
     /// The retry budget's balance: it outlives revisions like the counters.
     pub(crate) retry_bucket: RetryBucket,
 }
@@ -54,6 +55,15 @@ impl RouteStats {
 
     pub fn record_rate_limited(&self) {
         self.rate_limited.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests copied to the route's mirror cluster.
+    pub fn mirrored(&self) -> u64 {
+        self.mirrored.load(Ordering::Relaxed)
+    }
+
+    pub fn record_mirrored(&self) {
+        self.mirrored.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Retries the policy allowed but the budget refused.
@@ -95,6 +105,8 @@ pub struct RouteEntry {
     pub(crate) transforms: Option<Box<super::Transforms>>,
     /// Kept across revisions while the route's limit stays the same (its buckets with it).
     pub(crate) rate_limiter: Option<Arc<super::RateLimiter>>,
+    /// The cluster a share of the requests is copied to, and the share in percent.
+    pub(crate) mirror: Option<(Arc<ClusterLb>, u32)>,
     pub(crate) stats: Arc<RouteStats>,
 }
 
@@ -174,6 +186,17 @@ impl RouteEntry {
 
     pub fn rate_limiter(&self) -> Option<&Arc<super::RateLimiter>> {
         self.rate_limiter.as_ref()
+    }
+
+    pub fn mirrors(&self) -> bool {
+        self.mirror.is_some()
+    }
+
+    /// The cluster this request is copied to, if the route mirrors and the request falls in its
+    /// share (a random draw per request).
+    pub fn mirror_for_this_request(&self) -> Option<&Arc<ClusterLb>> {
+        let (cluster, percent) = self.mirror.as_ref()?;
+        (*percent >= 100 || random_below(100) < u64::from(*percent)).then_some(cluster)
     }
 
     /// Counts the request toward the retry budget (only routes with retries keep one).

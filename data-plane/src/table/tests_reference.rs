@@ -92,6 +92,7 @@ fn random_route(rng: &mut Rng) -> Route {
         request_headers: None,
         response_headers: None,
         rate_limit: None,
+        mirror: None,
     }
 }
 

@@ -241,6 +241,8 @@ pub fn silent_addr() -> (SocketAddr, (socket2::Socket, std::net::TcpStream)) {
 pub struct Backend {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
+    /// What the last request was, as the backend answered it.
+    last: Arc<std::sync::Mutex<String>>,
     /// TCP connections accepted (to see upstream keep-alive at work).
     pub connections: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
@@ -258,16 +260,17 @@ impl Backend {
         let counter = hits.clone();
         let connections = Arc::new(AtomicUsize::new(0));
         let conns = connections.clone();
+        let last = Arc::new(std::sync::Mutex::new(String::new()));
+        let last_seen = last.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
                 conns.fetch_add(1, Ordering::SeqCst);
-                let counter = counter.clone();
+                let (counter, last_seen) = (counter.clone(), last_seen.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let counter = counter.clone();
+                        let (counter, last_seen) = (counter.clone(), last_seen.clone());
                         async move {
-                            counter.fetch_add(1, Ordering::SeqCst);
                             let path = req.uri().path().to_string();
                             let mut text = format!("backend={name}\npath={path}\n");
                             for (k, v) in req.headers() {
@@ -275,6 +278,9 @@ impl Backend {
                             }
                             let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                             text.push_str(&format!("body={}\n", String::from_utf8_lossy(&body)));
+                            *last_seen.lock().unwrap() = text.clone();
+                            // Counted once the whole request is in (and `last_request` shows it).
+                            counter.fetch_add(1, Ordering::SeqCst);
                             if path == "/slow" {
                                 tokio::time::sleep(Duration::from_secs(2)).await;
                             }
@@ -289,7 +295,13 @@ impl Backend {
                 });
             }
         });
-        Backend { addr, hits, connections, task }
+        Backend { addr, hits, last, connections, task }
+    }
+
+    /// The last request received: its path, headers and body, as the backend answered them.
+    #[allow(dead_code)]
+    pub fn last_request(&self) -> String {
+        self.last.lock().unwrap().clone()
     }
 
     pub fn hits(&self) -> usize {

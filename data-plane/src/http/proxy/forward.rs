@@ -16,8 +16,8 @@ use sluice_shared::model::{LbPolicy, Sticky, UpstreamProtocol};
 use tokio::time::Instant as Deadline;
 
 use super::failure::{classify, may_retry, Failure, Side, TryFailure};
-use super::transform;
 use super::{answer, closing, Downstream, DEFAULT_TIMEOUT};
+use super::{mirror, transform};
 use crate::access_log;
 use crate::http::body::ProxyBody;
 use crate::http::codec::headers::{content_length, origin_form, prepare_headers, Forwarding};
@@ -56,12 +56,16 @@ pub(super) async fn forward(
         Err((counts, f)) => return fail(counts, f, grpc),
     };
     let counts = up.counts;
-    let mut prep = match prepare(req, upgrade.as_ref(), logging, route, down) {
+    let mirror = if upgrade.is_none() { route.mirror_for_this_request() } else { None };
+    let mut prep = match prepare(req, upgrade.as_ref(), logging, route, down, mirror.is_some()) {
         Ok(p) => p,
         Err(f) => return fail(counts, f, grpc),
     };
     if let Err(f) = prep.keep_body(timer).await {
         return fail(counts, f, grpc);
+    }
+    if let (Some(shadow), Some(body)) = (mirror, prep.replay.clone()) {
+        mirror::send(down, installed, route, shadow, &prep.parts, body, prep.forwarding.lines());
     }
     let cluster = up.cluster;
     let latency = installed.stats.latency(cluster.name());
@@ -338,6 +342,7 @@ fn prepare(
     logging: bool,
     route: &RouteEntry,
     down: &Downstream,
+    mirrored: bool,
 ) -> Result<Prepared, Failure> {
     let (mut parts, body) = req.into_parts();
     let progress = body.progress();
@@ -379,8 +384,8 @@ fn prepare(
     let idempotent = is_idempotent(&parts.method);
     let (body, replay) = if body.is_end_stream() {
         (RequestOut::Empty, Some(None))
-    } else if attempts > 0 && idempotent && announced.is_some_and(|n| n <= MAX_REPLAY_BODY) {
-        // Read whole by `keep_body` before the first try.
+    } else if (attempts > 0 && idempotent || mirrored) && announced.is_some_and(|n| n <= MAX_REPLAY_BODY) {
+        // Read whole by `keep_body` before the first try (and the mirror's copy).
         (RequestOut::Incoming(body), Some(None))
     } else if let Some(max) = max_body {
         (RequestOut::Capped { body, left: max, max }, None)
@@ -477,7 +482,7 @@ fn pick_endpoint(up: &mut Upstream<'_>, tried: &[SocketAddr]) -> Result<Endpoint
 }
 
 /// Phase 4: one exchange with the endpoint, over the protocol the cluster speaks.
-async fn one_try(
+pub(super) async fn one_try(
     down: &Downstream,
     cluster: &ClusterLb,
     addr: SocketAddr,

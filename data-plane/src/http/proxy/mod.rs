@@ -19,6 +19,7 @@
 
 mod failure;
 mod forward;
+mod mirror;
 mod transform;
 
 use std::borrow::Cow;
