@@ -106,6 +106,11 @@ pub struct ControlPlaneArgs {
     /// `sqlite://PATH` (created if missing) or `postgres://...`.
     #[arg(long, env = "SLUICE_DATABASE_URL", default_value = "sqlite://./.sluice/sluice.db")]
     pub database_url: String,
+    /// How many seconds start-up waits for a Postgres server that is not up yet (connection
+    /// refused, server starting, database not created yet), retrying with backoff from 200 ms to
+    /// 5 s; 0: fail at once. A malformed URL or a refused login fails at once either way.
+    #[arg(long, env = "SLUICE_DATABASE_WAIT_S", default_value_t = 300, value_name = "SECONDS")]
+    pub database_wait_s: u64,
     #[arg(long, default_value = "127.0.0.1:7070")]
     pub api_addr: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:7071")]

@@ -39,6 +39,7 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
         grpc_tls,
         audit_retention: args.audit.retention(),
         default_release: default_release(&args),
+        database_wait: std::time::Duration::from_secs(args.database_wait_s),
     })
     .await
     .map_err(|e| anyhow::anyhow!("starting the control plane: {e}"))?;
@@ -109,6 +110,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         grpc_tls: None,
         audit_retention: args.audit.retention(),
         default_release: None,
+        database_wait: std::time::Duration::ZERO,
     })
     .await
     .map_err(|e| anyhow::anyhow!("starting the control plane: {e}"))?;

@@ -35,6 +35,8 @@ pub struct ControlPlaneOptions {
     pub audit_retention: AuditRetention,
     /// Every write is released this way unless it asks otherwise (`None`: at once).
     pub default_release: Option<ReleaseSpec>,
+    /// How long start-up waits for a Postgres server that is not up yet; zero: one attempt.
+    pub database_wait: Duration,
 }
 
 /// The config stream's server certificate and the CA that node client certificates must chain to
@@ -68,6 +70,7 @@ impl std::fmt::Debug for ControlPlaneOptions {
             .field("admin_token", &"<redacted>")
             .field("control_plane_id", &self.control_plane_id)
             .field("grpc_tls", &self.grpc_tls)
+            .field("database_wait", &self.database_wait)
             .finish()
     }
 }
@@ -83,6 +86,7 @@ impl Default for ControlPlaneOptions {
             grpc_tls: None,
             audit_retention: AuditRetention::default(),
             default_release: None,
+            database_wait: Duration::ZERO,
         }
     }
 }
@@ -131,7 +135,11 @@ impl ControlPlane {
         let grpc_listener = bind("gRPC", opts.grpc_addr).await?;
         let api_addr = local_addr("REST API", opts.api_addr, &api_listener)?;
         let grpc_addr = local_addr("gRPC", opts.grpc_addr, &grpc_listener)?;
-        let store_options = StoreOptions { default_release: opts.default_release.clone(), ..StoreOptions::default() };
+        let store_options = StoreOptions {
+            default_release: opts.default_release.clone(),
+            database_wait: opts.database_wait,
+            ..StoreOptions::default()
+        };
         let store = Store::open_with(&opts.database_url, store_options).await?;
 
         let control_plane_id =
