@@ -430,6 +430,16 @@ impl Store {
     pub async fn close(&self) {
         self.inner.pool.close().await;
     }
+
+    /// Whether the database answers a trivial query within `timeout` (readiness).
+    pub async fn ping(&self, timeout: Duration) -> Result<(), StoreError> {
+        let query = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&self.inner.pool);
+        match tokio::time::timeout(timeout, query).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(db::unavailable(e)),
+            Err(_) => Err(StoreError::Unavailable(format!("no answer within {} ms", timeout.as_millis()))),
+        }
+    }
 }
 
 /// Applies `change` to `base` in memory: whether it commits a revision even unchanged, and what a
