@@ -7,7 +7,7 @@ use sluice_control_plane::server::{ControlPlane, ControlPlaneOptions, GrpcTls};
 use sluice_control_plane::store::{Canary, ReleaseSpec};
 use sluice_data_plane::{ControlPlaneTls, Node, NodeOptions};
 
-use crate::args::{ControlPlaneArgs, DevArgs, ProxyArgs};
+use crate::args::{ControlPlaneArgs, DemoBackendArgs, DevArgs, ProxyArgs};
 use crate::client::{read_token_file, Client, DEV_URL_FILE_NAME};
 use crate::demo;
 
@@ -153,6 +153,19 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     node.shutdown().await;
     cp.shutdown().await;
     drop(backends);
+    Ok(())
+}
+
+/// `sluice demo-backend`: one of the demo's backends, until Ctrl-C or SIGTERM.
+pub async fn demo_backend(args: DemoBackendArgs) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("binding {}", args.addr))?;
+    let kind = if args.tcp { "tcp echo" } else { "http" };
+    tracing::info!(name = %args.name, addr = %listener.local_addr()?, kind, "demo backend running");
+    let served = demo::serve(listener, &args.name, args.tcp);
+    tokio::select! {
+        () = served => {}
+        () = shutdown_signal() => tracing::info!("shutting down"),
+    }
     Ok(())
 }
 
