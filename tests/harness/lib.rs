@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod backends;
+pub mod compose;
 pub mod l7;
 pub mod postgres;
 pub mod process;
