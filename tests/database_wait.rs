@@ -25,6 +25,10 @@ async fn control_plane_waits_for_a_database_created_after_it_started() {
     let log = cp.log();
     assert!(log.contains(&format!("database \"{}\" does not exist", db.name)), "the reason is logged:\n{log}");
     assert!(cp.exited().is_none(), "still waiting:\n{log}");
+    // Its ports are taken but refuse connections until it serves: health checks fail fast.
+    let refused = Instant::now();
+    assert!(!cp.api().healthy().await, "not serving before its database exists");
+    assert!(refused.elapsed() < Duration::from_secs(5), "refused, not left hanging: {:?}", refused.elapsed());
 
     db.create().await;
     let created = Instant::now();
@@ -36,7 +40,7 @@ async fn control_plane_waits_for_a_database_created_after_it_started() {
     let revision = api.put("clusters", "app", json!({"endpoints": [{"address": "127.0.0.1:9001"}]})).await;
     assert_eq!(revision, 1);
     let attempts = cp.log().matches("not available yet; retrying").count();
-    eprintln!("serving {up_after:?} after the database was created; {attempts} failed attempts were logged");
+    eprintln!("serving {up_after:?} after the database was created; failed attempts logged: {attempts}");
     assert!(up_after < Duration::from_secs(10), "backoff is capped at 5 s: {up_after:?}");
     drop(cp);
 }
