@@ -1,5 +1,6 @@
 //! The files under deploy/ are checked by the tools that read them: every Kubernetes manifest
-//! against the API's schemas (`kubernetes-validate --strict`, from PyPI; .ci/run installs it),
+//! against the API's schemas (`kubernetes-validate --strict`), the compose file against the
+//! Compose Specification's schema (`check-jsonschema`; both from PyPI, .ci/run installs them),
 //! the systemd units by `systemd-analyze verify` and the sysusers.d file by `systemd-sysusers`
 //! (each skipped with a notice where systemd is not installed), and the example environment files
 //! name every variable the units use.
@@ -24,6 +25,16 @@ fn run(program: &str, args: &[String]) -> Option<Output> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => panic!("running {program}: {e}"),
     }
+}
+
+/// A tool from PyPI by its command, else as `python3 -m module` (installed for a Python whose
+/// scripts are not on PATH); `None` when neither is there.
+fn python_tool(command: &str, module: &str, args: &[String]) -> Option<Output> {
+    run(command, args).or_else(|| {
+        let module_args: Vec<String> =
+            ["-m".to_string(), module.to_string()].into_iter().chain(args.to_vec()).collect();
+        run("python3", &module_args).filter(|o| !text(o).contains(&format!("No module named {module}")))
+    })
 }
 
 fn text(out: &Output) -> String {
@@ -54,12 +65,7 @@ fn kubernetes_manifests_match_the_api_schemas() {
     }
     let mut args = vec!["--strict".to_string()];
     args.extend(files.iter().map(|f| f.display().to_string()));
-    let module_args: Vec<String> =
-        ["-m".to_string(), "kubernetes_validate".to_string()].into_iter().chain(args.clone()).collect();
-    let Some(out) = run("kubernetes-validate", &args).or_else(|| {
-        // Installed for another Python than the one on PATH's scripts: the module still runs.
-        run("python3", &module_args).filter(|o| !text(o).contains("No module named kubernetes_validate"))
-    }) else {
+    let Some(out) = python_tool("kubernetes-validate", "kubernetes_validate", &args) else {
         assert!(!in_ci(), "kubernetes-validate is not installed and CI is set (.ci/run installs it)");
         eprintln!("NOTICE: skipped: kubernetes-validate is not installed (pip install kubernetes-validate)");
         return;
@@ -70,6 +76,18 @@ fn kubernetes_manifests_match_the_api_schemas() {
     let passed = report.lines().filter(|l| l.contains(" passed for resource ")).count();
     let documents: usize = files.iter().map(|f| std::fs::read_to_string(f).unwrap().matches("\nkind: ").count()).sum();
     assert_eq!(passed, documents, "every resource validated:\n{report}");
+}
+
+#[test]
+fn compose_file_matches_the_compose_spec() {
+    let file = deploy_dir().join("compose.yaml");
+    let args = ["--builtin-schema".to_string(), "vendor.compose-spec".to_string(), file.display().to_string()];
+    let Some(out) = python_tool("check-jsonschema", "check_jsonschema", &args) else {
+        assert!(!in_ci(), "check-jsonschema is not installed and CI is set (.ci/run installs it)");
+        eprintln!("NOTICE: skipped: check-jsonschema is not installed (pip install check-jsonschema)");
+        return;
+    };
+    assert!(out.status.success(), "deploy/compose.yaml against the Compose Specification:\n{}", text(&out));
 }
 
 #[test]
