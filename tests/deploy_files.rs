@@ -3,7 +3,7 @@
 //! Compose Specification's schema (`check-jsonschema`; both from PyPI, .ci/run installs them),
 //! the systemd units by `systemd-analyze verify` and the sysusers.d file by `systemd-sysusers`
 //! (each skipped with a notice where systemd is not installed), and the example environment files
-//! name every variable the units use.
+//! name every variable the units use. No Docker here: the Dockerfile's promises are read from it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -161,5 +161,36 @@ fn example_environment_files_name_every_variable_the_units_use() {
                 && example_text.lines().any(|l| l.starts_with(&format!("#{var}=")));
             assert!(set || defaulted, "{example} names {var}, which {unit} uses");
         }
+    }
+}
+
+/// The first JSON array of the `INSTRUCTION` line of a Dockerfile (continuation lines joined).
+fn exec_form(dockerfile: &str, instruction: &str) -> Vec<String> {
+    let joined = dockerfile.replace("\\\n", " ");
+    let line = joined
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{instruction} ")))
+        .unwrap_or_else(|| panic!("the Dockerfile has no {instruction}"));
+    let json = &line[line.find('[').unwrap_or_else(|| panic!("{instruction} in exec form"))..];
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{instruction} {json}: {e}"))
+}
+
+#[test]
+fn image_runs_unprivileged_reachable_and_checkable() {
+    let dockerfile = std::fs::read_to_string(deploy_dir().join("Dockerfile")).unwrap();
+    assert!(dockerfile.contains("setcap cap_net_bind_service=+ep /usr/local/bin/sluice"), "may bind 80/443");
+    let user = dockerfile.lines().rev().find_map(|l| l.strip_prefix("USER ")).expect("a USER");
+    assert!(!user.starts_with('0') && !user.starts_with("root"), "runs as {user}");
+    // The default command: every address reachable through a published port.
+    let cmd = exec_form(&dockerfile, "CMD");
+    let addrs: Vec<&str> = cmd.windows(2).filter(|w| w[0].ends_with("-addr")).map(|w| w[1].as_str()).collect();
+    assert!(addrs.len() >= 5 && addrs.iter().all(|a| a.starts_with("0.0.0.0:")), "{cmd:?}");
+    // The health check probes the node admin address the command sets.
+    let check = exec_form(&dockerfile, "HEALTHCHECK");
+    let admin = cmd.windows(2).find(|w| w[0] == "--admin-addr").map(|w| w[1].replace("0.0.0.0", "127.0.0.1"));
+    assert_eq!(check, ["/usr/local/bin/sluice", "probe", &format!("http://{}/readyz", admin.unwrap())]);
+    let ignore = std::fs::read_to_string(deploy_dir().join("../.dockerignore")).unwrap();
+    for kept_out in ["target/", ".git/", ".sluice/"] {
+        assert!(ignore.lines().any(|l| l == kept_out), ".dockerignore leaves out {kept_out}");
     }
 }
