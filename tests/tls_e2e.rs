@@ -1,6 +1,7 @@
 //! Issue 5 end to end with the real binary: mTLS on the config stream (a node with no or a wrong
-//! client certificate is refused), and an https listener fed by REST certificates (SNI selection,
-//! wildcard, default, rotation with a connection held open). Certificates are generated here.
+//! client certificate is refused, and says so in its log), and an https listener fed by REST
+//! certificates (SNI selection, wildcard, default, rotation with a connection held open).
+//! Certificates are generated here.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -140,6 +141,18 @@ async fn config_stream_mtls_refuses_nodes_without_a_valid_client_certificate() {
     assert_eq!(known, vec!["node-good".to_string()], "only the node with a valid client certificate got in");
     assert_eq!(readyz(&anonymous).await, 503);
     assert_eq!(readyz(&wrong).await, 503);
+    // Each refused node says why, in words that name what to check.
+    for (node, alert) in [(&wrong, "UnknownCA"), (&anonymous, "CertificateRequired")] {
+        let clear = format!(
+            "the control plane at {url}/ refused this node's client certificate ({alert}): check --tls-cert/--tls-key \
+             and the control plane's --grpc-client-ca"
+        );
+        eventually(WAIT, &format!("{} to log {clear:?}", node.name), || {
+            let found = node.log().contains(&clear);
+            async move { found.then_some(()) }
+        })
+        .await;
+    }
     let cp_log = cp.log();
     assert!(!cp_log.contains("BEGIN PRIVATE KEY"), "a key leaked into the log");
 

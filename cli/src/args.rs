@@ -70,6 +70,13 @@ pub enum Command {
     Weights(WeightsArgs),
     /// Fleet status: the current revision and every node with its acknowledged revision and last NACK.
     Status,
+    /// Exit 0 when URL answers 2xx in time, 1 otherwise: a health check for containers whose
+    /// image has no curl (e.g. `sluice probe http://127.0.0.1:7072/readyz`).
+    Probe(ProbeArgs),
+    /// One of the demo's backends on its own (for the compose example): an HTTP server that
+    /// answers every request with `NAME\n`, or with --tcp an echo server that greets with it.
+    #[command(hide = true)]
+    DemoBackend(DemoBackendArgs),
 }
 
 #[derive(Debug, Args)]
@@ -106,6 +113,11 @@ pub struct ControlPlaneArgs {
     /// `sqlite://PATH` (created if missing) or `postgres://...`.
     #[arg(long, env = "SLUICE_DATABASE_URL", default_value = "sqlite://./.sluice/sluice.db")]
     pub database_url: String,
+    /// How many seconds start-up waits for a Postgres server that is not up yet (connection
+    /// refused, server starting, database not created yet), retrying with backoff from 200 ms to
+    /// 5 s; 0: fail at once. A malformed URL or a refused login fails at once either way.
+    #[arg(long, env = "SLUICE_DATABASE_WAIT_S", default_value_t = 300, value_name = "SECONDS")]
+    pub database_wait_s: u64,
     #[arg(long, default_value = "127.0.0.1:7070")]
     pub api_addr: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:7071")]
@@ -321,6 +333,28 @@ pub struct RollbackArgs {
     pub release: ReleaseArgs,
     #[command(flatten)]
     pub wait: WaitArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// An http:// URL, e.g. http://127.0.0.1:7070/healthz.
+    pub url: String,
+    /// How long the answer may take (e.g. 2s, 500ms).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoBackendArgs {
+    /// Where to listen, e.g. 0.0.0.0:9000.
+    #[arg(long)]
+    pub addr: SocketAddr,
+    /// What it answers (HTTP) or greets with (--tcp), so that you can see which backend served.
+    #[arg(long)]
+    pub name: String,
+    /// A TCP echo server instead of HTTP.
+    #[arg(long)]
+    pub tcp: bool,
 }
 
 #[derive(Debug, Subcommand)]

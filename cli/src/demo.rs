@@ -51,6 +51,17 @@ pub async fn start_backends() -> anyhow::Result<Backends> {
     Ok(Backends { http, tcp, _tasks: tasks })
 }
 
+/// One backend on `listener` (what `sluice demo-backend` runs): HTTP answering `NAME\n`, or with
+/// `tcp` an echo server greeting with it.
+pub async fn serve(listener: TcpListener, name: &str, tcp: bool) {
+    let text = Bytes::from(format!("{name}\n"));
+    if tcp {
+        serve_echo(listener, text).await
+    } else {
+        serve_http(listener, text).await
+    }
+}
+
 /// Answers every request with `body`.
 async fn serve_http(listener: TcpListener, body: Bytes) {
     loop {

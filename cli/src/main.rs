@@ -8,6 +8,7 @@ mod args;
 mod client;
 mod demo;
 mod history;
+mod probe;
 mod release;
 mod render;
 mod resources;
@@ -48,7 +49,8 @@ impl std::error::Error for Failure {}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let server = matches!(cli.command, Command::Dev(_) | Command::ControlPlane(_) | Command::Proxy(_));
+    let server =
+        matches!(cli.command, Command::Dev(_) | Command::ControlPlane(_) | Command::Proxy(_) | Command::DemoBackend(_));
     let access_log = match &cli.command {
         Command::Dev(a) => a.access_log,
         Command::Proxy(a) => a.access_log,
@@ -96,6 +98,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Diff(a) => history::diff(&Client::from_env()?, &a).await,
         Command::Rollback(a) => history::rollback(&Client::from_env()?, &a).await,
         Command::Release(c) => release::run(&Client::from_env()?, &c).await,
+        Command::Probe(a) => probe::run(&a).await,
+        Command::DemoBackend(a) => servers::demo_backend(a).await,
     }
 }
 

@@ -8,7 +8,7 @@ use sluice_control_plane::server::{ControlPlane, ControlPlaneOptions, GrpcTls};
 use sluice_control_plane::store::{Canary, ReleaseSpec};
 use sluice_data_plane::{ControlPlaneTls, Node, NodeOptions};
 
-use crate::args::{ControlPlaneArgs, DevArgs, ProxyArgs};
+use crate::args::{ControlPlaneArgs, DemoBackendArgs, DevArgs, ProxyArgs};
 use crate::client::{read_token_file, Client, DEV_URL_FILE_NAME};
 use crate::demo;
 
@@ -40,6 +40,7 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
         grpc_tls,
         audit_retention: args.audit.retention(),
         default_release: default_release(&args),
+        database_wait: std::time::Duration::from_secs(args.database_wait_s),
     })
     .await
     .map_err(|e| anyhow::anyhow!("starting the control plane: {e}"))?;
@@ -129,6 +130,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         grpc_tls: None,
         audit_retention: args.audit.retention(),
         default_release: None,
+        database_wait: std::time::Duration::ZERO,
     })
     .await
     .map_err(|e| anyhow::anyhow!("starting the control plane: {e}"))?;
@@ -174,6 +176,19 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     node.shutdown().await;
     cp.shutdown().await;
     drop(backends);
+    Ok(())
+}
+
+/// `sluice demo-backend`: one of the demo's backends, until Ctrl-C or SIGTERM.
+pub async fn demo_backend(args: DemoBackendArgs) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("binding {}", args.addr))?;
+    let kind = if args.tcp { "tcp echo" } else { "http" };
+    tracing::info!(name = %args.name, addr = %listener.local_addr()?, kind, "demo backend running");
+    let served = demo::serve(listener, &args.name, args.tcp);
+    tokio::select! {
+        () = served => {}
+        () = shutdown_signal() => tracing::info!("shutting down"),
+    }
     Ok(())
 }
 

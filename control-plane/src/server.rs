@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
@@ -35,6 +35,8 @@ pub struct ControlPlaneOptions {
     pub audit_retention: AuditRetention,
     /// Every write is released this way unless it asks otherwise (`None`: at once).
     pub default_release: Option<ReleaseSpec>,
+    /// How long start-up waits for a Postgres server that is not up yet; zero: one attempt.
+    pub database_wait: Duration,
 }
 
 /// The config stream's server certificate and the CA that node client certificates must chain to
@@ -68,6 +70,7 @@ impl std::fmt::Debug for ControlPlaneOptions {
             .field("admin_token", &"<redacted>")
             .field("control_plane_id", &self.control_plane_id)
             .field("grpc_tls", &self.grpc_tls)
+            .field("database_wait", &self.database_wait)
             .finish()
     }
 }
@@ -83,6 +86,7 @@ impl Default for ControlPlaneOptions {
             grpc_tls: None,
             audit_retention: AuditRetention::default(),
             default_release: None,
+            database_wait: Duration::ZERO,
         }
     }
 }
@@ -127,12 +131,19 @@ impl ControlPlane {
             grpc_server =
                 grpc_server.tls_config(server_tls(tls)?).map_err(|e| ControlPlaneError::GrpcTls(e.to_string()))?;
         }
-        let api_listener = bind("REST API", opts.api_addr).await?;
-        let grpc_listener = bind("gRPC", opts.grpc_addr).await?;
-        let api_addr = local_addr("REST API", opts.api_addr, &api_listener)?;
-        let grpc_addr = local_addr("gRPC", opts.grpc_addr, &grpc_listener)?;
-        let store_options = StoreOptions { default_release: opts.default_release.clone(), ..StoreOptions::default() };
+        // Bound now, so that a taken port fails the start at once; listening only once the store
+        // is open, so that while it waits for its database, clients and nodes are refused at once
+        // (and try another replica) instead of hanging in the backlog.
+        let api_socket = bind("REST API", opts.api_addr)?;
+        let grpc_socket = bind("gRPC", opts.grpc_addr)?;
+        let store_options = StoreOptions {
+            default_release: opts.default_release.clone(),
+            database_wait: opts.database_wait,
+            ..StoreOptions::default()
+        };
         let store = Store::open_with(&opts.database_url, store_options).await?;
+        let (api_listener, api_addr) = listen("REST API", opts.api_addr, api_socket)?;
+        let (grpc_listener, grpc_addr) = listen("gRPC", opts.grpc_addr, grpc_socket)?;
 
         let control_plane_id =
             opts.control_plane_id.unwrap_or_else(|| format!("cp-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]));
@@ -231,12 +242,23 @@ fn server_tls(tls: &GrpcTls) -> Result<tonic::transport::ServerTlsConfig, Contro
         .timeout(Duration::from_secs(10)))
 }
 
-async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ControlPlaneError> {
-    TcpListener::bind(addr).await.map_err(|source| ControlPlaneError::Bind { what, addr, source })
+fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpSocket, ControlPlaneError> {
+    let error = |source| ControlPlaneError::Bind { what, addr, source };
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(error)?;
+    socket.set_reuseaddr(true).map_err(error)?;
+    socket.bind(addr).map_err(error)?;
+    Ok(socket)
 }
 
-fn local_addr(what: &'static str, addr: SocketAddr, l: &TcpListener) -> Result<SocketAddr, ControlPlaneError> {
-    l.local_addr().map_err(|source| ControlPlaneError::Bind { what, addr, source })
+fn listen(
+    what: &'static str,
+    addr: SocketAddr,
+    socket: TcpSocket,
+) -> Result<(TcpListener, SocketAddr), ControlPlaneError> {
+    let error = |source| ControlPlaneError::Bind { what, addr, source };
+    let listener = socket.listen(1024).map_err(error)?;
+    let local = listener.local_addr().map_err(error)?;
+    Ok((listener, local))
 }
 
 /// Keeps the audit log within `retention` until the control plane stops. Every replica prunes;

@@ -5,7 +5,9 @@
 
 pub mod api;
 pub mod backends;
+pub mod compose;
 pub mod l7;
+pub mod postgres;
 pub mod process;
 pub mod tls;
 
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 
 pub use api::Api;
 pub use backends::{http_get, HttpBackend, TcpEcho};
+pub use postgres::TempDatabase;
 pub use process::{cli, cli_in, cli_with_env, write_file, CliOutput, Sluice, ADMIN_TOKEN};
 
 /// Ports handed out by [`free_addr`]: below the kernel's ephemeral range (32768 and up here), so

@@ -69,13 +69,21 @@ impl Sluice {
 
     /// `sluice control-plane` on SQLite in its temp dir; returns once /healthz answers.
     pub async fn control_plane(bin: &str) -> Sluice {
+        let mut s = Sluice::spawn_control_plane(bin, "control-plane", "sqlite://./cp.db", &[]);
+        s.wait_healthy().await;
+        s
+    }
+
+    /// `sluice control-plane` on `database_url` and free ports, plus `extra` arguments; does not
+    /// wait for it (see [`Sluice::wait_healthy`]).
+    pub fn spawn_control_plane(bin: &str, name: &str, database_url: &str, extra: &[String]) -> Sluice {
         let (api, grpc) = (free_addr(), free_addr());
-        let mut args = vec!["control-plane".to_string(), "--database-url".into(), "sqlite://./cp.db".into()];
+        let mut args = vec!["control-plane".to_string(), "--database-url".into(), database_url.into()];
         args.extend(addr_args(&[("--api-addr", api), ("--grpc-addr", grpc)]));
-        let mut s = Sluice::spawn(bin, "control-plane", &args, &[]);
+        args.extend(extra.iter().cloned());
+        let mut s = Sluice::spawn(bin, name, &args, &[]);
         s.api_addr = Some(api);
         s.grpc_addr = Some(grpc);
-        s.wait_healthy().await;
         s
     }
 
@@ -130,7 +138,8 @@ impl Sluice {
         self.child.try_wait().ok().flatten()
     }
 
-    async fn wait_healthy(&mut self) {
+    /// Waits until the REST API answers /healthz; panics (with the log) if the process exits.
+    pub async fn wait_healthy(&mut self) {
         let api = self.api();
         let name = self.name.clone();
         eventually(START_TIMEOUT, &format!("{name} to answer /healthz"), || {

@@ -27,7 +27,7 @@ pub const MAX_LIMIT: u32 = 1000;
 const MAX_PATH_CHARS: usize = 256;
 
 pub(super) async fn identify_and_audit(State(app): State<Shared>, mut req: Request, next: Next) -> Response {
-    if req.uri().path() == "/healthz" {
+    if matches!(req.uri().path(), "/healthz" | "/readyz") {
         return next.run(req).await;
     }
     let caller = match app.auth.identify(bearer_token(req.headers())).await {

@@ -73,6 +73,7 @@ pub fn app_with_authorizer(store: Store, auth: Arc<dyn Authorizer>) -> Router {
     let shared = Shared { store, auth };
     let router = Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/v1/revision", get(revision))
         .route("/v1/nodes", get(nodes::list))
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
@@ -88,6 +89,22 @@ pub fn app_with_authorizer(store: Store, auth: Arc<dyn Authorizer>) -> Router {
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// How long `/readyz` waits for the database; probes time out after about a second.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(800);
+
+/// 200 while the database answers, 503 otherwise: a replica that cannot reach it cannot serve
+/// writes, so load balancers should send clients to another.
+async fn readyz(axum::extract::State(app): axum::extract::State<Shared>) -> Response {
+    match app.store.ping(READY_TIMEOUT).await {
+        Ok(()) => Json(serde_json::json!({ "status": "ready" })).into_response(),
+        Err(e) => {
+            // Unauthenticated: the reason goes to the log, not to whoever asks.
+            tracing::warn!(error = %e, "not ready: the database does not answer");
+            (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "status": "unavailable" }))).into_response()
+        }
+    }
 }
 
 async fn revision(axum::extract::State(app): axum::extract::State<Shared>, caller: Extension<Caller>) -> Response {

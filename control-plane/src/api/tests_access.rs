@@ -224,3 +224,19 @@ async fn the_audit_log_records_writes_and_denials_redacted() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn readyz_answers_without_a_token_while_the_database_does() {
+    each_backend(|url, _| async move {
+        let api = Api::open(&url).await;
+        let r = api.call_with(Method::GET, "/readyz", "", &[]).await;
+        assert_eq!((r.status, r.body["status"].as_str()), (StatusCode::OK, Some("ready")), "{}", r.body);
+        assert!(api.audit("").await.is_empty(), "probes are not audited");
+        // A closed pool is what a lost database looks like to the API.
+        api.store.close().await;
+        let r = api.call_with(Method::GET, "/readyz", "", &[]).await;
+        assert_eq!((r.status, r.body["status"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")));
+        assert_eq!(api.call_with(Method::GET, "/healthz", "", &[]).await.status, StatusCode::OK, "still alive");
+    })
+    .await;
+}

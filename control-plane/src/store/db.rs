@@ -11,9 +11,10 @@ use sluice_shared::{Config, Kind, Revision};
 use sqlx::any::AnyRow;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
-use sqlx::{Any, AnyPool, Executor, Row, Transaction};
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Row, Transaction};
 
 use super::change::spec_json;
+use super::wait;
 use super::{RevisionRecord, State, StoreError};
 use crate::nodes::NodeRecord;
 
@@ -30,7 +31,12 @@ pub(super) fn unavailable(e: sqlx::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-pub(super) async fn connect(url: &str, acquire_timeout: Duration) -> Result<(AnyPool, Backend), StoreError> {
+/// Connects to `url`; a Postgres server that is not up yet is waited for, up to `wait`.
+pub(super) async fn connect(
+    url: &str,
+    acquire_timeout: Duration,
+    wait: Duration,
+) -> Result<(AnyPool, Backend), StoreError> {
     sqlx::any::install_default_drivers();
 
     let (url, backend) = if url.starts_with("sqlite:") {
@@ -43,7 +49,8 @@ pub(super) async fn connect(url: &str, acquire_timeout: Duration) -> Result<(Any
             redact(url)
         )));
     };
-    let options = AnyConnectOptions::from_str(&url).map_err(unavailable)?;
+    let options = AnyConnectOptions::from_str(&url)
+        .map_err(|e| StoreError::Unavailable(format!("invalid database URL {:?}: {e}", redact(&url))))?;
     let mut pool = AnyPoolOptions::new().acquire_timeout(acquire_timeout);
     pool = match backend {
         Backend::Sqlite => {
@@ -66,8 +73,25 @@ pub(super) async fn connect(url: &str, acquire_timeout: Duration) -> Result<(Any
         }
         Backend::Postgres => pool.max_connections(8),
     };
-    let pool = pool.connect_with(options).await.map_err(unavailable)?;
+    let pool = match backend {
+        Backend::Sqlite => pool.connect_with(options).await.map_err(unavailable)?,
+        Backend::Postgres => {
+            let what = format!("the database {}", redact(&url));
+            wait::until_up(&what, wait, || postgres_attempt(&pool, &options)).await?
+        }
+    };
     Ok((pool, backend))
+}
+
+/// One try at Postgres. A single connection first: the pool retries refused connections by itself
+/// and reports only that it timed out, while this one says why it failed.
+async fn postgres_attempt(pool: &AnyPoolOptions, options: &AnyConnectOptions) -> Result<AnyPool, wait::Failed> {
+    let timed_out = || wait::Failed::Retry(format!("no answer within {} s", wait::ATTEMPT_TIMEOUT.as_secs()));
+    let probe = tokio::time::timeout(wait::ATTEMPT_TIMEOUT, AnyConnection::connect_with(options))
+        .await
+        .map_err(|_| timed_out())??;
+    let _ = probe.close().await;
+    Ok(pool.clone().connect_with(options.clone()).await?)
 }
 
 /// `sqlite://PATH` with `mode=rwc` added (create if missing) and the parent directory created.

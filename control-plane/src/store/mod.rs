@@ -23,6 +23,7 @@ mod tests_access;
 #[cfg(test)]
 mod tests_release;
 mod tokens;
+mod wait;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
@@ -208,6 +209,9 @@ pub struct StoreOptions {
     pub acquire_timeout: Duration,
     /// Every write is released this way unless it asks otherwise (`None`: at once).
     pub default_release: Option<ReleaseSpec>,
+    /// How long opening waits for a Postgres server that is not up yet (refused, starting, its
+    /// database not created yet), retrying with backoff; zero: one attempt.
+    pub database_wait: Duration,
 }
 
 impl Default for StoreOptions {
@@ -216,6 +220,7 @@ impl Default for StoreOptions {
             poll_interval: Duration::from_millis(500),
             acquire_timeout: Duration::from_secs(5),
             default_release: None,
+            database_wait: Duration::ZERO,
         }
     }
 }
@@ -253,7 +258,7 @@ impl Store {
     }
 
     pub async fn open_with(database_url: &str, opts: StoreOptions) -> Result<Store, StoreError> {
-        let (pool, backend) = db::connect(database_url, opts.acquire_timeout).await?;
+        let (pool, backend) = db::connect(database_url, opts.acquire_timeout, opts.database_wait).await?;
         db::migrate(&pool, backend).await?;
         let sticky_key = db::sticky_key(&pool).await?.into();
         let state = db::load_state(&pool, backend).await?;
@@ -424,6 +429,16 @@ impl Store {
     /// Closes the connection pool: later writes fail with `Unavailable`; the poller stops.
     pub async fn close(&self) {
         self.inner.pool.close().await;
+    }
+
+    /// Whether the database answers a trivial query within `timeout` (readiness).
+    pub async fn ping(&self, timeout: Duration) -> Result<(), StoreError> {
+        let query = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&self.inner.pool);
+        match tokio::time::timeout(timeout, query).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(db::unavailable(e)),
+            Err(_) => Err(StoreError::Unavailable(format!("no answer within {} ms", timeout.as_millis()))),
+        }
     }
 }
 
