@@ -22,8 +22,7 @@ async fn exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
 }
 
 fn denied(metrics: &str, listener: &str) -> u64 {
-    let prefix = format!("sluice_connections_denied_total{{listener=\"{listener}\"}} ");
-    metrics.lines().find_map(|l| l.strip_prefix(&prefix)?.parse().ok()).unwrap_or(0)
+    metric_in(metrics, "sluice_connections_denied_total", &[("listener", listener)]).unwrap_or(0.0) as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

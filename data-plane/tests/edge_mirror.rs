@@ -67,11 +67,7 @@ async fn a_copy_goes_to_the_mirror_and_the_client_never_waits_for_it() {
     for _ in 0..200 {
         assert_eq!(get(listener, "half.test", "/").await.status, 200);
     }
-    let metrics = admin(&node, "/metrics").await.body;
-    let mirrored: usize = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("sluice_route_mirrored_total{route=\"half\"} ")?.parse().ok())
-        .unwrap();
+    let mirrored = metric(&node, "sluice_route_mirrored_total", &[("route", "half")]).await.unwrap() as usize;
     assert!((60..=140).contains(&mirrored), "{mirrored} of 200");
     eventually("every half copy arrived", || async { (copies.hits() == before + mirrored).then_some(()) }).await;
 }

@@ -29,8 +29,7 @@ async fn burst(addr: SocketAddr, host: &str, extra: &str, n: usize) -> (usize, u
 }
 
 fn limited_count(metrics: &str, route: &str) -> u64 {
-    let prefix = format!("sluice_route_rate_limited_total{{route=\"{route}\"}} ");
-    metrics.lines().find_map(|l| l.strip_prefix(&prefix)?.parse().ok()).unwrap_or(0)
+    metric_in(metrics, "sluice_route_rate_limited_total", &[("route", route)]).unwrap_or(0.0) as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
