@@ -523,6 +523,18 @@ pub fn under_pressure() -> bool {
     HTTP_OPEN.load(Ordering::Relaxed) >= cap - cap / 4
 }
 
+/// How long an idle client connection may stay: `normal`, or a second once the process nears its
+/// cap on client connections (idle keep-alive and HTTP/2 connections make room first).
+pub fn idle_allowance(normal: Duration) -> Duration {
+    if under_pressure() {
+        normal.min(IDLE_UNDER_PRESSURE)
+    } else {
+        normal
+    }
+}
+
+const IDLE_UNDER_PRESSURE: Duration = Duration::from_secs(1);
+
 /// Raises the open-files soft limit to the hard one and caps the process's http/https client
 /// connections at half of what is then left after a reserve (each may hold an endpoint
 /// connection too), so that a flood of idle clients leaves descriptors for the endpoints, the

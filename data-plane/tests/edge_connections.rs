@@ -57,4 +57,12 @@ async fn near_the_cap_idle_connections_make_room_first() {
     assert!(exchange(&mut clients[0]).await, "an early client keeps its connection");
     eventually("room for a new client", || async { (get(listener, "a.test", "/").await.status == 200).then_some(()) })
         .await;
+
+    // Still near the cap: an HTTP/2 client that opens no stream gets a graceful GOAWAY within
+    // about a second too (its listener's idle timeout is 300 s).
+    let started = Instant::now();
+    let (_send, conn) = h2::client::handshake(TcpStream::connect(listener).await.unwrap()).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
 }

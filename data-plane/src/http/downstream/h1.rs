@@ -45,7 +45,6 @@ use crate::phase_watch::PhaseWatch;
 use crate::state::ConnCtx;
 
 /// How long an idle keep-alive connection is kept while the process is near its connection cap.
-const IDLE_UNDER_PRESSURE: Duration = Duration::from_secs(1);
 /// How long an idle keep-alive connection of a draining listener waits for one more request.
 const DRAIN_LINGER: Duration = Duration::from_secs(1);
 /// Response bytes gathered before a write: the head and the frames already there go out together.
@@ -213,8 +212,8 @@ impl Server {
             let header_timeout = self.header_timeout;
             let deadline = *deadline.get_or_insert_with(|| {
                 // Near the process's connection cap, idle keep-alive connections make room first.
-                let idle = w.rbuf.is_empty() && crate::listeners::under_pressure();
-                Instant::now() + if idle { IDLE_UNDER_PRESSURE } else { header_timeout }
+                let idle = w.rbuf.is_empty();
+                Instant::now() + if idle { crate::listeners::idle_allowance(header_timeout) } else { header_timeout }
             });
             loop {
                 if !w.rbuf.is_empty() && head::worth_parsing(&w.rbuf, seen) {

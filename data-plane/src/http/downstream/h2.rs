@@ -40,6 +40,7 @@ use crate::http::codec::headers::{append_lines, content_length, PassedHead};
 use crate::http::codec::request_body::RequestBody;
 use crate::http::proxy::{self, Downstream};
 use crate::lazy_timer::LazyTimer;
+use crate::listeners::idle_allowance;
 use crate::listeners::Phase;
 use crate::phase_watch::PhaseWatch;
 use crate::state::ConnCtx;
@@ -109,7 +110,7 @@ where
     let counts = Arc::new(StreamCounts::default());
     let mut watch = PhaseWatch::of_listener(phase.clone());
     let started = Instant::now();
-    let mut idle_deadline = started + opts.idle_timeout;
+    let mut idle_deadline = started + idle_allowance(opts.idle_timeout);
     let age_deadline = opts.max_connection_age.map(|age| started + age);
     let (mut idle_timer, mut age_timer) = (LazyTimer::default(), LazyTimer::default());
     let mut closing = false;
@@ -142,7 +143,7 @@ where
                 if !h2.has_streams() {
                     return Poll::Ready(Event::Retire("idle timeout"));
                 }
-                idle_deadline = Instant::now() + opts.idle_timeout;
+                idle_deadline = Instant::now() + idle_allowance(opts.idle_timeout);
                 // Registers the timer for the new deadline.
                 let _ = idle_timer.poll_expired(cx, idle_deadline);
             }
@@ -152,7 +153,7 @@ where
         match event {
             Event::Stream(stream) => {
                 let (req, respond) = *stream;
-                idle_deadline = Instant::now() + opts.idle_timeout;
+                idle_deadline = Instant::now() + idle_allowance(opts.idle_timeout);
                 counts.opened.fetch_add(1, Ordering::Relaxed);
                 let (down, counts, phase) = (down.clone(), counts.clone(), phase.clone());
                 // Boxed: the task then moves a pointer, not the stream's whole state (spawning
