@@ -8,6 +8,31 @@ mod support;
 use serde_json::json;
 use support::*;
 
+/// An endpoint that answers every request with headers of its own: `Server`, `X-Powered-By`.
+async fn chatty_endpoint() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer =
+                    "HTTP/1.1 200 OK\r\nServer: backend/1.0\r\nX-Powered-By: php\r\nContent-Length: 2\r\n\r\nok";
+                let _ = s.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
 fn line<'a>(body: &'a str, name: &str) -> Vec<&'a str> {
     let prefix = format!("{name}: ");
     body.lines().filter_map(|l| l.strip_prefix(prefix.as_str())).collect()
@@ -16,9 +41,11 @@ fn line<'a>(body: &'a str, name: &str) -> Vec<&'a str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_rewrite_paths_hosts_and_headers_and_redirect() {
     let app = Backend::start("app").await;
+    let chatty = chatty_endpoint().await;
     let listener = free_addr();
     let cfg = config(json!({
-        "clusters": {"app": {"endpoints": [{"address": app.addr.to_string()}]}},
+        "clusters": {"app": {"endpoints": [{"address": app.addr.to_string()}]},
+                     "chatty": {"endpoints": [{"address": chatty.to_string()}]}},
         "listeners": {"web": {"address": listener.to_string(), "protocol": "http"}},
         "routes": {
             "api": {"listener": "web", "match": {"path": {"prefix": "/api/"}}, "backends": [{"cluster": "app"}],
@@ -34,6 +61,8 @@ async fn routes_rewrite_paths_hosts_and_headers_and_redirect() {
                       "redirect": {"prefix": "/new/", "status": 308}},
             "secure": {"listener": "web", "match": {"path": {"prefix": "/login"}}, "backends": [],
                        "redirect": {"scheme": "https", "host": "login.example.com", "strip_query": true}},
+            "chatty": {"listener": "web", "match": {"hosts": ["chatty.test"]}, "backends": [{"cluster": "chatty"}],
+                       "response_headers": {"remove": ["x-powered-by"], "set": {"server": "sluice"}}},
             "down": {"listener": "web", "match": {"path": {"exact": "/down"}}, "backends": [],
                      "direct_response": {"status": 503, "body": "maintenance"},
                      "response_headers": {"set": {"retry-after": "120"}, "remove": ["content-type"]}}
@@ -58,6 +87,12 @@ async fn routes_rewrite_paths_hosts_and_headers_and_redirect() {
     // The response: server set, the request id added.
     assert_eq!(r.headers.get("server").map(String::as_str), Some("sluice"));
     assert_eq!(r.headers.get("x-request").map(String::as_str), Some("req-42"));
+    // The endpoint's own headers are changed too: one Server, no X-Powered-By.
+    let r = get(listener, "chatty.test", "/").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"), "{}", r.raw);
+    assert!(!r.raw.to_ascii_lowercase().contains("x-powered-by"), "{}", r.raw);
+    assert_eq!(r.raw.to_ascii_lowercase().matches("\r\nserver:").count(), 1, "{}", r.raw);
+    assert_eq!(r.headers.get("server").map(String::as_str), Some("sluice"));
     // Without a client id, the response names the one the endpoint got.
     let r = get(listener, "shop.test", "/api/x").await;
     let sent = line(&r.body, "x-request-id").first().map(|s| s.to_string()).expect("a generated id");

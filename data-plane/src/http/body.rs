@@ -32,6 +32,16 @@ impl ProxyBody {
         ProxyBody::Static(Some(Bytes::from_static(s.as_bytes())))
     }
 
+    /// Moves an HTTP/1.1 endpoint's header lines into `headers`, so that they can be changed
+    /// there like the rest (they otherwise go to the client as they came, unparsed).
+    pub fn passed_into(&mut self, headers: &mut http::HeaderMap) {
+        if let ProxyBody::Upstream { body, .. } = self {
+            if let Some(passed) = body.take_passed_head() {
+                super::codec::headers::append_lines(headers, passed.lines());
+            }
+        }
+    }
+
     /// An HTTP/1.1 endpoint's header lines that go to the client after the response's own headers.
     pub fn passed_head(&self) -> Option<&PassedHead> {
         match self {

@@ -29,7 +29,11 @@ pub fn request(parts: &mut Parts, t: &Transforms, values: &Values<'_>) -> Result
 /// The route's response header operations, on any answer.
 pub fn response(resp: &mut Response<ProxyBody>, t: &Transforms, values: &Values<'_>) {
     if let Some(ops) = &t.response_headers {
-        ops.apply(resp.headers_mut(), values);
+        // An HTTP/1.1 endpoint's headers join the map first, so that remove and set reach them.
+        let mut headers = std::mem::take(resp.headers_mut());
+        resp.body_mut().passed_into(&mut headers);
+        ops.apply(&mut headers, values);
+        *resp.headers_mut() = headers;
     }
 }
 

@@ -352,6 +352,11 @@ impl ResponseBody {
         &self.passed
     }
 
+    /// Takes the passed header lines (the caller puts them in the response's map).
+    pub fn take_passed_head(&mut self) -> PassedHead {
+        std::mem::take(&mut self.passed)
+    }
+
     /// The connection of a 101 answer, for the tunnel, with the bytes read past the head.
     pub fn into_upgraded(mut self) -> Option<(Stream, Bytes)> {
         Some(self.lease.take()?.conn.into_upgraded())

@@ -86,6 +86,14 @@ impl UpstreamBody {
         }
     }
 
+    /// An HTTP/1.1 endpoint's header lines, taken out (to go into the response's map).
+    pub fn take_passed_head(&mut self) -> Option<PassedHead> {
+        match self {
+            UpstreamBody::H1(b) => Some(b.take_passed_head()),
+            UpstreamBody::H2(_) => None,
+        }
+    }
+
     /// An HTTP/1.1 endpoint's header lines, passed on as they came.
     pub fn passed_head(&self) -> Option<&PassedHead> {
         match self {
