@@ -161,7 +161,8 @@ impl Node {
                 handed,
             };
             // Not awaited at shutdown: it may still wait for a first table.
-            tokio::spawn(take_over(shared.clone(), handover, path, serving));
+            let wait_for_sync = !opts.control_planes.is_empty();
+            tokio::spawn(take_over(shared.clone(), handover, path, serving, wait_for_sync));
         }
         tracing::info!(node_id = %opts.node_id, group = %opts.group, %admin_addr, "data-plane node started");
         Ok(Node { admin_addr, shared, installer, stop, tasks, handed_over, shutdown_drain: opts.shutdown_drain })
@@ -210,6 +211,10 @@ impl Node {
     }
 }
 
+/// How long a replacing node waits for a control plane's snapshot before it takes over with its
+/// cached one.
+const SYNC_WAIT: Duration = Duration::from_secs(10);
+
 /// What the upgrade socket answers with: this node's sockets, and a way to tell it to stop.
 struct Serving {
     installer: Arc<Mutex<Installer>>,
@@ -232,13 +237,22 @@ impl upgrade::Serving for Serving {
     }
 }
 
-/// A node started to replace another: once a table is installed, tells the old process to stop
-/// accepting. Then (or at once, for a first start) offers this node's sockets on `path`.
-async fn take_over(shared: Arc<Shared>, handover: Option<Handover>, path: PathBuf, serving: Serving) {
+/// A node started to replace another: once a table is installed (the control plane's, or after
+/// [`SYNC_WAIT`] the cached one: a stale cache may lack a listener the old process serves), tells
+/// the old process to stop accepting. Then (or at once, for a first start) offers this node's
+/// sockets on `path`.
+async fn take_over(shared: Arc<Shared>, handover: Option<Handover>, path: PathBuf, serving: Serving, sync: bool) {
     if let Some(handover) = handover {
-        while shared.installed.load().is_none() {
-            if shared.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+        let started = tokio::time::Instant::now();
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        loop {
+            if shared.stopping.load(relaxed) {
                 return;
+            }
+            let installed = shared.installed.load().is_some();
+            let synced = !sync || shared.synced.load(relaxed) || started.elapsed() >= SYNC_WAIT;
+            if installed && synced {
+                break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

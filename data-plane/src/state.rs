@@ -35,6 +35,9 @@ pub struct Shared {
     /// Connected nodes of this node's group, as the control plane counts them: what a
     /// fleet-wide rate limit is shared among (1 until told).
     pub group_nodes: std::sync::atomic::AtomicU32,
+    /// A control plane has brought the node up to date (a snapshot, an advance, or its word that
+    /// the cached revision is current), not only the cache.
+    pub synced: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -46,6 +49,7 @@ impl Shared {
             node_sticky_key: rand::random(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             group_nodes: std::sync::atomic::AtomicU32::new(1),
+            synced: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }

@@ -151,6 +151,7 @@ impl StreamClient {
                     let reply = match installer.install(snapshot, true).await {
                         Ok(left_out) => {
                             installed.notify_one();
+                            self.shared.synced.store(true, std::sync::atomic::Ordering::Relaxed);
                             let errors = left_out.into_iter().map(Into::into).collect();
                             pb::node_message::Msg::Ack(pb::Ack { revision, nonce, errors })
                         }
@@ -166,10 +167,14 @@ impl StreamClient {
                 Some(pb::server_message::Msg::Advance(a)) => {
                     tracing::debug!(revision = a.revision, "revision advanced without changes");
                     self.installer.lock().await.advance(a.revision);
+                    self.shared.synced.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
                 Some(pb::server_message::Msg::FleetShare(f)) => {
                     tracing::debug!(group_nodes = f.group_nodes, "fleet-wide limits shared among the group's nodes");
                     self.shared.group_nodes.store(f.group_nodes.max(1), std::sync::atomic::Ordering::Relaxed);
+                    // Sent after the control plane brought the node up to date: what the node
+                    // holds is current (a node already current gets no snapshot).
+                    self.shared.synced.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
                 None => tracing::debug!("ignoring an empty server message"),
             }
