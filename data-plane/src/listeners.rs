@@ -164,25 +164,11 @@ impl Listeners {
         let mut failed = Vec::new();
         let count = self.sockets_per_listener;
         for (name, spec) in &plan.add {
+            let (addr, inherited) = (spec.address, &mut self.inherited);
             let sockets = match spec.protocol {
-                Protocol::Udp => {
-                    let mut have: Vec<std::net::UdpSocket> =
-                        self.inherited.take(spec.address, SocketKind::Datagram).into_iter().map(From::from).collect();
-                    let more = count.saturating_sub(have.len());
-                    crate::udp::bind_reuseport(spec.address, more).map(|s| {
-                        have.extend(s);
-                        Sockets::Datagram(have)
-                    })
-                }
-                _ => {
-                    let mut have: Vec<std::net::TcpListener> =
-                        self.inherited.take(spec.address, SocketKind::Stream).into_iter().map(From::from).collect();
-                    let more = count.saturating_sub(have.len());
-                    bind_reuseport(spec.address, more).map(|s| {
-                        have.extend(s);
-                        Sockets::Stream(have)
-                    })
-                }
+                Protocol::Udp => topped_up(inherited, addr, SocketKind::Datagram, count, crate::udp::bind_reuseport)
+                    .map(Sockets::Datagram),
+                _ => topped_up(inherited, addr, SocketKind::Stream, count, bind_reuseport).map(Sockets::Stream),
             };
             match sockets {
                 Ok(sockets) => bound.push(Bound { name: name.clone(), spec: *spec, sockets }),
@@ -313,6 +299,19 @@ fn drain(r: Running, grace: Duration) -> JoinHandle<()> {
         }
         r.stats.draining.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     })
+}
+
+/// The sockets inherited for `addr`, plus as many freshly bound ones as it takes to make `count`.
+fn topped_up<S: From<OwnedFd>>(
+    inherited: &mut Inherited,
+    addr: SocketAddr,
+    kind: SocketKind,
+    count: usize,
+    bind: fn(SocketAddr, usize) -> io::Result<Vec<S>>,
+) -> io::Result<Vec<S>> {
+    let mut have: Vec<S> = inherited.take(addr, kind).into_iter().map(S::from).collect();
+    have.extend(bind(addr, count.saturating_sub(have.len()))?);
+    Ok(have)
 }
 
 /// Binds `count` sockets to one address with `SO_REUSEPORT` (port 0: the first picks, the rest follow).

@@ -6,7 +6,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -24,15 +23,7 @@ async fn exchange(s: &mut TcpStream) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn near_the_cap_idle_connections_make_room_first() {
     std::env::set_var("SLUICE_MAX_CLIENT_CONNECTIONS", "8");
-    let app = Backend::start("app").await;
-    let listener = free_addr();
-    let cfg = config(json!({
-        "clusters": {"app": {"endpoints": [{"address": app.addr.to_string()}]}},
-        "listeners": {"web": {"address": listener.to_string(), "protocol": "http"}},
-        "routes": {"app": {"listener": "web", "backends": [{"cluster": "app"}]}}
-    }));
-    let (_cp, node) = node_with(&cfg).await;
-    eventually("listener up", || async { try_get(listener, "a.test", "/").await }).await;
+    let (_cp, node, listener, _app) = one_route_node().await;
 
     // Eight keep-alive clients: the cap. Those that went idle at six or more open (three quarters
     // of the cap) get a short idle timeout.

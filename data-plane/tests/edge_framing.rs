@@ -10,22 +10,9 @@ use serde_json::json;
 use sluice_data_plane::Node;
 use support::*;
 
-async fn edge() -> (ControlPlane, Node, SocketAddr, Backend) {
-    let app = Backend::start("app").await;
-    let listener = free_addr();
-    let cfg = config(json!({
-        "clusters": {"app": {"endpoints": [{"address": app.addr.to_string()}]}},
-        "listeners": {"web": {"address": listener.to_string(), "protocol": "http"}},
-        "routes": {"app": {"listener": "web", "backends": [{"cluster": "app"}]}}
-    }));
-    let (cp, node) = node_with(&cfg).await;
-    eventually("listener up", || async { try_get(listener, "a.test", "/").await }).await;
-    (cp, node, listener, app)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bare_lf_and_unknown_codings_never_reach_the_endpoint() {
-    let (_cp, _node, addr, app) = edge().await;
+    let (_cp, _node, addr, app) = one_route_node().await;
     let before = app.hits();
     let next = "GET /next HTTP/1.1\r\nHost: a.test\r\n\r\n";
     for (head, status) in [
@@ -44,7 +31,7 @@ async fn bare_lf_and_unknown_codings_never_reach_the_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_trailer_is_a_400_and_ends_the_connection() {
-    let (_cp, _node, addr, _app) = edge().await;
+    let (_cp, _node, addr, _app) = one_route_node().await;
     let next = "GET /next HTTP/1.1\r\nHost: a.test\r\n\r\n";
     for trailer in ["bad trailer\r\n", "x-a: 1\n", ": v\r\n", "x-a:\x01\r\n"] {
         let req = format!(

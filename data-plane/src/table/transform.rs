@@ -50,7 +50,7 @@ impl Template {
                 (None, 1)
             };
             match piece {
-                None if len == 2 => text.push('%'),
+                // `%%`, or a lone `%`: one literal `%` either way.
                 None => text.push('%'),
                 Some(p) => {
                     if !text.is_empty() {

@@ -190,6 +190,22 @@ pub async fn node_with(cfg: &Config) -> (ControlPlane, Node) {
     (cp, node)
 }
 
+/// A node with one http listener whose one route sends everything to a [`Backend`] "app";
+/// returns once the listener answers.
+#[allow(dead_code)]
+pub async fn one_route_node() -> (ControlPlane, Node, SocketAddr, Backend) {
+    let app = Backend::start("app").await;
+    let listener = free_addr();
+    let cfg = config(serde_json::json!({
+        "clusters": {"app": {"endpoints": [{"address": app.addr.to_string()}]}},
+        "listeners": {"web": {"address": listener.to_string(), "protocol": "http"}},
+        "routes": {"app": {"listener": "web", "backends": [{"cluster": "app"}]}}
+    }));
+    let (cp, node) = node_with(&cfg).await;
+    eventually("listener up", || async { try_get(listener, "a.test", "/").await }).await;
+    (cp, node, listener, app)
+}
+
 pub async fn start_node(cps: Vec<String>, cache_dir: Option<std::path::PathBuf>) -> Node {
     Node::start(NodeOptions {
         control_planes: cps,
